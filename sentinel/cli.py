@@ -1,0 +1,203 @@
+"""The command line: parse, call, print. Only here does a SentinelError become an exit code."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import netfilter
+from .decide import placeholder_pins, run_policy_tests
+from .errors import EXIT_VIOLATION, BadInput, SentinelError
+from .pins import system_pins
+from .policy import Policy, load_policy
+from .rules import Ruleset, render_rules
+from .state import APPLIED, read_json, write_json
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+alert_app = typer.Typer(no_args_is_help=True, help="Alert sinks.")
+guard_app = typer.Typer(no_args_is_help=True, help="The in-process guard.")
+app.add_typer(alert_app, name="alert")
+app.add_typer(guard_app, name="guard")
+
+PolicyOpt = Annotated[
+    Path | None, typer.Option("--policy", "-p", help="Policy file (default: $SENTINEL_POLICY)")
+]
+BackendOpt = Annotated[str, typer.Option(help="netfilter backend: nft or legacy")]
+FormatOpt = Annotated[str, typer.Option("--format", help="json or table")]
+
+
+def _policy_path(path: Path | None) -> Path:
+    chosen = path or (
+        Path(os.environ["SENTINEL_POLICY"]) if os.environ.get("SENTINEL_POLICY") else None
+    )
+    if chosen is None:
+        raise BadInput("no policy: pass --policy FILE or set SENTINEL_POLICY")
+    return chosen
+
+
+def _backend(name: str) -> str:
+    if name not in netfilter.BACKENDS:
+        raise BadInput(f"--backend: {name!r} is not one of: {', '.join(netfilter.BACKENDS)}")
+    return name
+
+
+def _static_pins(policy: Policy, specs: list[str]) -> dict[str, list]:
+    pins: dict[str, list] = {}
+    for spec in specs:
+        name, _, ip = spec.partition("=")
+        if name not in policy.hostnames:
+            raise BadInput(f"--pin {spec}: {name!r} is not an allowlisted host name")
+        try:
+            pins.setdefault(name, []).append(ipaddress.ip_address(ip))
+        except ValueError:
+            raise BadInput(f"--pin {spec}: {ip!r} is not an IP address") from None
+    return pins
+
+
+def _format(name: str) -> str:
+    if name not in ("json", "table"):
+        raise BadInput(f"--format: {name!r} is not one of: json, table")
+    return name
+
+
+def _echo_tests(policy: Policy, pins: dict) -> bool:
+    results = run_policy_tests(policy, pins)
+    for r in results:
+        mark = "ok  " if r.passed else "FAIL"
+        where = ", ".join(r.addresses) or "no address"
+        typer.echo(
+            f"{mark} {policy.source}:{r.test.line}: {r.test.protocol} {r.test.to} "
+            f"expect {r.test.expect}, got {r.got} ({where})"
+        )
+    return all(r.passed for r in results)
+
+
+@app.command()
+def check(file: Path) -> None:
+    """Validate a policy and run its own tests (exit 2 on bad input, 1 on failed tests)."""
+    policy = load_policy(file)
+    passed = _echo_tests(policy, placeholder_pins(policy))
+    if not passed:
+        raise SentinelError(f"{file}: policy tests failed", EXIT_VIOLATION)
+    typer.echo(
+        f"{file}: valid, mode={policy.mode}, {len(policy.allow)} allow entries, "
+        f"{len(policy.tests)} tests passed"
+    )
+
+
+def prepare(policy: Policy, pins: dict) -> Ruleset:
+    """Render and run the policy's tests: a policy whose own tests fail is never applied."""
+    ruleset = render_rules(policy, pins)
+    failed = [r for r in run_policy_tests(policy, pins, ruleset) if not r.passed]
+    if failed:
+        lines = [
+            f"{policy.source}:{r.test.line}: {r.test.to} expect {r.test.expect}, got {r.got}"
+            for r in failed
+        ]
+        raise SentinelError("policy tests failed, nothing applied:\n" + "\n".join(lines))
+    return ruleset
+
+
+def record_applied(policy: Policy, ruleset: Ruleset, backend: str, pins: dict) -> None:
+    write_json(
+        APPLIED,
+        {
+            "applied_at": time.time(),
+            "backend": backend,
+            "mode": policy.mode,
+            "policy": policy.source,
+            "policy_sha256": policy.sha256,
+            "ruleset_sha256": ruleset.sha256(),
+            "pins": {k: [str(a) for a in v] for k, v in pins.items()},
+            "ruleset_text": ruleset.text(),
+        },
+    )
+
+
+@app.command()
+def apply(
+    policy_file: PolicyOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the ruleset, change nothing")
+    ] = False,
+    backend: BackendOpt = netfilter.DEFAULT_BACKEND,
+    pin: Annotated[list[str] | None, typer.Option(help="NAME=IP: a static pin, skips DNS")] = None,
+) -> None:
+    """Apply the policy once (atomic per table and family)."""
+    policy = load_policy(_policy_path(policy_file))
+    backend = _backend(backend)
+    static = _static_pins(policy, pin or [])
+    pins, missing = system_pins(policy, skip=set(static))
+    pins.update(static)
+    for name in missing:
+        typer.echo(f"warning: {name!r} did not resolve; it stays denied until it does", err=True)
+    ruleset = prepare(policy, pins)
+    if dry_run:
+        typer.echo(ruleset.text(), nl=False)
+        return
+    state = netfilter.apply(ruleset, backend)
+    if state.sha256() != ruleset.sha256():
+        raise SentinelError("applied, but the kernel does not hold the expected ruleset")
+    record_applied(policy, ruleset, backend, pins)
+    typer.echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
+
+
+def status_data() -> dict:
+    applied = read_json(APPLIED)
+    backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
+    kernel = netfilter.read_state(backend)
+    expected = (applied or {}).get("ruleset_sha256")
+    return {
+        "applied": applied is not None,
+        "mode": (applied or {}).get("mode"),
+        "backend": backend,
+        "policy": (applied or {}).get("policy"),
+        "policy_sha256": (applied or {}).get("policy_sha256"),
+        "ruleset_sha256_expected": expected,
+        "ruleset_sha256_kernel": kernel.sha256() if kernel.present else None,
+        "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
+        "pins": (applied or {}).get("pins", {}),
+    }
+
+
+@app.command()
+def status(fmt: FormatOpt = "table") -> None:
+    """Mode, policy hash, expected vs kernel ruleset hash (exit 1 when they differ)."""
+    data = status_data()
+    if _format(fmt) == "json":
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            typer.echo(f"{key:26} {value}")
+    if not data["in_sync"]:
+        raise SentinelError(
+            "kernel rules do not match the applied ruleset"
+            if data["applied"]
+            else "nothing applied (no state in the state directory)"
+        )
+
+
+@app.command()
+def teardown(backend: Annotated[str | None, typer.Option(help="only this backend")] = None) -> None:
+    """Remove only sentinel's own chains, jumps and sets."""
+    found = netfilter.teardown(_backend(backend) if backend else None)
+    typer.echo("removed sentinel rules" if found else "no sentinel rules were present")
+
+
+def main() -> None:
+    try:
+        app()  # standalone: click prints usage errors and exits 2
+    except SentinelError as exc:
+        typer.echo(f"sentinel: {exc.message}", err=True)
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Apply a Ruleset to the kernel; read back what the kernel has. The only privileged module.
+
+Backend: `iptables-restore --noflush` documents (one atomic commit per table and family) plus
+`ipset restore` with a swap. python-iptables was the first choice, but building an NFLOG target
+with it corrupts the heap (segfault on the next rule, iptables 1.8.9); see docs/netfilter.md.
+The default backend is the nf_tables one that Debian's `iptables-save` shows, so an auditor's
+own tools see exactly the rules sentinel reports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from .errors import SentinelError
+from .rules import (
+    CHAIN_DENY,
+    CHAIN_DNS,
+    CHAIN_OUT,
+    SET_NAME,
+    IpSet,
+    Ruleset,
+    canonical_lines,
+    ruleset_hash,
+)
+
+OUR_CHAINS = (CHAIN_OUT, CHAIN_DENY, CHAIN_DNS)
+TABLES = ("filter", "nat")
+BACKENDS = {
+    "nft": {4: "iptables-nft", 6: "ip6tables-nft"},
+    "legacy": {4: "iptables-legacy", 6: "ip6tables-legacy"},
+}
+DEFAULT_BACKEND = "nft"
+_COUNTED = re.compile(r"^\[(\d+):(\d+)\] (.*)$")
+
+
+@dataclass
+class KernelState:
+    """Our part of the kernel's tables, in the same canonical text as Ruleset.save_text."""
+
+    text: dict[int, str] = field(default_factory=dict)
+    sets: list[IpSet] = field(default_factory=list)
+    counters: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # (fam, line)
+    set_counters: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def present(self) -> bool:
+        return any(t.strip() for t in self.text.values()) or bool(self.sets)
+
+    def sha256(self) -> str:
+        return ruleset_hash(self.text.get(4, ""), self.text.get(6, ""), self.sets)
+
+
+_INIT_NET_INO = 0xEFFFFFF9  # init_net's fixed inode on kernels that reserve one
+
+
+def in_root_netns() -> bool:
+    """Is this process in the machine's own network namespace?
+
+    Kernel threads (kthreadd, PID 2) always live there; inside a container's PID namespace
+    PID 2 is not kthreadd and the host's namespace is not visible, so the answer is no.
+    """
+    me = os.stat("/proc/self/ns/net").st_ino
+    if me == _INIT_NET_INO:
+        return True
+    try:
+        with open("/proc/2/comm") as f:
+            if f.read().strip() == "kthreadd":
+                return me == os.stat("/proc/2/ns/net").st_ino
+    except OSError:
+        pass
+    return False
+
+
+def ensure_not_root_netns() -> None:
+    """Refuse to touch netfilter in the machine's own namespace: it would cut the host off."""
+    if os.environ.get("SENTINEL_ALLOW_ROOT_NETNS") == "1":
+        return
+    if in_root_netns():
+        raise SentinelError(
+            "refusing to change netfilter in the machine's root network namespace: run inside "
+            "the app's namespace (ip netns exec NAME, or network_mode: service:APP in compose); "
+            "SENTINEL_ALLOW_ROOT_NETNS=1 overrides this on a host that is only the app"
+        )
+
+
+def _run(cmd: list[str], stdin: str | None = None) -> str:
+    try:
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SentinelError(f"{cmd[0]} not found: install iptables and ipset") from None
+    except subprocess.TimeoutExpired:
+        raise SentinelError(f"{cmd[0]} did not finish in 60 s") from None
+    if done.returncode != 0:
+        raise SentinelError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
+    """Make the kernel hold exactly `ruleset`. Either everything changes or nothing does."""
+    ensure_not_root_netns()
+    tools = BACKENDS[backend]
+    before = {f: _save(tools[f]) for f in (4, 6)}
+    _stage_sets(ruleset)
+    done: list[int] = []
+    try:
+        for family in (4, 6):
+            _run(
+                [f"{tools[family]}-restore", "--noflush", "--wait"],
+                _restore_doc(ruleset, family, before[family]),
+            )
+            done.append(family)
+    except SentinelError:
+        _rollback(ruleset, tools, before, done)
+        raise
+    _run(["ipset", "restore"], "".join(f"destroy {_staging(s.name)}\n" for s in ruleset.sets))
+    return read_state(backend)
+
+
+def _staging(name: str) -> str:
+    return f"{name}-new"
+
+
+def _stage_sets(ruleset: Ruleset) -> None:
+    """Fill a staging copy of each set and swap it in (atomic per set)."""
+    existing = set(_run(["ipset", "list", "-n"]).split())
+    lines = []
+    for s in ruleset.sets:
+        stage = _staging(s.name)
+        if stage in existing:  # left over by an apply that was killed
+            lines.append(f"destroy {stage}")
+        if s.name not in existing:
+            lines.append(s.create_line())
+        lines.append(s.create_line(stage))
+        lines += [f"add {stage} {e}" for e in s.entries]
+        lines.append(f"swap {stage} {s.name}")
+    _run(["ipset", "restore"], "\n".join(lines) + "\n")
+
+
+def _rollback(
+    ruleset: Ruleset, tools: dict[int, str], before: dict[int, str], done: list[int]
+) -> None:
+    """Put back the rules and set contents that were in force before a failed apply."""
+    for family in done:
+        doc = _restore_previous(before[family])
+        _run([f"{tools[family]}-restore", "--noflush", "--wait"], doc)
+    _run(
+        ["ipset", "restore"],
+        "".join(
+            f"swap {_staging(s.name)} {s.name}\ndestroy {_staging(s.name)}\n" for s in ruleset.sets
+        ),
+    )
+
+
+def _restore_doc(ruleset: Ruleset, family: int, current: str) -> str:
+    """One document per family: our chains re-declared (which flushes them) and refilled,
+    hooks moved to position 1, all inside one commit per table."""
+    jumps = _jumps(current)
+    out = []
+    for table in TABLES:
+        chains = ruleset.chains(family, table)
+        if not chains:
+            continue
+        out.append(f"*{table}")
+        out += [f":{c} - [0:0]" for c in chains]
+        out += [f"-D {builtin} -j {chain}" for t, builtin, chain in jumps if t == table]
+        out += [
+            f"-I {h.builtin} 1 -j {h.chain}"
+            for h in ruleset.hooks
+            if h.family == family and h.table == table
+        ]
+        out += [r.save_line() for f, r in ruleset.rules if f == family and r.table == table]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def _restore_previous(saved: str) -> str:
+    """A restore document that brings our part of one family back to a saved state."""
+    out = []
+    for table, lines in _our_lines(saved).items():
+        decls = [x for x in lines if x.startswith(":")]
+        rules = [x for x in lines if x.startswith("-A") and not x.startswith("-A OUTPUT")]
+        hooks = [x.replace("-A OUTPUT", "-I OUTPUT 1") for x in lines if x.startswith("-A OUTPUT")]
+        out += [f"*{table}", *decls, *rules, *hooks, "COMMIT"]
+    return "\n".join(out) + "\n"
+
+
+def _jumps(saved: str) -> list[tuple[str, str, str]]:
+    """(table, builtin chain, our chain) for every jump into our chains, duplicates included."""
+    found, table = [], ""
+    for line in saved.splitlines():
+        line = _COUNTED.sub(r"\3", line)
+        if line.startswith("*"):
+            table = line[1:]
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "-A" and parts[2] == "-j" and parts[3] in OUR_CHAINS:
+            if parts[1] not in OUR_CHAINS:
+                found.append((table, parts[1], parts[3]))
+    return found
+
+
+def _save(tool: str, counters: bool = False) -> str:
+    return _run([f"{tool}-save", *(["-c"] if counters else [])])
+
+
+def _our_lines(saved: str) -> dict[str, list[str]]:
+    """Lines of iptables-save that belong to us, per table; a hook not in position 1 is marked."""
+    tables: dict[str, list[str]] = {}
+    table, position = "", {}
+    for raw in saved.splitlines():
+        line = _COUNTED.sub(r"\3", raw)
+        if line.startswith("*"):
+            table, position = line[1:], {}
+            continue
+        parts = line.split()
+        if line.startswith(":") and line[1:].split()[0] in OUR_CHAINS:
+            tables.setdefault(table, []).append(f"{parts[0]} - [0:0]")
+        elif len(parts) > 1 and parts[0] == "-A":
+            position[parts[1]] = position.get(parts[1], 0) + 1
+            if parts[1] in OUR_CHAINS:
+                tables.setdefault(table, []).append(line)
+            elif parts[-1] in OUR_CHAINS and parts[-2] == "-j":
+                suffix = "" if position[parts[1]] == 1 else f" (at position {position[parts[1]]})"
+                tables.setdefault(table, []).append(line + suffix)
+    return tables
+
+
+def read_state(backend: str = DEFAULT_BACKEND) -> KernelState:
+    """What the kernel holds of ours right now, with packet counters."""
+    state = KernelState()
+    for family, tool in BACKENDS[backend].items():
+        saved = _save(tool, counters=True)
+        parts = []
+        for table in TABLES:
+            lines = _our_lines(saved).get(table)
+            if lines:
+                decls = [x[1:].split()[0] for x in lines if x.startswith(":")]
+                hooks = [x for x in lines if x.startswith("-A") and x.split()[1] not in OUR_CHAINS]
+                rules = [x for x in lines if x.startswith("-A") and x.split()[1] in OUR_CHAINS]
+                parts += [f"*{table}", *canonical_lines(decls, hooks, rules), "COMMIT"]
+        state.text[family] = "\n".join(parts) + "\n" if parts else ""
+        state.counters.update(_counters(saved, family))
+    state.sets, state.set_counters = _read_sets()
+    return state
+
+
+def _counters(saved: str, family: int) -> dict[tuple[int, str], tuple[int, int]]:
+    out = {}
+    for raw in saved.splitlines():
+        match = _COUNTED.match(raw)
+        if match and match.group(3).split()[1] in OUR_CHAINS:
+            out[(family, match.group(3))] = (int(match.group(1)), int(match.group(2)))
+    return out
+
+
+def _read_sets() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]]]:
+    names = set(_run(["ipset", "list", "-n"]).split())
+    sets, counters = [], {}
+    for family, name in SET_NAME.items():
+        if name not in names:
+            continue
+        entries = []
+        for line in _run(["ipset", "save", name]).splitlines():
+            parts = line.split()
+            if parts[:1] == ["add"]:
+                entries.append(parts[2])
+                if "packets" in parts:
+                    i = parts.index("packets")
+                    counters[(name, parts[2])] = (int(parts[i + 1]), int(parts[i + 3]))
+        sets.append(IpSet(name, family, tuple(sorted(entries))))
+    return sets, counters
+
+
+def teardown(backend: str | None = None) -> bool:
+    """Remove only our chains, jumps and sets. Returns whether anything was there."""
+    ensure_not_root_netns()
+    found = False
+    for name in [backend] if backend else list(BACKENDS):
+        for tool in BACKENDS[name].values():
+            doc = _teardown_doc(_save(tool))
+            if doc:
+                _run([f"{tool}-restore", "--noflush", "--wait"], doc)
+                found = True
+    names = set(_run(["ipset", "list", "-n"]).split())
+    ours = [n for s in SET_NAME.values() for n in (s, _staging(s)) if n in names]
+    if ours:
+        _run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in ours))
+    return found or bool(ours)
+
+
+def _teardown_doc(saved: str) -> str:
+    out = []
+    for table, lines in _our_lines(saved).items():
+        chains = [x[1:].split()[0] for x in lines if x.startswith(":")]
+        jumps = [(t, b, c) for t, b, c in _jumps(saved) if t == table]
+        out += [f"*{table}", *(f"-D {b} -j {c}" for _, b, c in jumps)]
+        out += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains] + ["COMMIT"]
+    return "\n".join(out) + "\n" if out else ""
