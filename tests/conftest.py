@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.topology import Topology
+from sentinel.netns import Topology
 
 
 def _netns_unavailable() -> str | None:

@@ -1,4 +1,4 @@
-"""A throwaway network of namespaces: the app, its upstreams, a DNS host and an "outside" host.
+"""A throwaway network of namespaces (used by tests, the lab and benchmarks): the app, its upstreams, a DNS host and an "outside" host.
 
 Everything lives on 198.18.0.0/24 and 2001:db8::/64 behind one bridge in a switch namespace;
 nothing is linked to the root namespace. Names carry a per-run prefix so parallel runs never
@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HELPERS = Path(__file__).parent / "helpers"
+HELPERS = Path(__file__).parent / "labtools"
 PYTHON = sys.executable
 V4 = "198.18.0.{}"
 V6 = "2001:db8::{}"
