@@ -105,10 +105,15 @@ def prepare(policy: Policy, pins: dict) -> Ruleset:
     return ruleset
 
 
-def record_applied(policy: Policy, ruleset: Ruleset, backend: str, pins: dict) -> None:
+def record_applied(
+    policy: Policy, ruleset: Ruleset, backend: str, pins: dict, created_tables: list[str]
+) -> None:
+    previous = read_json(APPLIED) or {}
     write_json(
         APPLIED,
         {
+            # tables our first apply created stay "ours" across re-applies, for teardown
+            "created_tables": sorted(set(previous.get("created_tables", [])) | set(created_tables)),
             "applied_at": time.time(),
             "backend": backend,
             "mode": policy.mode,
@@ -145,12 +150,14 @@ def apply(
     state = netfilter.apply(ruleset, backend)
     if state.sha256() != ruleset.sha256():
         raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(policy, ruleset, backend, pins)
+    record_applied(policy, ruleset, backend, pins, state.created_tables)
     typer.echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
 
 
 def status_data() -> dict:
     applied = read_json(APPLIED)
+    if applied and "ruleset_sha256" not in applied:  # torn down since
+        applied = None
     backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
     kernel = netfilter.read_state(backend)
     expected = (applied or {}).get("ruleset_sha256")
@@ -187,7 +194,10 @@ def status(fmt: FormatOpt = "table") -> None:
 @app.command()
 def teardown(backend: Annotated[str | None, typer.Option(help="only this backend")] = None) -> None:
     """Remove only sentinel's own chains, jumps and sets."""
-    found = netfilter.teardown(_backend(backend) if backend else None)
+    created = (read_json(APPLIED) or {}).get("created_tables", [])
+    found = netfilter.teardown(_backend(backend) if backend else None, created)
+    if read_json(APPLIED):
+        write_json(APPLIED, {"torn_down_at": time.time(), "created_tables": []})
     typer.echo("removed sentinel rules" if found else "no sentinel rules were present")
 
 

@@ -44,6 +44,7 @@ class KernelState:
     sets: list[IpSet] = field(default_factory=list)
     counters: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # (fam, line)
     set_counters: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    created_tables: list[str] = field(default_factory=list)  # "6/nat": absent before our apply
 
     @property
     def present(self) -> bool:
@@ -116,7 +117,14 @@ def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
         _rollback(ruleset, tools, before, done)
         raise
     _run(["ipset", "restore"], "".join(f"destroy {_staging(s.name)}\n" for s in ruleset.sets))
-    return read_state(backend)
+    state = read_state(backend)
+    state.created_tables = [
+        f"{family}/{table}"
+        for family in (4, 6)
+        for table in ruleset.tables(family)
+        if f"*{table}" not in before[family].splitlines()
+    ]
+    return state
 
 
 def _staging(name: str) -> str:
@@ -273,21 +281,44 @@ def _read_sets() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]]]:
     return sets, counters
 
 
-def teardown(backend: str | None = None) -> bool:
-    """Remove only our chains, jumps and sets. Returns whether anything was there."""
+def teardown(backend: str | None = None, created_tables: list[str] | None = None) -> bool:
+    """Remove only our chains, jumps and sets, and the tables our apply created if they are
+    empty again. Returns whether anything of ours was there."""
     ensure_not_root_netns()
     found = False
     for name in [backend] if backend else list(BACKENDS):
-        for tool in BACKENDS[name].values():
+        for family, tool in BACKENDS[name].items():
             doc = _teardown_doc(_save(tool))
             if doc:
                 _run([f"{tool}-restore", "--noflush", "--wait"], doc)
                 found = True
+            if name == "nft":
+                _drop_empty_tables(tool, family, created_tables or [])
     names = set(_run(["ipset", "list", "-n"]).split())
     ours = [n for s in SET_NAME.values() for n in (s, _staging(s)) if n in names]
     if ours:
         _run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in ours))
     return found or bool(ours)
+
+
+def _drop_empty_tables(tool: str, family: int, created: list[str]) -> None:
+    """A table that only exists because we applied is deleted once nothing is left in it."""
+    saved = _save(tool)
+    for table in TABLES:
+        if f"{family}/{table}" in created and _table_is_empty(saved, table):
+            _run(["nft", "delete", "table", "ip" if family == 4 else "ip6", table])
+
+
+def _table_is_empty(saved: str, table: str) -> bool:
+    lines, inside = [], False
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            inside = line == f"*{table}"
+        elif inside and line != "COMMIT" and not line.startswith("#"):
+            lines.append(line)
+    if not inside and not lines:
+        return False  # table absent: nothing to delete
+    return all(x.startswith(":") and " ACCEPT " in x for x in lines)
 
 
 def _teardown_doc(saved: str) -> str:
