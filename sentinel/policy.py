@@ -123,7 +123,8 @@ class PolicyError(BadInput):
 
     def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:
         self.problems = sorted(problems)
-        text = "\n".join(f"{source}:{line}: {msg}" for line, msg in self.problems)
+        # one problem per line, always: a value with a newline must not forge another line
+        text = "\n".join(f"{source}:{line}: {' '.join(msg.split())}" for line, msg in self.problems)
         super().__init__(text)
 
 

@@ -44,8 +44,11 @@ def load_located(text: str) -> Located:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise YamlSyntaxError(line, f"invalid YAML: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise YamlSyntaxError(line, f"invalid YAML: unacceptable character {exc.character!r}") from None
     except yaml.YAMLError as exc:
-        raise YamlSyntaxError(1, f"invalid YAML: {exc}") from None
+        raise YamlSyntaxError(1, "invalid YAML: " + " ".join(str(exc).split())) from None
     out = Located(None)
     out.data = _convert(node, "", out.lines) if node is not None else None
     return out
