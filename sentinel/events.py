@@ -1,17 +1,34 @@
-"""One event schema for every layer (netfilter, dns, guard, tamper, ...).
+"""One event schema for every layer (netfilter, dns, guard, tamper, ...), and its store.
 
-The SQLite store (WAL, retention, bounded non-blocking writer) lives here too (issue 5).
+The store is SQLite in WAL mode under the state directory. Writers never block: `put()` drops
+the event into a bounded queue and returns; a single writer thread commits batches in one
+transaction each. When the queue is full the event is shed and counted, and the count itself is
+written to the database so the report can show it. An event whose id is already stored is an
+update (the monitor folds retransmits and raises the packet count later); it replaces the row.
 """
 
 from __future__ import annotations
 
+import json
+import queue
+import sqlite3
+import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+from .errors import SentinelError
 
 LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
 VERDICTS = ("blocked", "audited", "info")
+DB_NAME = "events.db"
+SCHEMA_VERSION = 1
+DEFAULT_QUEUE = 50_000
+DEFAULT_RETENTION = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,263 @@ class Event:
     detail: dict[str, Any] = field(default_factory=dict, hash=False)
     ts: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: str(uuid.uuid4()))  # also the correlation id
+    family: int | None = None  # 4 | 6 (network layer)
+    src_ip: str | None = None
+    src_port: int | None = None
+    last_ts: float | None = None  # last folded packet (retransmits), None = single packet
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+COLUMNS = tuple(f.name for f in fields(Event))
+
+# Index i holds the script that takes the schema from version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY, ts REAL NOT NULL, layer TEXT NOT NULL, kind TEXT NOT NULL,
+        verdict TEXT NOT NULL, protocol TEXT, family INTEGER, src_ip TEXT, src_port INTEGER,
+        dst_ip TEXT, dst_port INTEGER, dst_name TEXT, packets INTEGER NOT NULL DEFAULT 1,
+        last_ts REAL, pid INTEGER, exe TEXT, stack TEXT, detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_ts ON events (ts);
+    CREATE INDEX events_layer_ts ON events (layer, ts);
+    CREATE TABLE shed (ts REAL NOT NULL, layer TEXT NOT NULL, count INTEGER NOT NULL);
+    CREATE INDEX shed_ts ON shed (ts);
+    """,
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def db_path(directory: Path | None = None) -> Path:
+    from .state import state_dir
+
+    return (directory or state_dir()) / DB_NAME
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the schema migrated (writers) or checked (readers)."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
+            migrate(conn)
+    except sqlite3.Error as exc:
+        raise SentinelError(f"cannot open event store {path}: {exc}") from None
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise SentinelError(
+            f"event store {path} has schema {version}, newer than this sentinel ({SCHEMA_VERSION})"
+        )
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """The one way to write: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION, each step in its own transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        with transaction(conn):
+            for statement in MIGRATIONS[target - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+    return SCHEMA_VERSION
+
+
+def _row(event: Event) -> tuple:
+    d = event.to_dict()
+    d["detail"] = json.dumps(d["detail"], sort_keys=True, default=str)
+    return tuple(d[c] for c in COLUMNS)
+
+
+_UPSERT = (
+    f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT(id) DO UPDATE SET packets = excluded.packets, last_ts = excluded.last_ts, "
+    "detail = excluded.detail"
+)
+
+
+def write_events(conn: sqlite3.Connection, events: list[Event], shed: dict[str, int]) -> None:
+    with transaction(conn):
+        conn.executemany(_UPSERT, [_row(e) for e in events])
+        now = time.time()
+        conn.executemany(
+            "INSERT INTO shed (ts, layer, count) VALUES (?, ?, ?)",
+            [(now, layer, n) for layer, n in shed.items() if n],
+        )
+
+
+def prune(conn: sqlite3.Connection, retention: float, now: float | None = None) -> int:
+    cutoff = (now or time.time()) - retention
+    with transaction(conn):
+        gone = conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
+        conn.execute("DELETE FROM shed WHERE ts < ?", (cutoff,))
+    return gone
+
+
+def query(
+    conn: sqlite3.Connection, since: float, until: float, layer: str | None = None
+) -> list[Event]:
+    sql = f"SELECT {', '.join(COLUMNS)} FROM events WHERE ts >= ? AND ts < ?"
+    args: list[Any] = [since, until]
+    if layer:
+        sql += " AND layer = ?"
+        args.append(layer)
+    out = []
+    for values in conn.execute(sql + " ORDER BY ts", args):
+        data = dict(zip(COLUMNS, values, strict=True))
+        data["detail"] = json.loads(data["detail"] or "{}")
+        out.append(Event.from_dict(data))
+    return out
+
+
+def shed_counts(conn: sqlite3.Connection, since: float, until: float) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT layer, SUM(count) FROM shed WHERE ts >= ? AND ts < ? GROUP BY layer", (since, until)
+    )
+    return {layer: int(n) for layer, n in rows}
+
+
+class EventStore:
+    """Non-blocking writer: `put()` never waits; a thread commits batches."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        maxsize: int = DEFAULT_QUEUE,
+        retention: float = DEFAULT_RETENTION,
+        batch: int = 2000,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.path = path or db_path()
+        self.retention = retention
+        self.batch = batch
+        self.on_error = on_error
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=maxsize)
+        self._shed: dict[str, int] = {}  # not yet persisted
+        self._lock = threading.Lock()
+        self._counts = {"put": 0, "written": 0, "shed": 0, "batches": 0, "errors": 0}
+        self._max_depth = 0
+        self._conn = connect(self.path)  # fail early, in the caller's thread
+        self._thread = threading.Thread(target=self._run, name="event-store", daemon=True)
+        self._started = False
+
+    def start(self) -> EventStore:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def put(self, event: Event) -> bool:
+        """Queue an event; False (and counted) when the queue is full. Never blocks."""
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            with self._lock:
+                self._shed[event.layer] = self._shed.get(event.layer, 0) + 1
+                self._counts["shed"] += 1
+            return False
+        depth = self._queue.qsize()
+        with self._lock:
+            self._counts["put"] += 1
+            self._max_depth = max(self._max_depth, depth)
+        return True
+
+    __call__ = put  # usable directly as an emit callback
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            depth = self._queue.qsize()
+            return {**self._counts, "queue_depth": depth, "max_depth": self._max_depth}
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is committed (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._started and self._thread.is_alive():
+            self.flush(timeout)
+            self._queue.put(None)  # may wait briefly: stop is not on the hot path
+            self._thread.join(timeout)
+        self._conn.close()
+
+    def _run(self) -> None:
+        next_prune = 0.0
+        while True:
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                first = ...
+            items = [] if first is ... else [first]
+            while len(items) < self.batch:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in items
+            events = [e for e in items if isinstance(e, Event)]
+            self._commit(events)
+            for _ in items:
+                self._queue.task_done()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 60
+                self._guard(lambda: prune(self._conn, self.retention))
+            if stop:
+                return
+
+    def _commit(self, events: list[Event]) -> None:
+        with self._lock:
+            shed, self._shed = self._shed, {}
+        if not events and not shed:
+            return
+        if self._guard(lambda: write_events(self._conn, events, shed)):
+            with self._lock:
+                self._counts["written"] += len(events)
+                self._counts["batches"] += 1
+        else:  # the batch is lost: count it as shed so the report shows it
+            with self._lock:
+                for e in events:
+                    self._shed[e.layer] = self._shed.get(e.layer, 0) + 1
+                self._counts["shed"] += len(events)
+                for layer, n in shed.items():
+                    self._shed[layer] = self._shed.get(layer, 0) + n
+
+    def _guard(self, fn: Callable[[], Any]) -> bool:
+        try:
+            fn()
+            return True
+        except sqlite3.Error as exc:
+            with self._lock:
+                self._counts["errors"] += 1
+            if self.on_error:
+                self.on_error(exc)
+            time.sleep(0.1)  # a locked or full database: do not spin
+            return False

@@ -1,0 +1,486 @@
+"""The NFLOG monitor: every packet the ruleset logs becomes an event; one attempt, one event.
+
+Source: a raw NETLINK_NETFILTER socket bound to the policy's NFLOG group (see docs/report.md for
+why not libpcap). The message body is the same "nfgenmsg + TLVs" layout that libpcap hands out
+as link type 239 (DLT_NFLOG), so `parse_nflog` reads either. We ask the kernel for the first
+128 bytes of each packet (headers only) and for per-instance sequence numbers, so a message lost
+to a full socket buffer is counted, never silently missed.
+
+Folding: a packet of a flow already seen within `fold_window` (SYN retransmits, repeated UDP
+datagrams, pings of one `ping` run) adds to that flow's packet count instead of making a new
+event. The event is emitted at the first packet (so alerts are immediate); when the flow goes
+quiet and it had more than one packet, an update with the same id and the final count follows.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .events import Event
+
+NETLINK_NETFILTER = 12
+SO_RCVBUFFORCE = 33
+NFNL_SUBSYS_ULOG = 4
+NFULNL_MSG_PACKET = 0
+NFULNL_MSG_CONFIG = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 1
+NLM_F_ACK = 4
+# config attributes and values (linux/netfilter/nfnetlink_log.h)
+NFULA_CFG_CMD, NFULA_CFG_MODE, NFULA_CFG_TIMEOUT, NFULA_CFG_QTHRESH, NFULA_CFG_FLAGS = 1, 2, 4, 5, 6
+NFULNL_CFG_CMD_BIND, NFULNL_CFG_CMD_UNBIND = 1, 2
+NFULNL_COPY_PACKET = 2
+NFULNL_CFG_F_SEQ = 1
+# packet attributes
+NFULA_PACKET_HDR, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 1, 9, 10, 12
+COPY_RANGE = 128  # IPv6 + extension headers + TCP ports fit; we never need payload bytes
+PREFIX_VERDICT = {"sentinel:deny": "blocked", "sentinel:audit": "audited"}
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+_V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH (fragment: 44)
+
+
+class Malformed(ValueError):
+    """An NFLOG message or IP packet we cannot read: counted, never fatal."""
+
+
+@dataclass(frozen=True)
+class NflogPacket:
+    family: int  # AF_INET / AF_INET6 as the kernel reports it
+    group: int
+    prefix: str
+    payload: bytes
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class Flow:
+    family: int  # 4 | 6
+    protocol: str
+    src_ip: str
+    dst_ip: str
+    src_port: int | None = None
+    dst_port: int | None = None
+    icmp_type: int | None = None
+    icmp_id: int | None = None
+
+
+# --- parsing (pure) ---------------------------------------------------------------------
+def iter_tlvs(data: bytes | memoryview, offset: int = 0) -> dict[int, bytes]:
+    """NFLOG attributes: u16 length (incl. 4-byte header), u16 type, value, pad to 4."""
+    attrs: dict[int, bytes] = {}
+    end = len(data)
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4 or offset + length > end:
+            raise Malformed(f"attribute length {length} at offset {offset}")
+        attrs[kind & 0x3FFF] = bytes(data[offset + 4 : offset + length])
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def parse_nflog(body: bytes | memoryview) -> NflogPacket:
+    """An nfgenmsg header (family, version, big-endian group) followed by TLVs."""
+    if len(body) < 4:
+        raise Malformed("short nfgenmsg")
+    family, _version, group = struct.unpack_from("!BBH", body, 0)
+    attrs = iter_tlvs(body, 4)
+    if NFULA_PAYLOAD not in attrs:
+        raise Malformed("no payload attribute")
+    prefix = attrs.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode("ascii", "replace")
+    seq = struct.unpack("!I", attrs[NFULA_SEQ])[0] if len(attrs.get(NFULA_SEQ, b"")) == 4 else None
+    return NflogPacket(family, group, prefix, attrs[NFULA_PAYLOAD], seq)
+
+
+def parse_ip(packet: bytes) -> Flow:
+    if not packet:
+        raise Malformed("empty payload")
+    version = packet[0] >> 4
+    if version == 4:
+        return _parse_v4(packet)
+    if version == 6:
+        return _parse_v6(packet)
+    raise Malformed(f"IP version {version}")
+
+
+def _parse_v4(p: bytes) -> Flow:
+    if len(p) < 20:
+        raise Malformed("short IPv4 header")
+    ihl = (p[0] & 0x0F) * 4
+    if ihl < 20 or len(p) < ihl:
+        raise Malformed("bad IPv4 header length")
+    frag_offset = struct.unpack_from("!H", p, 6)[0] & 0x1FFF
+    src, dst = str(ipaddress.IPv4Address(p[12:16])), str(ipaddress.IPv4Address(p[16:20]))
+    return _transport(4, p[9], src, dst, p[ihl:] if frag_offset == 0 else b"")
+
+
+def _parse_v6(p: bytes) -> Flow:
+    if len(p) < 40:
+        raise Malformed("short IPv6 header")
+    src, dst = str(ipaddress.IPv6Address(p[8:24])), str(ipaddress.IPv6Address(p[24:40]))
+    nxt, offset = p[6], 40
+    for _ in range(8):  # bounded walk over extension headers
+        if nxt == 44:  # fragment header: ports only in the first fragment
+            if len(p) < offset + 8:
+                raise Malformed("short fragment header")
+            first = struct.unpack_from("!H", p, offset + 2)[0] >> 3 == 0
+            nxt, offset = p[offset], offset + 8
+            if not first:
+                return _transport(6, nxt, src, dst, b"")
+        elif nxt in _V6_EXT:
+            if len(p) < offset + 2:
+                raise Malformed("short extension header")
+            size = (p[offset + 1] + 2) * 4 if nxt == 51 else (p[offset + 1] + 1) * 8
+            nxt, offset = p[offset], offset + size
+        else:
+            break
+    return _transport(6, nxt, src, dst, p[offset:])
+
+
+def _transport(family: int, proto: int, src: str, dst: str, rest: bytes) -> Flow:
+    name = PROTO_NAMES.get(proto, f"ip-{proto}")
+    if proto in (6, 17) and len(rest) >= 4:
+        sport, dport = struct.unpack_from("!HH", rest, 0)
+        return Flow(family, name, src, dst, sport, dport)
+    if proto in (1, 58) and len(rest) >= 1:
+        ident = struct.unpack_from("!H", rest, 4)[0] if len(rest) >= 6 else None
+        return Flow(family, name, src, dst, icmp_type=rest[0], icmp_id=ident)
+    return Flow(family, name, src, dst)  # other protocol, or a non-first fragment
+
+
+def flow_event(flow: Flow, verdict: str, now: float, seq: int | None = None) -> Event:
+    detail: dict[str, Any] = {}
+    if flow.icmp_type is not None:
+        detail["icmp_type"] = flow.icmp_type
+    return Event(
+        layer="netfilter",
+        kind="egress_attempt",
+        verdict=verdict,
+        protocol=flow.protocol,
+        dst_ip=flow.dst_ip,
+        dst_port=flow.dst_port,
+        family=flow.family,
+        src_ip=flow.src_ip,
+        src_port=flow.src_port,
+        detail=detail,
+        ts=now,
+    )
+
+
+# --- folding (pure) ---------------------------------------------------------------------
+@dataclass
+class _Open:
+    event: Event
+    packets: int
+    last: float
+
+
+class Folder:
+    """Folds packets of one flow seen within `window` seconds of each other into one event."""
+
+    def __init__(self, window: float, max_flows: int = 200_000) -> None:
+        self.window = window
+        self.max_flows = max_flows
+        self._open: OrderedDict[tuple, _Open] = OrderedDict()  # least recently seen first
+
+    def feed(
+        self, flow: Flow, verdict: str, now: float, seq: int | None = None
+    ) -> tuple[Event | None, list[Event]]:
+        """(new event or None when folded, updates for flows pushed out by the size cap)."""
+        key = (flow, verdict)
+        current = self._open.get(key)
+        if current is not None and now - current.last <= self.window:
+            current.packets += 1
+            current.last = now
+            self._open.move_to_end(key)
+            return None, []
+        evicted = [self._close(self._open.pop(key))] if current is not None else []
+        event = flow_event(flow, verdict, now, seq)
+        self._open[key] = _Open(event, 1, now)
+        while len(self._open) > self.max_flows:
+            evicted.append(self._close(self._open.popitem(last=False)[1]))
+        return event, [e for e in evicted if e is not None]
+
+    def expire(self, now: float, everything: bool = False) -> list[Event]:
+        """Close quiet flows; the updates (count > 1) are returned."""
+        out = []
+        while self._open:
+            key, current = next(iter(self._open.items()))
+            if not everything and now - current.last <= self.window:
+                break
+            del self._open[key]
+            update = self._close(current)
+            if update is not None:
+                out.append(update)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    @staticmethod
+    def _close(current: _Open) -> Event | None:
+        if current.packets == 1:
+            return None
+        return replace(current.event, packets=current.packets, last_ts=current.last)
+
+
+# --- the kernel side --------------------------------------------------------------------
+def _attr(kind: int, value: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(value), kind) + value
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _config_msg(group: int, seq: int, *attrs: bytes) -> bytes:
+    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, group) + b"".join(attrs)
+    kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+class NflogSocket:
+    """One NFLOG group on a netlink socket: bind, configure, read packets."""
+
+    def __init__(self, group: int, rcvbuf: int = 16 << 20) -> None:
+        self.group = group
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            try:  # as root, past net.core.rmem_max: a flood must not overflow us
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.bind((0, 0))
+            self._seq = 0
+            self._request(_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])))
+            self._request(
+                _attr(NFULA_CFG_MODE, struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)),
+                _attr(NFULA_CFG_FLAGS, struct.pack("!H", NFULNL_CFG_F_SEQ)),
+                _attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)),
+                _attr(NFULA_CFG_TIMEOUT, struct.pack("!I", 5)),  # 1/100 s
+            )
+        except OSError:
+            self.sock.close()
+            raise
+        self._buf = bytearray(1 << 18)
+
+    def _request(self, *attrs: bytes) -> None:
+        self._seq += 1
+        self.sock.send(_config_msg(self.group, self._seq, *attrs))
+        deadline = time.monotonic() + 5
+        self.sock.settimeout(5)
+        while time.monotonic() < deadline:
+            data = self.sock.recv(65536)
+            for kind, _flags, seq, body in iter_nlmsgs(data):
+                if kind == NLMSG_ERROR and seq == self._seq:
+                    code = -struct.unpack_from("=i", body, 0)[0]
+                    if code:
+                        raise OSError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
+                    return
+        raise OSError(errno.ETIMEDOUT, "no answer from nfnetlink_log")
+
+    def recv(self, timeout: float) -> list[bytes]:
+        """Message bodies of NFLOG packets; raises OSError(ENOBUFS) when the kernel dropped."""
+        self.sock.settimeout(timeout)
+        try:
+            n = self.sock.recv_into(self._buf)
+        except TimeoutError:
+            return []
+        packet_kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
+        view = memoryview(self._buf)[:n]
+        return [bytes(body) for kind, _f, _s, body in iter_nlmsgs(view) if kind == packet_kind]
+
+    def close(self) -> None:
+        try:
+            self.sock.send(_config_msg(self.group, 0, _attr(NFULA_CFG_CMD, b"\x02")))
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def iter_nlmsgs(data: bytes | memoryview):
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind, flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
+        if length < 16 or offset + length > len(data):
+            raise Malformed(f"netlink message length {length}")
+        yield kind, flags, seq, data[offset + 16 : offset + length]
+        offset += (length + 3) & ~3
+
+
+# --- the monitor ------------------------------------------------------------------------
+Emit = Callable[[Event], Any]
+
+
+class Monitor:
+    """Reads the NFLOG group in a thread and emits one event per attempt, plus heartbeats."""
+
+    def __init__(
+        self,
+        policy: Any,
+        emit: Emit,
+        update: Emit | None = None,
+        heartbeat: float = 5.0,
+        info: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.group = policy.nflog_group
+        self.folder = Folder(policy.monitor.fold_window)
+        self.emit = emit
+        self.update = update or emit
+        self.heartbeat = heartbeat
+        self.info = info or _applied_info
+        self.counts = {
+            "messages": 0,
+            "packets": 0,
+            "events": 0,
+            "folded": 0,
+            "malformed": 0,
+            "foreign": 0,
+            "overruns": 0,
+            "lost": 0,  # from sequence-number gaps
+            "heartbeats": 0,
+        }
+        self._sock: NflogSocket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_seq: int | None = None
+        self.started_at = 0.0
+
+    def start(self) -> Monitor:
+        """Binds the group (raises OSError if that fails) and starts the reader thread."""
+        self._sock = NflogSocket(self.group)
+        self.started_at = time.time()
+        self._thread = threading.Thread(target=self._run, name="nflog-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+        for update in self.folder.expire(time.time(), everything=True):
+            self.update(update)
+        self._beat("stopped")
+        if self._sock:
+            self._sock.close()
+            self._sock = None
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, "open_flows": len(self.folder)}
+
+    def _run(self) -> None:
+        assert self._sock is not None
+        self._beat("started")
+        next_beat = time.monotonic() + self.heartbeat
+        while not self._stop.is_set():
+            try:
+                bodies = self._sock.recv(timeout=0.2)
+            except Malformed:
+                self.counts["malformed"] += 1
+                bodies = []
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.counts["overruns"] += 1  # the seq gap says how many
+                bodies = []
+            now = time.time()
+            for body in bodies:
+                self.handle(body, now)
+            for update in self.folder.expire(now):
+                self.update(update)
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.heartbeat
+                self._beat("running")
+
+    def handle(self, body: bytes, now: float) -> None:
+        """One NFLOG message -> at most one new event. Never raises on bad input."""
+        self.counts["messages"] += 1
+        try:
+            packet = parse_nflog(body)
+            self._check_seq(packet.seq)
+            verdict = PREFIX_VERDICT.get(packet.prefix)
+            if verdict is None:  # someone else's NFLOG rule in our group
+                self.counts["foreign"] += 1
+                return
+            flow = parse_ip(packet.payload)
+        except (Malformed, struct.error, ValueError):
+            self.counts["malformed"] += 1
+            return
+        self.counts["packets"] += 1
+        event, evicted = self.folder.feed(flow, verdict, now)
+        for update in evicted:
+            self.update(update)
+        if event is None:
+            self.counts["folded"] += 1
+            return
+        self.counts["events"] += 1
+        self.emit(event)
+
+    def _check_seq(self, seq: int | None) -> None:
+        if seq is None:
+            return
+        if self._next_seq is not None and seq != self._next_seq:
+            self.counts["lost"] += (seq - self._next_seq) % (1 << 32)
+        self._next_seq = (seq + 1) % (1 << 32)
+
+    def _beat(self, state: str) -> None:
+        self.counts["heartbeats"] += 1
+        detail = {
+            "state": state,
+            "interval": self.heartbeat,
+            "group": self.group,
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+            **self.info(),
+            "stats": self.stats(),
+        }
+        self.emit(Event(layer="sentinel", kind="monitor_heartbeat", verdict="info", detail=detail))
+
+
+def _applied_info() -> dict[str, Any]:
+    """What is in force right now, as `sentinel apply` recorded it (cheap: one small file)."""
+    from .state import APPLIED, read_json
+
+    try:
+        applied = read_json(APPLIED) or {}
+    except Exception:  # noqa: BLE001 - a heartbeat must never die on a bad state file
+        applied = {}
+    return {k: applied.get(k) for k in ("ruleset_sha256", "policy_sha256", "mode", "applied_at")}
+
+
+# --- standalone entry point (until `sentinel run` starts us) ----------------------------
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+
+    from .events import EventStore, db_path
+    from .policy import load_policy
+
+    parser = argparse.ArgumentParser(prog="python -m sentinel.monitor")
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3600, help="exit after this long")
+    args = parser.parse_args(argv)
+    policy = load_policy(args.policy)
+    store = EventStore(db_path(), retention=policy.monitor.retention).start()
+    monitor = Monitor(policy, store.put, heartbeat=args.heartbeat).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    print("ready", flush=True)
+    done.wait(args.seconds)
+    monitor.stop()
+    store.stop()
+    print(f"stopped {monitor.stats()} {store.stats()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
