@@ -201,6 +201,81 @@ def teardown(backend: Annotated[str | None, typer.Option(help="only this backend
     typer.echo("removed sentinel rules" if found else "no sentinel rules were present")
 
 
+@app.command("export")
+def export_cmd(
+    target: Annotated[str, typer.Argument(help="k8s (NetworkPolicy) or cilium (toFQDNs)")],
+    policy_file: PolicyOpt = None,
+    name: Annotated[str, typer.Option(help="metadata.name")] = "sentinel-egress",
+    namespace: Annotated[str | None, typer.Option(help="metadata.namespace")] = None,
+    app_label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE selecting the app's pods (app=mem0)")
+    ] = None,
+    label_key: Annotated[str, typer.Option(help="label that selects a service's pods")] = "app",
+    fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
+) -> None:
+    """Print the policy as a Kubernetes NetworkPolicy or a CiliumNetworkPolicy."""
+    import yaml  # local: only this command needs it
+
+    from .export import RENDERERS, ExportOptions, warnings
+
+    if target not in RENDERERS:
+        raise BadInput(f"export: {target!r} is not one of: {', '.join(RENDERERS)}")
+    if fmt not in ("yaml", "json"):
+        raise BadInput(f"--format: {fmt!r} is not one of: yaml, json")
+    labels = {}
+    for spec in app_label or ["app=mem0"]:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--app-label {spec}: expected KEY=VALUE")
+        labels[key] = value
+    policy = load_policy(_policy_path(policy_file))
+    opts = ExportOptions(name=name, namespace=namespace, app_labels=labels, label_key=label_key)
+    doc = RENDERERS[target](policy, opts)
+    for line in warnings(policy, target):
+        typer.echo(f"warning: {line}", err=True)
+    if fmt == "json":
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        typer.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+
+
+@app.command()
+def lab(
+    app_cmd: Annotated[
+        str | None, typer.Option("--app", help="run this command in the guarded app namespace")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where results.json and evidence go")] = Path(
+        "lab-results"
+    ),
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", "-p", help="lab policy (default: built in)")
+    ] = None,
+) -> None:
+    """Bare-host demo (root, no Docker): the compose topology out of network namespaces."""
+    from .lab import run_lab  # local: heavy, and only this command needs it
+
+    code = run_lab(app_cmd=app_cmd, out=out, policy_file=policy_file)
+    if code:
+        raise SentinelError("lab: see the summary above", code)
+
+
+@app.command()
+def run(
+    policy_file: PolicyOpt = None,
+    teardown_on_exit: Annotated[
+        bool, typer.Option("--teardown-on-exit", help="remove the rules on exit (default: keep)")
+    ] = False,
+    backend: BackendOpt = netfilter.DEFAULT_BACKEND,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Apply, pin DNS, hot-reload, tamper-check; runs until SIGTERM (the deny stays)."""
+    from .daemon import Daemon  # local: threads, watchdog and the resolver only for `run`
+    from .log import configure
+
+    configure(log_level)
+    Daemon(_policy_path(policy_file), _backend(backend), teardown_on_exit).run()
+
+
 def main() -> None:
     try:
         app()  # standalone: click prints usage errors and exits 2
