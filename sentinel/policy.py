@@ -88,6 +88,16 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class CanarySettings:
+    """Scheduled bypass probes to an address of the user's own (off unless target is set)."""
+
+    target: str | None = None  # IPv4 address that accepts on `port` when reachable
+    target6: str | None = None
+    port: int = 443
+    interval: float = 300.0
+
+
+@dataclass(frozen=True)
 class PolicyTest:
     to: str  # "host:port" as written
     host: str
@@ -105,6 +115,7 @@ class Policy:
     dns: DnsSettings = DnsSettings()
     alerts: AlertSettings = AlertSettings()
     monitor: MonitorSettings = MonitorSettings()
+    canary: CanarySettings = CanarySettings()
     tests: tuple[PolicyTest, ...] = ()
     nflog_group: int = DEFAULT_NFLOG_GROUP
     mark: int = DEFAULT_MARK
@@ -185,6 +196,7 @@ class _Checker:
             "dns",
             "alerts",
             "monitor",
+            "canary",
             "tests",
             "nflog_group",
             "mark",
@@ -206,6 +218,7 @@ class _Checker:
             dns=self.dns(data.get("dns")),
             alerts=self.alerts(data.get("alerts")),
             monitor=self.monitor(data.get("monitor")),
+            canary=self.canary(data.get("canary")),
             tests=self.tests(data.get("tests")),
             nflog_group=self.int_in("nflog_group", data.get("nflog_group", 1), 0, 65535),
             mark=self.int_in("mark", data.get("mark", DEFAULT_MARK), 1, 0xFFFFFFFF),
@@ -356,6 +369,22 @@ class _Checker:
             metrics_port=self.int_in("monitor.metrics_port", data.get("metrics_port", 0), 0, 65535),
         )
 
+    def canary(self, value: Any) -> CanarySettings:
+        data = self.mapping(value, "canary", {"target", "target6", "port", "interval"})
+        d = CanarySettings()
+        targets: dict[str, str | None] = {}
+        for key, version in (("target", 4), ("target6", 6)):
+            addr = data.get(key)
+            if addr is not None and (not _is_ip(str(addr)) or _version(str(addr)) != version):
+                self.bad(f"canary.{key}", f"{addr!r} is not an IPv{version} address")
+            targets[key] = str(addr) if addr is not None else None
+        return CanarySettings(
+            target=targets["target"],
+            target6=targets["target6"],
+            port=self.int_in("canary.port", data.get("port", d.port), 1, 65535),
+            interval=self.duration("canary.interval", data.get("interval"), d.interval),
+        )
+
     def tests(self, value: Any) -> tuple[PolicyTest, ...]:
         if value is None:
             return ()
@@ -447,6 +476,10 @@ def _is_ip(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _version(text: str) -> int:
+    return ipaddress.ip_address(text).version
 
 
 def _valid_host(value: Any) -> bool:
