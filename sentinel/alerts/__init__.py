@@ -1,0 +1,20 @@
+"""Alerting: P1/P2/P3 routing, dedup and roll-ups, a persisted outbox, PagerDuty/Slack/webhook."""
+
+from .breaker import BreakerSettings, CircuitBreaker
+from .dispatcher import AlertDispatcher, Backoff, TestResult, send_test_alerts
+from .model import SEVERITY_BY_KIND, Alert, severity_of
+from .registry import SINK_TYPES, build_sinks
+
+__all__ = [
+    "SEVERITY_BY_KIND",
+    "SINK_TYPES",
+    "Alert",
+    "AlertDispatcher",
+    "Backoff",
+    "BreakerSettings",
+    "CircuitBreaker",
+    "TestResult",
+    "build_sinks",
+    "send_test_alerts",
+    "severity_of",
+]

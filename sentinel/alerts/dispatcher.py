@@ -1,0 +1,380 @@
+"""The alert pipeline the daemon runs: submit() -> router -> outbox -> one delivery thread per sink.
+
+    dispatcher = AlertDispatcher(policy, state_dir)
+    dispatcher.start()
+    dispatcher.submit(event)      # never blocks; a full queue is counted, then reported
+    dispatcher.stats()            # sent, deduped/rolled up, dropped, breaker per sink
+    dispatcher.stop()             # pending roll-ups/digests are persisted, not lost
+
+Every time decision (windows, backoff, breaker, rate limits, Retry-After) reads the injectable
+`clock`; threads only poll at `tick` real seconds, so tests move a fake clock and never sleep
+through a real 30 s breaker or 5 min window.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from ..events import Event
+from ..policy import Policy
+from ..redact import redact_text
+from .base import Sink
+from .breaker import OPEN, BreakerSettings, CircuitBreaker
+from .http import DEFAULT_TIMEOUT, OK, REJECTED, Result, make_client, post
+from .model import RESOLVE, TEST, Alert, dedup_key_for
+from .outbox import FILENAME, Outbox, Row
+from .ratelimit import TokenBucket
+from .registry import build_sinks
+from .router import Router
+
+log = structlog.get_logger("sentinel.alerts")
+
+SATURATION = 0.8  # queue above 80% -> a P3 queue_saturation event
+_SATURATION_EVERY = 60.0  # at most one self-reported saturation event a minute
+_LATENCIES_KEPT = 10_000
+DEFAULT_BREAKER = BreakerSettings()  # the PRD's numbers
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 1.0
+    cap: float = 300.0
+
+    def delay(self, attempts: int) -> float:
+        """Exponential with jitter: between half and all of base * 2**attempts, capped."""
+        full = min(self.cap, self.base * (2 ** min(attempts, 30)))
+        return full * random.uniform(0.5, 1.0)
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+class _SinkWorker:
+    """Delivers one sink's outbox rows in order, within its rate limit and breaker."""
+
+    def __init__(self, owner: AlertDispatcher, sink: Sink, rate: float, burst: float) -> None:
+        self.owner = owner
+        self.sink = sink
+        self.name = sink.name
+        self.breaker = CircuitBreaker(owner.breaker_settings, owner.clock, self._breaker_changed)
+        self.bucket = TokenBucket(rate, burst, owner.clock)
+        self.wake = threading.Event()
+        self.paused_until = 0.0  # set by 429 Retry-After: the whole sink waits, not one row
+        self.last: Result | None = None
+        self.thread = threading.Thread(target=self.run, name=f"alert-{self.name}", daemon=True)
+
+    def run(self) -> None:
+        owner = self.owner
+        while not owner._stopping.is_set():
+            try:
+                if not self.step():
+                    self.wake.wait(owner.tick)
+                    self.wake.clear()
+            except Exception as exc:  # a bug must not kill alerting for good
+                log.error("alert_worker_error", sink=self.name, error=redact_text(repr(exc)))
+                owner._stopping.wait(owner.tick)
+
+    def step(self) -> bool:
+        """Try to deliver the head row; False when there is nothing to do right now."""
+        owner = self.owner
+        row = owner.outbox.head(self.name)
+        if row is None:
+            return False
+        now = owner.clock()
+        if now - row.created > owner.outbox.max_age:
+            owner.outbox.expire(self.name)
+            return True
+        if row.next_at > now or self.paused_until > now or not self.breaker.allow():
+            return False
+        if self.bucket.wait_time() > 0:
+            return False
+        self.bucket.take()
+        self.deliver(row)
+        return True
+
+    def deliver(self, row: Row) -> None:
+        owner = self.owner
+        dropped = owner.outbox.counter(f"unreported:{self.name}")
+        body, headers = self.sink.render(row.alert, dropped)
+        result = post(owner.client, self.sink.url, body, headers)
+        self.last = result
+        fields = {"sink": self.name, "alert_id": row.alert.id, "status": result.status}
+        if result.outcome == OK:
+            owner.outbox.delivered(row, dropped)
+            self.breaker.record_success()
+            owner._delivered(row.alert)
+            log.debug("alert_delivered", correlation_id=row.alert.correlation_id, **fields)
+        elif result.outcome == REJECTED:
+            owner.outbox.failed(row)
+            self.breaker.record_failure()
+            log.error("alert_rejected", detail=result.detail, **fields)
+        else:
+            now = owner.clock()
+            if result.status == 429:  # the sink is alive, just asking us to slow down
+                wait = result.retry_after
+                wait = wait if wait is not None else owner.backoff.delay(row.attempts)
+                self.paused_until = now + wait
+            else:
+                self.breaker.record_failure()
+                wait = owner.backoff.delay(row.attempts)
+                if result.retry_after is not None:
+                    wait = max(wait, result.retry_after)
+            owner.outbox.retry_at(row, now + wait)
+            log.warning("alert_retry", detail=result.detail, retry_in=round(wait, 3), **fields)
+
+    def _breaker_changed(self, old: str, new: str) -> None:
+        log.warning("alert_sink_breaker", sink=self.name, old=old, new=new)
+        if new == OPEN:
+            self.owner.submit(
+                Event(
+                    layer="sentinel",
+                    kind="sink_degraded",
+                    verdict="info",
+                    detail={"sink": self.name, "message": f"{self.name}: circuit breaker open"},
+                )
+            )
+
+
+class AlertDispatcher:
+    def __init__(
+        self,
+        policy: Policy,
+        state_dir: str | Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        environ: Mapping[str, str] | None = None,
+        queue_size: int = 10_000,
+        outbox_rows: int = 10_000,
+        outbox_max_age: float = 86_400.0,
+        digest_windows: dict[str, float] | None = None,
+        breaker: BreakerSettings = DEFAULT_BREAKER,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        rates: dict[str, tuple[float, float]] | None = None,  # sink -> (per second, burst)
+        tick: float = 0.05,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        mark: int | None = -1,  # -1: policy.mark; None: unmarked (only for unprivileged tests)
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.tick = tick
+        self.breaker_settings = breaker
+        self.backoff = backoff
+        self.sinks, self.problems = build_sinks(policy.alerts, environ)
+        pd = next((s for s in policy.alerts.sinks if s.kind == "pagerduty"), None)
+        resolve_after = float(pd.options.get("resolve_after", 0.0)) if pd else 0.0
+        self.router = Router(policy.alerts.dedup_window, digest_windows, resolve_after)
+        self.outbox = Outbox(Path(state_dir) / FILENAME, outbox_rows, outbox_max_age, clock)
+        self.client = make_client(policy.mark if mark == -1 else mark, timeout)
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=queue_size)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._submitted = 0
+        self._overflow = 0  # events dropped at submit(), not yet moved to the outbox counters
+        self._overflow_total = 0
+        self._last_saturation = float("-inf")
+        self._latencies: list[float] = []
+        rates = rates or {}
+        self.workers = {
+            name: _SinkWorker(self, sink, *rates.get(name, (sink.rate, sink.burst)))
+            for name, sink in self.sinks.items()
+        }
+        self._router_thread = threading.Thread(target=self._route_loop, name="alert-router")
+        self._router_thread.daemon = True
+        self._started = False
+
+    # --- the daemon's API ------------------------------------------------------------------
+    def start(self) -> AlertDispatcher:
+        self._started = True
+        self._router_thread.start()
+        for worker in self.workers.values():
+            worker.thread.start()
+        for name, problem in self.problems.items():
+            log.error("alert_sink_unconfigured", sink=name, problem=problem)
+        return self
+
+    def submit(self, event: Event) -> bool:
+        """Queue an event for alerting. Never blocks; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            with self._lock:
+                self._overflow += 1
+                self._overflow_total += 1
+            return False
+        with self._lock:
+            self._submitted += 1
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop threads; queued events are routed and pending roll-ups persisted first."""
+        self._stopping.set()
+        for worker in self.workers.values():
+            worker.wake.set()
+        if self._started:
+            self._router_thread.join(timeout)
+            for worker in self.workers.values():
+                worker.thread.join(timeout)
+        else:
+            self._drain(final=True)
+        self.client.close()
+        self.outbox.close()
+
+    def stats(self) -> dict[str, Any]:
+        counters = self.outbox.counters()
+        sinks = {}
+        for name, worker in self.workers.items():
+            last = worker.last
+            sinks[name] = {
+                "sent": counters.get(f"sent:{name}", 0),
+                "failed": counters.get(f"failed:{name}", 0),
+                "retries": counters.get(f"retries:{name}", 0),
+                "dropped": counters.get(f"dropped:{name}", 0),
+                "dropped_unreported": counters.get(f"unreported:{name}", 0),
+                "pending": self.outbox.pending(name),
+                "breaker": worker.breaker.state,
+                "breaker_opened": worker.breaker.opened_count,
+                "last_result": last.detail if last else None,
+            }
+        r = self.router.stats
+        with self._lock:
+            submitted, overflow = self._submitted, self._overflow_total
+        return {
+            "submitted": submitted,
+            "queue_depth": self._queue.qsize(),
+            "events_dropped": overflow,
+            "events": r.events,
+            "alerts": r.alerts,
+            "deduped": r.deduped,
+            "rollups": r.rollups,
+            "digests": r.digests,
+            "resolves": r.resolves,
+            "sent": sum(s["sent"] for s in sinks.values()),
+            "failed": sum(s["failed"] for s in sinks.values()),
+            "dropped": sum(s["dropped"] for s in sinks.values()) + overflow,
+            "sinks": sinks,
+            "unconfigured": dict(self.problems),
+        }
+
+    def latencies(self) -> list[float]:
+        """Seconds from alert creation to the sink's 2xx, for recent deliveries (bench)."""
+        with self._lock:
+            return list(self._latencies)
+
+    # --- router thread ---------------------------------------------------------------------
+    def _route_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._drain(final=False)
+            except Exception as exc:
+                log.error("alert_router_error", error=redact_text(repr(exc)))
+                self._stopping.wait(self.tick)
+        self._drain(final=True)
+
+    def _drain(self, final: bool) -> None:
+        alerts: list[Alert] = []
+        try:
+            first = self._queue.get(timeout=0 if final else self.tick)
+        except queue.Empty:
+            first = None
+        if first is not None:
+            now = self.clock()
+            alerts += self.router.route(first, now)
+            for _ in range(10_000 if not final else self._queue.qsize() + 1):
+                try:
+                    alerts += self.router.route(self._queue.get_nowait(), now)
+                except queue.Empty:
+                    break
+        now = self.clock()
+        alerts += self.router.flush(now) if final else self.router.tick(now)
+        self._saturation(now)
+        self._settle_overflow()
+        for alert in alerts:
+            self._enqueue(alert)
+
+    def _enqueue(self, alert: Alert) -> None:
+        if alert.severity == TEST:
+            targets = list(self.workers)
+        else:
+            routed = self.policy.alerts.sinks_for(alert.severity)
+            targets = [n for n in routed if n in self.workers]
+            if alert.action == RESOLVE:
+                targets = [n for n in targets if self.sinks[n].handles_resolve]
+        for name in targets:
+            evicted = self.outbox.put(name, alert)
+            if evicted:
+                log.warning("alert_outbox_full", sink=name, evicted=evicted)
+            self.workers[name].wake.set()
+
+    def _settle_overflow(self) -> None:
+        with self._lock:
+            n, self._overflow = self._overflow, 0
+        for name in self.workers:
+            self.outbox.add_dropped(name, n)
+
+    def _saturation(self, now: float) -> None:
+        depth, size = self._queue.qsize(), self._queue.maxsize
+        if size and depth >= SATURATION * size and now - self._last_saturation > _SATURATION_EVERY:
+            self._last_saturation = now
+            event = Event(
+                layer="sentinel",
+                kind="queue_saturation",
+                verdict="info",
+                detail={"queue": "alerts", "depth": depth, "capacity": size},
+            )
+            for alert in self.router.route(event, now):
+                self._enqueue(alert)
+
+    def _delivered(self, alert: Alert) -> None:
+        with self._lock:
+            self._latencies.append(time.time() - alert.created)
+            if len(self._latencies) > _LATENCIES_KEPT:
+                del self._latencies[: len(self._latencies) - _LATENCIES_KEPT]
+
+
+# --- `sentinel alert test` -----------------------------------------------------------------
+@dataclass(frozen=True)
+class TestResult:
+    sink: str
+    ok: bool
+    detail: str  # redacted
+
+
+def send_test_alerts(
+    policy: Policy,
+    environ: Mapping[str, str] | None = None,
+    mark: int | None = -1,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+) -> list[TestResult]:
+    """One direct test alert per configured sink (no outbox, no retries): what works now."""
+    sinks, problems = build_sinks(policy.alerts, environ)
+    results = [TestResult(name, False, f"not configured: {msg}") for name, msg in problems.items()]
+    if not sinks:
+        return results
+    now = time.time()
+    alert = Alert(
+        severity=TEST,
+        kind="test",
+        title="Test alert from sentinel: this sink works",
+        dedup_key=dedup_key_for(("test", str(now))),
+        correlation_id=str(Event(layer="sentinel", kind="test").id),
+        layer="sentinel",
+        first_ts=now,
+        last_ts=now,
+        details={"policy_sha256": policy.sha256},
+    )
+    with make_client(policy.mark if mark == -1 else mark, timeout) as client:
+        for name, sink in sinks.items():
+            body, headers = sink.render(alert, 0)
+            result = post(client, sink.url, body, headers)
+            results.append(TestResult(name, result.outcome == OK, result.detail))
+    return sorted(results, key=lambda r: r.sink)

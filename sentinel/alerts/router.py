@@ -1,0 +1,334 @@
+"""Events in, alerts out: severity, dedup with "N more attempts" roll-ups, P2/P3 digests, resolves.
+
+Pure and single-threaded: every call takes `now`, so tests drive time by hand. The dispatcher
+calls `route()` for each event and `tick()` a few times a second, and `flush()` on stop so no
+count is ever lost.
+
+Dedup: one alert per (destination, layer, process) per window; further attempts in the window
+are counted and sent as one roll-up when the window ends (and a new window starts, so a flood
+gives one roll-up per window). A process that scatters attempts over many destinations is
+capped too: past `per_process_cap` distinct alerts in a window, its further destinations fold
+into one "other destinations" entry, so a port scan cannot page thousands of times.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import Event
+from ..redact import redact_obj, redact_text
+from .model import EGRESS_KINDS, P1, P2, P3, RESOLVE, Alert, dedup_key_for, severity_of
+
+DEFAULT_DIGEST_WINDOWS = {P2: 15 * 60.0, P3: 60 * 60.0}
+_MAX_SAMPLES = 10
+_STACK_CHARS = 2000
+
+
+@dataclass
+class _Window:
+    """One dedup key's state: the alert that opened it and what was folded since."""
+
+    dedup_key: str
+    kind: str
+    layer: str
+    destination: str
+    process: str
+    correlation_id: str
+    started: float  # start of the current dedup window
+    last_seen: float
+    first_ts: float
+    suppressed: int = 0  # events folded since the last alert
+    total: int = 1
+    last_event_id: str = ""
+    destinations: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Digest:
+    severity: str
+    opened: float
+    correlation_id: str
+    counts: Counter = field(default_factory=Counter)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    last_ts: float = 0.0
+
+
+@dataclass
+class RouterStats:
+    events: int = 0
+    ignored: int = 0  # kinds that never alert
+    alerts: int = 0  # immediate P1 alerts
+    deduped: int = 0  # events folded into an open window
+    rollups: int = 0  # roll-up alerts made
+    digests: int = 0
+    resolves: int = 0
+
+
+class Router:
+    def __init__(
+        self,
+        dedup_window: float = 300.0,
+        digest_windows: dict[str, float] | None = None,
+        resolve_after: float = 0.0,
+        per_process_cap: int = 10,
+    ) -> None:
+        self.window = dedup_window
+        self.digest_windows = {**DEFAULT_DIGEST_WINDOWS, **(digest_windows or {})}
+        self.resolve_after = resolve_after  # 0 = never send resolves
+        self.per_process_cap = per_process_cap
+        self.windows: dict[tuple[str, ...], _Window] = {}
+        self.digests: dict[str, _Digest] = {}
+        self.stats = RouterStats()
+
+    # --- input ---------------------------------------------------------------------------
+    def route(self, event: Event, now: float) -> list[Alert]:
+        self.stats.events += 1
+        severity = severity_of(event.kind)
+        if severity is None:
+            self.stats.ignored += 1
+            return []
+        if severity == P1:
+            return self._immediate(event, now)
+        self._digest(severity, event, now)
+        return []
+
+    def _immediate(self, event: Event, now: float) -> list[Alert]:
+        dest, proc = _destination(event), _process(event)
+        key = (event.kind if event.kind not in EGRESS_KINDS else "egress", event.layer, proc, dest)
+        out: list[Alert] = []
+        entry = self.windows.get(key)
+        if entry is None and event.kind in EGRESS_KINDS and self._over_cap(key, now):
+            key, dest = (*key[:3], "*"), "other destinations"
+            entry = self.windows.get(key)
+        if entry is not None and now - entry.started >= self.window:
+            out += self._close_window(entry, now)  # a late tick: settle the old window first
+        if entry is not None and now - entry.started < self.window:
+            entry.suppressed += 1
+            entry.total += 1
+            entry.last_seen = now
+            entry.last_event_id = event.id
+            entry.destinations.add(_destination(event))
+            self.stats.deduped += 1
+            return out
+        entry = entry or _Window(
+            dedup_key=dedup_key_for(key),
+            kind=event.kind,
+            layer=event.layer,
+            destination=dest,
+            process=proc,
+            correlation_id=event.id,
+            started=now,
+            last_seen=now,
+            first_ts=event.ts,
+            last_event_id=event.id,
+        )
+        if entry.last_event_id != event.id:  # a quiet window re-opened by a new event
+            entry.total += 1
+            entry.last_event_id = event.id
+        entry.started, entry.last_seen, entry.correlation_id = now, now, event.id
+        entry.destinations.add(_destination(event))
+        self.windows[key] = entry
+        self.stats.alerts += 1
+        out.append(self._first_alert(entry, event))
+        return out
+
+    def _over_cap(self, key: tuple[str, ...], now: float) -> bool:
+        """True when this (layer, process) already has its share of live windows."""
+        live = sum(
+            1
+            for k, w in self.windows.items()
+            if k[:3] == key[:3] and k[3] != "*" and now - w.started < self.window
+        )
+        return live >= self.per_process_cap
+
+    def _digest(self, severity: str, event: Event, now: float) -> None:
+        bucket = self.digests.get(severity)
+        if bucket is None:
+            bucket = self.digests[severity] = _Digest(severity, now, event.id)
+        bucket.counts[event.kind] += 1
+        bucket.last_ts = event.ts
+        if len(bucket.samples) < _MAX_SAMPLES:
+            bucket.samples.append(_brief(event))
+
+    # --- time ----------------------------------------------------------------------------
+    def tick(self, now: float) -> list[Alert]:
+        out: list[Alert] = []
+        for key, entry in list(self.windows.items()):
+            if now - entry.started < self.window:
+                continue
+            out += self._close_window(entry, now)
+            if entry.suppressed == 0 and self._settled(entry, now, out):
+                del self.windows[key]
+        for severity, bucket in list(self.digests.items()):
+            if now - bucket.opened >= self.digest_windows[severity]:
+                out.append(self._digest_alert(bucket, now))
+                del self.digests[severity]
+        return out
+
+    def flush(self, now: float) -> list[Alert]:
+        """On stop: every pending roll-up and digest goes out now (persisted in the outbox)."""
+        out: list[Alert] = []
+        for entry in self.windows.values():
+            out += self._close_window(entry, now)
+        for bucket in self.digests.values():
+            out.append(self._digest_alert(bucket, now))
+        self.windows.clear()
+        self.digests.clear()
+        return out
+
+    def _close_window(self, entry: _Window, now: float) -> list[Alert]:
+        """Roll up what the window folded and start a new window (only if it folded anything)."""
+        if entry.suppressed == 0:
+            return []
+        alert = self._rollup_alert(entry, now)
+        entry.suppressed = 0
+        entry.started = now
+        self.stats.rollups += 1
+        return [alert]
+
+    def _settled(self, entry: _Window, now: float, out: list[Alert]) -> bool:
+        """A quiet window can go; with resolve_after, only once the resolve is sent."""
+        if self.resolve_after <= 0:
+            return True
+        if now - entry.last_seen < self.resolve_after:
+            return False
+        out.append(self._resolve_alert(entry))
+        self.stats.resolves += 1
+        return True
+
+    # --- alert shapes --------------------------------------------------------------------
+    def _first_alert(self, entry: _Window, event: Event) -> Alert:
+        verb = "audited (allowed: audit mode)" if event.verdict == "audited" else "blocked"
+        if event.kind in EGRESS_KINDS:
+            title = f"Egress attempt {verb}: {entry.process} -> {entry.destination} [{event.layer}]"
+        else:
+            title = f"{event.kind.replace('_', ' ').capitalize()} [{event.layer}]"
+            if event.detail.get("message"):
+                title += f": {event.detail['message']}"
+        return Alert(
+            severity=P1,
+            kind=event.kind,
+            title=redact_text(title),
+            dedup_key=entry.dedup_key,
+            correlation_id=event.id,
+            layer=event.layer,
+            destination=redact_text(entry.destination),
+            process=redact_text(entry.process),
+            first_ts=event.ts,
+            last_ts=event.ts,
+            details=_brief(event),
+        )
+
+    def _rollup_alert(self, entry: _Window, now: float) -> Alert:
+        n = entry.suppressed
+        noun = "attempt" if n == 1 else "attempts"
+        what = "egress " + noun if entry.kind in EGRESS_KINDS else f"{entry.kind} events"
+        title = (
+            f"{n} more {what}: {entry.process} -> {entry.destination} [{entry.layer}] "
+            f"within {_fmt_duration(self.window)} ({entry.total} in total)"
+        )
+        details = {
+            "rolled_up": n,
+            "total": entry.total,
+            "last_event_id": entry.last_event_id,
+            "distinct_destinations": len(entry.destinations),
+            "destinations_sample": sorted(entry.destinations)[:_MAX_SAMPLES],
+        }
+        return Alert(
+            severity=P1,
+            kind=entry.kind,
+            title=redact_text(title),
+            dedup_key=entry.dedup_key,
+            correlation_id=entry.correlation_id,
+            layer=entry.layer,
+            destination=redact_text(entry.destination),
+            process=redact_text(entry.process),
+            count=n,
+            rollup=True,
+            first_ts=entry.first_ts,
+            last_ts=entry.last_seen,
+            details=redact_obj(details),
+        )
+
+    def _resolve_alert(self, entry: _Window) -> Alert:
+        return Alert(
+            severity=P1,
+            kind=entry.kind,
+            title=redact_text(
+                f"Quiet for {_fmt_duration(self.resolve_after)}: {entry.process} -> "
+                f"{entry.destination} [{entry.layer}]"
+            ),
+            dedup_key=entry.dedup_key,
+            correlation_id=entry.correlation_id,
+            action=RESOLVE,
+            layer=entry.layer,
+            destination=redact_text(entry.destination),
+            process=redact_text(entry.process),
+            count=0,
+            first_ts=entry.first_ts,
+            last_ts=entry.last_seen,
+        )
+
+    def _digest_alert(self, bucket: _Digest, now: float) -> Alert:
+        self.stats.digests += 1
+        total = sum(bucket.counts.values())
+        parts = ", ".join(f"{kind} x{n}" for kind, n in bucket.counts.most_common())
+        window = self.digest_windows[bucket.severity]
+        return Alert(
+            severity=bucket.severity,
+            kind="digest",
+            title=f"{bucket.severity} digest: {total} events in {_fmt_duration(window)}: {parts}",
+            dedup_key=dedup_key_for(("digest", bucket.severity, f"{bucket.opened:.3f}")),
+            correlation_id=bucket.correlation_id,
+            count=total,
+            first_ts=bucket.opened,
+            last_ts=bucket.last_ts,
+            details=redact_obj({"counts": dict(bucket.counts), "samples": bucket.samples}),
+        )
+
+
+def _destination(event: Event) -> str:
+    host = event.dst_name or event.dst_ip or "?"
+    if event.dst_ip and ":" in event.dst_ip and not event.dst_name:
+        host = f"[{host}]"
+    port = f":{event.dst_port}" if event.dst_port else ""
+    proto = f"/{event.protocol}" if event.protocol else ""
+    return f"{host}{port}{proto}"
+
+
+def _process(event: Event) -> str:
+    if event.exe:
+        return event.exe
+    return f"pid {event.pid}" if event.pid else "unknown process"
+
+
+def _brief(event: Event) -> dict[str, Any]:
+    """What an alert carries about one event: enough to act on, redacted, bounded."""
+    data = {
+        "event_id": event.id,
+        "kind": event.kind,
+        "layer": event.layer,
+        "verdict": event.verdict,
+        "protocol": event.protocol,
+        "dst_ip": event.dst_ip,
+        "dst_port": event.dst_port,
+        "dst_name": event.dst_name,
+        "pid": event.pid,
+        "exe": event.exe,
+        "ts": event.ts,
+    }
+    if event.stack:
+        data["stack"] = event.stack[-_STACK_CHARS:]
+    if event.detail:
+        data["detail"] = event.detail
+    return redact_obj({k: v for k, v in data.items() if v is not None})
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
