@@ -276,6 +276,43 @@ def run(
     Daemon(_policy_path(policy_file), _backend(backend), teardown_on_exit).run()
 
 
+@app.command()
+def report(
+    last: Annotated[str | None, typer.Option(help="window length ending now, e.g. 10m")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
+    fmt: FormatOpt = "json",
+    results: Annotated[
+        Path | None, typer.Option(help="merge the `sentinel` section into this results.json")
+    ] = None,
+    bundle: Annotated[Path | None, typer.Option(help="write an evidence bundle here")] = None,
+) -> None:
+    """Evidence for a window (default last 10m); exit 1 on external calls or ruleset drift."""
+    from . import report as rep  # local: only this command needs it
+    from .state import state_dir
+
+    fmt = _format(fmt)
+    window = rep.parse_window(last, since, until)
+    data = rep.build_report(window)
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        console = Console(width=max(100, Console().width))
+        for table in rep.render_table(data):
+            console.print(table)
+    if results is not None:
+        rep.merge_results(results, data)
+    if bundle is not None:
+        from .bundle import write_bundle
+
+        write_bundle(bundle, data, state_dir())
+    reason = rep.violation(data)
+    if reason:
+        raise SentinelError(f"report: {reason}", EXIT_VIOLATION)
+
+
 def main() -> None:
     try:
         app()  # standalone: click prints usage errors and exits 2

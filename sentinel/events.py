@@ -307,3 +307,10 @@ class EventStore:
                 self.on_error(exc)
             time.sleep(0.1)  # a locked or full database: do not spin
             return False
+
+
+def store_service(ctx: Any) -> EventStore:
+    """Factory for `daemon.SERVICES`: the store subscribes to the context's event bus."""
+    store = EventStore(db_path(), retention=ctx.policy.monitor.retention)
+    ctx.add_sink(store.put)
+    return store

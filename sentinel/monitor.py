@@ -484,3 +484,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def monitor_service(ctx: Any) -> Monitor:
+    """Factory for `daemon.SERVICES`. Events and fold updates (same id, `last_ts` set) both go
+    to `ctx.emit`; sinks that must act once per attempt (alerts) skip events with `last_ts`."""
+    return Monitor(ctx.policy, ctx.emit)

@@ -1,0 +1,129 @@
+"""The evidence bundle: everything an auditor needs to check the report, in one directory.
+
+report.json, the kernel's own iptables-save output for IPv4 and IPv6 (with counters), ipset
+save, flows (every attempt event of the window plus per-upstream netflow), the policy and the
+ruleset that was applied, redacted logs, and MANIFEST.sha256 (`sha256sum -c MANIFEST.sha256`
+verifies it). Logs and events are redacted; report.json is not, because redaction would also
+mask the hashes that are the point of it (its attempt list is redacted when the report is built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from . import events as ev
+from .errors import SentinelError
+from .redact import redact_obj, redact_text
+
+MANIFEST = "MANIFEST.sha256"
+
+
+def _tool_output(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"# {' '.join(cmd)} failed: {exc}\n"
+    if done.returncode != 0:
+        return f"# {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}\n"
+    return done.stdout
+
+
+def write_bundle(
+    directory: Path, report: dict[str, Any], state: Path, store: Path | None = None
+) -> Path:
+    """Write the bundle into `directory` (created; existing files of ours overwritten)."""
+    from .netfilter import BACKENDS, DEFAULT_BACKEND
+    from .rules import SET_NAME
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SentinelError(f"--bundle {directory}: {exc.strerror or exc}") from None
+    files: dict[str, str] = {"report.json": json.dumps(report, indent=2, default=str) + "\n"}
+    tools = BACKENDS.get(report.get("backend") or DEFAULT_BACKEND, BACKENDS[DEFAULT_BACKEND])
+    files["iptables-save-v4.txt"] = _tool_output([f"{tools[4]}-save", "-c"])
+    files["iptables-save-v6.txt"] = _tool_output([f"{tools[6]}-save", "-c"])
+    files["ipset-save.txt"] = "".join(
+        _tool_output(["ipset", "save", name]) for name in SET_NAME.values()
+    )
+    files["flows.jsonl"] = _flows(report, store or ev.db_path(state))
+    files["netflow.json"] = json.dumps(report.get("netflow", []), indent=2) + "\n"
+    files.update(_policy_files(state))
+    files.update(_logs(state))
+    names = []
+    for name, text in sorted(files.items()):
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        names.append(name)
+    manifest = "".join(f"{_sha256(directory / n)}  {n}\n" for n in names)
+    (directory / MANIFEST).write_text(manifest)
+    return directory / MANIFEST
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _flows(report: dict[str, Any], store: Path) -> str:
+    """Every attempt event of the window, one JSON object a line, redacted."""
+    window = report["window"]
+    conn = ev.connect(store, readonly=True)
+    try:
+        rows = ev.query(conn, window["since"], window["until"])
+    finally:
+        conn.close()
+    lines = [
+        json.dumps(redact_obj(e.to_dict()), sort_keys=True, default=str)
+        for e in rows
+        if e.kind != "monitor_heartbeat"
+    ]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _policy_files(state: Path) -> dict[str, str]:
+    from .state import APPLIED, read_json
+
+    applied = read_json(APPLIED) or {}
+    summary = {k: v for k, v in applied.items() if k != "ruleset_text"}
+    out = {"applied.json": json.dumps(summary, indent=2, sort_keys=True) + "\n"}
+    out["ruleset.txt"] = applied.get("ruleset_text", "# nothing applied\n")
+    source = applied.get("policy")
+    if source:
+        try:
+            text = Path(source).read_text()
+        except OSError as exc:
+            text = f"# policy {source} not readable: {exc}\n"
+        # The policy holds no secrets by design (the loader refuses them); if redaction would
+        # still change it, ship the redacted copy and say so, rather than leak a comment.
+        clean = redact_text(text)
+        out["policy.yaml"] = text if clean == text else clean
+        if clean != text:
+            out["policy.REDACTED.txt"] = "policy.yaml was redacted; its hash will not match\n"
+    return out
+
+
+def _logs(state: Path) -> dict[str, str]:
+    """Redacted copies of the sentinel's log files (state dir: *.log and logs/*)."""
+    found = sorted({*state.glob("*.log"), *state.glob("logs/*")})
+    out = {}
+    for path in found:
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            out[f"logs/{path.name}"] = redact_text(text)
+    return out
+
+
+def verify(directory: Path) -> list[str]:
+    """Names whose hash does not match the manifest (empty list = the bundle verifies)."""
+    bad = []
+    for line in (directory / MANIFEST).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = directory / name
+        if not path.is_file() or _sha256(path) != digest:
+            bad.append(name)
+    return bad

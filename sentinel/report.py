@@ -1,0 +1,564 @@
+"""The evidence report: what was attempted, what left, what was in force, and whether we watched.
+
+Sources: the event store (attempts from every layer, monitor and guard heartbeats, shed counts),
+`applied.json` (what sentinel applied) and the kernel itself (rules, NFLOG packet counters per
+family, per-upstream set counters). A zero is only evidence when the sensors were watching, so
+the report proves coverage: heartbeats with their gaps, the ruleset hashes in force, and the
+kernel's own count of logged packets compared with what the store recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import events as ev
+from .errors import BadInput, SentinelError
+from .events import Event
+
+TEN_MINUTES = 600.0
+GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
+JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
+MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete
+ATTEMPT_KINDS = ("egress_attempt", "dns_refused", "connect_blocked", "connect_audited")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class Window:
+    since: float
+    until: float
+
+    @property
+    def seconds(self) -> float:
+        return self.until - self.since
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "seconds": round(self.seconds, 3),
+            "since_iso": _iso(self.since),
+            "until_iso": _iso(self.until),
+        }
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def parse_last(value: str) -> float:
+    match = _DURATION.match(value or "")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else 0.0
+    if not match or seconds <= 0:
+        raise BadInput(f"--last: {value!r} is not a positive duration (examples: 90s, 10m, 1h, 7d)")
+    return seconds
+
+
+def parse_time(option: str, value: str, now: float) -> float:
+    """An ISO 8601 time (UTC if no zone), epoch seconds, or a duration ago ('15m')."""
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if _DURATION.match(text):
+        return now - parse_last(text)
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(
+            f"{option}: {value!r} is not a time (ISO 8601 like 2026-01-31T12:00:00Z, "
+            "epoch seconds, or a duration ago like 15m)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def parse_window(
+    last: str | None, since: str | None, until: str | None, now: float | None = None
+) -> Window:
+    now = time.time() if now is None else now
+    if last is not None and since is not None:
+        raise BadInput("use either --last or --since, not both")
+    end = parse_time("--until", until, now) if until else now
+    start = parse_time("--since", since, now) if since else end - parse_last(last or "10m")
+    if start >= end:
+        raise BadInput(f"the window is empty: since {_iso(start)} is not before {_iso(end)}")
+    return Window(start, end)
+
+
+# --- attempts -------------------------------------------------------------------------------
+def _is_attempt(e: Event) -> bool:
+    return (
+        e.layer in ("netfilter", "dns", "guard")
+        and e.verdict in ("blocked", "audited")
+        and (e.kind in ATTEMPT_KINDS or e.layer == "netfilter")
+    )
+
+
+def join_attempts(events: list[Event]) -> list[dict[str, Any]]:
+    """One record per attempt; a guard sighting joins the network sighting of the same call."""
+    attempts = [e for e in events if _is_attempt(e)]
+    guard = [e for e in attempts if e.layer == "guard"]
+    used: set[str] = set()
+    out = []
+    for e in attempts:
+        if e.layer == "guard":
+            continue
+        record = _record(e)
+        match = _find_guard(e, guard, used) if e.layer == "netfilter" else None
+        if match is not None:
+            used.add(match.id)
+            record.update(
+                layers=["guard", "netfilter"],
+                guard_id=match.id,
+                pid=match.pid,
+                exe=match.exe,
+                stack=match.stack,
+                guard_verdict=match.verdict,
+            )
+        out.append(record)
+    out += [_record(g) for g in guard if g.id not in used]
+    return sorted(out, key=lambda r: r["ts"])
+
+
+def _find_guard(e: Event, guard: list[Event], used: set[str]) -> Event | None:
+    for g in guard:
+        if (
+            g.id not in used
+            and g.dst_ip == e.dst_ip
+            and g.dst_port == e.dst_port
+            and (g.protocol or e.protocol) == e.protocol
+            and abs(g.ts - e.ts) <= JOIN_WINDOW
+        ):
+            return g
+    return None
+
+
+def _record(e: Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "ts": e.ts,
+        "time": _iso(e.ts),
+        "layers": [e.layer],
+        "kind": e.kind,
+        "verdict": e.verdict,
+        "protocol": e.protocol,
+        "family": e.family,
+        "dst_ip": e.dst_ip,
+        "dst_port": e.dst_port,
+        "dst_name": e.dst_name,
+        "packets": e.packets,
+        "pid": e.pid,
+        "exe": e.exe,
+        "stack": e.stack,
+    }
+
+
+def left_the_host(a: dict[str, Any]) -> bool:
+    """An external call: the kernel let a non-allowlisted packet out (audit mode)."""
+    return "netfilter" in a["layers"] and a["verdict"] == "audited"
+
+
+def _destination(a: dict[str, Any]) -> str:
+    host = a["dst_name"] or a["dst_ip"] or "?"
+    host = f"[{host}]" if ":" in host else host
+    port = f":{a['dst_port']}" if a["dst_port"] is not None else ""
+    return f"{a['protocol'] or '?'}/{host}{port}"
+
+
+def by_destination(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for a in attempts:
+        g = groups.setdefault(
+            _destination(a),
+            {
+                "destination": _destination(a),
+                "attempts": 0,
+                "packets": 0,
+                "layers": Counter(),
+                "verdicts": Counter(),
+                "first": a["time"],
+                "last": a["time"],
+            },
+        )
+        g["attempts"] += 1
+        g["packets"] += a["packets"] or 0
+        g["layers"].update(a["layers"])
+        g["verdicts"][a["verdict"]] += 1
+        g["last"] = a["time"]
+    rows = sorted(groups.values(), key=lambda g: (-g["attempts"], g["destination"]))
+    return [{**g, "layers": dict(g["layers"]), "verdicts": dict(g["verdicts"])} for g in rows]
+
+
+# --- coverage -------------------------------------------------------------------------------
+def heartbeat_gaps(beats: list[Event], window: Window, default_interval: float) -> list[dict]:
+    """Stretches of the window where no heartbeat vouches for the sensor.
+
+    A heartbeat vouches for GAP_FACTOR intervals after it; a "stopped" heartbeat for none.
+    Beats before the window count as the starting point.
+    """
+    beats = sorted(beats, key=lambda b: b.ts)
+    before = [b for b in beats if b.ts < window.since]
+    prev_ts, prev_interval, prev_stopped = window.since, default_interval, False
+    if before:
+        prev_ts, prev_interval = before[-1].ts, _interval(before[-1], default_interval)
+        prev_stopped = before[-1].detail.get("state") == "stopped"
+    gaps = []
+    for b in beats[len(before) :]:
+        interval = _interval(b, default_interval)
+        if prev_stopped or b.ts - prev_ts > GAP_FACTOR * max(interval, prev_interval):
+            gaps.append(_gap(prev_ts, b.ts, window, "stopped" if prev_stopped else "no heartbeat"))
+        prev_ts, prev_interval = b.ts, interval
+        prev_stopped = b.detail.get("state") == "stopped"
+    if prev_stopped or not beats or window.until - prev_ts > GAP_FACTOR * prev_interval:
+        reason = "stopped" if prev_stopped else "no heartbeat"
+        gaps.append(_gap(prev_ts, window.until, window, reason))
+    return [g for g in gaps if g["seconds"] > 0]
+
+
+def _interval(beat: Event, default: float) -> float:
+    return float(beat.detail.get("interval") or default)
+
+
+def _gap(start: float, end: float, window: Window, reason: str) -> dict[str, Any]:
+    start, end = max(start, window.since), min(end, window.until)
+    return {
+        "from": _iso(start),
+        "to": _iso(end),
+        "seconds": round(end - start, 3),
+        "reason": reason,
+    }
+
+
+def rulesets_in_force(beats: list[Event]) -> list[dict[str, Any]]:
+    spans: list[dict[str, Any]] = []
+    for b in sorted(beats, key=lambda b: b.ts):
+        sha = b.detail.get("ruleset_sha256")
+        if spans and spans[-1]["ruleset_sha256"] == sha:
+            spans[-1]["last_seen"] = _iso(b.ts)
+        else:
+            spans.append(
+                {
+                    "ruleset_sha256": sha,
+                    "mode": b.detail.get("mode"),
+                    "first_seen": _iso(b.ts),
+                    "last_seen": _iso(b.ts),
+                }
+            )
+    return spans
+
+
+def guard_status(beats: list[Event], window: Window) -> dict[str, Any]:
+    if not beats:
+        return {"status": "absent", "heartbeats": 0, "gaps": []}
+    last = max(b.ts for b in beats)
+    interval = float(beats[-1].detail.get("interval") or 30.0)
+    fresh = window.until - last <= GAP_FACTOR * interval
+    return {
+        "status": "ok" if fresh else "stale",
+        "heartbeats": len(beats),
+        "processes": sorted({b.pid for b in beats if b.pid is not None}),
+        "last_seen": _iso(last),
+        "gaps": heartbeat_gaps(beats, Window(min(b.ts for b in beats), window.until), interval),
+    }
+
+
+# --- kernel ---------------------------------------------------------------------------------
+def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
+    """Hash, NFLOG counters per family and per-upstream set counters, read from the kernel."""
+    from . import netfilter
+
+    backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
+    try:
+        state = netfilter.read_state(backend)
+    except SentinelError as exc:
+        return {"error": exc.message, "present": False}
+    nflog = {4: 0, 6: 0}
+    for (family, line), (packets, _bytes) in state.counters.items():
+        if "-j NFLOG" in line:
+            nflog[family] += packets
+    return {
+        "present": state.present,
+        "sha256": state.sha256() if state.present else None,
+        "nflog_packets": nflog,
+        "set_counters": state.set_counters,
+        "text": state.text,
+    }
+
+
+def netflow(kernel: dict[str, Any], applied: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Packets/bytes per allowlisted upstream entry since the last apply (the set is swapped
+    on apply, which zeroes its counters; `counting_since` says from when)."""
+    by_ip = {ip: name for name, ips in (applied or {}).get("pins", {}).items() for ip in ips}
+    since = (applied or {}).get("applied_at")
+    rows = []
+    for (set_name, entry), (packets, nbytes) in sorted(kernel.get("set_counters", {}).items()):
+        net, _, proto_port = entry.partition(",")
+        rows.append(
+            {
+                "upstream": by_ip.get(net, net),
+                "entry": entry,
+                "protocol_port": proto_port,
+                "packets": packets,
+                "bytes": nbytes,
+                "set": set_name,
+                "counting_since": _iso(since) if since else None,
+            }
+        )
+    return rows
+
+
+def completeness(
+    conn: sqlite3.Connection, kernel: dict[str, Any], applied: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Kernel NFLOG packets vs packets the store holds, since the rules were last applied."""
+    if not applied or "nflog_packets" not in kernel:
+        return {"checked": False, "unaccounted_packets": None}
+    since = float(applied.get("applied_at") or 0)
+    stored = {4: 0, 6: 0}
+    rows = conn.execute(
+        "SELECT family, SUM(packets) FROM events WHERE layer = 'netfilter' AND ts >= ? "
+        "GROUP BY family",
+        (since,),
+    )
+    for family, packets in rows:
+        if family in stored:
+            stored[family] = int(packets or 0)
+    per_family = {
+        f"ipv{f}": {
+            "kernel": kernel["nflog_packets"][f],
+            "stored": stored[f],
+            "unaccounted": kernel["nflog_packets"][f] - stored[f],
+        }
+        for f in (4, 6)
+    }
+    return {
+        "checked": True,
+        "since": _iso(since),
+        "families": per_family,
+        "unaccounted_packets": sum(max(0, v["unaccounted"]) for v in per_family.values()),
+    }
+
+
+# --- the report -----------------------------------------------------------------------------
+def build_report(
+    window: Window,
+    store: Path | None = None,
+    applied: dict[str, Any] | None = None,
+    kernel: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    from .state import APPLIED, read_json
+
+    applied = read_json(APPLIED) if applied is None else applied
+    kernel = kernel_facts(applied) if kernel is None else kernel
+    path = store or ev.db_path()
+    if not path.exists():
+        ev.connect(path).close()  # an empty store is evidence of nothing watching, not an error
+    conn = ev.connect(path, readonly=True)
+    try:
+        events = ev.query(conn, min(window.since, window.until - TEN_MINUTES), window.until)
+        shed = ev.shed_counts(conn, window.since, window.until)
+        check = completeness(conn, kernel, applied)
+    finally:
+        conn.close()
+    return assemble(window, events, shed, check, kernel, applied)
+
+
+def assemble(
+    window: Window,
+    events: list[Event],
+    shed: dict[str, int],
+    check: dict[str, Any],
+    kernel: dict[str, Any],
+    applied: dict[str, Any] | None,
+) -> dict[str, Any]:
+    from .redact import redact_obj
+
+    inside = [e for e in events if window.since <= e.ts < window.until]
+    all_beats = [e for e in events if e.kind == "monitor_heartbeat"]
+    attempts = join_attempts(inside)
+    last10 = [a for a in join_attempts(events) if a["ts"] >= window.until - TEN_MINUTES]
+    monitor_beats = [e for e in inside if e.kind == "monitor_heartbeat"]
+    guard_beats = [e for e in inside if e.layer == "guard" and e.kind == "guard_heartbeat"]
+    interval = float(monitor_beats[0].detail.get("interval", 5.0)) if monitor_beats else 5.0
+    gaps = heartbeat_gaps(all_beats, window, interval)
+    guard = guard_status(guard_beats, window)
+    loss = _monitor_loss(monitor_beats)
+    expected = (applied or {}).get("ruleset_sha256")
+    in_sync = bool(expected) and kernel.get("sha256") == expected
+    problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
+    layers = Counter(layer for a in attempts for layer in a["layers"])
+    return {
+        "generated_at": _iso(time.time()),
+        "window": window.to_dict(),
+        "mode": (applied or {}).get("mode"),
+        "backend": (applied or {}).get("backend"),
+        "policy": (applied or {}).get("policy"),
+        "policy_sha256": (applied or {}).get("policy_sha256"),
+        "ruleset_sha256": expected,
+        "kernel_ruleset_sha256": kernel.get("sha256"),
+        "rules_in_sync": in_sync,
+        "drift": not in_sync,
+        "external_calls_last_10m": sum(left_the_host(a) for a in last10),
+        "blocked_attempts_last_10m": sum(a["verdict"] == "blocked" for a in last10),
+        "external_calls": sum(left_the_host(a) for a in attempts),
+        "blocked_attempts": sum(a["verdict"] == "blocked" for a in attempts),
+        "attempts_total": len(attempts),
+        "attempts_by_layer": dict(sorted(layers.items())),
+        "attempts_by_protocol": _count(a["protocol"] or "?" for a in attempts),
+        "attempts_by_destination": by_destination(attempts),
+        "attempts": redact_obj(attempts[-MAX_LISTED:]),
+        "attempts_listed": min(len(attempts), MAX_LISTED),
+        "netflow": netflow(kernel, applied),
+        "unaccounted_packets": check.get("unaccounted_packets"),
+        "completeness": check,
+        "shed_events": sum(shed.values()),
+        "shed_by_layer": shed,
+        "monitor_loss": loss,
+        "guard": guard,
+        "coverage": "complete" if not problems else "partial",
+        "coverage_detail": {
+            "problems": problems,
+            "monitor_heartbeats": len(monitor_beats),
+            "monitor_gaps": gaps,
+            "guard_gaps": guard["gaps"],
+            "rulesets_in_force": rulesets_in_force(monitor_beats),
+            "ruleset_changes": max(0, len(rulesets_in_force(monitor_beats)) - 1),
+            "nflog_packets_kernel": {
+                f"ipv{f}": n for f, n in kernel.get("nflog_packets", {}).items()
+            },
+        },
+    }
+
+
+def _count(items: Any) -> dict[str, int]:
+    return dict(sorted(Counter(items).items()))
+
+
+def _monitor_loss(beats: list[Event]) -> dict[str, int]:
+    """NFLOG messages the monitor lost or could not read during the window (from its stats)."""
+    out = {"lost": 0, "overruns": 0, "malformed": 0}
+    by_start: dict[Any, list[Event]] = defaultdict(list)
+    for b in beats:
+        by_start[(b.detail.get("pid"), b.detail.get("started_at"))].append(b)
+    for run in by_start.values():
+        run.sort(key=lambda b: b.ts)
+        first, last = run[0].detail.get("stats", {}), run[-1].detail.get("stats", {})
+        for key in out:  # counters are cumulative per run
+            out[key] += int(last.get(key, 0)) - int(first.get(key, 0))
+    return out
+
+
+def _coverage_problems(gaps, guard, shed, loss, in_sync) -> list[str]:
+    problems = []
+    if gaps:
+        problems.append(f"{len(gaps)} monitor heartbeat gap(s)")
+    if guard["status"] != "absent" and guard["gaps"]:
+        problems.append(f"{len(guard['gaps'])} guard heartbeat gap(s)")
+    if sum(shed.values()):
+        problems.append(f"{sum(shed.values())} event(s) shed by the store")
+    if loss["lost"] or loss["overruns"]:
+        problems.append(f"{loss['lost']} NFLOG message(s) lost by the monitor")
+    if not in_sync:
+        problems.append("the kernel does not hold the applied ruleset")
+    return problems
+
+
+def violation(report: dict[str, Any]) -> str | None:
+    """Why the report should fail a CI gate, or None."""
+    if report["external_calls"]:
+        return f"{report['external_calls']} external call(s) left the host in the window"
+    if report["drift"]:
+        return "ruleset drift: the kernel does not hold the applied ruleset"
+    return None
+
+
+# --- output ---------------------------------------------------------------------------------
+def results_section(report: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "external_calls_last_10m",
+        "blocked_attempts_last_10m",
+        "coverage",
+        "mode",
+        "policy_sha256",
+        "ruleset_sha256",
+        "rules_in_sync",
+        "unaccounted_packets",
+        "shed_events",
+        "attempts_by_layer",
+    )
+    return {
+        **{k: report[k] for k in keys},
+        "window": report["window"],
+        "report_generated_at": report["generated_at"],
+    }
+
+
+def merge_results(path: Path, report: dict[str, Any]) -> None:
+    """Update only the `sentinel` section of a results.json; other keys stay as they are."""
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"--results {path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"--results {path}: the top level is not a JSON object")
+    section = data.get("sentinel") if isinstance(data.get("sentinel"), dict) else {}
+    data["sentinel"] = {**section, **results_section(report)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def render_table(report: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    summary = Table(title="sentinel evidence", show_header=False)
+    w = report["window"]
+    for key, value in (
+        ("window", f"{w['since_iso']} .. {w['until_iso']}"),
+        ("mode", report["mode"]),
+        ("external calls (last 10m)", report["external_calls_last_10m"]),
+        ("blocked attempts (last 10m)", report["blocked_attempts_last_10m"]),
+        ("attempts in window", report["attempts_total"]),
+        ("policy sha256", report["policy_sha256"]),
+        ("ruleset sha256", report["ruleset_sha256"]),
+        ("kernel matches", report["rules_in_sync"]),
+        ("coverage", report["coverage"]),
+        ("unaccounted packets", report["unaccounted_packets"]),
+        ("shed events", report["shed_events"]),
+        ("guard", report["guard"]["status"]),
+    ):
+        summary.add_row(key, str(value))
+    dest = Table(
+        "destination", "attempts", "packets", "layers", "verdicts", title="attempts by destination"
+    )
+    for g in report["attempts_by_destination"][:50]:
+        dest.add_row(
+            g["destination"],
+            str(g["attempts"]),
+            str(g["packets"]),
+            ", ".join(f"{k}={v}" for k, v in g["layers"].items()),
+            ", ".join(f"{k}={v}" for k, v in g["verdicts"].items()),
+        )
+    flows = Table("upstream", "entry", "packets", "bytes", title="netflow (allowlisted)")
+    for row in report["netflow"]:
+        flows.add_row(row["upstream"], row["entry"], str(row["packets"]), str(row["bytes"]))
+    gaps = Table("from", "to", "seconds", "reason", title="coverage gaps")
+    for g in report["coverage_detail"]["monitor_gaps"]:
+        gaps.add_row(g["from"], g["to"], str(g["seconds"]), g["reason"])
+    return [summary, dest, flows, gaps]
