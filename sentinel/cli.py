@@ -313,6 +313,22 @@ def report(
         raise SentinelError(f"report: {reason}", EXIT_VIOLATION)
 
 
+@alert_app.command("test")
+def alert_test(policy_file: PolicyOpt = None) -> None:
+    """Send one test alert through every configured sink and print each result."""
+    from .alerts import send_test_alerts
+
+    policy = load_policy(_policy_path(policy_file))
+    results = send_test_alerts(policy)
+    if not results:
+        raise SentinelError("alert test: no alert sinks configured in the policy")
+    for r in results:  # details are redacted: never a URL or a key
+        typer.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.sink:10} {r.detail}")
+    failed = [r.sink for r in results if not r.ok]
+    if failed:
+        raise SentinelError(f"alert test: {len(failed)} sink(s) failed: {', '.join(failed)}")
+
+
 def main() -> None:
     try:
         app()  # standalone: click prints usage errors and exits 2
