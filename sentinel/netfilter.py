@@ -329,3 +329,21 @@ def _teardown_doc(saved: str) -> str:
         out += [f"*{table}", *(f"-D {b} -j {c}" for _, b, c in jumps)]
         out += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains] + ["COMMIT"]
     return "\n".join(out) + "\n" if out else ""
+
+
+def update_sets(old: Ruleset, new: Ruleset) -> None:
+    """Fast path for a pin change (issue 4): only set entries differ, so no iptables run.
+
+    One `ipset restore` adds the new entries before it deletes the retired ones: there is no
+    moment with fewer addresses allowed than in both rulesets, and the per-entry counters of
+    unchanged entries survive (a swap would zero them). `-exist` makes it idempotent.
+    """
+    ensure_not_root_netns()
+    before = {s.name: set(s.entries) for s in old.sets}
+    adds, dels = [], []
+    for s in new.sets:
+        current = before.get(s.name, set())
+        adds += [f"add {s.name} {e}" for e in sorted(set(s.entries) - current)]
+        dels += [f"del {s.name} {e}" for e in sorted(current - set(s.entries))]
+    if adds or dels:
+        _run(["ipset", "-exist", "restore"], "\n".join(adds + dels) + "\n")

@@ -210,3 +210,33 @@ class Topology:
             sh("ip", "netns", "del", name, check=False)
         shutil.rmtree(Path("/etc/netns") / self.ns("app"), ignore_errors=True)
         self.created.clear()
+
+    # --- test DNS server (issue 4) ----------------------------------------------------
+    def start_dns_server(
+        self, records: dict, directory: Path, ttl: int = 5, port: int = 53
+    ) -> subprocess.Popen:
+        """A real DNS server in the `dns` namespace (198.18.0.53, 2001:db8::53) answering
+        `records` ({name: {"A": [...], "AAAA": [...]} or {"CNAME": target}}); its records
+        file lives in `directory` (the caller's tmp dir, so it is cleaned up with it)."""
+        self.dns_records_path = Path(directory) / f"{self.prefix}-dns.json"
+        self.set_dns_records(records, ttl)
+        proc = self.spawn(
+            "dns", PYTHON, str(HELPERS / "dnsserver.py"), str(self.dns_records_path), str(port)
+        )
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"dns server did not start: {line!r}"
+        self.dns_proc = proc
+        return proc
+
+    def set_dns_records(self, records: dict, ttl: int = 5) -> None:
+        """Change the test DNS server's answers (atomic rewrite; it re-reads on change)."""
+        tmp = self.dns_records_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ttl": ttl, "records": records}))
+        os.replace(tmp, self.dns_records_path)
+
+    def stop_dns_server(self) -> None:
+        """Upstream down: stop the test DNS server (by pid)."""
+        proc = getattr(self, "dns_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)

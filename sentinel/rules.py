@@ -173,6 +173,13 @@ def _filter_rules(policy: Policy, family: int) -> list[Rule]:
     if family == 4:  # app queries must not reach Docker's resolver around ours
         out.append(Rule("filter", CHAIN_OUT, CHAIN_DENY, dst=DOCKER_DNS))
     out.append(Rule("filter", CHAIN_OUT, "ACCEPT", oif="lo"))
+    # A REDIRECTed DNS packet still carries its original output device (eth0) through the rest
+    # of the OUTPUT hook, so `-o lo` misses it: accept it by its new destination, the resolver.
+    loopback = "127.0.0.1/32" if family == 4 else "::1/128"
+    out += [
+        Rule("filter", CHAIN_OUT, "ACCEPT", dst=loopback, proto=p, dport=policy.dns.listen_port)
+        for p in ("udp", "tcp")
+    ]
     if family == 6:  # neighbour discovery, or allowlisted IPv6 upstreams are unreachable
         out += [
             Rule("filter", CHAIN_OUT, "ACCEPT", proto="ipv6-icmp", icmp6_type=t) for t in ICMP6_NDP

@@ -30,6 +30,8 @@ EXPECTED_V4 = """\
 -A SENTINEL-OUT -m mark --mark 0x5e47 -j ACCEPT
 -A SENTINEL-OUT -d 127.0.0.11/32 -j SENTINEL-DENY
 -A SENTINEL-OUT -o lo -j ACCEPT
+-A SENTINEL-OUT -d 127.0.0.1/32 -p udp -m udp --dport 5300 -j ACCEPT
+-A SENTINEL-OUT -d 127.0.0.1/32 -p tcp -m tcp --dport 5300 -j ACCEPT
 -A SENTINEL-OUT -m set --match-set sentinel-allow4 dst,dst -j ACCEPT
 -A SENTINEL-OUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A SENTINEL-OUT -j SENTINEL-DENY

@@ -1,0 +1,314 @@
+"""`sentinel run`: apply, pin DNS, hot-reload, tamper-check, and start the other services.
+
+One `Daemon` owns the kernel: every change (start-up apply, pin update, reload, tamper repair)
+happens under one lock, against one `expected` ruleset. Other parts (NFLOG monitor, event
+store, alert dispatcher, guard receiver) plug in through `SERVICES`: name -> factory(context)
+returning an object with start()/stop(); they receive events by `context.add_sink(fn)` and
+report them with `context.emit(event)`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import netfilter
+from .decide import run_policy_tests
+from .dns import PinningResolver
+from .errors import SentinelError
+from .events import Event
+from .log import correlation, get_logger
+from .pinning import PinManager, Upstream, parse_upstream
+from .policy import IPAddress, Policy, PolicyError, load_policy
+from .rules import Ruleset, render_rules
+from .state import APPLIED, read_json, write_json
+from .watch import PolicyWatcher
+
+DAEMON_STATE = "daemon.json"
+log = get_logger("daemon")
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Context:
+    """What a plugged-in service gets: the live policy, the pins, and the event bus."""
+
+    policy: Policy
+    policy_path: Path
+    backend: str
+    pins: PinManager | None = None
+    sinks: list[Callable[[Event], None]] = field(default_factory=list)
+    reload_hooks: list[Callable[[Policy], None]] = field(default_factory=list)
+
+    def add_sink(self, sink: Callable[[Event], None]) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        """Fan an event out to every sink; a failing sink never stops the others."""
+        with correlation(event.id):
+            for sink in list(self.sinks):
+                try:
+                    sink(event)
+                except Exception:  # noqa: BLE001
+                    log.exception("sink_failed", sink=getattr(sink, "__qualname__", str(sink)))
+
+
+def log_sink(event: Event) -> None:
+    fields = event.to_dict()
+    fields.pop("id")
+    log.info("event", event_id=event.id, **fields)
+
+
+# name -> factory(context); the lead wires in the monitor, store, alerts and guard receiver.
+SERVICES: dict[str, Callable[[Context], Service]] = {}
+
+
+def build_ruleset(policy: Policy, pins: dict[str, list[IPAddress]]) -> Ruleset:
+    """Render and run the policy's own tests. A test that fails only because its name has no
+    pin yet (DNS pending or down) is tolerated: that name simply stays denied (fail closed)."""
+    ruleset = render_rules(policy, pins)
+    failed = [r for r in run_policy_tests(policy, pins, ruleset) if not r.passed and r.addresses]
+    if failed:
+        lines = [
+            f"{policy.source}:{r.test.line}: {r.test.to} expect {r.test.expect}, got {r.got}"
+            for r in failed
+        ]
+        raise SentinelError("policy tests failed, nothing applied:\n" + "\n".join(lines))
+    return ruleset
+
+
+class Daemon:
+    def __init__(
+        self,
+        policy_path: Path,
+        backend: str = netfilter.DEFAULT_BACKEND,
+        teardown_on_exit: bool = False,
+        services: dict[str, Callable[[Context], Service]] | None = None,
+    ) -> None:
+        self.policy_path = Path(policy_path)
+        self.backend, self.teardown_on_exit = backend, teardown_on_exit
+        self.factories = SERVICES if services is None else services
+        self.stopping = threading.Event()
+        self.kernel = threading.RLock()  # every kernel change and check happens under it
+        self.expected: Ruleset | None = None
+        self.resolver: PinningResolver | None = None
+        self.watcher: PolicyWatcher | None = None
+        self.services: list[tuple[str, Service]] = []
+        self.threads: list[threading.Thread] = []
+
+    # --- start-up -------------------------------------------------------------------
+    def run(self) -> int:
+        netfilter.ensure_not_root_netns()
+        policy = load_policy(self.policy_path)
+        self.ctx = Context(policy, self.policy_path, self.backend, sinks=[log_sink])
+        upstream = self._upstream(policy)
+        self.ctx.pins = PinManager(
+            policy.dns, upstream, policy.hostnames, self.ctx.emit, self._pins_changed
+        )
+        self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
+        self._apply(policy, reason="start")
+        self._install_signals()
+        try:
+            self._start_parts(policy, upstream)
+            log.info("running", policy=str(self.policy_path), backend=self.backend,
+                     upstream=f"{upstream.address}:{upstream.port}", pid=os.getpid())
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _upstream(self, policy: Policy) -> Upstream:
+        address, port = parse_upstream(policy.dns.upstream)
+        return Upstream(address, port, mark=policy.mark)
+
+    def _start_parts(self, policy: Policy, upstream: Upstream) -> None:
+        assert self.ctx.pins is not None
+        self.resolver = PinningResolver(
+            self.ctx.pins, self.ctx.emit, policy.dns.listen_port, policy.dns.refuse_with,
+            policy.mode, upstream,
+        )
+        self.resolver.start()
+        self._thread(self._refresher, "pin-refresher")
+        self.watcher = PolicyWatcher(self.policy_path, self.reload)
+        self.watcher.start()
+        for name, factory in self.factories.items():
+            service = factory(self.ctx)
+            service.start()
+            self.services.append((name, service))
+            log.info("service_started", service=name)
+
+    def _thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stopping.set())
+
+    # --- steady state ---------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self.stopping.wait(self.ctx.policy.monitor.tamper_interval):
+            try:
+                self.tamper_check()
+            except SentinelError as exc:
+                log.error("tamper_check_failed", error=exc.message)
+
+    def _refresher(self) -> None:
+        assert self.ctx.pins is not None
+        while not self.stopping.is_set():
+            try:
+                delay = self.ctx.pins.tick()
+            except Exception:  # noqa: BLE001 - the refresher must outlive one bad round
+                log.exception("pin_refresh_failed")
+                delay = 1.0
+            self.stopping.wait(min(delay, 1.0))
+
+    def _pins_changed(self, pins: dict[str, list[IPAddress]]) -> None:
+        """Called by the pin manager before an answer is released: sets only, no iptables."""
+        with self.kernel:
+            if self.expected is None:
+                return  # start-up: the first full apply follows
+            new = render_rules(self.ctx.policy, pins)
+            netfilter.update_sets(self.expected, new)
+            self.expected = new
+            if self.resolver:
+                self.resolver.invalidate()
+        self._record(self.ctx.policy, new, pins, [])
+
+    def tamper_check(self) -> bool:
+        """Compare the kernel with the expected ruleset; on drift re-apply and report."""
+        with self.kernel:
+            if self.expected is None:
+                return False
+            state = netfilter.read_state(self.backend)
+            found, want = state.sha256(), self.expected.sha256()
+            if found == want:
+                return False
+            detail = _drift(self.expected, state)
+            repaired = netfilter.apply(self.expected, self.backend)
+            self._record(self.ctx.policy, self.expected, self.ctx.pins.pins(),  # type: ignore
+                         repaired.created_tables)
+        event = Event(layer="tamper", kind="tamper", verdict="blocked",
+                      detail={"expected": want, "found": found, "repaired": True, **detail})
+        self.ctx.emit(event)
+        return True
+
+    # --- reload ---------------------------------------------------------------------
+    def reload(self) -> None:
+        """The policy file changed: validate, then swap rules in one commit, or keep the old."""
+        assert self.ctx.pins is not None
+        try:
+            policy = load_policy(self.policy_path)
+            if policy.sha256 == self.ctx.policy.sha256:
+                return
+            self._apply(policy, reason="reload")
+        except (PolicyError, SentinelError) as exc:
+            self.ctx.emit(Event(layer="sentinel", kind="reload_rejected", verdict="info",
+                                detail={"error": exc.message, "policy": str(self.policy_path),
+                                        "kept": self.ctx.policy.sha256}))
+            return
+        old = self.ctx.pins.names()
+        self.ctx.pins.set_names(policy.hostnames)
+        self.ctx.pins.refresh_all(self.ctx.pins.names() - old)  # each new pin pushes sets
+        self._retune(policy)
+        for hook in self.ctx.reload_hooks:
+            hook(policy)
+        self.ctx.emit(Event(layer="sentinel", kind="policy_reloaded", verdict="info",
+                            detail={"policy_sha256": policy.sha256, "mode": policy.mode}))
+
+    def _retune(self, policy: Policy) -> None:
+        """DNS settings of a reloaded policy: upstream, TTLs, refusal code, mode, port."""
+        assert self.ctx.pins is not None and self.resolver is not None
+        upstream = self._upstream(policy)
+        self.ctx.pins.settings, self.ctx.pins.upstream = policy.dns, upstream
+        if policy.dns.listen_port != self.resolver.port:
+            self.resolver.stop()
+            self._start_resolver_again(policy, upstream)
+        else:
+            self.resolver.mode, self.resolver.upstream = policy.mode, upstream
+            self.resolver.refuse_rcode = 3 if policy.dns.refuse_with == "nxdomain" else 5
+            self.resolver.invalidate()
+
+    def _start_resolver_again(self, policy: Policy, upstream: Upstream) -> None:
+        assert self.ctx.pins is not None
+        self.resolver = PinningResolver(
+            self.ctx.pins, self.ctx.emit, policy.dns.listen_port, policy.dns.refuse_with,
+            policy.mode, upstream,
+        )
+        self.resolver.start()
+
+    def _apply(self, policy: Policy, reason: str) -> None:
+        """Full apply (one atomic commit per table and family), then state."""
+        assert self.ctx.pins is not None
+        with self.kernel:
+            pins = self.ctx.pins.pins()
+            ruleset = build_ruleset(policy, pins)
+            state = netfilter.apply(ruleset, self.backend)
+            if state.sha256() != ruleset.sha256():
+                raise SentinelError("applied, but the kernel does not hold the expected ruleset")
+            self.expected, self.ctx.policy = ruleset, policy
+        self._record(policy, ruleset, pins, state.created_tables)
+        log.info("applied", reason=reason, ruleset_sha256=ruleset.sha256(), mode=policy.mode,
+                 pins={k: [str(a) for a in v] for k, v in pins.items()})
+
+    def _record(self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str]) -> None:
+        from .cli import record_applied  # the same applied.json `status` reads
+
+        record_applied(policy, ruleset, self.backend, pins, created)
+        write_json(DAEMON_STATE, {"pid": os.getpid(), "updated_at": time.time(),
+                                  "policy": str(self.policy_path),
+                                  "resolver_port": policy.dns.listen_port})
+
+    # --- shutdown -------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        self.stopping.set()
+        for name, service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("service_stop_failed", service=name)
+        if self.watcher:
+            self.watcher.stop()
+        if self.resolver:
+            self.resolver.stop()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        if self.teardown_on_exit:
+            created = (read_json(APPLIED) or {}).get("created_tables", [])
+            netfilter.teardown(self.backend, created)
+            write_json(APPLIED, {"torn_down_at": time.time(), "created_tables": []})
+            log.info("stopped", rules="removed (--teardown-on-exit)")
+        else:
+            log.info("stopped", rules="left in force (deny stays)")
+
+
+def _drift(expected: Ruleset, state: Any) -> dict[str, Any]:
+    """A short, human-readable account of what differs (for the tamper event)."""
+    out: dict[str, Any] = {}
+    for family in (4, 6):
+        want = set(expected.save_text(family).splitlines())
+        have = set(state.text.get(family, "").splitlines())
+        if want != have:
+            out[f"v{family}_missing"] = sorted(want - have)[:20]
+            out[f"v{family}_extra"] = sorted(have - want)[:20]
+    want_sets = {s.name: set(s.entries) for s in expected.sets}
+    have_sets = {s.name: set(s.entries) for s in state.sets}
+    for name in sorted(set(want_sets) | set(have_sets)):
+        missing = want_sets.get(name, set()) - have_sets.get(name, set())
+        extra = have_sets.get(name, set()) - want_sets.get(name, set())
+        if missing or extra or name not in have_sets:
+            out[f"{name}"] = {"missing": sorted(missing)[:20], "extra": sorted(extra)[:20],
+                              "present": name in have_sets}
+    return out

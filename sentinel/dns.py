@@ -1,0 +1,284 @@
+"""The pinning resolver: the only DNS server the app can reach.
+
+The ruleset REDIRECTs every app packet to port 53 (UDP and TCP, any address, both families)
+to this server on 127.0.0.1/::1:listen_port. An allowlisted name is answered with its pinned
+addresses (CNAME chains flattened onto the asked name, TTL = what is left of the clamped
+upstream TTL); the pin is in the kernel before the answer leaves. Any other name is REFUSED
+(or NXDOMAIN) and handed to `emit` as an egress attempt; in audit mode it is relayed to the
+upstream instead and recorded as audited.
+
+Hot path: queries are parsed by hand (header + one question) and cached answers are byte
+templates with the id patched in; dnspython is used for the upstream side (pinning.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .events import Event
+from .log import correlation, get_logger
+from .pinning import PinManager, Upstream, normalize
+from .policy import IPAddress
+
+A, AAAA, IN = 1, 28, 1
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+CACHE_SLACK = 1.0  # a cached answer's TTL may be up to this many seconds too high
+MAX_TCP_CLIENTS = 64
+log = get_logger("dns")
+
+
+@dataclass(frozen=True)
+class Query:
+    wire: bytes
+    qid: bytes
+    rd: int
+    question: bytes  # as sent (case preserved, 0x20-safe)
+    name: str  # normalized
+    qtype: int
+    qclass: int
+
+
+def parse_query(wire: bytes) -> Query | None:
+    """Header + the single question; None for anything that is not a plain query."""
+    if len(wire) < 17:
+        return None
+    flags, qdcount = wire[2], struct.unpack("!H", wire[4:6])[0]
+    if flags & 0x80 or qdcount != 1:
+        return None
+    labels, i = [], 12
+    while True:
+        if i >= len(wire):
+            return None
+        size = wire[i]
+        if size == 0:
+            break
+        if size & 0xC0 or i + 1 + size > len(wire):  # no compression in a question
+            return None
+        labels.append(wire[i + 1 : i + 1 + size])
+        i += 1 + size
+    end = i + 5
+    if end > len(wire):
+        return None
+    qtype, qclass = struct.unpack("!HH", wire[i + 1 : end])
+    name = b".".join(labels).decode("ascii", "replace")
+    return Query(wire, wire[:2], flags & 0x01, wire[12:end], normalize(name), qtype, qclass)
+
+
+def response(q: Query, rcode: int, records: Sequence[bytes] = ()) -> bytes:
+    """Header (QR, RD copied, RA) + the question as asked + answer records."""
+    counts = struct.pack("!HHHH", 1, len(records), 0, 0)
+    header = q.qid + bytes([0x80 | q.rd, 0x80 | rcode]) + counts
+    return header + q.question + b"".join(records)
+
+
+def address_record(address: IPAddress, ttl: int) -> bytes:
+    data = address.packed
+    rtype = A if address.version == 4 else AAAA
+    return b"\xc0\x0c" + struct.pack("!HHIH", rtype, IN, ttl, len(data)) + data
+
+
+def refused_response(wire: bytes, rcode: int) -> bytes | None:
+    """An error reply for a query we could not parse: header only, question dropped."""
+    if len(wire) < 12 or wire[2] & 0x80:
+        return None
+    return wire[:2] + bytes([0x80 | (wire[2] & 0x79), 0x80 | rcode]) + bytes(8)
+
+
+class PinningResolver:
+    def __init__(
+        self,
+        pins: PinManager,
+        emit: Callable[[Event], None],
+        port: int,
+        refuse_with: str = "refused",
+        mode: str = "enforce",
+        upstream: Upstream | None = None,
+        addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+    ) -> None:
+        self.pins, self.emit, self.port = pins, emit, port
+        self.refuse_rcode = NXDOMAIN if refuse_with == "nxdomain" else REFUSED
+        self.mode, self.upstream, self.addresses = mode, upstream, addresses
+        self._cache: dict[bytes, tuple[bytes, float, int]] = {}
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns-miss")
+        self._tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
+        self._stopping = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        for address in self.addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            try:
+                udp = socket.socket(family, socket.SOCK_DGRAM)
+                udp.bind((address, self.port))
+                tcp = socket.socket(family, socket.SOCK_STREAM)
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((address, self.port))
+                tcp.listen(128)
+            except OSError as exc:
+                if family == socket.AF_INET6:  # IPv6 disabled in this namespace: v4 only
+                    log.warning("dns_listen_skipped", address=address, error=str(exc))
+                    continue
+                raise
+            self._socks += [udp, tcp]
+            self._thread(self._serve_udp, udp)
+            self._thread(self._serve_tcp, tcp)
+        log.info("dns_listening", addresses=list(self.addresses), port=self.port)
+
+    def _thread(self, target: Callable, sock: socket.socket) -> None:
+        t = threading.Thread(target=target, args=(sock,), daemon=True, name=target.__name__)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for sock in self._socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def invalidate(self) -> None:
+        """Pins changed: cached answers are rebuilt on the next query."""
+        self._cache = {}
+
+    # --- serving --------------------------------------------------------------------
+    def _serve_udp(self, sock: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                wire, peer = sock.recvfrom(4096)
+            except OSError:
+                return
+            cached = self._cached(wire)
+            if cached is not None:
+                sock.sendto(cached, peer)
+                continue
+            try:
+                self._pool.submit(self._answer_udp, sock, wire, peer)
+            except RuntimeError:  # pool shut down: we are stopping
+                return
+
+    def _answer_udp(self, sock: socket.socket, wire: bytes, peer: tuple) -> None:
+        reply = self.handle(wire, peer[1], "udp")
+        if reply is not None:
+            if len(reply) > 512:  # we send no EDNS: truncated, the client retries over TCP
+                q = parse_query(wire)
+                reply = response(q, NOERROR) if q else reply[:12]
+                reply = reply[:2] + bytes([reply[2] | 0x02]) + reply[3:]
+            try:
+                sock.sendto(reply, peer)
+            except OSError:
+                pass
+
+    def _serve_tcp(self, sock: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, peer = sock.accept()
+            except OSError:
+                return
+            if not self._tcp_slots.acquire(blocking=False):
+                conn.close()
+                continue
+            threading.Thread(target=self._tcp_client, args=(conn, peer), daemon=True).start()
+
+    def _tcp_client(self, conn: socket.socket, peer: tuple) -> None:
+        conn.settimeout(10)
+        try:
+            while True:
+                head = _recv_exact(conn, 2)
+                wire = _recv_exact(conn, struct.unpack("!H", head)[0]) if head else None
+                if not wire:
+                    return
+                reply = self.handle(wire, peer[1], "tcp")
+                if reply is None:
+                    return
+                conn.sendall(struct.pack("!H", len(reply)) + reply)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self._tcp_slots.release()
+
+    def _cached(self, wire: bytes) -> bytes | None:
+        if len(wire) < 12:
+            return None
+        hit = self._cache.get(wire[12:].lower())
+        if hit is None or hit[1] <= time.monotonic():
+            return None
+        template, _, qlen = hit
+        flags = bytes([(template[2] & 0xFE) | (wire[2] & 0x01)])
+        return wire[:2] + flags + template[3:12] + wire[12 : 12 + qlen] + template[12 + qlen :]
+
+    def handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
+        q = parse_query(wire)
+        if q is None:
+            return refused_response(wire, FORMERR)
+        if wire[2] & 0x78:  # opcode other than QUERY
+            return response(q, NOTIMP)
+        if q.qclass != IN or q.name not in self.pins.names():
+            return self._refuse(q, src_port, transport)
+        if q.qtype not in (A, AAAA):
+            return response(q, NOERROR)  # NODATA: no HTTPS/SVCB hints around the pins
+        found = self.pins.lookup(q.name)
+        if found is None:
+            return response(q, SERVFAIL)  # fail closed
+        addresses, ttl, nxdomain = found
+        if nxdomain:
+            return response(q, NXDOMAIN)
+        family = 4 if q.qtype == A else 6
+        records = [address_record(a, int(ttl)) for a in addresses if a.version == family]
+        reply = response(q, NOERROR, records)
+        # cache the reply as a template keyed by everything after the header (question and
+        # any EDNS record, lower-cased): a hit only patches in the id, RD and the question
+        expires = time.monotonic() + min(ttl, CACHE_SLACK)
+        self._cache[wire[12:].lower()] = (reply, expires, len(q.question))
+        return reply
+
+    def _refuse(self, q: Query, src_port: int, transport: str) -> bytes | None:
+        audit = self.mode == "audit" and self.upstream is not None
+        event = Event(
+            layer="dns",
+            kind="egress_attempt",
+            verdict="audited" if audit else "blocked",
+            protocol="dns",
+            dst_name=q.name,
+            detail={"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport},
+        )
+        with correlation(event.id):
+            self.emit(event)
+        if audit:
+            try:
+                return self.upstream.forward(q.wire)  # type: ignore[union-attr]
+            except OSError:
+                return response(q, SERVFAIL)
+        return response(q, self.refuse_rcode)
+
+
+def _qtype_text(qtype: int) -> str:
+    import dns.rdatatype
+
+    try:
+        return dns.rdatatype.to_text(qtype)
+    except Exception:  # noqa: BLE001 - unknown numbers print as TYPEnnn anyway
+        return f"TYPE{qtype}"
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
