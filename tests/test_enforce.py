@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -180,3 +181,18 @@ def topo_python() -> str:
     import sys
 
     return sys.executable
+
+
+def test_unwritable_state_dir_is_a_clear_error_and_the_deny_stays(topo, tmp_path):
+    state = tmp_path / "ro-state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "sentinel-ro", str(state)], check=True)
+    try:
+        result = topo.sentinel("apply", "--policy", MEM0, env={"SENTINEL_STATE_DIR": str(state)})
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+    assert result.returncode == 1
+    assert f"cannot write {state}/applied.json: Read-only file system" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "-A SENTINEL-OUT -j SENTINEL-DENY" in save(topo)  # rules applied, fail closed
+    assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
