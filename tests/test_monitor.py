@@ -1,0 +1,150 @@
+"""NFLOG parsing and flow folding: pure, no root. The kernel side is in test_monitor_netns.py."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sentinel.monitor import (
+    NFULA_PAYLOAD,
+    NFULA_PREFIX,
+    NFULA_SEQ,
+    Flow,
+    Folder,
+    Monitor,
+    _attr,
+    parse_ip,
+    parse_nflog,
+)
+from sentinel.policy import MonitorSettings
+
+
+def ipv4(proto: int, rest: bytes, dst: str = "198.18.5.5", frag: int = 0) -> bytes:
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(rest),
+        1,
+        frag,
+        64,
+        proto,
+        0,
+        ipaddress.IPv4Address("198.18.0.10").packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    return header + rest
+
+
+def ipv6(nxt: int, rest: bytes, dst: str = "2001:db8::5") -> bytes:
+    header = struct.pack("!IHBB", 6 << 28, len(rest), nxt, 64)
+    src = ipaddress.IPv6Address("2001:db8::10").packed
+    return header + src + ipaddress.IPv6Address(dst).packed + rest
+
+
+def tcp(sport: int = 40000, dport: int = 443) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, 0x02, 1024, 0, 0)
+
+
+def nflog(payload: bytes, prefix: bytes = b"sentinel:deny\0", seq: int | None = None) -> bytes:
+    body = struct.pack("!BBH", socket.AF_INET, 0, 1) + _attr(NFULA_PREFIX, prefix)
+    if seq is not None:
+        body += _attr(NFULA_SEQ, struct.pack("!I", seq))
+    return body + _attr(NFULA_PAYLOAD, payload)
+
+
+def test_parse_nflog_tlvs():
+    packet = parse_nflog(nflog(ipv4(6, tcp()), seq=7))
+    assert (packet.group, packet.prefix, packet.seq) == (1, "sentinel:deny", 7)
+    assert parse_ip(packet.payload) == Flow(4, "tcp", "198.18.0.10", "198.18.5.5", 40000, 443)
+
+
+def test_parse_ip_protocols():
+    assert parse_ip(ipv4(17, tcp(5, 53))).protocol == "udp"
+    icmp = parse_ip(ipv4(1, struct.pack("!BBHHH", 8, 0, 0, 77, 1)))
+    assert (icmp.protocol, icmp.icmp_type, icmp.icmp_id, icmp.dst_port) == ("icmp", 8, 77, None)
+    v6 = parse_ip(ipv6(6, tcp(1234, 443)))
+    assert (v6.family, v6.dst_ip, v6.src_port, v6.dst_port) == (6, "2001:db8::5", 1234, 443)
+    icmp6 = parse_ip(ipv6(58, struct.pack("!BBHHH", 128, 0, 0, 9, 1)))
+    assert (icmp6.protocol, icmp6.icmp_type) == ("icmpv6", 128)
+
+
+def test_ipv6_extension_headers_and_fragments():
+    hop = struct.pack("!BB6x", 17, 0)  # hop-by-hop, 8 bytes, next = UDP
+    assert parse_ip(ipv6(0, hop + tcp(9, 53))).dst_port == 53
+    first = struct.pack("!BBHI", 6, 0, 0x0001, 1)  # fragment offset 0, more fragments
+    assert parse_ip(ipv6(44, first + tcp(1, 443))).dst_port == 443
+    later = struct.pack("!BBHI", 6, 0, 0x0010, 1)  # offset 2: no transport header here
+    assert parse_ip(ipv6(44, later + b"x" * 8)).dst_port is None
+    assert parse_ip(ipv4(6, b"x" * 8, frag=0x0005)).dst_port is None
+
+
+def _monitor(window: float = 2.0) -> tuple[Monitor, list]:
+    got: list = []
+    policy = SimpleNamespace(nflog_group=1, monitor=MonitorSettings(fold_window=window))
+    return Monitor(policy, got.append, info=dict), got
+
+
+def test_malformed_input_is_counted_never_raised():
+    monitor, got = _monitor()
+    for body in (
+        b"",
+        b"\x02\x00",
+        nflog(b""),
+        nflog(b"\x45" + b"\0" * 5),
+        nflog(b"\x99" * 40),
+        b"\x02\x00\x00\x01\xff\xff\x09\x00",
+    ):
+        monitor.handle(body, 1.0)
+    assert monitor.counts["malformed"] == 6 and got == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzzed_messages_never_crash(data):
+    monitor, _ = _monitor()
+    monitor.handle(data, 1.0)
+    monitor.handle(nflog(data), 1.0)
+    assert monitor.counts["messages"] == 2
+
+
+def test_foreign_prefix_and_sequence_gaps():
+    monitor, got = _monitor()
+    monitor.handle(nflog(ipv4(6, tcp()), prefix=b"someone-else\0", seq=0), 1.0)
+    monitor.handle(nflog(ipv4(6, tcp(2)), seq=1), 1.0)
+    monitor.handle(nflog(ipv4(6, tcp(3)), seq=5), 1.0)  # 2, 3, 4 were lost
+    assert monitor.counts["foreign"] == 1 and monitor.counts["lost"] == 3 and len(got) == 2
+
+
+def test_audit_prefix_gives_audited_verdict():
+    monitor, got = _monitor()
+    monitor.handle(nflog(ipv4(6, tcp()), prefix=b"sentinel:audit\0"), 1.0)
+    assert got[0].verdict == "audited" and got[0].layer == "netfilter"
+
+
+def test_retransmits_fold_into_one_event_with_a_count():
+    monitor, got = _monitor(window=2.0)
+    syn = nflog(ipv4(6, tcp(40000)))
+    for t in (10.0, 11.0, 12.9):  # SYN + retransmits, each within 2 s of the previous
+        monitor.handle(syn, t)
+    monitor.handle(nflog(ipv4(6, tcp(40001))), 11.5)  # another source port: another attempt
+    assert [e.packets for e in got] == [1, 1]
+    updates = monitor.folder.expire(20.0)
+    assert len(updates) == 1 and updates[0].id == got[0].id and updates[0].packets == 3
+    monitor.handle(syn, 30.0)  # the same tuple much later: a new attempt
+    assert len(got) == 3 and got[2].id != got[0].id
+
+
+def test_folder_is_bounded():
+    folder = Folder(window=100, max_flows=10)
+    flows = [Flow(4, "udp", "a", "b", p, 53) for p in range(25)]
+    for f in flows:
+        folder.feed(f, "blocked", 1.0)
+    folder.feed(flows[-1], "blocked", 1.5)
+    assert len(folder) == 10
+    assert [e.packets for e in folder.expire(0, everything=True)] == [2]
