@@ -1,0 +1,810 @@
+"""sentinel's in-process guard. Runs inside the *application's* interpreter.
+
+Standard library only (the app's virtualenv has none of sentinel's dependencies), and cheap at
+start-up: no `re`, `json`, `threading`, `hashlib` or `socket` imports; the C modules `_json`,
+`_socket`, `_sha256`/`_sha2` and `_thread` do the work.
+
+`boot()` (called by sitecustomize.py or the .pth loader) installs a `sys.addaudithook` hook that
+checks every name resolution and every connect/sendto/sendmsg against the allowlist the
+sentinel compiled to `$SENTINEL_STATE_DIR/guard/allowlist.json`, raises `SecurityError` for
+anything else (enforce mode) and reports each attempt over a unix datagram socket without
+ever blocking the app. See docs/guard.md for the contract and the limits.
+
+Hardening: the hook and everything it calls run from a private copy of this module (its own
+globals and a snapshot of builtins), so rebinding this module's attributes, builtins or
+`socket` functions does not change what the hook does; audit hooks cannot be removed.
+"""
+
+import _socket
+import _thread
+import builtins
+import os
+import sys
+import time
+
+__all__ = ["SecurityError", "boot", "status"]
+
+if "SecurityError" not in globals():  # the private copy reuses the public class
+
+    class SecurityError(PermissionError):
+        """A network call the sentinel guard does not allow (errno EACCES)."""
+
+
+# --- constants and bound C functions (in the private copy these cannot be rebound by the app) --
+_AF_INET = _socket.AF_INET
+_AF_INET6 = _socket.AF_INET6
+_AF_UNIX = getattr(_socket, "AF_UNIX", 1)
+_LOCAL_FAMILIES = frozenset(
+    getattr(_socket, n) for n in ("AF_UNIX", "AF_NETLINK", "AF_ALG") if hasattr(_socket, n)
+)
+_AF_PACKET = getattr(_socket, "AF_PACKET", -1)
+_inet_pton = _socket.inet_pton
+_inet_ntop = _socket.inet_ntop
+_sock_family = _socket.socket.family.__get__
+_sock_type = _socket.socket.type.__get__
+_new_dgram = _socket.socket
+_monotonic = time.monotonic
+_time = time.time
+_sleep = time.sleep
+_getframe = sys._getframe
+_getpid = os.getpid
+_urandom = os.urandom
+_stat = os.stat
+_environ_get = os.environ.get
+_EACCES = 13
+_PROTO_BY_TYPE = {1: "tcp", 2: "udp"}  # SOCK_STREAM, SOCK_DGRAM
+_PROTO_BY_NUMBER = {6: "tcp", 17: "udp"}
+_LOCAL_NAMES = frozenset(
+    ("", "localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+)
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+_QUEUE_MAX = 256
+_CACHE_MAX = 4096
+_RELOAD_EVERY = 0.5
+_TICK = 0.05
+_STDLIB = os.path.dirname(os.__file__)
+_HERE = __file__
+
+_BOOTED = []  # public-module flag: boot() runs once per interpreter
+
+
+# --- public entry points (run in the public module) -----------------------------------------
+def boot(origin="sitecustomize"):
+    """Install the guard once; any failure installs a deny-all hook instead (never fails open)."""
+    if _BOOTED:
+        return
+    _BOOTED.append(origin)
+    mode = (os.environ.get("SENTINEL_GUARD") or "").strip().lower()
+    if mode == "off":
+        return
+    try:
+        core = _private_copy()
+        core["_install"](mode, origin)
+    except BaseException as exc:  # noqa: BLE001 - a broken guard must not fail open
+        deny_all(f"guard failed to start ({type(exc).__name__}: {exc})")
+
+
+def status():
+    """What the guard in this interpreter is doing (read-only snapshot, for diagnostics)."""
+    return dict(_STATUS[0]()) if _STATUS else {"installed": False, "booted": list(_BOOTED)}
+
+
+if "_STATUS" not in globals():  # shared with the private copy: status() reads it
+    _STATUS = []
+
+
+def _private_copy():
+    """Execute this module's code again into a private namespace with a builtins snapshot."""
+    loader = globals().get("__loader__")
+    code = loader.get_code(__name__) if loader is not None else None
+    if code is None:  # no loader (odd embedding): fall back to this module's own functions
+        return globals()
+    ns = {
+        "__builtins__": dict(builtins.__dict__),
+        "__name__": "sentinel_guard.<private>",
+        "__file__": __file__,
+        "SecurityError": SecurityError,
+        "_STATUS": _STATUS,
+    }
+    exec(code, ns)
+    return ns
+
+
+def deny_all(reason, stream=None):
+    """The fallback when the guard cannot run: every non-local network call raises."""
+    local = _LOCAL_FAMILIES
+
+    def hook(event, args):
+        if event not in (
+            "socket.connect",
+            "socket.sendto",
+            "socket.sendmsg",
+            "socket.getaddrinfo",
+            "socket.gethostbyname",
+            "socket.gethostbyname_ex",
+        ):
+            return
+        if event.startswith("socket.send") or event == "socket.connect":
+            if args[1] is None:
+                return
+            try:
+                family = _sock_family(args[0])
+            except Exception:  # noqa: BLE001
+                family = -1
+            if family in local:
+                return
+            host = args[1][0] if isinstance(args[1], tuple) and args[1] else None
+        else:
+            host = args[0]
+        if _is_local_host(host):
+            return
+        raise SecurityError(_EACCES, f"sentinel guard (deny-all): {reason}")
+
+    sys.addaudithook(hook)
+    _STATUS.append(lambda: {"installed": True, "mode": "deny-all", "reason": reason})
+    _say(f"FAIL CLOSED: {reason}; every non-loopback network call raises SecurityError", stream)
+
+
+def _say(line, stream=None):
+    try:
+        (stream or sys.stderr).write(f"sentinel-guard[{_getpid()}]: {line}\n")
+    except Exception:  # noqa: BLE001 - no stderr: nothing to say it on
+        pass
+
+
+# --- address and name helpers ---------------------------------------------------------------
+def _packed(host):
+    """An IP literal as normalized packed bytes (IPv4-mapped IPv6 -> 4 bytes); None for names."""
+    if isinstance(host, bytes):
+        try:
+            host = host.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(host, str):
+        return None
+    if host == "":
+        return b"\x00\x00\x00\x00"  # INADDR_ANY: the kernel connects to this host
+    if host == "<broadcast>":
+        return b"\xff\xff\xff\xff"
+    try:
+        return _inet_pton(_AF_INET, host)
+    except (OSError, ValueError):
+        pass
+    try:
+        raw = _inet_pton(_AF_INET6, host.partition("%")[0])
+    except (OSError, ValueError):
+        return None
+    return raw[12:] if raw[:12] == _V4_MAPPED else raw
+
+
+def _is_loopback(packed):
+    if len(packed) == 4:
+        return packed[0] == 127 or packed == b"\x00\x00\x00\x00"
+    return packed == b"\x00" * 15 + b"\x01" or packed == b"\x00" * 16
+
+
+def _is_local_host(host):
+    if host is None:
+        return True
+    packed = _packed(host)
+    if packed is not None:
+        return _is_loopback(packed)
+    name = _norm_name(host)
+    return name in _LOCAL_NAMES or name.endswith(".localhost")
+
+
+def _norm_name(host):
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    return str(host).rstrip(".").lower()
+
+
+def _ip_text(packed):
+    return _inet_ntop(_AF_INET if len(packed) == 4 else _AF_INET6, packed)
+
+
+def _port(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None  # None or a service name: the connect check sees the number
+
+
+def _proto(sock_type, number=0):
+    return _PROTO_BY_TYPE.get(sock_type & 0xF) or _PROTO_BY_NUMBER.get(number) or "any"
+
+
+# --- the compiled allowlist -----------------------------------------------------------------
+class _LoadError(Exception):
+    pass
+
+
+def _sha256_hex(data):
+    try:
+        from _sha256 import sha256  # 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # 3.12+
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
+def _json_loads(text):
+    try:
+        import _json
+    except ImportError:
+        import json
+
+        return json.loads(text)
+
+    class _Ctx:
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+        parse_constant = float
+
+    start = len(text) - len(text.lstrip())
+    value, end = _json.make_scanner(_Ctx)(text, start)
+    if text[end:].strip():
+        raise ValueError("trailing data after the JSON document")
+    return value
+
+
+def _json_dumps(value):
+    try:
+        import _json
+
+        enc = _json.make_encoder(
+            None, str, _json.encode_basestring_ascii, None, ":", ",", False, False, True
+        )
+        return "".join(enc(value, 0))
+    except ImportError:
+        import json
+
+        return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _policy_sha(path):
+    """Same digest as sentinel.policy.parse_policy: sha256 of the UTF-8 text."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    return _sha256_hex(raw.decode("utf-8", "replace").encode())
+
+
+def _compile_rules(doc, generation):
+    """allowlist.json -> (names, addrs, nets): dicts of (protocol, ports) specs."""
+    names, addrs, nets = {}, {}, []
+    for entry in doc.get("entries", ()):
+        spec = (str(entry.get("protocol", "tcp")), frozenset(int(p) for p in entry["ports"]))
+        host = entry.get("host")
+        if host and _packed(host) is None:
+            names.setdefault(_norm_name(host), []).append(spec)
+        for address in entry.get("addresses", ()):
+            packed = _packed(address)
+            if packed is None:
+                raise _LoadError(f"entry {entry.get('name')!r}: {address!r} is not an address")
+            addrs.setdefault(packed, []).append(spec)
+        if entry.get("cidr"):
+            net, _, bits = str(entry["cidr"]).partition("/")
+            packed = _packed(net)
+            if packed is None or not bits.isdigit():
+                raise _LoadError(f"entry {entry.get('name')!r}: bad cidr {entry['cidr']!r}")
+            width = len(packed) * 8
+            shift = width - int(bits)
+            nets.append((len(packed), int.from_bytes(packed, "big") >> shift, shift, spec))
+    return {
+        "names": {k: tuple(v) for k, v in names.items()},
+        "addrs": {k: tuple(v) for k, v in addrs.items()},
+        "nets": tuple(nets),
+        "mode": str(doc.get("mode", "enforce")),
+        "policy_sha256": str(doc.get("policy_sha256", "")),
+        "generation": generation,
+        "entries": len(doc.get("entries", ())),
+        "cache": {},  # decisions for this allowlist only; replaced with it
+    }
+
+
+def _spec_allows(specs, port, proto):
+    for spec_proto, ports in specs:
+        if (proto == "any" or spec_proto == proto) and (port is None or port in ports):
+            return True
+    return False
+
+
+# --- the installed guard (runs in the private copy) -----------------------------------------
+def _install(mode_env, origin):
+    """Load the allowlist, install the audit hook and start the reporter thread."""
+    cfg = _config(mode_env)
+    st = {  # all mutable state lives here, reachable only through the hook's closure
+        "rules": None,
+        "fail_reason": None,
+        "key": None,
+        "generation": 0,
+        "patched": False,
+        "pid": _getpid(),
+    }
+    counts = {
+        "checks": 0,
+        "blocked": 0,
+        "audited": 0,
+        "queued": 0,
+        "sent": 0,
+        "dropped_queue_full": 0,  # written by the app threads only
+        "dropped_send_failed": 0,  # written by the reporter thread only
+        "send_errors": 0,
+        "reloads": 0,
+        "reload_rejected": 0,
+        "tamper": 0,
+    }
+    queue = []  # list.append/pop(0) are atomic under the GIL; bounded by _QUEUE_MAX
+    hostname = _norm_name(_socket.gethostname())
+
+    def try_load(first):
+        key = (_stat_key(cfg["allowlist"]), _stat_key(cfg["policy"]) if cfg["policy"] else None)
+        if not first and key == st["key"]:
+            return
+        st["key"] = key
+        try:
+            rules = _load(cfg, st["generation"] + 1)
+        except _LoadError as exc:
+            if st["rules"] is None:
+                st["fail_reason"] = str(exc)
+            else:
+                counts["reload_rejected"] += 1  # keep the last good allowlist
+            return
+        st["rules"] = rules
+        st["generation"] = rules["generation"]
+        st["fail_reason"] = None
+        if not first:
+            counts["reloads"] += 1
+
+    try_load(True)
+    mode = cfg["mode"] or (st["rules"]["mode"] if st["rules"] else "enforce")
+    if mode not in ("enforce", "audit"):
+        mode = "enforce"
+    enforce = mode == "enforce"
+
+    def base_message(kind):
+        return {
+            "v": 1,
+            "type": kind,
+            "pid": st["pid"],
+            "exe": sys.executable,
+            "mode": mode,
+            "ts": _time(),
+        }
+
+    def violation(event, host, ip, port, proto, reason):
+        counts["blocked" if enforce else "audited"] += 1
+        ident = _uuid4()
+        frame, stack = _stack()
+        msg = base_message("egress_attempt")
+        msg.update(
+            id=ident,
+            event=event,
+            verdict="blocked" if enforce else "audited",
+            host=None if host is None else str(host),
+            ip=ip,
+            port=port,
+            protocol=proto,
+            reason=reason,
+            frame=frame,
+            stack=stack,
+            fail_closed=st["rules"] is None,
+        )
+        submit(msg)
+        if enforce:
+            raise SecurityError(_EACCES, f"sentinel guard: {reason} (event {ident})")
+
+    def submit(msg):
+        # Never blocks: a bounded list append; the reporter thread does the socket work.
+        if len(queue) >= _QUEUE_MAX:
+            counts["dropped_queue_full"] += 1
+            return
+        counts["queued"] += 1
+        queue.append(msg)
+
+    def denial(rules, kind, host, port, proto):
+        """None when allowed, else the reason. kind: 'name' | 'addr' | 'reverse'."""
+        if rules is None:
+            return None if _is_local_host(host) else f"fail closed: {st['fail_reason']}"
+        packed = _packed(host)
+        if packed is not None:
+            if kind == "name" or _is_loopback(packed):
+                return None  # a literal needs no DNS; its connect is checked
+            specs = rules["addrs"].get(packed)
+            if specs is not None and (kind == "reverse" or _spec_allows(specs, port, proto)):
+                return None
+            value = int.from_bytes(packed, "big")
+            for length, net, shift, spec in rules["nets"]:
+                if length == len(packed) and value >> shift == net:
+                    if kind == "reverse" or _spec_allows((spec,), port, proto):
+                        return None
+            what = "reverse lookup of" if kind == "reverse" else "connection to"
+            where = "" if kind == "reverse" else f" port {port}/{proto}"
+            return f"{what} {_ip_text(packed)}{where} is not allowlisted"
+        name = _norm_name(host)
+        if name in _LOCAL_NAMES or name.endswith(".localhost") or name == hostname:
+            return None
+        specs = rules["names"].get(name)
+        if specs is None:
+            return f"name {name!r} is not allowlisted"
+        if kind != "reverse" and not _spec_allows(specs, port, proto):
+            return f"{name} port {port}/{proto} is not allowlisted"
+        return None
+
+    def decide(kind, host, port, proto):
+        rules = st["rules"]  # one read: a reload swaps the whole object (and its cache)
+        if rules is None:
+            return denial(None, kind, host, port, proto)  # fail closed: never cached
+        cache = rules["cache"]
+        key = (kind, host, port, proto)
+        try:
+            return cache[key]
+        except (KeyError, TypeError):
+            pass
+        reason = denial(rules, kind, host, port, proto)
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        try:
+            cache[key] = reason
+        except TypeError:
+            pass
+        return reason
+
+    def on_address(event, args):
+        sock, address = args[0], args[1]
+        if address is None:  # sendmsg on a connected socket: its connect was checked
+            return
+        counts["checks"] += 1
+        family = _sock_family(sock)
+        if family in _LOCAL_FAMILIES:
+            return
+        proto = _PROTO_BY_TYPE.get(_sock_type(sock) & 0xF, "other")
+        if family not in (_AF_INET, _AF_INET6):
+            return violation(event, None, None, None, proto, f"address family {family} leaves")
+        if not isinstance(address, tuple) or len(address) < 2:
+            return  # CPython rejects it before any packet (the event fires after parsing)
+        host, port = address[0], address[1]
+        reason = decide("addr", host, port, proto)
+        if reason is not None:
+            packed = _packed(host)
+            ip = _ip_text(packed) if packed is not None else None
+            violation(event, host, ip, port, proto, reason)
+
+    def on_getaddrinfo(event, args):
+        counts["checks"] += 1
+        host, port = args[0], _port(args[1])
+        reason = decide("name", host, port, _proto(args[3] or 0, args[4] or 0))
+        if reason is not None:
+            violation(event, host, None, port, "dns", reason)
+
+    def on_name(event, args):
+        counts["checks"] += 1
+        reason = decide("name", args[0], None, "any")
+        if reason is not None:
+            violation(event, args[0], None, None, "dns", reason)
+
+    def on_reverse(event, args):
+        counts["checks"] += 1
+        target = args[0]
+        host = target[0] if isinstance(target, tuple) and target else target
+        reason = decide("reverse", host, None, "any")
+        if reason is not None:
+            violation(event, host, None, None, "dns", reason)
+
+    def on_new(event, args):
+        if not st["patched"]:
+            st["patched"] = True
+            _patch_socket_module(precheck)
+        if args[1] == _AF_PACKET:
+            violation(event, None, None, None, "raw", "AF_PACKET sockets bypass the allowlist")
+
+    def precheck(sock, address):
+        """Python-level check before CPython resolves a *name* inside connect()/sendto()."""
+        if not enforce or not isinstance(address, tuple) or len(address) < 2:
+            return
+        host = address[0]
+        if not isinstance(host, (str, bytes)) or _packed(host) is not None:  # noqa: UP038
+            return  # literals are checked by the audit hook, after parsing, before the packet
+        try:
+            family = _sock_family(sock)
+        except Exception:  # noqa: BLE001
+            return
+        if family in (_AF_INET, _AF_INET6):
+            proto = _PROTO_BY_TYPE.get(_sock_type(sock) & 0xF, "other")
+            reason = decide("addr", host, address[1], proto)
+            if reason is not None:
+                violation("socket.connect", host, None, address[1], proto, reason)
+
+    own = set()
+
+    def on_tamper(event, args):
+        if id(args[0]) in own:
+            counts["tamper"] += 1
+            name = args[1] if len(args) > 1 else "?"
+            violation(event, None, None, None, "tamper", f"attempt to modify the guard ({name})")
+
+    handlers = {
+        "socket.connect": on_address,
+        "socket.sendto": on_address,
+        "socket.sendmsg": on_address,
+        "socket.getaddrinfo": on_getaddrinfo,
+        "socket.gethostbyname": on_name,
+        "socket.gethostbyname_ex": on_name,
+        "socket.gethostbyaddr": on_reverse,
+        "socket.getnameinfo": on_reverse,
+        "socket.__new__": on_new,
+        "object.__setattr__": on_tamper,
+        "object.__delattr__": on_tamper,
+    }
+    lookup = handlers.get
+
+    def hook(event, args):
+        handler = lookup(event)
+        if handler is not None:
+            handler(event, args)
+
+    own.update(id(f) for f in (hook, *handlers.values(), precheck, denial, decide, violation))
+    own.update(id(v) for v in globals().values() if callable(v))
+
+    def snapshot():
+        rules = st["rules"]
+        return {
+            "installed": True,
+            "origin": origin,
+            "mode": mode,
+            "fail_closed": rules is None,
+            "fail_reason": st["fail_reason"],
+            "policy_sha256": rules["policy_sha256"] if rules else None,
+            "generation": st["generation"],
+            "entries": rules["entries"] if rules else 0,
+            "counters": dict(
+                counts, dropped_total=counts["dropped_queue_full"] + counts["dropped_send_failed"]
+            ),
+        }
+
+    sys.addaudithook(hook)
+    _STATUS.append(snapshot)
+    reporter = _Reporter(cfg, st, counts, queue, try_load, snapshot, base_message)
+    reporter.start()
+    if st["rules"] is None:
+        if enforce:
+            _say(f"FAIL CLOSED: {st['fail_reason']}; non-loopback network calls raise")
+        else:
+            _say(f"audit mode without an allowlist: {st['fail_reason']}; reporting everything")
+        msg = base_message("fail_closed")
+        msg.update(reason=st["fail_reason"], enforce=enforce)
+        submit(msg)
+
+    def after_fork():
+        st["pid"] = _getpid()
+        del queue[:]
+        reporter.start()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=after_fork)
+    import atexit
+
+    atexit.register(reporter.at_exit)
+    return hook
+
+
+def _config(mode_env):
+    state = _environ_get("SENTINEL_STATE_DIR") or "/var/lib/sentinel"
+    try:
+        beat = float(_environ_get("SENTINEL_GUARD_HEARTBEAT") or 5.0)
+    except ValueError:
+        beat = 5.0
+    mode = mode_env if mode_env in ("enforce", "audit") else None
+    if mode_env and mode is None:
+        _say(f"SENTINEL_GUARD={mode_env!r} is not enforce|audit|off; using enforce")
+        mode = "enforce"
+    return {
+        "mode": mode,
+        "policy": _environ_get("SENTINEL_POLICY") or None,
+        "allowlist": _environ_get("SENTINEL_GUARD_ALLOWLIST")
+        or os.path.join(state, "guard", "allowlist.json"),
+        "socket": _environ_get("SENTINEL_GUARD_SOCKET") or os.path.join(state, "guard.sock"),
+        "heartbeat": max(0.05, beat),
+    }
+
+
+def _stat_key(path):
+    try:
+        s = _stat(path)
+    except OSError:
+        return None
+    return (s.st_mtime_ns, s.st_size, s.st_ino)
+
+
+def _load(cfg, generation):
+    if not cfg["policy"]:
+        raise _LoadError("SENTINEL_POLICY is not set")
+    try:
+        sha = _policy_sha(cfg["policy"])
+    except OSError as exc:
+        raise _LoadError(f"cannot read policy {cfg['policy']}: {exc.strerror or exc}") from None
+    try:
+        with open(cfg["allowlist"], encoding="utf-8") as f:
+            doc = _json_loads(f.read())
+    except OSError as exc:
+        raise _LoadError(
+            f"cannot read allowlist {cfg['allowlist']}: {exc.strerror or exc}"
+        ) from None
+    except (ValueError, StopIteration) as exc:
+        raise _LoadError(f"allowlist {cfg['allowlist']} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != "sentinel-guard-allowlist/1":
+        raise _LoadError(f"allowlist {cfg['allowlist']} has an unknown format")
+    if doc.get("policy_sha256") != sha:
+        raise _LoadError(
+            f"allowlist was compiled from policy sha256 {str(doc.get('policy_sha256'))[:12]}, "
+            f"but {cfg['policy']} has sha256 {sha[:12]}"
+        )
+    try:
+        return _compile_rules(doc, generation)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _LoadError(f"allowlist {cfg['allowlist']}: bad entry ({exc})") from None
+
+
+def _uuid4():
+    b = bytearray(_urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _stack(limit=12):
+    """(the frame that made the call, innermost-last short stack) without linecache."""
+    frames = []
+    f = _getframe(1)
+    while f is not None and len(frames) < 64:
+        code = f.f_code
+        if code.co_filename != _HERE:
+            frames.append((code.co_filename, f.f_lineno, code.co_name))
+        f = f.f_back
+    caller = None
+    for kind in ("app", "library"):
+        for filename, line, func in frames:
+            if _origin(filename) == kind:
+                caller = f"{filename}:{line} in {func}"
+                break
+        if caller:
+            break
+    if caller is None and frames:
+        caller = "{}:{} in {}".format(*frames[0])
+    short = ["{}:{} in {}".format(*fr) for fr in reversed(frames[:limit])]
+    return caller, short
+
+
+def _origin(filename):
+    if "site-packages" in filename or "dist-packages" in filename:
+        return "library"
+    if filename.startswith(_STDLIB) or filename.startswith("<frozen"):
+        return "stdlib"
+    return "app"
+
+
+def _patch_socket_module(precheck):
+    """Check names in socket.socket.connect/sendto before CPython resolves them in C."""
+    mod = sys.modules.get("socket")
+    cls = getattr(mod, "socket", None)
+    if cls is None or cls is _socket.socket:
+        return
+    base = _socket.socket
+    real_connect, real_connect_ex = base.connect, base.connect_ex
+    real_sendto, real_sendmsg = base.sendto, base.sendmsg
+
+    def connect(self, address):
+        precheck(self, address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        precheck(self, address)
+        return real_connect_ex(self, address)
+
+    def sendto(self, *args):
+        if args:
+            precheck(self, args[-1])
+        return real_sendto(self, *args)
+
+    def sendmsg(self, *args):
+        if len(args) >= 4:
+            precheck(self, args[3])
+        return real_sendmsg(self, *args)
+
+    for fn in (connect, connect_ex, sendto, sendmsg):
+        fn.__qualname__ = f"socket.{fn.__name__}"
+        setattr(cls, fn.__name__, fn)
+
+
+class _Reporter:
+    """Background thread: drains the queue to the unix socket, heartbeats, reloads."""
+
+    def __init__(self, cfg, st, counts, queue, try_load, snapshot, base_message):
+        self.cfg, self.st, self.counts, self.queue = cfg, st, counts, queue
+        self.try_load, self.snapshot, self.base_message = try_load, snapshot, base_message
+        self.sock = None
+        self.run_id = 0
+        self.reported_drops = 0  # drops already announced in a delivered message
+
+    def start(self):
+        self.run_id += 1
+        self.sock = None
+        _thread.start_new_thread(self._loop, (self.run_id,))
+
+    def _loop(self, run_id):
+        next_reload = next_beat = _monotonic()
+        while run_id == self.run_id:
+            try:
+                now = _monotonic()
+                if now >= next_reload:
+                    next_reload = now + _RELOAD_EVERY
+                    self.try_load(False)
+                self.drain()
+                if now >= next_beat:
+                    next_beat = now + self.cfg["heartbeat"]
+                    self.heartbeat("running")
+            except Exception:  # noqa: BLE001 - the reporter must outlive any single failure
+                self.counts["send_errors"] += 1
+            _sleep(_TICK)
+
+    def drain(self):
+        queue, counts = self.queue, self.counts
+        while queue:
+            try:
+                msg = queue.pop(0)
+            except IndexError:  # at exit the main thread drains too
+                return
+            total = counts["dropped_queue_full"] + counts["dropped_send_failed"]
+            msg["dropped"] = total - self.reported_drops  # drops since the last delivery
+            if self.send(msg):
+                counts["sent"] += 1
+                self.reported_drops = total
+            else:
+                counts["dropped_send_failed"] += 1
+
+    def heartbeat(self, state):
+        msg = self.base_message("heartbeat")
+        snap = self.snapshot()
+        msg.update(
+            state=state,
+            interval=self.cfg["heartbeat"],
+            fail_closed=snap["fail_closed"],
+            fail_reason=snap["fail_reason"],
+            policy_sha256=snap["policy_sha256"],
+            generation=snap["generation"],
+            counters=snap["counters"],
+            argv=list(getattr(sys, "argv", []))[:8],
+        )
+        self.send(msg)
+
+    def send(self, msg):
+        """One non-blocking datagram; False when nobody listens or the receiver is full."""
+        try:
+            if self.sock is None:
+                self.sock = _new_dgram(_AF_UNIX, 2)  # SOCK_DGRAM
+                self.sock.setblocking(False)
+            data = _json_dumps(msg).encode()
+            if len(data) > 60000:
+                msg["stack"] = msg.get("stack", [])[-4:]
+                data = _json_dumps(msg).encode()[:60000]
+            self.sock.sendto(data, self.cfg["socket"])
+            return True
+        except OSError:
+            self.counts["send_errors"] += 1
+            return False
+
+    def at_exit(self):
+        try:
+            self.drain()
+            self.heartbeat("exit")
+        except Exception:  # noqa: BLE001
+            pass

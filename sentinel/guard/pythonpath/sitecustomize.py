@@ -1,0 +1,63 @@
+"""sentinel guard loader: Python imports this at start-up when this directory is on PYTHONPATH.
+
+Python itself treats an exception here as "Error in sitecustomize" and carries on without the
+guard, so every error is caught here and turned into a deny-all hook: a broken guard fails
+closed, never open. A sitecustomize that this file shadows (e.g. Debian's) still runs.
+"""
+
+import sys
+
+
+def _deny_all_inline(reason):
+    """Last resort when sentinel_guard itself cannot be imported."""
+
+    class SecurityError(PermissionError):
+        pass
+
+    local = (1, 16)  # AF_UNIX, AF_NETLINK
+
+    def hook(event, args):
+        if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
+            if args[1] is None or args[0].family in local:
+                return
+            host = args[1][0] if isinstance(args[1], tuple) and args[1] else ""
+        elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"):
+            host = args[0]
+        else:
+            return
+        if host in (None, "", "localhost", "::1") or str(host).startswith("127."):
+            return
+        raise SecurityError(13, f"sentinel guard (deny-all): {reason}")
+
+    sys.addaudithook(hook)
+    sys.stderr.write(f"sentinel-guard: FAIL CLOSED: {reason}; non-loopback network calls raise\n")
+
+
+def _chain_shadowed():
+    """Run the next sitecustomize on sys.path (the one ours shadows), if there is one."""
+    import importlib.util
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        folder = os.path.abspath(entry or ".")
+        candidate = os.path.join(folder, "sitecustomize.py")
+        if folder == here or not os.path.isfile(candidate):
+            continue
+        spec = importlib.util.spec_from_file_location("_sentinel_shadowed_sitecustomize", candidate)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return
+
+
+try:
+    import sentinel_guard
+except BaseException as _exc:  # noqa: BLE001 - includes SyntaxError, ImportError, anything
+    _deny_all_inline(f"cannot import sentinel_guard ({type(_exc).__name__}: {_exc})")
+else:
+    sentinel_guard.boot("sitecustomize")
+
+try:
+    _chain_shadowed()
+except Exception as _exc:  # noqa: BLE001 - someone else's sitecustomize: report, keep going
+    sys.stderr.write(f"sentinel-guard: shadowed sitecustomize failed: {_exc!r}\n")
