@@ -151,6 +151,10 @@ def apply(
     if state.sha256() != ruleset.sha256():
         raise SentinelError("applied, but the kernel does not hold the expected ruleset")
     record_applied(policy, ruleset, backend, pins, state.created_tables)
+    from .guard.compile import write_allowlist  # the in-process guard reads the same pins
+    from .state import state_dir
+
+    write_allowlist(policy, pins, state_dir())
     typer.echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
 
 
@@ -327,6 +331,22 @@ def alert_test(policy_file: PolicyOpt = None) -> None:
     failed = [r.sink for r in results if not r.ok]
     if failed:
         raise SentinelError(f"alert test: {len(failed)} sink(s) failed: {', '.join(failed)}")
+
+
+@guard_app.command("path")
+def guard_path_cmd(
+    pth: Annotated[
+        bool, typer.Option("--pth", help="print the site-packages loader files instead")
+    ] = False,
+) -> None:
+    """Print the directory to put on the app's PYTHONPATH (it holds sitecustomize.py)."""
+    from .guard import guard_path, pth_files
+
+    if pth:
+        for path in pth_files():
+            typer.echo(str(path))
+    else:
+        typer.echo(str(guard_path()))
 
 
 def main() -> None:
