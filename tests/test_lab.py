@@ -1,0 +1,204 @@
+"""`sentinel lab` end to end (root; namespaces only) and its pure parts (no root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sentinel import lab
+from sentinel.lab import VIOLATIONS, Violation, lab_ok, percentile, violations_section
+
+EXE = str(Path(sys.executable).with_name("sentinel"))
+LAB_BUDGET = 60.0  # seconds: README's main command must be quick
+
+
+def _netns_ready() -> None:
+    reason = lab.preflight()
+    if reason:
+        if os.environ.get("SENTINEL_REQUIRE_NETNS") == "1":
+            pytest.fail(f"namespace tests required but unavailable: {reason}")
+        pytest.skip(reason)
+
+
+def _run_lab(
+    out: Path, *args: str, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    done = subprocess.run(
+        [EXE, "lab", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done, time.monotonic() - start
+
+
+def _prefix(stdout: str) -> str:
+    match = re.search(r"namespaces: (sn[0-9a-f]+)-\*", stdout)
+    assert match, stdout
+    return match.group(1)
+
+
+def _assert_torn_down(prefix: str) -> None:
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in names, names
+    assert not Path(f"/etc/netns/{prefix}-app").exists()
+
+
+# --- pure parts ---------------------------------------------------------------------------------
+def test_percentile():
+    assert percentile([], 0.95) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
+
+
+def test_violation_matching_and_layers():
+    by_name, ip6, curl = VIOLATIONS[0], VIOLATIONS[3], VIOLATIONS[5]
+    assert by_name.expected_layer(guard_on=True) == "guard"
+    assert by_name.expected_layer(guard_on=False) == "dns"
+    assert curl.expected_layer(guard_on=True) == "netfilter"  # subprocess: guard cannot see it
+    assert by_name.matches({"dst_name": "api.openai.com", "dst_ip": None})
+    assert ip6.matches({"dst_ip": "2001:db8::5", "dst_port": 443, "protocol": "tcp"})
+    assert not ip6.matches({"dst_ip": "2001:db8::5", "dst_port": 443, "protocol": "udp"})
+    assert not Violation("x", "x", "tcp", 1).matches({"dst_ip": None, "dst_port": None})
+
+
+def test_violations_section_and_verdict():
+    outcomes = [
+        {"action": v.action, "kind": "violation", "target": "t", "blocked": True, "error": "e"}
+        for v in VIOLATIONS
+    ]
+    rep = {
+        "attempts": [
+            {
+                "dst_ip": "198.18.5.5",
+                "dst_port": 80,
+                "protocol": "tcp",
+                "dst_name": None,
+                "layers": ["netfilter"],
+            }
+        ]
+    }
+    rows = violations_section(outcomes, rep, guard_on=False)
+    assert [r["action"] for r in rows] == [v.action for v in VIOLATIONS]
+    assert rows[-1]["layers_seen"] == ["netfilter"] and rows[0]["layers_seen"] == []
+    results = {
+        "sentinel": {"external_calls_last_10m": 0, "ground_truth": {"outside_host_packets": 0}},
+        "violations": rows,
+        "writes": {"success": True, "count": 4},
+        "containers": {"healthy": True},
+    }
+    assert lab_ok(results)
+    results["sentinel"]["ground_truth"]["outside_host_packets"] = 1  # ground truth overrules
+    assert not lab_ok(results)
+    results["sentinel"]["ground_truth"]["outside_host_packets"] = 0
+    rows[2]["blocked"] = False
+    assert not lab_ok(results)
+    outcomes.pop()  # a violation the workload never reported is not "blocked"
+    assert not violations_section(outcomes, None, False)[-1]["blocked"]
+
+
+# --- end to end -----------------------------------------------------------------------------------
+@pytest.mark.netns
+def test_lab_end_to_end(tmp_path):
+    _netns_ready()
+    done, elapsed = _run_lab(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert elapsed < LAB_BUDGET, elapsed
+    _assert_torn_down(_prefix(done.stdout))
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("config", "writes", "db", "sentinel", "containers"):  # the PRD's format
+        assert key in results
+    s = results["sentinel"]
+    assert s["external_calls_last_10m"] == 0
+    assert s["ground_truth"]["outside_host_packets"] == 0
+    assert results["lab"]["control_reached_outside_before_sentinel"] is True
+    assert results["containers"]["healthy"] is True
+    w = results["writes"]
+    assert w["count"] >= 4 and w["success"] and w["error_rate"] == 0
+    assert {v["action"] for v in results["violations"]} == {v.action for v in VIOLATIONS}
+    active = set(results["layers_active"])
+    for v in results["violations"]:
+        assert v["blocked"], v
+        # recorded at the expected layer wherever that layer is reporting in this build
+        if v["expected_layer"] in active:
+            assert v["expected_layer"] in v["layers_seen"], v
+    if s.get("blocked_attempts_last_10m"):  # events flow: on-call must have been told
+        assert results["alerts"]["received"] >= 1, results["alerts"]
+    evidence = tmp_path / "evidence"
+    for name in (
+        "policy.yaml",
+        "workload.jsonl",
+        "sentinel.log",
+        "iptables-save-v4.txt",
+        "iptables-save-v6.txt",
+        "ipset-save.txt",
+        "outside-host-counters.txt",
+        "status.json",
+    ):
+        assert (evidence / name).exists(), name
+    assert "SENTINEL-OUT" in (evidence / "iptables-save-v4.txt").read_text()
+
+
+@pytest.mark.netns
+def test_lab_app_command(tmp_path):
+    _netns_ready()
+    script = tmp_path / "app.py"
+    record = tmp_path / "app-result.json"
+    script.write_text(
+        "import json, socket, sys\n"
+        "out = {}\n"
+        "for name, host, port in (('allowed', 'postgres', 5432), ('outside', '198.18.5.5', 443)):\n"
+        "    try:\n"
+        "        with socket.create_connection((host, port), timeout=3) as s:\n"
+        "            out[name] = s.recv(32).decode().strip()\n"
+        "    except OSError as exc:\n"
+        "        out[name] = 'blocked: ' + type(exc).__name__\n"
+        f"open({str(record)!r}, 'w').write(json.dumps(out))\n"
+    )
+    done, _ = _run_lab(tmp_path / "out", "--app", f"{sys.executable} {script}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = json.loads(record.read_text())
+    assert seen["allowed"] == "ok postgres"
+    assert seen["outside"].startswith("blocked"), seen
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["lab"]["app"]["exit_code"] == 0
+    assert results["sentinel"]["external_calls_last_10m"] == 0
+    assert results["sentinel"]["ground_truth"]["outside_host_packets"] == 0
+    assert results["violations"] == []  # no scripted workload with --app
+
+
+@pytest.mark.netns
+def test_lab_ctrl_c_tears_everything_down(tmp_path):
+    _netns_ready()
+    proc = subprocess.Popen(
+        [EXE, "lab", "--out", str(tmp_path), "--app", "sleep 60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: the lab prints a handful of lines, then sleeps
+            lines.append(line)
+            if "starting sentinel" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    output = "".join(lines) + rest
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "tearing down" in output
+    _assert_torn_down(_prefix(output))
