@@ -5,9 +5,11 @@ app tried to reach and give the metric unbounded cardinality.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 from .events import LAYERS, Event
 
@@ -38,13 +40,6 @@ BLOCKED = Counter(
 RULES_IN_SYNC = Gauge(
     "sentinel_rules_in_sync", "1 when the kernel holds the applied ruleset", registry=REGISTRY
 )
-SHED = Counter("sentinel_events_shed", "Events the store had to drop", registry=REGISTRY)
-NFLOG_LOST = Counter(
-    "sentinel_nflog_lost",
-    "NFLOG messages the monitor lost or could not parse",
-    ["reason"],
-    registry=REGISTRY,
-)
 UNACCOUNTED = Gauge(
     "sentinel_unaccounted_packets",
     "Kernel NFLOG packets missing from the store",
@@ -68,8 +63,39 @@ def observe_event(event: Event) -> None:
     BLOCKED.labels(layer, protocol, event.verdict).inc()
 
 
-def observe_store(stats: dict[str, Any]) -> None:
-    QUEUE_DEPTH.labels("store").set(stats.get("queue_depth", 0))
+class _StatsCollector:
+    """Read the store's and monitor's own counters at scrape time (no bookkeeping twice)."""
+
+    def __init__(self) -> None:
+        self.store: Callable[[], dict[str, Any]] | None = None
+        self.monitor: Callable[[], dict[str, Any]] | None = None
+
+    def collect(self):
+        shed = CounterMetricFamily("sentinel_events_shed", "Events the store had to drop")
+        lost = CounterMetricFamily(
+            "sentinel_nflog_lost", "NFLOG messages lost or unreadable", labels=["reason"]
+        )
+        if self.store:
+            shed.add_metric([], self.store().get("shed", 0))
+        if self.monitor:
+            stats = self.monitor()
+            for reason in ("lost", "overruns", "malformed"):
+                lost.add_metric([reason], stats.get(reason, 0))
+        yield shed
+        yield lost
+
+
+_STATS = _StatsCollector()
+REGISTRY.register(_STATS)
+
+
+def watch_store(store: Any) -> None:
+    _STATS.store = store.stats
+    QUEUE_DEPTH.labels("store").set_function(lambda: store.stats()["queue_depth"])
+
+
+def watch_monitor(monitor: Any) -> None:
+    _STATS.monitor = monitor.stats
 
 
 def set_rules_in_sync(ok: bool) -> None:

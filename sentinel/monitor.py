@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import signal
 
+    from . import metrics
     from .events import EventStore, db_path
     from .policy import load_policy
 
@@ -470,7 +471,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     policy = load_policy(args.policy)
     store = EventStore(db_path(), retention=policy.monitor.retention).start()
-    monitor = Monitor(policy, store.put, heartbeat=args.heartbeat).start()
+
+    def emit(event: Event) -> None:
+        store.put(event)
+        metrics.observe_event(event)
+
+    monitor = Monitor(policy, emit, heartbeat=args.heartbeat).start()
+    metrics.watch_store(store)
+    metrics.watch_monitor(monitor)
+    metrics.serve(policy.monitor.metrics_port)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

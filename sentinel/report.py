@@ -27,6 +27,7 @@ from .events import Event
 
 TEN_MINUTES = 600.0
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
+GUARD_INTERVAL = 5.0  # the guard's default heartbeat interval, when its events do not say
 JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
 MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete
 ATTEMPT_KINDS = ("egress_attempt", "dns_refused", "connect_blocked", "connect_audited")
@@ -265,7 +266,7 @@ def guard_status(beats: list[Event], window: Window) -> dict[str, Any]:
     if not beats:
         return {"status": "absent", "heartbeats": 0, "gaps": []}
     last = max(b.ts for b in beats)
-    interval = float(beats[-1].detail.get("interval") or 30.0)
+    interval = float(beats[-1].detail.get("interval") or GUARD_INTERVAL)
     fresh = window.until - last <= GAP_FACTOR * interval
     return {
         "status": "ok" if fresh else "stale",
