@@ -38,6 +38,7 @@ ENFORCER = ("run",)  # the sidecar's command; ("apply",) drives the rules withou
 OUTSIDE4, OUTSIDE6 = "198.18.5.5", "2001:db8::5"
 OPENAI, TELEMETRY = "api.openai.com", "us.i.posthog.com"
 ALERT_PORT = 9099
+MARKER = ".sentinel-lab"
 READY_TIMEOUT = 30.0  # sentinel in force; generous for slow CI machines
 SETTLE_TIMEOUT = 10.0  # events reach the store / alerts reach the receiver
 APP_TIMEOUT = 120.0
@@ -114,6 +115,10 @@ VIOLATIONS = (
 )
 
 
+class LabFailed(Exception):
+    """A lab step could not be completed (printed; exit 1 after teardown)."""
+
+
 class LabInterrupted(Exception):
     """Ctrl-C or SIGTERM: unwind through every `finally` so the namespaces go away."""
 
@@ -160,6 +165,13 @@ class Lab:
         self.console.print(f"[green]✓[/] {title} [dim]({time.monotonic() - begin:.1f} s)[/]")
 
     def prepare_dirs(self) -> None:
+        """Fresh evidence/ and state/ under --out; a directory that holds anything else is
+        refused rather than emptied (the marker says a lab made it)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        marker = self.out / MARKER
+        if not marker.exists() and any(self.out.iterdir()):
+            raise LabFailed(f"{self.out} is not empty and not a lab output directory: pick --out")
+        marker.write_text("written by `sentinel lab`; its evidence/ and state/ are replaced\n")
         for sub in (self.evidence, self.state):
             shutil.rmtree(sub, ignore_errors=True)
             sub.mkdir(parents=True)
@@ -201,7 +213,7 @@ class Lab:
         )
         line = sink.stdout.readline() if sink.stdout else ""
         if line.strip() != "ready":
-            raise RuntimeError(f"alert receiver did not start: {line!r}")
+            raise LabFailed(f"alert receiver did not start: {line!r}")
 
     def start_sentinel(self) -> None:
         assert self.topo is not None
@@ -226,7 +238,7 @@ class Lab:
             )
             log.write(done.stdout + done.stderr)
             if done.returncode != 0:
-                raise RuntimeError(f"sentinel {ENFORCER[0]} failed: {done.stderr.strip()}")
+                raise LabFailed(f"sentinel {ENFORCER[0]} failed: {done.stderr.strip()}")
         self.wait_in_force()
 
     def wait_in_force(self) -> None:
@@ -235,11 +247,11 @@ class Lab:
         while time.monotonic() < deadline:
             if self.enforcer is not None and self.enforcer.poll() is not None:
                 tail = (self.evidence / "sentinel.log").read_text()[-2000:]
-                raise RuntimeError(f"sentinel {ENFORCER[0]} exited early:\n{tail}")
+                raise LabFailed(f"sentinel {ENFORCER[0]} exited early:\n{tail}")
             if self.sentinel("status").returncode == 0 and self._resolver_up():
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"sentinel not in force after {READY_TIMEOUT:.0f} s")
+        raise LabFailed(f"sentinel not in force after {READY_TIMEOUT:.0f} s")
 
     def _resolver_up(self) -> bool:
         if ENFORCER != ("run",):
@@ -292,7 +304,7 @@ class Lab:
         (self.evidence / "workload.jsonl").write_text(done.stdout)
         (self.evidence / "workload-stderr.txt").write_text(done.stderr)
         if done.returncode != 0:
-            raise RuntimeError(f"workload failed ({done.returncode}): {done.stderr[-1000:]}")
+            raise LabFailed(f"workload failed ({done.returncode}): {done.stderr[-1000:]}")
         return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
     def report(self) -> dict[str, Any] | None:
@@ -494,7 +506,7 @@ def write_results(lab: Lab, results: dict[str, Any]) -> dict[str, Any]:
             str(lab.evidence / "bundle"),
         )
         if done.returncode not in (0, 1):
-            raise RuntimeError(f"sentinel report --results failed: {done.stderr.strip()}")
+            raise LabFailed(f"sentinel report --results failed: {done.stderr.strip()}")
         (lab.evidence / "report.json").write_text(done.stdout)
     return json.loads(path.read_text())
 
@@ -594,6 +606,9 @@ def run_lab(
     except LabInterrupted as exc:
         console.print(f"[yellow]interrupted ({exc}); everything was torn down[/]")
         return 130
+    except LabFailed as exc:
+        console.print(f"[red]lab failed: {exc}[/] (everything was torn down)")
+        return 1
 
 
 @contextmanager

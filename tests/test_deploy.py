@@ -89,7 +89,11 @@ def test_compose_shape():
     assert "sentinel-state:/var/lib/sentinel" in sentinel["volumes"]
     assert sentinel["healthcheck"]["test"] == ["CMD", "sentinel", "status"]
     # the guard is mounted into mem0 and switched on
-    assert "../sentinel/guard:/opt/sentinel-guard:ro" in mem0["volumes"]
+    assert any(
+        v.startswith("../sentinel/guard/pythonpath:/opt/sentinel-guard:ro") for v in mem0["volumes"]
+    )
+    assert (ROOT / "sentinel" / "guard" / "pythonpath").is_dir()
+    assert mem0["environment"]["SENTINEL_STATE_DIR"] == "/var/lib/sentinel"
     assert mem0["environment"]["PYTHONPATH"] == "/opt/sentinel-guard"
     assert mem0["environment"]["SENTINEL_POLICY"] == "/etc/sentinel/policy.yaml"
     # the app sees the state (the gate) but cannot change it

@@ -202,3 +202,13 @@ def test_lab_ctrl_c_tears_everything_down(tmp_path):
     assert proc.returncode == 130, output
     assert "interrupted" in output and "tearing down" in output
     _assert_torn_down(_prefix(output))
+
+
+@pytest.mark.netns
+def test_lab_refuses_a_foreign_output_directory(tmp_path):
+    _netns_ready()
+    (tmp_path / "precious.txt").write_text("keep me")
+    done, _ = _run_lab(tmp_path)
+    assert done.returncode == 1 and "not a lab output directory" in done.stdout
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+    assert not (tmp_path / "evidence").exists()
