@@ -345,6 +345,7 @@ class Monitor:
             "foreign": 0,
             "overruns": 0,
             "lost": 0,  # from sequence-number gaps
+            "errors": 0,
             "heartbeats": 0,
         }
         self._sock: NflogSocket | None = None
@@ -386,10 +387,12 @@ class Monitor:
                 self.counts["malformed"] += 1
                 bodies = []
             except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.counts["overruns"] += 1  # the seq gap says how many
                 bodies = []
+                if exc.errno == errno.ENOBUFS:
+                    self.counts["overruns"] += 1  # the seq gap says how many
+                else:  # keep reading: a dead reader would look like a quiet network
+                    self.counts["errors"] += 1
+                    time.sleep(0.2)
             now = time.time()
             for body in bodies:
                 self.handle(body, now)

@@ -197,11 +197,13 @@ def test_enforce_every_attempt_one_event_and_evidence(topo, state_dir, tmp_path)
     stop(proc)
 
 
-def test_audit_external_calls_and_syn_retransmits_fold(topo, state_dir):
+def test_audit_external_calls_and_syn_retransmits_fold(topo, state_dir, tmp_path):
     # the outside host ignores port 9, so the app's kernel retransmits the SYN
     topo.run("outside", "iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP")
-    assert topo.sentinel("apply", "--policy", "policies/mem0-audit.yaml", *PINS).returncode == 0
-    proc, since = start_monitor(topo, "policies/mem0-audit.yaml")
+    policy = tmp_path / "audit.yaml"
+    policy.write_text(open("policies/mem0-audit.yaml").read() + "monitor: {metrics_port: 9464}\n")
+    assert topo.sentinel("apply", "--policy", str(policy), *PINS).returncode == 0
+    proc, since = start_monitor(topo, str(policy))
     attempt(topo, SCRIPTED[:6])
     attempt(topo, [{"proto": "tcp", "dst": OUT4, "port": 9, "timeout": 1.6}])  # SYN at 0 s, 1 s
     n = 7
@@ -214,6 +216,12 @@ def test_audit_external_calls_and_syn_retransmits_fold(topo, state_dir):
     assert code == 1  # external calls fail the gate
     assert data["external_calls_last_10m"] == n and data["blocked_attempts_last_10m"] == 0
     assert data["unaccounted_packets"] == 0 and data["coverage"] == "complete"
+    scrape = topo.run("app", "curl", "-sf", "http://127.0.0.1:9464/metrics").stdout
+    assert (
+        'sentinel_blocked_attempts_total{layer="netfilter",protocol="tcp",verdict="audited"} 3.0'
+        in scrape
+    )
+    assert "198.18" not in scrape and "2001:db8" not in scrape
     stop(proc)
 
 
