@@ -13,6 +13,7 @@ templates with the id patched in; dnspython is used for the upstream side (pinni
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import threading
@@ -237,7 +238,8 @@ class PinningResolver:
         if nxdomain:
             return response(q, NXDOMAIN)
         family = 4 if q.qtype == A else 6
-        records = [address_record(a, int(ttl)) for a in addresses if a.version == family]
+        ttl_s = max(1, math.ceil(ttl))  # never 0: that would defeat every client cache
+        records = [address_record(a, ttl_s) for a in addresses if a.version == family]
         reply = response(q, NOERROR, records)
         # cache the reply as a template keyed by everything after the header (question and
         # any EDNS record, lower-cased): a hit only patches in the id, RD and the question

@@ -112,6 +112,7 @@ class Upstream:
         family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         sock = socket.socket(family, kind)
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
+        sock.setblocking(False)  # dnspython requires it of sockets it is given (timeouts)
         return sock
 
     def query(self, name: str, rdtype: int) -> dns.message.Message:
@@ -131,7 +132,7 @@ class Upstream:
     def forward(self, wire: bytes) -> bytes:
         """Relay a raw query (audit mode only)."""
         with self._socket(socket.SOCK_DGRAM) as udp:
-            udp.settimeout(self.timeout)
+            udp.settimeout(self.timeout)  # blocking with a timeout: plain socket calls here
             udp.sendto(wire, (self.address, self.port))
             return udp.recvfrom(65535)[0]
 
@@ -238,9 +239,10 @@ class PinManager:
         if pin is None:
             return None
         now = self.clock()
-        # While the upstream is failing a stale pin is served at once (the refresher keeps
-        # retrying); blocking every query on an upstream timeout would break the app first.
-        if not pin.resolved or (now >= pin.expires and not pin.failing):
+        # While the upstream is failing nothing waits for it: a stale pin is served at once,
+        # a name without one gets SERVFAIL at once (the refresher keeps retrying); blocking
+        # each query on an upstream timeout would break the app before the grace ran out.
+        if not pin.failing and (not pin.resolved or now >= pin.expires):
             self.refresh(normalize(name))
             now = self.clock()
         if not pin.resolved:
@@ -285,9 +287,9 @@ class PinManager:
     def tick(self) -> float:
         """Refresh what is due, retire what is over; returns seconds until the next due item."""
         now = self.clock()
-        for name, pin in list(self._pins.items()):
-            if now >= pin.refresh_at:
-                self.refresh(name)
+        due = [name for name, pin in list(self._pins.items()) if now >= pin.refresh_at]
+        if due:
+            self.refresh_all(due)
         self._expire(self.clock())
         due = [p.refresh_at for p in self._pins.values()]
         due += [t for p in self._pins.values() for t in p.retiring.values()]

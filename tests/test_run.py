@@ -1,0 +1,362 @@
+"""`sentinel run` in the app namespace with a real test DNS server upstream: pinning, refusal,
+redirect, pin moves, upstream down, hot reload (rename and symlink swap), tamper, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sentinel.netns import PYTHON, Topology
+
+RECORDS = {
+    "postgres": {"A": ["198.18.0.2"], "AAAA": ["2001:db8::2"]},
+    "neo4j": {"A": ["198.18.0.3"], "AAAA": ["2001:db8::3"]},
+    "ollama": {"A": ["198.18.0.4"], "AAAA": ["2001:db8::4"]},
+    "cache.internal": {"CNAME": "postgres"},
+    "api.openai.com": {"A": ["198.18.5.5"], "AAAA": ["2001:db8::5"]},
+    "telemetry.example.com": {"A": ["198.18.5.5"]},
+}
+
+POLICY = """\
+version: 1
+mode: enforce
+allow:
+  - {{name: postgres, host: postgres, ports: [5432, 5433], protocol: tcp}}
+  - {{name: neo4j,    host: neo4j,    ports: [7474, 7687], protocol: tcp}}
+  - {{name: ollama,   host: ollama,   ports: [11434], protocol: tcp}}
+  - {{name: cache,    host: cache.internal, ports: [5432], protocol: tcp}}
+dns: {{min_ttl: {min_ttl}, max_ttl: 1h, stale_grace: {grace}, listen_port: 5300}}
+monitor: {{tamper_interval: {tamper}}}
+tests:
+  - {{to: "postgres:5432", expect: allow}}
+  - {{to: "198.18.5.5:443", expect: deny}}
+"""
+
+QUERY = """
+import json, sys, dns.message, dns.query, dns.rcode
+name, qtype, server, port, tcp = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+q = dns.message.make_query(name, qtype)
+try:
+    r = (dns.query.tcp if tcp else dns.query.udp)(q, server, port=port, timeout=3)
+    out = {"rcode": dns.rcode.to_text(r.rcode()),
+           "addresses": sorted(x.address for rr in r.answer for x in rr if hasattr(x, "address")),
+           "ttl": min((rr.ttl for rr in r.answer), default=None)}
+except Exception as exc:
+    out = {"rcode": "ERROR", "error": f"{type(exc).__name__}: {exc}", "addresses": []}
+print(json.dumps(out))
+"""
+
+
+def policy_text(min_ttl: str = "1s", grace: str = "3s", tamper: str = "1s") -> str:
+    return POLICY.format(min_ttl=min_ttl, grace=grace, tamper=tamper)
+
+
+def query(
+    topo: Topology, name: str, qtype: str = "A", server: str = "198.18.0.53", port: int = 53,
+    tcp: bool = False,
+) -> dict:
+    out = topo.run(
+        "app", PYTHON, "-c", QUERY, name, qtype, server, str(port), "1" if tcp else "0",
+        timeout=20,
+    )
+    return json.loads(out.stdout)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+class RunningSentinel:
+    """`sentinel run` in the app namespace; its JSON log lines land in `self.lines`."""
+
+    def __init__(self, topo: Topology, policy: Path, *args: str) -> None:
+        exe = str(Path(PYTHON).with_name("sentinel"))
+        self.proc = topo.spawn(
+            "app", exe, "run", "--policy", str(policy), *args,
+            env={"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]},
+        )
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        running = wait_for(lambda: self.find("running") or self.proc.poll() is not None, 30)
+        assert running and self.proc.poll() is None, "sentinel run did not start:\n" + self.log()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.raw.append(line)
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def log(self) -> str:
+        return "".join(self.raw[-60:])
+
+    def find(self, event: str, **match: object) -> list[dict]:
+        return [
+            x for x in list(self.lines)
+            if x.get("event") == event and all(x.get(k) == v for k, v in match.items())
+        ]
+
+    def events(self, kind: str, **match: object) -> list[dict]:
+        return self.find("event", kind=kind, **match)
+
+    def wait_event(self, kind: str, timeout: float = 10.0, **match: object) -> dict:
+        found = wait_for(lambda: self.events(kind, **match), timeout)
+        assert found, f"no {kind} event {match} within {timeout}s:\n{self.log()}"
+        return found[0]
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+# --- tests ------------------------------------------------------------------------------
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def upstream(topo, tmp_path):
+    topo.start_dns_server(RECORDS, tmp_path, ttl=1)
+    return topo
+
+
+def start(topo: Topology, tmp_path: Path, *args: str, **policy: str) -> RunningSentinel:
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(**policy))
+    return RunningSentinel(topo, path, *args)
+
+
+def test_allowlisted_names_resolve_through_the_sentinel_and_connect(upstream, tmp_path):
+    topo = upstream
+    s = start(topo, tmp_path, min_ttl="30s")
+    assert query(topo, "postgres")["addresses"] == ["198.18.0.2"]
+    assert query(topo, "postgres", "AAAA")["addresses"] == ["2001:db8::2"]
+    assert query(topo, "ollama")["addresses"] == ["198.18.0.4"]
+    # a CNAME chain is flattened onto the asked name, and the target address is pinned for it
+    cname = query(topo, "cache.internal")
+    assert cname["addresses"] == ["198.18.0.2"] and cname["rcode"] == "NOERROR"
+    assert 1 <= cname["ttl"] <= 30  # upstream TTL 1 s clamped up to min_ttl
+    for address, port in (("198.18.0.2", 5432), ("2001:db8::2", 5432), ("198.18.0.4", 11434)):
+        assert topo.probe("tcp", address, port)["ok"], address
+    assert not topo.probe("tcp", "198.18.0.2", 11434)["ok"]  # pinned, but not that port
+    assert topo.outside_packets() == 0
+    assert s.stop() == 0
+
+
+def test_external_names_are_refused_and_recorded(upstream, tmp_path):
+    topo = upstream
+    s = start(topo, tmp_path)
+    assert query(topo, "api.openai.com")["rcode"] == "REFUSED"
+    assert query(topo, "telemetry.example.com", "AAAA")["rcode"] == "REFUSED"
+    event = s.wait_event("egress_attempt", dst_name="api.openai.com")
+    assert event["layer"] == "dns" and event["protocol"] == "dns"
+    assert event["verdict"] == "blocked"
+    assert event["detail"]["qtype"] == "A" and isinstance(event["detail"]["src_port"], int)
+    assert event["cid"] == event["event_id"]  # the log line carries the event's correlation id
+    assert s.wait_event("egress_attempt", dst_name="telemetry.example.com")["detail"]["qtype"] == (
+        "AAAA"
+    )
+    assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
+    assert topo.outside_packets() == 0
+
+
+def test_every_port_53_query_lands_on_the_sentinel_udp_and_tcp(upstream, tmp_path):
+    topo = upstream
+    start(topo, tmp_path)
+    # straight to the upstream's own address, to the "outside" host, over IPv6, over TCP:
+    # a refusal for a name the upstream would answer proves the sentinel answered
+    for server, tcp in (
+        ("198.18.0.53", False), ("198.18.0.53", True), ("198.18.5.5", False),
+        ("198.18.5.5", True), ("2001:db8::5", False), ("2001:db8::53", True),
+    ):
+        assert query(topo, "api.openai.com", server=server, tcp=tcp)["rcode"] == "REFUSED", server
+        got = query(topo, "postgres", server=server, tcp=tcp)
+        assert got["addresses"] == ["198.18.0.2"], (server, tcp, got)
+    assert topo.outside_packets() == 0
+
+
+def test_pin_moves_and_an_open_connection_to_the_old_address_survives(upstream, tmp_path):
+    topo = upstream
+    s = start(topo, tmp_path, min_ttl="1s", grace="4s")
+    assert query(topo, "postgres")["addresses"] == ["198.18.0.2"]
+    echo = topo.spawn("postgres", PYTHON, "-c", ECHO, "5433")
+    assert echo.stdout.readline().strip() == "ready"
+    held = topo.spawn("app", PYTHON, "-c", HOLD, "198.18.0.2", "5433", stdin=subprocess.PIPE)
+    assert held.stdout.readline().strip() == "echo before"
+    moved = {**RECORDS, "postgres": {"A": ["198.18.0.99"], "AAAA": ["2001:db8::99"]}}
+    topo.set_dns_records(moved, ttl=1)
+    event = s.wait_event("pin_changed", dst_name="postgres", timeout=10)
+    assert wait_for(lambda: query(topo, "postgres")["addresses"] == ["198.18.0.99"], 10)
+    changed = [e for e in s.events("pin_changed", dst_name="postgres") if e["detail"]["removed"]]
+    assert changed and changed[0]["detail"]["removed"] == ["198.18.0.2", "2001:db8::2"], event
+    assert topo.probe("tcp", "198.18.0.99", 5432)["ok"]  # the new address is allowed
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]  # the old one still, within the grace
+    # after the grace, new connections to the old address are refused...
+    assert wait_for(lambda: not topo.probe("tcp", "198.18.0.2", 5432)["ok"], 10)
+    # ...but the connection opened before the move still carries traffic both ways
+    held.stdin.write("go\n")
+    held.stdin.flush()
+    assert held.stdout.readline().strip() == "echo after"
+
+
+HOLD = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"before"); print("echo", s.recv(64).decode(), flush=True)
+sys.stdin.readline()
+try:
+    s.sendall(b"after"); print("echo", s.recv(64).decode(), flush=True)
+except OSError as exc:
+    print("broken", type(exc).__name__, flush=True)
+"""
+
+ECHO = """
+import socket, sys, time
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+srv.settimeout(30)
+print("ready", flush=True)
+conn, _ = srv.accept()
+conn.settimeout(30)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    data = conn.recv(64)
+    if not data:
+        break
+    conn.sendall(data)
+"""
+
+
+def test_upstream_down_serves_stale_pins_then_fails_closed(upstream, tmp_path):
+    topo = upstream
+    # grace 6 s: the upstream timeout (2 s) passes before the pin is even known to be stale
+    s = start(topo, tmp_path, min_ttl="1s", grace="6s")
+    assert query(topo, "postgres")["addresses"] == ["198.18.0.2"]
+    topo.stop_dns_server()
+    s.wait_event("dns_upstream_failing", dst_name="postgres", timeout=10)
+    s.wait_event("stale_pins", dst_name="postgres", timeout=10)
+    stale = query(topo, "postgres")
+    assert stale["addresses"] == ["198.18.0.2"], stale  # last good answer, within grace
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    s.wait_event("pins_expired", dst_name="postgres", timeout=10)
+    assert query(topo, "postgres")["rcode"] == "SERVFAIL"  # fail closed
+    assert not topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    assert topo.outside_packets() == 0
+
+
+def _status(topo: Topology) -> dict:
+    out = topo.sentinel("status", "--format", "json", env={
+        "SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]})
+    return json.loads(out.stdout)
+
+
+ONLY_OLLAMA = """\
+version: 1
+allow:
+  - {name: ollama, host: ollama, ports: [11434]}
+dns: {min_ttl: 1s, stale_grace: 2s}
+monitor: {tamper_interval: 1s}
+"""
+
+
+def test_reload_after_write_and_rename_keeps_old_rules_on_invalid_policy(upstream, tmp_path):
+    topo = upstream
+    s = start(topo, tmp_path)
+    policy = tmp_path / "policy.yaml"
+    before = _status(topo)["ruleset_sha256_kernel"]
+    editor_save(policy, "version: 1\nallow:\n  - {name: x, host: postgres, ports: [70000]}\n")
+    rejected = s.wait_event("reload_rejected")
+    assert "allow[0].ports[0]: 70000 is not a port" in rejected["detail"]["error"]
+    assert _status(topo)["ruleset_sha256_kernel"] == before
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]  # old rules still in force
+    editor_save(policy, ONLY_OLLAMA)
+    s.wait_event("policy_reloaded")
+    status = _status(topo)
+    assert status["in_sync"] and status["ruleset_sha256_kernel"] != before
+    assert not topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    assert topo.probe("tcp", "198.18.0.4", 11434)["ok"]
+    assert query(topo, "postgres")["rcode"] == "REFUSED"  # no longer allowlisted
+
+
+def editor_save(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_reload_through_a_kubernetes_configmap_symlink_swap(upstream, tmp_path):
+    topo = upstream
+    mount = tmp_path / "config"
+    (mount / "..v1").mkdir(parents=True)
+    (mount / "..v1" / "policy.yaml").write_text(policy_text())
+    (mount / "..data").symlink_to("..v1")
+    (mount / "policy.yaml").symlink_to("..data/policy.yaml")
+    s = RunningSentinel(topo, mount / "policy.yaml")
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    configmap_update(mount, "..v2", "version: 1\nmode: sideways\n")
+    assert "mode: 'sideways' is not one of" in s.wait_event("reload_rejected")["detail"]["error"]
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    configmap_update(mount, "..v3", ONLY_OLLAMA)
+    s.wait_event("policy_reloaded")
+    assert not topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    assert topo.probe("tcp", "198.18.0.4", 11434)["ok"]
+
+
+def configmap_update(mount: Path, version: str, text: str) -> None:
+    """What the kubelet does: new timestamped dir, then an atomic rename of the ..data link."""
+    (mount / version).mkdir()
+    (mount / version / "policy.yaml").write_text(text)
+    (mount / "..data_tmp").symlink_to(version)
+    os.replace(mount / "..data_tmp", mount / "..data")
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        ("iptables-nft", "-F", "SENTINEL-OUT"),
+        ("iptables-nft", "-I", "SENTINEL-OUT", "1", "-j", "ACCEPT"),
+        ("ipset", "add", "sentinel-allow4", "198.18.5.5,tcp:443"),
+    ],
+    ids=["flush", "insert-accept", "set-entry"],
+)
+def test_tamper_is_detected_and_repaired_within_the_interval(upstream, tmp_path, tamper):
+    topo = upstream
+    s = start(topo, tmp_path, tamper="1s")
+    topo.run("app", *tamper)
+    tampered = time.monotonic()
+    event = s.wait_event("tamper", timeout=5)
+    assert time.monotonic() - tampered < 3.0  # interval 1 s (+ the check's own time)
+    assert event["layer"] == "tamper" and event["detail"]["repaired"] is True
+    assert event["detail"]["expected"] != event["detail"]["found"]
+    assert wait_for(lambda: _status(topo)["in_sync"], 5)
+    assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+
+
+def test_sigterm_leaves_the_deny_and_teardown_on_exit_removes_it(upstream, tmp_path):
+    topo = upstream
+    s = start(topo, tmp_path)
+    assert s.stop() == 0
+    assert s.find("stopped")
+    assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]  # deny still in place
+    assert query(topo, "postgres")["rcode"] == "ERROR"  # no resolver: DNS fails closed too
+    s = start(topo, tmp_path, "--teardown-on-exit")
+    assert s.stop() == 0
+    assert topo.probe("tcp", "198.18.5.5", 443)["ok"]
+    assert "SENTINEL" not in topo.run("app", "iptables-nft-save").stdout
