@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .netns import HELPERS, PYTHON, Topology
+from .policy import load_policy
 
 ENFORCER = ("run",)  # the sidecar's command; ("apply",) drives the rules without the daemon
 OUTSIDE4, OUTSIDE6 = "198.18.5.5", "2001:db8::5"
@@ -594,6 +595,8 @@ def run_lab(
         console.print(f"[red]{problem}[/]")
         return 2
     out = Path(out).resolve()
+    if policy_file:
+        load_policy(policy_file)  # a broken file is bad input (exit 2), before anything is built
     text = policy_file.read_text() if policy_file else LAB_POLICY
     lab = Lab(out=out, console=console, app_cmd=app_cmd, policy_text=text)
     try:

@@ -212,3 +212,35 @@ def test_lab_refuses_a_foreign_output_directory(tmp_path):
     assert done.returncode == 1 and "not a lab output directory" in done.stdout
     assert (tmp_path / "precious.txt").read_text() == "keep me"
     assert not (tmp_path / "evidence").exists()
+
+
+@pytest.mark.netns
+def test_lab_failure_still_tears_down(tmp_path):
+    """sentinel refuses a policy whose own tests fail: the lab fails, and cleans up."""
+    _netns_ready()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        lab.LAB_POLICY.replace(
+            '{to: "postgres:5432", expect: allow}', '{to: "postgres:5432", expect: deny}'
+        )
+    )
+    done, _ = _run_lab(tmp_path / "out", "--policy", str(policy))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "lab failed" in done.stdout
+    _assert_torn_down(_prefix(done.stdout))
+
+
+def test_lab_rejects_a_broken_policy_before_building(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nallow: [{name: x, host: postgres, ports: [70000]}]\n")
+    done = subprocess.run(
+        [EXE, "lab", "--out", str(tmp_path / "out"), "--policy", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if lab.preflight():
+        assert done.returncode == 2  # not root: refused before anything else
+        return
+    assert done.returncode == 2 and "70000" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
