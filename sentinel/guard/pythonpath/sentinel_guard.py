@@ -500,9 +500,8 @@ def _install(mode_env, origin):
             violation(event, host, None, None, "dns", reason)
 
     def on_new(event, args):
-        if not st["patched"]:
-            st["patched"] = True
-            _patch_socket_module(precheck)
+        if not st["patched"]:  # socket.py may not be imported yet (the reporter uses _socket)
+            st["patched"] = _patch_socket_module(precheck)
         if args[1] == _AF_PACKET:
             violation(event, None, None, None, "raw", "AF_PACKET sockets bypass the allowlist")
 
@@ -696,8 +695,8 @@ def _patch_socket_module(precheck):
     """Check names in socket.socket.connect/sendto before CPython resolves them in C."""
     mod = sys.modules.get("socket")
     cls = getattr(mod, "socket", None)
-    if cls is None or cls is _socket.socket:
-        return
+    if cls is None or cls is _socket.socket or not isinstance(cls, type):
+        return False
     base = _socket.socket
     real_connect, real_connect_ex = base.connect, base.connect_ex
     real_sendto, real_sendmsg = base.sendto, base.sendmsg
@@ -723,6 +722,7 @@ def _patch_socket_module(precheck):
     for fn in (connect, connect_ex, sendto, sendmsg):
         fn.__qualname__ = f"socket.{fn.__name__}"
         setattr(cls, fn.__name__, fn)
+    return True
 
 
 class _Reporter:
