@@ -124,6 +124,7 @@ def main() -> None:
         figures["flood"]["monitor_cpu_seconds"] = round(cpu1 - cpu0, 2)
         figures["flood"]["monitor_peak_rss_mb"] = round(peak / 1024, 1)
         figures["allowed"] = allowed(topo, monitor.pid, args)
+        figures["visible_in_store"] = visible(topo, state)
         monitor.terminate()
         monitor.communicate(timeout=30)
         print(json.dumps(figures, indent=2))
@@ -176,6 +177,42 @@ def allowed(topo: Topology, pid: int, args) -> dict:
         "monitor_rss_mb": round(rss / 1024, 1),
         "monitor_rss_idle_mb": round(rss_idle / 1024, 1),
         "monitor_peak_rss_mb": round(peak / 1024, 1),
+    }
+
+
+ONE = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t = time.time()
+try:
+    s.sendto(b"x", ("198.18.5.5", int(sys.argv[1])))
+except OSError:
+    pass
+print(t)
+"""
+
+
+def visible(topo: Topology, state: Path, count: int = 100) -> dict:
+    """Attempt -> committed and queryable in the store (one attempt at a time, polled)."""
+    db = state / "events.db"
+    delays = []
+    conn = sqlite3.connect(db)
+    for i in range(count):
+        port = 40000 + i
+        sent = float(topo.run("app", PYTHON, "-c", ONE, str(port)).stdout)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT 1 FROM events WHERE dst_port = ?", (port,)).fetchone()
+            if row:
+                delays.append(time.time() - sent)
+                break
+            time.sleep(0.002)
+    conn.close()
+    return {
+        "attempts": count,
+        "seen": len(delays),
+        "p50_ms": round(percentile(delays, 50) * 1000, 2),
+        "p99_ms": round(percentile(delays, 99) * 1000, 2),
     }
 
 
