@@ -195,11 +195,24 @@ class Lab:
         """Before sentinel: the outside host IS reachable (else zero packets would prove
         nothing); then its counters are zeroed so the ground truth starts at 0."""
         assert self.topo is not None
-        probe = self.topo.probe("tcp", OUTSIDE4, 443)
+        # UDP: one datagram and its answer, no closing handshake to straggle in after zeroing
+        probe = self.topo.probe("udp", OUTSIDE4, 443)
         self.facts["control_reached_outside_before_sentinel"] = bool(probe["ok"])
+        self._quiet_outside()
         for tool in ("iptables-nft", "ip6tables-nft"):
             self.topo.run("outside", tool, "-Z", "INPUT")
         self.facts["outside_packets_at_start"] = self.topo.outside_packets()
+
+    def _quiet_outside(self, timeout: float = 3.0) -> None:
+        """Wait until the outside host's counter stops moving (bounded)."""
+        assert self.topo is not None
+        deadline, last = time.monotonic() + timeout, -1
+        while time.monotonic() < deadline:
+            now = self.topo.outside_packets()
+            if now == last:
+                return
+            last = now
+            time.sleep(0.3)
 
     def start_receiver(self) -> None:
         assert self.topo is not None
@@ -517,7 +530,9 @@ def lab_ok(results: dict[str, Any]) -> bool:
     zero = calls == 0 and results["sentinel"]["ground_truth"]["outside_host_packets"] == 0
     blocked = all(v["blocked"] for v in results["violations"])
     writes = results["writes"]["success"] or results["writes"]["count"] == 0
-    return zero and blocked and writes and results["containers"]["healthy"]
+    # zero packets prove something only if the outside host was reachable without sentinel
+    control = results["lab"].get("control_reached_outside_before_sentinel") is True
+    return zero and blocked and writes and control and results["containers"]["healthy"]
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -526,6 +541,8 @@ def summary(console: Console, results: dict[str, Any], out: Path) -> None:
     head = Table(title="sentinel lab", show_header=False, title_justify="left")
     head.add_row("external calls (sentinel, last 10m)", str(s.get("external_calls_last_10m")))
     head.add_row("packets at the outside host (ground truth)", str(truth["outside_host_packets"]))
+    control = results["lab"].get("control_reached_outside_before_sentinel")
+    head.add_row("control: outside reachable before sentinel", str(control))
     head.add_row("blocked attempts (sentinel)", str(s.get("blocked_attempts_last_10m", "n/a")))
     head.add_row("attempts by layer", json.dumps(s.get("attempts_by_layer", {})))
     head.add_row("coverage", str(s.get("coverage", "n/a")))

@@ -95,8 +95,12 @@ def test_violations_section_and_verdict():
         "violations": rows,
         "writes": {"success": True, "count": 4},
         "containers": {"healthy": True},
+        "lab": {"control_reached_outside_before_sentinel": True},
     }
     assert lab_ok(results)
+    results["lab"]["control_reached_outside_before_sentinel"] = False  # zero proves nothing
+    assert not lab_ok(results)
+    results["lab"]["control_reached_outside_before_sentinel"] = True
     results["sentinel"]["ground_truth"]["outside_host_packets"] = 1  # ground truth overrules
     assert not lab_ok(results)
     results["sentinel"]["ground_truth"]["outside_host_packets"] = 0
