@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -184,6 +185,8 @@ def test_enforce_every_attempt_one_event_and_evidence(topo, state_dir, tmp_path)
         "logs",
     } <= names
     assert "SENTINEL-DENY" in (bundle / "iptables-save-v6.txt").read_text()
+    policy_bytes = (bundle / "policy.yaml").read_bytes()  # verbatim: its hash checks
+    assert hashlib.sha256(policy_bytes).hexdigest() == data["policy_sha256"]
     assert len((bundle / "flows.jsonl").read_text().splitlines()) == n
     everything = "".join(p.read_text() for p in bundle.rglob("*") if p.is_file())
     for secret in ("hunter2-hunter2", "alice@example.com", "sk-abcdefghijklmnop", "555 0199"):
