@@ -181,7 +181,7 @@ def resolve(upstream: Upstream, name: str, settings: DnsSettings) -> Resolution:
         addresses=tuple(sorted(set(kept), key=lambda a: (a.version, int(a)))),
         ttl=ttl,
         cnames=tuple(dict.fromkeys([*chain4, *chain6])),
-        dropped=tuple(map(str, dropped)),
+        dropped=tuple(str(a) for a in sorted(set(dropped), key=lambda a: (a.version, int(a)))),
         nxdomain=nx4 and nx6,
     )
 

@@ -1,0 +1,225 @@
+"""The pinning resolver and pin lifecycle without root: a fake upstream and a fake clock."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from sentinel import log
+from sentinel.dns import PinningResolver, parse_query
+from sentinel.pinning import PinManager, UpstreamError, is_external, rebinding_filter
+from sentinel.policy import DnsSettings
+
+ip = ipaddress.ip_address
+
+
+class FakeUpstream:
+    """Answers from a dict; `down` makes every query fail like a timeout."""
+
+    address, port = "198.18.0.53", 53
+
+    def __init__(self, records: dict, ttl: int = 60) -> None:
+        self.records, self.ttl, self.down, self.asked = records, ttl, False, []
+
+    def query(self, name: str, rdtype: int) -> dns.message.Message:
+        self.asked.append((name, int(rdtype)))
+        if self.down:
+            raise UpstreamError("timeout")
+        reply = dns.message.make_response(dns.message.make_query(name, rdtype))
+        entry = self.records.get(name.rstrip("."))
+        if entry is None:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        elif "CNAME" in entry:
+            reply.answer.append(dns.rrset.from_text(name, self.ttl, "IN", "CNAME", entry["CNAME"]))
+        else:
+            kind = "A" if rdtype == 1 else "AAAA"
+            if entry.get(kind):
+                reply.answer.append(dns.rrset.from_text_list(name, self.ttl, "IN", kind, entry[kind]))
+        return dns.message.from_wire(reply.to_wire())  # indexes the sections like a real reply
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+RECORDS = {
+    "postgres": {"A": ["198.18.0.2"], "AAAA": ["2001:db8::2"]},
+    "db.internal": {"CNAME": "postgres."},
+    "evil.example.com": {"A": ["127.0.0.1", "10.1.2.3", "198.18.5.5"]},
+    "meta.example.com": {"A": ["169.254.169.254"]},
+}
+
+
+@pytest.fixture
+def world():
+    events, pushes, clock = [], [], Clock()
+    upstream = FakeUpstream(RECORDS)
+    settings = DnsSettings(min_ttl=5, max_ttl=30, stale_grace=10)
+    names = ["postgres", "db.internal", "evil.example.com", "meta.example.com", "gone.example"]
+    pins = PinManager(settings, upstream, names, events.append, pushes.append, clock=clock)
+    resolver = PinningResolver(pins, events.append, port=0)
+    return pins, resolver, upstream, clock, events, pushes
+
+
+def ask(resolver: PinningResolver, name: str, rdtype: str = "A", **kw) -> dns.message.Message:
+    wire = resolver.handle(dns.message.make_query(name, rdtype, **kw).to_wire(), 4242, "udp")
+    return dns.message.from_wire(wire)
+
+
+def kinds(events: list) -> list[str]:
+    return [e.kind for e in events]
+
+
+def test_allowlisted_name_is_answered_with_clamped_ttl_after_the_pin_is_pushed(world):
+    pins, resolver, upstream, clock, events, pushes = world
+    upstream.ttl = 3600
+    reply = ask(resolver, "postgres")
+    assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.RA
+    assert [r.address for r in reply.answer[0]] == ["198.18.0.2"]
+    assert reply.answer[0].ttl == 30  # clamped to max_ttl
+    assert pushes and pushes[-1]["postgres"] == [ip("198.18.0.2"), ip("2001:db8::2")]
+    assert [r.address for r in ask(resolver, "postgres", "AAAA").answer[0]] == ["2001:db8::2"]
+    upstream.ttl = 1
+    pins.refresh("db.internal")
+    assert pins.lookup("db.internal")[1] == 5  # clamped up to min_ttl
+
+
+def test_question_case_and_id_are_echoed_and_cached_answers_stay_right(world):
+    _, resolver, upstream, *_ = world
+    first = ask(resolver, "PoStGrEs")
+    q = dns.message.make_query("pOSTGRES", "A")
+    cached = resolver._cached(q.to_wire())
+    assert cached is not None  # second query served from the template cache
+    reply = dns.message.from_wire(cached)
+    assert reply.id == q.id and reply.question[0].name.to_text() == "pOSTGRES."
+    assert [r.address for r in reply.answer[0]] == [r.address for r in first.answer[0]]
+    edns = ask(resolver, "postgres", use_edns=0)
+    assert [r.address for r in edns.answer[0]] == ["198.18.0.2"]
+
+
+def test_other_names_are_refused_and_recorded(world):
+    _, resolver, _, _, events, _ = world
+    reply = ask(resolver, "api.openai.com", "AAAA")
+    assert reply.rcode() == dns.rcode.REFUSED and not reply.answer
+    event = events[-1]
+    assert (event.layer, event.kind, event.dst_name, event.verdict) == (
+        "dns", "egress_attempt", "api.openai.com", "blocked",
+    )
+    assert event.detail == {"qtype": "AAAA", "src_port": 4242, "transport": "udp"}
+    resolver.refuse_rcode = 3
+    assert ask(resolver, "x.example").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_non_address_types_of_allowlisted_names_get_no_data(world):
+    _, resolver, upstream, *_ = world
+    for rdtype in ("MX", "TXT", "HTTPS"):
+        reply = ask(resolver, "postgres", rdtype)
+        assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+    assert not upstream.asked  # nothing was forwarded
+
+
+def test_cname_chain_is_flattened_and_pinned_for_the_asked_name(world):
+    pins, resolver, *_ = world
+    reply = ask(resolver, "db.internal")
+    assert [r.address for r in reply.answer[0]] == ["198.18.0.2"]
+    assert reply.answer[0].name.to_text() == "db.internal."
+    assert pins.pins()["db.internal"] == [ip("198.18.0.2"), ip("2001:db8::2")]
+
+
+def test_rebinding_answers_are_dropped_and_reported(world):
+    pins, resolver, _, _, events, _ = world
+    reply = ask(resolver, "evil.example.com")
+    assert [r.address for r in reply.answer[0]] == ["198.18.5.5"]
+    assert pins.pins()["evil.example.com"] == [ip("198.18.5.5")]
+    event = next(e for e in events if e.kind == "dns_rebinding")
+    assert event.detail["dropped"] == ["10.1.2.3", "127.0.0.1"]
+    assert not ask(resolver, "meta.example.com").answer  # metadata endpoint never pinned
+
+
+def test_rebinding_rules():
+    assert not is_external("postgres") and not is_external("db.svc.cluster.local")
+    assert is_external("api.openai.com")
+    kept, dropped = rebinding_filter("postgres", [ip("10.0.0.5"), ip("127.0.0.1")])
+    assert kept == [ip("10.0.0.5")] and dropped == [ip("127.0.0.1")]
+    kept, dropped = rebinding_filter("x.example.com", [ip("fd00::1"), ip("fe80::1"), ip("::1")])
+    assert kept == [] and len(dropped) == 3
+
+
+def test_address_change_keeps_old_addresses_for_the_grace(world):
+    pins, _, upstream, clock, events, pushes = world
+    upstream.ttl = 5
+    pins.refresh("postgres")
+    upstream.records = {**RECORDS, "postgres": {"A": ["198.18.0.99"]}}
+    clock.now += 5
+    pins.tick()
+    assert pins.lookup("postgres")[0] == (ip("198.18.0.99"),)
+    allowed = pins.pins()["postgres"]
+    assert ip("198.18.0.2") in allowed and ip("198.18.0.99") in allowed  # old one in grace
+    change = [e for e in events if e.kind == "pin_changed" and e.dst_name == "postgres"][-1]
+    assert change.detail["removed"] == ["198.18.0.2", "2001:db8::2"]
+    clock.now += 10.1
+    pins.tick()
+    assert pins.pins()["postgres"] == [ip("198.18.0.99")]
+    assert pushes[-1]["postgres"] == [ip("198.18.0.99")]
+
+
+def test_upstream_down_serves_stale_then_fails_closed_then_recovers(world):
+    pins, resolver, upstream, clock, events, pushes = world
+    upstream.ttl = 5
+    pins.refresh("postgres")
+    upstream.down = True
+    clock.now += 5
+    pins.tick()
+    assert "dns_upstream_failing" in kinds(events) and "stale_pins" in kinds(events)
+    asked = len(upstream.asked)
+    assert pins.lookup("postgres")[0] == (ip("198.18.0.2"), ip("2001:db8::2"))
+    assert len(upstream.asked) == asked  # a stale answer never waits for the upstream
+    clock.now += 10
+    pins.tick()
+    assert "pins_expired" in kinds(events)
+    assert "postgres" not in pins.pins() and "postgres" not in pushes[-1]
+    assert ask(resolver, "postgres").rcode() == dns.rcode.SERVFAIL
+    upstream.down = False
+    clock.now += 5
+    pins.tick()
+    assert "dns_upstream_recovered" in kinds(events)
+    assert [r.address for r in ask(resolver, "postgres").answer[0]] == ["198.18.0.2"]
+
+
+def test_nxdomain_for_an_allowlisted_name_is_passed_on(world):
+    _, resolver, *_ = world
+    assert ask(resolver, "gone.example").rcode() == dns.rcode.NXDOMAIN
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [b"", b"\x00" * 11, bytes.fromhex("1234 8100 0001 0000 0000 0000 0000 0100 01"),
+     bytes.fromhex("1234 0100 0002 0000 0000 0000 0000 0100 01"),
+     bytes.fromhex("1234 0100 0001 0000 0000 0000 c00c 0001 0001")],
+    ids=["empty", "short", "response", "two-questions", "compressed-question"],
+)
+def test_malformed_queries_are_not_parsed(wire):
+    assert parse_query(wire) is None
+
+
+def test_every_log_line_has_a_correlation_id():
+    out = io.StringIO()
+    log.configure(stream=out)
+    logger = log.get_logger("test")
+    logger.info("one")
+    with log.correlation("abc"):
+        logger.info("two")
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert lines[0]["cid"] and lines[1]["cid"] == "abc" and lines[1]["component"] == "test"
+    log.configure()
