@@ -57,11 +57,11 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
 
 COLUMNS = tuple(f.name for f in fields(Event))
+_FIELDS = frozenset(COLUMNS)
 
 # Index i holds the script that takes the schema from version i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -134,9 +134,13 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _row(event: Event) -> tuple:
-    d = event.to_dict()
-    d["detail"] = json.dumps(d["detail"], sort_keys=True, default=str)
-    return tuple(d[c] for c in COLUMNS)
+    # getattr, not asdict: asdict deep-copies every field and dominates a large batch
+    return tuple(
+        json.dumps(event.detail, sort_keys=True, default=str)
+        if c == "detail"
+        else getattr(event, c)
+        for c in COLUMNS
+    )
 
 
 _UPSERT = (
@@ -176,7 +180,7 @@ def query(
     for values in conn.execute(sql + " ORDER BY ts", args):
         data = dict(zip(COLUMNS, values, strict=True))
         data["detail"] = json.loads(data["detail"] or "{}")
-        out.append(Event.from_dict(data))
+        out.append(Event(**data))
     return out
 
 

@@ -152,7 +152,6 @@ def _record(e: Event) -> dict[str, Any]:
     return {
         "id": e.id,
         "ts": e.ts,
-        "time": _iso(e.ts),
         "layers": [e.layer],
         "kind": e.kind,
         "verdict": e.verdict,
@@ -191,17 +190,26 @@ def by_destination(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "packets": 0,
                 "layers": Counter(),
                 "verdicts": Counter(),
-                "first": a["time"],
-                "last": a["time"],
+                "first": a["ts"],
+                "last": a["ts"],
             },
         )
         g["attempts"] += 1
         g["packets"] += a["packets"] or 0
         g["layers"].update(a["layers"])
         g["verdicts"][a["verdict"]] += 1
-        g["last"] = a["time"]
+        g["last"] = a["ts"]
     rows = sorted(groups.values(), key=lambda g: (-g["attempts"], g["destination"]))
-    return [{**g, "layers": dict(g["layers"]), "verdicts": dict(g["verdicts"])} for g in rows]
+    return [
+        {
+            **g,
+            "layers": dict(g["layers"]),
+            "verdicts": dict(g["verdicts"]),
+            "first": _iso(g["first"]),
+            "last": _iso(g["last"]),
+        }
+        for g in rows
+    ]
 
 
 # --- coverage -------------------------------------------------------------------------------
@@ -390,8 +398,9 @@ def assemble(
 
     inside = [e for e in events if window.since <= e.ts < window.until]
     all_beats = [e for e in events if e.kind == "monitor_heartbeat"]
-    attempts = join_attempts(inside)
-    last10 = [a for a in join_attempts(events) if a["ts"] >= window.until - TEN_MINUTES]
+    joined = join_attempts(events)  # once, over the window plus the trailing ten minutes
+    attempts = [a for a in joined if window.since <= a["ts"] < window.until]
+    last10 = [a for a in joined if a["ts"] >= window.until - TEN_MINUTES]
     monitor_beats = [e for e in inside if e.kind == "monitor_heartbeat"]
     guard_beats = [e for e in inside if e.layer == "guard" and e.kind == "guard_heartbeat"]
     interval = float(monitor_beats[0].detail.get("interval", 5.0)) if monitor_beats else 5.0
@@ -421,7 +430,7 @@ def assemble(
         "attempts_by_layer": dict(sorted(layers.items())),
         "attempts_by_protocol": _count(a["protocol"] or "?" for a in attempts),
         "attempts_by_destination": by_destination(attempts),
-        "attempts": redact_obj(attempts[-MAX_LISTED:]),
+        "attempts": redact_obj([{**a, "time": _iso(a["ts"])} for a in attempts[-MAX_LISTED:]]),
         "attempts_listed": min(len(attempts), MAX_LISTED),
         "netflow": netflow(kernel, applied),
         "unaccounted_packets": check.get("unaccounted_packets"),
