@@ -334,3 +334,15 @@ def test_corrupt_outbox_is_moved_aside(tmp_path):
     box.put("s", _alert())
     assert box.pending() == 1
     assert list(tmp_path.glob("alerts.db.corrupt-*"))
+
+
+def test_many_processes_fold_into_one_entry_past_max_windows():
+    r = Router(dedup_window=60, max_windows=50)
+    alerts = []
+    for i in range(5000):
+        alerts += r.route(attempt(exe=f"/bin/p{i}"), 1.0)
+    assert len(alerts) == 51 and alerts[-1].process == "many processes"
+    assert len(r.windows) == 51  # memory bounded
+    roll = r.tick(61.0)
+    assert sum(a.count for a in roll) == 5000 - 51
+    assert r.tick(200.0) == [] and r.windows == {} and not r._per_process

@@ -42,6 +42,7 @@ log = structlog.get_logger("sentinel.alerts")
 SATURATION = 0.8  # queue above 80% -> a P3 queue_saturation event
 _SATURATION_EVERY = 60.0  # at most one self-reported saturation event a minute
 _LATENCIES_KEPT = 10_000
+_IDLE = 1.0  # empty outbox: sleep until woken (or this long)
 DEFAULT_BREAKER = BreakerSettings()  # the PRD's numbers
 
 
@@ -76,31 +77,32 @@ class _SinkWorker:
     def run(self) -> None:
         owner = self.owner
         while not owner._stopping.is_set():
+            self.wake.clear()  # before looking: a wake-up from now on is not lost
             try:
-                if not self.step():
-                    self.wake.wait(owner.tick)
-                    self.wake.clear()
+                pause = self.step()
             except Exception as exc:  # a bug must not kill alerting for good
                 log.error("alert_worker_error", sink=self.name, error=redact_text(repr(exc)))
-                owner._stopping.wait(owner.tick)
+                pause = owner.tick
+            if pause:
+                self.wake.wait(pause)  # set by _enqueue and stop(): new work ends the wait
 
-    def step(self) -> bool:
-        """Try to deliver the head row; False when there is nothing to do right now."""
+    def step(self) -> float:
+        """Deliver the head row if it may go now; returns how long to wait (0 = go on)."""
         owner = self.owner
         row = owner.outbox.head(self.name)
         if row is None:
-            return False
+            return _IDLE
         now = owner.clock()
         if now - row.created > owner.outbox.max_age:
             owner.outbox.expire(self.name)
-            return True
+            return 0.0
         if row.next_at > now or self.paused_until > now or not self.breaker.allow():
-            return False
+            return owner.tick  # polled: the clock may be a test's, real waits would not match
         if self.bucket.wait_time() > 0:
-            return False
+            return owner.tick
         self.bucket.take()
         self.deliver(row)
-        return True
+        return 0.0
 
     def deliver(self, row: Row) -> None:
         owner = self.owner

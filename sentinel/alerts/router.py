@@ -8,7 +8,9 @@ Dedup: one alert per (destination, layer, process) per window; further attempts 
 are counted and sent as one roll-up when the window ends (and a new window starts, so a flood
 gives one roll-up per window). A process that scatters attempts over many destinations is
 capped too: past `per_process_cap` distinct alerts in a window, its further destinations fold
-into one "other destinations" entry, so a port scan cannot page thousands of times.
+into one "other destinations" entry, so a port scan cannot page thousands of times; and past
+`max_windows` open windows in all, new keys fold into one "many processes" entry per layer
+(memory stays bounded, and so do pages).
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ class Router:
         digest_windows: dict[str, float] | None = None,
         resolve_after: float = 0.0,
         per_process_cap: int = 10,
+        max_windows: int = 1000,
     ) -> None:
         self.window = dedup_window
         self.digest_windows = {**DEFAULT_DIGEST_WINDOWS, **(digest_windows or {})}
         self.resolve_after = resolve_after  # 0 = never send resolves
         self.per_process_cap = per_process_cap
+        self.max_windows = max_windows
+        self._per_process: Counter = Counter()  # (kind, layer, process) -> open windows
         self.windows: dict[tuple[str, ...], _Window] = {}
         self.digests: dict[str, _Digest] = {}
         self.stats = RouterStats()
@@ -99,8 +104,11 @@ class Router:
         key = (event.kind if event.kind not in EGRESS_KINDS else "egress", event.layer, proc, dest)
         out: list[Alert] = []
         entry = self.windows.get(key)
-        if entry is None and event.kind in EGRESS_KINDS and self._over_cap(key, now):
-            key, dest = (*key[:3], "*"), "other destinations"
+        if entry is None and event.kind in EGRESS_KINDS:
+            if len(self.windows) >= self.max_windows:
+                key, dest, proc = (key[0], key[1], "*", "*"), "many destinations", "many processes"
+            elif self._per_process[key[:3]] >= self.per_process_cap:
+                key, dest = (*key[:3], "*"), "other destinations"
             entry = self.windows.get(key)
         if entry is not None and now - entry.started >= self.window:
             out += self._close_window(entry, now)  # a late tick: settle the old window first
@@ -129,19 +137,19 @@ class Router:
             entry.last_event_id = event.id
         entry.started, entry.last_seen, entry.correlation_id = now, now, event.id
         entry.destinations.add(_destination(event))
+        if key not in self.windows and key[3] != "*":
+            self._per_process[key[:3]] += 1
         self.windows[key] = entry
         self.stats.alerts += 1
         out.append(self._first_alert(entry, event))
         return out
 
-    def _over_cap(self, key: tuple[str, ...], now: float) -> bool:
-        """True when this (layer, process) already has its share of live windows."""
-        live = sum(
-            1
-            for k, w in self.windows.items()
-            if k[:3] == key[:3] and k[3] != "*" and now - w.started < self.window
-        )
-        return live >= self.per_process_cap
+    def _forget(self, key: tuple[str, ...]) -> None:
+        del self.windows[key]
+        if key[3] != "*":
+            self._per_process[key[:3]] -= 1
+            if self._per_process[key[:3]] <= 0:
+                del self._per_process[key[:3]]
 
     def _digest(self, severity: str, event: Event, now: float) -> None:
         bucket = self.digests.get(severity)
@@ -160,7 +168,7 @@ class Router:
                 continue
             out += self._close_window(entry, now)
             if entry.suppressed == 0 and self._settled(entry, now, out):
-                del self.windows[key]
+                self._forget(key)
         for severity, bucket in list(self.digests.items()):
             if now - bucket.opened >= self.digest_windows[severity]:
                 out.append(self._digest_alert(bucket, now))
@@ -175,6 +183,7 @@ class Router:
         for bucket in self.digests.values():
             out.append(self._digest_alert(bucket, now))
         self.windows.clear()
+        self._per_process.clear()
         self.digests.clear()
         return out
 
