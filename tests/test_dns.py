@@ -223,3 +223,20 @@ def test_every_log_line_has_a_correlation_id():
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert lines[0]["cid"] and lines[1]["cid"] == "abc" and lines[1]["component"] == "test"
     log.configure()
+
+
+def test_audit_mode_relays_other_names_and_records_them_as_audited(world):
+    pins, _, upstream, _, events, _ = world
+    relayed = []
+
+    def forward(wire: bytes) -> bytes:
+        relayed.append(wire)
+        reply = dns.message.make_response(dns.message.from_wire(wire))
+        reply.answer.append(dns.rrset.from_text("api.openai.com.", 60, "IN", "A", "198.18.5.5"))
+        return reply.to_wire()
+
+    upstream.forward = forward
+    resolver = PinningResolver(pins, events.append, port=0, mode="audit", upstream=upstream)
+    reply = ask(resolver, "api.openai.com")
+    assert [r.address for r in reply.answer[0]] == ["198.18.5.5"] and relayed
+    assert events[-1].kind == "egress_attempt" and events[-1].verdict == "audited"

@@ -360,3 +360,21 @@ def test_sigterm_leaves_the_deny_and_teardown_on_exit_removes_it(upstream, tmp_p
     assert s.stop() == 0
     assert topo.probe("tcp", "198.18.5.5", 443)["ok"]
     assert "SENTINEL" not in topo.run("app", "iptables-nft-save").stdout
+
+
+def test_mem0_policy_as_shipped(upstream, tmp_path):
+    topo = upstream
+    s = RunningSentinel(topo, Path(__file__).parent.parent / "policies" / "mem0.yaml")
+    for name, address, port in (
+        ("postgres", "198.18.0.2", 5432), ("neo4j", "198.18.0.3", 7687),
+        ("ollama", "198.18.0.4", 11434),
+    ):
+        got = query(topo, name)
+        assert got["addresses"] == [address] and got["ttl"] >= 29, got  # min_ttl 30s
+        assert topo.probe("tcp", address, port)["ok"], name
+    assert query(topo, "api.openai.com")["rcode"] == "REFUSED"
+    s.wait_event("egress_attempt", dst_name="api.openai.com")
+    assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
+    assert topo.outside_packets() == 0
+    assert _status(topo)["in_sync"]
+    assert s.stop() == 0
