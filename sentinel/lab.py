@@ -576,9 +576,9 @@ def summary(console: Console, results: dict[str, Any], out: Path) -> None:
 def preflight() -> str | None:
     if os.geteuid() != 0:
         return "sentinel lab needs root (it creates network namespaces)"
-    for tool in ("ip", "iptables-nft-restore", "ip6tables-nft-restore", "ipset", "ss"):
+    for tool in ("ip", "iptables-nft-restore", "ip6tables-nft-restore", "ipset", "ss", "curl"):
         if not shutil.which(tool):
-            return f"sentinel lab needs {tool} (apt-get install iproute2 iptables ipset)"
+            return f"sentinel lab needs {tool} (apt-get install iproute2 iptables ipset curl)"
     return None
 
 

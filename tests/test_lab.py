@@ -248,3 +248,39 @@ def test_lab_rejects_a_broken_policy_before_building(tmp_path):
         return
     assert done.returncode == 2 and "70000" in done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.netns
+def test_lab_catches_a_leak_in_audit_mode(tmp_path):
+    """Negative control: with mode audit the calls get out, and the lab must say so."""
+    _netns_ready()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(lab.LAB_POLICY.replace("mode: enforce", "mode: audit"))
+    done, _ = _run_lab(tmp_path / "out", "--policy", str(policy))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL" in done.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["sentinel"]["ground_truth"]["outside_host_packets"] > 0
+    leaked = {v["action"] for v in results["violations"] if not v["blocked"]}
+    assert {"ip_literal", "ipv6", "curl_subprocess"} <= leaked, results["violations"]
+    _assert_torn_down(_prefix(done.stdout))
+
+
+def test_workload_tells_blocked_from_reached():
+    import errno
+    import socket
+    import ssl
+    import urllib.error
+
+    from sentinel.labtools.workload import stopped_before_the_host as stopped
+
+    assert stopped(socket.gaierror(-2, "Name or service not known"))
+    assert stopped(PermissionError(13, "sentinel guard: not allowlisted"))  # SecurityError
+    assert stopped(ConnectionRefusedError(111, "refused"))  # REJECT: RST or ICMP
+    assert stopped(TimeoutError("timed out"))
+    assert stopped(OSError(errno.EHOSTUNREACH, "no route"))
+    assert stopped(urllib.error.URLError(ConnectionRefusedError(111, "refused")))
+    # the connection was made: whatever went wrong afterwards, the packets got there
+    assert not stopped(ssl.SSLError(1, "wrong version number"))
+    assert not stopped(urllib.error.URLError(ssl.SSLError(1, "wrong version number")))
+    assert not stopped(ConnectionResetError(104, "reset by peer"))
