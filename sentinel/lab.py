@@ -96,7 +96,8 @@ class Violation:
         return "guard" if guard_on and self.guard_sees else self.network_layer
 
     def matches(self, attempt: dict[str, Any]) -> bool:
-        if self.name and attempt.get("dst_name") == self.name:
+        name = (attempt.get("dst_name") or "").rstrip(".").lower()
+        if self.name and name == self.name:
             return True
         return (
             self.ip is not None

@@ -66,6 +66,7 @@ def test_violation_matching_and_layers():
     assert by_name.expected_layer(guard_on=False) == "dns"
     assert curl.expected_layer(guard_on=True) == "netfilter"  # subprocess: guard cannot see it
     assert by_name.matches({"dst_name": "api.openai.com", "dst_ip": None})
+    assert by_name.matches({"dst_name": "API.openai.com.", "dst_ip": None})  # as DNS spells it
     assert ip6.matches({"dst_ip": "2001:db8::5", "dst_port": 443, "protocol": "tcp"})
     assert not ip6.matches({"dst_ip": "2001:db8::5", "dst_port": 443, "protocol": "udp"})
     assert not Violation("x", "x", "tcp", 1).matches({"dst_ip": None, "dst_port": None})
