@@ -2,7 +2,8 @@
 
 report.json, the kernel's own iptables-save output for IPv4 and IPv6 (with counters), ipset
 save, flows (every attempt event of the window plus per-upstream netflow), the policy and the
-ruleset that was applied, redacted logs, and MANIFEST.sha256 (`sha256sum -c MANIFEST.sha256`
+ruleset that was applied, the monitor's kernel counter readings, redacted logs, and
+MANIFEST.sha256 (`sha256sum -c MANIFEST.sha256`
 verifies it). Logs and events are redacted; report.json is not, because redaction would also
 mask the hashes that are the point of it (its attempt list is redacted when the report is built).
 """
@@ -52,7 +53,9 @@ def write_bundle(
     files["ipset-save.txt"] = "".join(
         _tool_output(["ipset", "save", name]) for name in SET_NAME.values()
     )
-    files["flows.jsonl"] = _flows(report, store or ev.db_path(state))
+    files["flows.jsonl"], files["kernel-counters.jsonl"] = _flows(
+        report, store or ev.db_path(state)
+    )
     files["netflow.json"] = json.dumps(report.get("netflow", []), indent=2) + "\n"
     files.update(_policy_files(state))
     files.update(_logs(state))
@@ -71,20 +74,26 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _flows(report: dict[str, Any], store: Path) -> str:
-    """Every attempt event of the window, one JSON object a line, redacted."""
+def _flows(report: dict[str, Any], store: Path) -> tuple[str, str]:
+    """(every attempt/alarm event of the window, redacted; the monitor's kernel counter
+    readings, which hold only counters and hashes) as JSON lines."""
     window = report["window"]
     conn = ev.connect(store, readonly=True)
     try:
         rows = ev.query(conn, window["since"], window["until"])
     finally:
         conn.close()
-    lines = [
+    flows = [
         json.dumps(redact_obj(e.to_dict()), sort_keys=True, default=str)
         for e in rows
-        if e.kind != "monitor_heartbeat"
+        if e.verdict != "info"
     ]
-    return "".join(f"{line}\n" for line in lines)
+    counters = [
+        json.dumps({"ts": e.ts, **e.detail}, sort_keys=True)
+        for e in rows
+        if e.kind == "kernel_counters"
+    ]
+    return "".join(f"{x}\n" for x in flows), "".join(f"{x}\n" for x in counters)
 
 
 def _policy_files(state: Path) -> dict[str, str]:

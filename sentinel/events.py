@@ -184,6 +184,17 @@ def query(
     return out
 
 
+def last_before(conn: sqlite3.Connection, kind: str, ts: float) -> list[Event]:
+    """The latest event of `kind` before `ts` (a baseline reading), as a 0- or 1-item list."""
+    sql = f"SELECT {', '.join(COLUMNS)} FROM events WHERE kind = ? AND ts < ? ORDER BY ts DESC"
+    row = conn.execute(sql + " LIMIT 1", (kind, ts)).fetchone()
+    if row is None:
+        return []
+    data = dict(zip(COLUMNS, row, strict=True))
+    data["detail"] = json.loads(data["detail"] or "{}")
+    return [Event(**data)]
+
+
 def shed_counts(conn: sqlite3.Connection, since: float, until: float) -> dict[str, int]:
     rows = conn.execute(
         "SELECT layer, SUM(count) FROM shed WHERE ts >= ? AND ts < ? GROUP BY layer", (since, until)

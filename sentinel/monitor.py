@@ -329,6 +329,8 @@ class Monitor:
         update: Emit | None = None,
         heartbeat: float = 5.0,
         info: Callable[[], dict[str, Any]] | None = None,
+        snapshot: Callable[[], dict[str, Any]] | None = None,
+        snapshot_every: float = 30.0,
     ) -> None:
         self.group = policy.nflog_group
         self.folder = Folder(policy.monitor.fold_window)
@@ -336,6 +338,8 @@ class Monitor:
         self.update = update or emit
         self.heartbeat = heartbeat
         self.info = info or _applied_info
+        self.snapshot = snapshot or kernel_snapshot
+        self.snapshot_every = snapshot_every
         self.counts = {
             "messages": 0,
             "packets": 0,
@@ -347,10 +351,13 @@ class Monitor:
             "lost": 0,  # from sequence-number gaps
             "errors": 0,
             "heartbeats": 0,
+            "snapshots": 0,
+            "snapshot_errors": 0,
         }
         self._sock: NflogSocket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._snapper: threading.Thread | None = None
         self._next_seq: int | None = None
         self.started_at = 0.0
 
@@ -360,12 +367,17 @@ class Monitor:
         self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, name="nflog-monitor", daemon=True)
         self._thread.start()
+        if self.snapshot_every > 0:
+            self._snapper = threading.Thread(target=self._snap_loop, name="kernel-counters")
+            self._snapper.daemon = True
+            self._snapper.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout)
+        for thread in (self._thread, self._snapper):
+            if thread:
+                thread.join(timeout)
         for update in self.folder.expire(time.time(), everything=True):
             self.update(update)
         self._beat("stopped")
@@ -401,6 +413,25 @@ class Monitor:
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.heartbeat
                 self._beat("running")
+
+    def _snap_loop(self) -> None:
+        """Kernel counters (NFLOG rule per family, allowlist set entries) every
+        `snapshot_every` s, so the report can count per window across counter resets
+        (every apply re-creates the rules and swaps the sets, which zeroes them)."""
+        while True:
+            self._snap()
+            if self._stop.wait(self.snapshot_every):
+                self._snap()  # a last reading at a clean stop
+                return
+
+    def _snap(self) -> None:
+        try:
+            detail = self.snapshot()
+        except Exception:  # noqa: BLE001 - missing tools or a busy lock: count, retry later
+            self.counts["snapshot_errors"] += 1
+            return
+        self.counts["snapshots"] += 1
+        self.emit(Event(layer="sentinel", kind="kernel_counters", verdict="info", detail=detail))
 
     def handle(self, body: bytes, now: float) -> None:
         """One NFLOG message -> at most one new event. Never raises on bad input."""
@@ -447,6 +478,32 @@ class Monitor:
         self.emit(Event(layer="sentinel", kind="monitor_heartbeat", verdict="info", detail=detail))
 
 
+MAX_SET_ENTRIES = 1000  # per snapshot: entries with traffic, busiest first
+
+
+def kernel_snapshot(backend: str | None = None) -> dict[str, Any]:
+    """NFLOG packets per family and per-entry set counters (entries with traffic only)."""
+    from . import netfilter
+
+    applied = _applied_info()
+    state = netfilter.read_state(backend or applied.get("backend") or netfilter.DEFAULT_BACKEND)
+    nflog = {"4": 0, "6": 0}
+    for (family, line), (packets, _bytes) in state.counters.items():
+        if "-j NFLOG" in line:
+            nflog[str(family)] += packets
+    busy = sorted(
+        ((entry, pb) for (_set, entry), pb in state.set_counters.items() if pb[0]),
+        key=lambda item: -item[1][0],
+    )
+    return {
+        "ruleset_sha256": state.sha256() if state.present else None,
+        "applied_at": applied.get("applied_at"),  # counters restart at every apply
+        "nflog": nflog,
+        "sets": {entry: list(pb) for entry, pb in busy[:MAX_SET_ENTRIES]},
+        "sets_truncated": len(busy) > MAX_SET_ENTRIES,
+    }
+
+
 def _applied_info() -> dict[str, Any]:
     """What is in force right now, as `sentinel apply` recorded it (cheap: one small file)."""
     from .state import APPLIED, read_json
@@ -455,7 +512,8 @@ def _applied_info() -> dict[str, Any]:
         applied = read_json(APPLIED) or {}
     except Exception:  # noqa: BLE001 - a heartbeat must never die on a bad state file
         applied = {}
-    return {k: applied.get(k) for k in ("ruleset_sha256", "policy_sha256", "mode", "applied_at")}
+    keys = ("ruleset_sha256", "policy_sha256", "mode", "applied_at", "backend")
+    return {k: applied.get(k) for k in keys}
 
 
 # --- standalone entry point (until `sentinel run` starts us) ----------------------------
@@ -470,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sentinel.monitor")
     parser.add_argument("--policy", required=True)
     parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--snapshot-every", type=float, default=30.0, help="kernel counters")
     parser.add_argument("--seconds", type=float, default=3600, help="exit after this long")
     args = parser.parse_args(argv)
     policy = load_policy(args.policy)
@@ -479,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         store.put(event)
         metrics.observe_event(event)
 
-    monitor = Monitor(policy, emit, heartbeat=args.heartbeat).start()
+    monitor = Monitor(
+        policy, emit, heartbeat=args.heartbeat, snapshot_every=args.snapshot_every
+    ).start()
     metrics.watch_store(store)
     metrics.watch_monitor(monitor)
     metrics.serve(policy.monitor.metrics_port)

@@ -308,14 +308,73 @@ def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def netflow(kernel: dict[str, Any], applied: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Packets/bytes per allowlisted upstream entry since the last apply (the set is swapped
-    on apply, which zeroes its counters; `counting_since` says from when)."""
+def increase(values: list[tuple[Any, float]]) -> float:
+    """Growth of a counter over (epoch, value) samples across resets: a new epoch (another
+    apply) or a drop means it restarted from 0."""
+    total = 0.0
+    for (e0, before), (e1, after) in zip(values, values[1:], strict=False):
+        total += after - before if after >= before and e0 == e1 else after
+    return total
+
+
+def window_counters(
+    snapshots: list[Event], window: Window, kernel: dict[str, Any], applied: dict | None
+) -> dict[str, Any]:
+    """Kernel counter growth inside the window from the monitor's periodic readings, plus the
+    kernel now when the window ends now. Exact when a reading precedes the window or the
+    counters started inside it (applied after `since`)."""
+    readings = [(s.ts, s.detail) for s in sorted(snapshots, key=lambda s: s.ts)]
+    before = [r for r in readings if r[0] < window.since][-1:]
+    inside = [r for r in readings if window.since <= r[0] <= window.until]
+    if window.until >= time.time() - 2 and "nflog_packets" in kernel:
+        sets = {e: list(pb) for (_s, e), pb in kernel.get("set_counters", {}).items()}
+        now = {
+            "nflog": {str(f): n for f, n in kernel["nflog_packets"].items()},
+            "sets": sets,
+            "applied_at": (applied or {}).get("applied_at"),
+        }
+        inside.append((time.time(), now))
+    applied_at = float((applied or {}).get("applied_at") or 0)
+    zero = {"nflog": {}, "sets": {}, "applied_at": (applied or {}).get("applied_at")}
+    start = before or ([(window.since, zero)] if applied_at >= window.since else inside[:1])
+    series = start + [r for r in inside if r not in start]
+    nflog = {
+        f"ipv{f}": int(increase([(_epoch(r), r[1].get("nflog", {}).get(f, 0)) for r in series]))
+        for f in ("4", "6")
+    }
+    entries = {e for r in series for e in r[1].get("sets", {})}
+    sets = {
+        e: [int(increase([(_epoch(r), _entry(r, e)[i]) for r in series])) for i in (0, 1)]
+        for e in sorted(entries)
+    }
+    return {
+        "exact": bool(before) or applied_at >= window.since,
+        "readings": len(series),
+        "nflog": nflog,
+        "sets": sets,
+    }
+
+
+def _epoch(reading: tuple[float, dict]) -> Any:
+    return reading[1].get("applied_at")
+
+
+def _entry(reading: tuple[float, dict], entry: str) -> list[int]:
+    return reading[1].get("sets", {}).get(entry, [0, 0])
+
+
+def netflow(
+    kernel: dict[str, Any], applied: dict[str, Any] | None, counted: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Packets/bytes per allowlisted upstream entry in the window (`counted`, reset-aware),
+    and since the last apply straight from the kernel."""
     by_ip = {ip: name for name, ips in (applied or {}).get("pins", {}).items() for ip in ips}
     since = (applied or {}).get("applied_at")
+    now = {entry: pb for (_set, entry), pb in kernel.get("set_counters", {}).items()}
     rows = []
-    for (set_name, entry), (packets, nbytes) in sorted(kernel.get("set_counters", {}).items()):
+    for entry in sorted(set(now) | set(counted["sets"])):
         net, _, proto_port = entry.partition(",")
+        packets, nbytes = counted["sets"].get(entry, [0, 0])
         rows.append(
             {
                 "upstream": by_ip.get(net, net),
@@ -323,7 +382,8 @@ def netflow(kernel: dict[str, Any], applied: dict[str, Any] | None) -> list[dict
                 "protocol_port": proto_port,
                 "packets": packets,
                 "bytes": nbytes,
-                "set": set_name,
+                "packets_since_apply": now.get(entry, (None, None))[0],
+                "bytes_since_apply": now.get(entry, (None, None))[1],
                 "counting_since": _iso(since) if since else None,
             }
         )
@@ -379,6 +439,7 @@ def build_report(
     conn = ev.connect(path, readonly=True)
     try:
         events = ev.query(conn, min(window.since, window.until - TEN_MINUTES), window.until)
+        events = ev.last_before(conn, "kernel_counters", window.since) + events
         shed = ev.shed_counts(conn, window.since, window.until)
         check = completeness(conn, kernel, applied)
     finally:
@@ -411,6 +472,12 @@ def assemble(
     in_sync = bool(expected) and kernel.get("sha256") == expected
     problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
     layers = Counter(layer for a in attempts for layer in a["layers"])
+    snapshots = [e for e in events if e.kind == "kernel_counters"]
+    counted = window_counters(snapshots, window, kernel, applied)
+    stored = Counter()
+    for e in inside:
+        if e.layer == "netfilter":
+            stored[f"ipv{e.family}"] += e.packets
     return {
         "generated_at": _iso(time.time()),
         "window": window.to_dict(),
@@ -432,7 +499,7 @@ def assemble(
         "attempts_by_destination": by_destination(attempts),
         "attempts": redact_obj([{**a, "time": _iso(a["ts"])} for a in attempts[-MAX_LISTED:]]),
         "attempts_listed": min(len(attempts), MAX_LISTED),
-        "netflow": netflow(kernel, applied),
+        "netflow": netflow(kernel, applied, counted),
         "unaccounted_packets": check.get("unaccounted_packets"),
         "completeness": check,
         "shed_events": sum(shed.values()),
@@ -447,6 +514,12 @@ def assemble(
             "guard_gaps": guard["gaps"],
             "rulesets_in_force": rulesets_in_force(monitor_beats),
             "ruleset_changes": max(0, len(rulesets_in_force(monitor_beats)) - 1),
+            "window_counters": {
+                "exact": counted["exact"],
+                "readings": counted["readings"],
+                "nflog_packets_kernel": counted["nflog"],
+                "nflog_packets_stored": {f: stored.get(f, 0) for f in ("ipv4", "ipv6")},
+            },
             "nflog_packets_kernel": {
                 f"ipv{f}": n for f, n in kernel.get("nflog_packets", {}).items()
             },

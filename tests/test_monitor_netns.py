@@ -79,6 +79,8 @@ def start_monitor(topo, policy):
         policy,
         "--heartbeat",
         "0.5",
+        "--snapshot-every",
+        "0.5",
         "--seconds",
         "300",
     )
@@ -249,4 +251,23 @@ def test_sigkill_and_restart_still_accounts_for_attempts(topo, state_dir):
     assert data["coverage"] == "partial"
     assert data["coverage_detail"]["monitor_gaps"], data["coverage_detail"]
     assert topo.outside_packets() == 0
+    stop(proc)
+
+
+def test_netflow_counts_across_a_reapply(topo, state_dir):
+    """Re-applying zeroes the set counters; the report still counts the whole window."""
+    assert topo.sentinel("apply", "--policy", "policies/mem0.yaml", *PINS).returncode == 0
+    proc, since = start_monitor(topo, "policies/mem0.yaml")
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    time.sleep(1.2)  # at least one kernel reading holds the first connection's packets
+    code, first = report(topo, "--since", str(since))
+    before = next(r for r in first["netflow"] if r["upstream"] == "postgres")
+    assert before["packets"] == before["packets_since_apply"] > 0
+    assert topo.sentinel("apply", "--policy", "policies/mem0.yaml", *PINS).returncode == 0
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
+    code, data = report(topo, "--since", str(since))
+    after = next(r for r in data["netflow"] if r["upstream"] == "postgres")
+    assert after["packets_since_apply"] == before["packets"]  # same exchange, counters reset
+    assert after["packets"] == 2 * before["packets"]  # the window saw both connections
+    assert data["coverage_detail"]["window_counters"]["exact"]
     stop(proc)

@@ -173,3 +173,33 @@ def test_table_renders():
         console.print(table)
     text = console.export_text()
     assert "tcp/198.18.5.5:443" in text and "coverage" in text
+
+
+def test_counter_increase_across_resets():
+    assert rep.increase([(1, 10), (1, 15), (1, 3), (1, 7)]) == 5 + 3 + 4  # drop = restart
+    assert rep.increase([(1, 10), (2, 12)]) == 12  # a new apply epoch even without a drop
+    assert rep.increase([(1, 5)]) == 0
+
+
+def _snap(ts, epoch, v4, entry_packets):
+    return Event(
+        layer="sentinel",
+        kind="kernel_counters",
+        verdict="info",
+        ts=ts,
+        detail={
+            "applied_at": epoch,
+            "nflog": {"4": v4, "6": 0},
+            "sets": {"198.18.0.2,tcp:5432": [entry_packets, entry_packets * 60]},
+        },
+    )
+
+
+def test_window_counters_use_a_baseline_and_span_reapply():
+    window = rep.Window(NOW - 60, NOW - 1)
+    snaps = [_snap(NOW - 90, 1, 4, 100), _snap(NOW - 30, 1, 6, 130), _snap(NOW - 10, 2, 1, 5)]
+    got = rep.window_counters(snaps, window, {}, {"applied_at": 2})
+    assert got["exact"] and got["nflog"] == {"ipv4": 3, "ipv6": 0}
+    assert got["sets"]["198.18.0.2,tcp:5432"] == [35, 2100]
+    late = rep.window_counters(snaps[1:], window, {}, {"applied_at": 2})
+    assert not late["exact"] and late["sets"]["198.18.0.2,tcp:5432"][0] == 5
