@@ -199,6 +199,13 @@ def _norm_name(host):
     return str(host).rstrip(".").lower()
 
 
+def _host_text(host):
+    """What a report shows as the name (anyio passes IDNA-encoded bytes)."""
+    if isinstance(host, bytes):
+        return host.decode("ascii", "replace")
+    return None if host is None else str(host)
+
+
 def _ip_text(packed):
     return _inet_ntop(_AF_INET if len(packed) == 4 else _AF_INET6, packed)
 
@@ -389,7 +396,7 @@ def _install(mode_env, origin):
             id=ident,
             event=event,
             verdict="blocked" if enforce else "audited",
-            host=None if host is None else str(host),
+            host=_host_text(host),
             ip=ip,
             port=port,
             protocol=proto,
@@ -757,19 +764,25 @@ class _Reporter:
             _sleep(_TICK)
 
     def drain(self):
+        """Send what is queued. True when the queue is empty (False: receiver busy, retry)."""
         queue, counts = self.queue, self.counts
         while queue:
             try:
                 msg = queue.pop(0)
             except IndexError:  # at exit the main thread drains too
-                return
+                return True
             total = counts["dropped_queue_full"] + counts["dropped_send_failed"]
             msg["dropped"] = total - self.reported_drops  # drops since the last delivery
-            if self.send(msg):
+            result = self.send(msg)
+            if result is True:
                 counts["sent"] += 1
                 self.reported_drops = total
-            else:
+            elif result is None:  # the receiver's queue is full: keep it, try next tick
+                queue.insert(0, msg)
+                return False
+            else:  # nobody listens: this report is lost, and counted
                 counts["dropped_send_failed"] += 1
+        return True
 
     def heartbeat(self, state):
         msg = self.base_message("heartbeat")
@@ -787,7 +800,7 @@ class _Reporter:
         self.send(msg)
 
     def send(self, msg):
-        """One non-blocking datagram; False when nobody listens or the receiver is full."""
+        """One non-blocking datagram: True sent, None receiver busy, False nobody listens."""
         try:
             if self.sock is None:
                 self.sock = _new_dgram(_AF_UNIX, 2)  # SOCK_DGRAM
@@ -798,13 +811,18 @@ class _Reporter:
                 data = _json_dumps(msg).encode()[:60000]
             self.sock.sendto(data, self.cfg["socket"])
             return True
+        except BlockingIOError:  # EAGAIN: alive but busy (its datagram queue is full)
+            return None
         except OSError:
             self.counts["send_errors"] += 1
             return False
 
     def at_exit(self):
         try:
-            self.drain()
+            for _ in range(20):  # bounded: at most ~20 ms of waiting for a busy receiver
+                if self.drain():
+                    break
+                _sleep(0.001)
             self.heartbeat("exit")
         except Exception:  # noqa: BLE001
             pass
