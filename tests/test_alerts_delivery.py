@@ -320,8 +320,10 @@ def test_sink_down_then_back_delivers_everything_once(rx, make):
         rx.always(prefix, Answer(200, "ok") if prefix != "/pagerduty" else Answer(202, "{}"))
     assert drive(
         clock,
-        lambda: all(s["pending"] == 0 for s in d.stats()["sinks"].values())
-        and d.stats()["rollups"] >= 1,
+        lambda: (
+            all(s["pending"] == 0 for s in d.stats()["sinks"].values())
+            and d.stats()["rollups"] >= 1
+        ),
         step=1.0,
         timeout=30,
     )
@@ -350,8 +352,9 @@ def test_restart_with_a_full_outbox_delivers_it_and_reports_drops(rx, make, tmp_
     assert rx.wait_for(lambda: len(rx.accepted("/hook")) == 20, timeout=5)
     bodies = p1_bodies(rx, "/hook")
     assert len({b["alert_id"] for b in bodies}) == 20
-    assert bodies[0]["dropped_alerts"] == 5 and "5 earlier alerts were dropped" in (
-        bodies[0]["dropped_note"]
+    assert (
+        bodies[0]["dropped_alerts"] == 5
+        and "5 earlier alerts were dropped" in (bodies[0]["dropped_note"])
     )
     assert all(b["dropped_alerts"] == 0 for b in bodies[1:])
     ports = sorted(b["details"]["dst_port"] for b in bodies)
@@ -426,3 +429,21 @@ def test_alert_test_command(rx, tmp_path):
         [exe, "alert", "test", "--policy", str(none)], env=env, capture_output=True, text=True
     )
     assert empty.returncode == 1 and "no alert sinks configured" in empty.stderr
+
+
+def test_breaker_open_raises_sink_degraded_and_summary_reads_counters(rx, make, tmp_path):
+    from sentinel.alerts import read_summary
+
+    clock = Clock()
+    seen: list[Event] = []
+    rx.always("/hook", Answer(500, "down"))
+    d = make(clock, on_event=seen.append, backoff=Backoff(base=0.1, cap=0.2))
+    d.submit(attempt())
+    assert drive(clock, lambda: d.workers["webhook"].breaker.state == OPEN, step=0.1)
+    assert [e.kind for e in seen] == ["sink_degraded"] and seen[0].detail["sink"] == "webhook"
+    assert rx.wait_for(lambda: d.stats()["sinks"]["pagerduty"]["sent"] == 1, timeout=5)
+    d.stop()
+    summary = read_summary(tmp_path / "state")
+    assert summary["webhook"]["retries"] == 5 and summary["webhook"]["pending"] >= 1
+    assert summary["pagerduty"]["sent"] == 1
+    assert read_summary(tmp_path / "nowhere") == {}

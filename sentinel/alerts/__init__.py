@@ -3,6 +3,7 @@
 from .breaker import BreakerSettings, CircuitBreaker
 from .dispatcher import AlertDispatcher, Backoff, TestResult, send_test_alerts
 from .model import SEVERITY_BY_KIND, Alert, severity_of
+from .outbox import read_summary
 from .registry import SINK_TYPES, build_sinks
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "CircuitBreaker",
     "TestResult",
     "build_sinks",
+    "read_summary",
     "send_test_alerts",
     "severity_of",
 ]

@@ -137,7 +137,7 @@ class _SinkWorker:
     def _breaker_changed(self, old: str, new: str) -> None:
         log.warning("alert_sink_breaker", sink=self.name, old=old, new=new)
         if new == OPEN:
-            self.owner.submit(
+            self.owner._own_event(
                 Event(
                     layer="sentinel",
                     kind="sink_degraded",
@@ -165,8 +165,10 @@ class AlertDispatcher:
         tick: float = 0.05,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         mark: int | None = -1,  # -1: policy.mark; None: unmarked (only for unprivileged tests)
+        on_event: Callable[[Event], None] | None = None,  # e.g. the event store's writer
     ) -> None:
         self.policy = policy
+        self.on_event = on_event  # receives sink_degraded / queue_saturation events we raise
         self.clock = clock
         self.tick = tick
         self.breaker_settings = breaker
@@ -333,8 +335,16 @@ class AlertDispatcher:
                 verdict="info",
                 detail={"queue": "alerts", "depth": depth, "capacity": size},
             )
-            for alert in self.router.route(event, now):
-                self._enqueue(alert)
+            self._own_event(event)
+
+    def _own_event(self, event: Event) -> None:
+        """An event the dispatcher raises about itself: alerted, and handed to the daemon."""
+        self.submit(event)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception as exc:  # the daemon's hook must not break alerting
+                log.error("alert_on_event_error", error=redact_text(repr(exc)))
 
     def _delivered(self, alert: Alert) -> None:
         with self._lock:

@@ -223,3 +223,24 @@ class Outbox:
             "ON CONFLICT(name) DO UPDATE SET value = MAX(0, value + ?)",
             (name, delta, delta),
         )
+
+
+def read_summary(state_dir: str | Path) -> dict[str, dict[str, int]]:
+    """Per-sink counters (sent, failed, retries, dropped, unreported, pending) from the outbox
+    in a state directory, for reports made outside the daemon; {} when there is none."""
+    path = Path(state_dir) / FILENAME
+    if not path.exists():
+        return {}
+    box = Outbox(path)
+    try:
+        out: dict[str, dict[str, int]] = {}
+        for name, value in box.counters().items():
+            counter, _, sink = name.partition(":")
+            out.setdefault(sink, {})[counter] = value
+        with box._lock:
+            rows = box._conn.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
+        for sink, n in rows:
+            out.setdefault(sink, {})["pending"] = n
+        return out
+    finally:
+        box.close()
