@@ -75,7 +75,8 @@ def proc_usage(pid: int) -> tuple[float, int, int]:
     """(cpu seconds, RSS kB, peak RSS kB) of one process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    # utime + stime + cutime + cstime: the kernel readings run iptables-save/ipset as children
+    cpu = sum(int(x) for x in fields[11:15]) / ticks
     status = dict(
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
