@@ -50,8 +50,11 @@ monitor: {tamper_interval: 1h}
 
 def query_wire(name: str, qid: int) -> bytes:
     labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-    return qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + (
-        b"\x00\x01\x00\x01"
+    return (
+        qid.to_bytes(2, "big")
+        + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+        + labels
+        + (b"\x00\x01\x00\x01")
     )
 
 
@@ -80,10 +83,19 @@ def load(port: int, seconds: float, window: int, max_queries: int = 2_000_000) -
             latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
     latencies.sort()
-    pick = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000) if (
-        latencies) else (lambda q: float("nan"))
-    return {"qps": round(len(latencies) / elapsed), "answered": len(latencies), "lost": lost,
-            "p50_ms": round(pick(0.50), 3), "p99_ms": round(pick(0.99), 3), "window": window}
+    pick = (
+        (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000)
+        if (latencies)
+        else (lambda q: float("nan"))
+    )
+    return {
+        "qps": round(len(latencies) / elapsed),
+        "answered": len(latencies),
+        "lost": lost,
+        "p50_ms": round(pick(0.50), 3),
+        "p99_ms": round(pick(0.99), 3),
+        "window": window,
+    }
 
 
 def pin_fast_path(rounds: int) -> dict:
@@ -106,14 +118,19 @@ def pin_fast_path(rounds: int) -> dict:
         netfilter.update_sets(current, new)
         times.append((time.perf_counter() - t0) * 1000)
         current = new
-        check = subprocess.run(["ipset", "test", "sentinel-allow4", f"198.18.1.{i % 200 + 1},tcp:5432"],
-                               capture_output=True)
+        check = subprocess.run(
+            ["ipset", "test", "sentinel-allow4", f"198.18.1.{i % 200 + 1},tcp:5432"],
+            capture_output=True,
+        )
         assert check.returncode == 0, "pin not in force after update_sets returned"
     netfilter.teardown()
     times.sort()
-    return {"rounds": rounds, "p50_ms": round(statistics.median(times), 2),
-            "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2),
-            "max_ms": round(times[-1], 2)}
+    return {
+        "rounds": rounds,
+        "p50_ms": round(statistics.median(times), 2),
+        "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2),
+        "max_ms": round(times[-1], 2),
+    }
 
 
 def inner(args: argparse.Namespace) -> None:
@@ -121,18 +138,34 @@ def inner(args: argparse.Namespace) -> None:
     work = Path(args.work)
     host_records = [f"--host-record={n},{a},{V6[n]}" for n, a in RECORDS.items()]
     dnsmasq = subprocess.Popen(
-        ["dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--port=5353",
-         "--listen-address=127.0.0.1", "--bind-interfaces", "--cache-size=1000",
-         "--local-ttl=3600", "--pid-file=" + str(work / "dnsmasq.pid"), "--user=root",
-         *host_records],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "dnsmasq",
+            "-k",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--port=5353",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--cache-size=1000",
+            "--local-ttl=3600",
+            "--pid-file=" + str(work / "dnsmasq.pid"),
+            "--user=root",
+            *host_records,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     policy = work / "policy.yaml"
     policy.write_text(POLICY)
     env = {**os.environ, "SENTINEL_STATE_DIR": str(work / "state")}
     log = open(work / "sentinel.log", "w")
-    daemon = subprocess.Popen([SENTINEL, "run", "--policy", str(policy), "--teardown-on-exit"],
-                              stdout=subprocess.DEVNULL, stderr=log, env=env)
+    daemon = subprocess.Popen(
+        [SENTINEL, "run", "--policy", str(policy), "--teardown-on-exit"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=env,
+    )
     try:
         _wait_running(work / "sentinel.log", daemon)
         results: dict = {"servers": {}}
@@ -202,10 +235,28 @@ def main() -> None:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         with tempfile.TemporaryDirectory() as work:
             out = subprocess.run(
-                ["ip", "netns", "exec", ns, PYTHON, __file__, "--inner", "--work", work,
-                 "--seconds", str(args.seconds), "--window", str(args.window),
-                 "--rounds", str(args.rounds), "--repeat", str(args.repeat)],
-                capture_output=True, text=True, timeout=300,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    PYTHON,
+                    __file__,
+                    "--inner",
+                    "--work",
+                    work,
+                    "--seconds",
+                    str(args.seconds),
+                    "--window",
+                    str(args.window),
+                    "--rounds",
+                    str(args.rounds),
+                    "--repeat",
+                    str(args.repeat),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
             if out.returncode != 0:
                 raise SystemExit(out.stderr[-3000:])
@@ -218,22 +269,30 @@ def main() -> None:
 
 def report(r: dict) -> None:
     s, d = r["servers"]["sentinel"], r["servers"]["dnsmasq"]
-    print(f"{'server':10} {'qps(loaded)':>12} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'qps(1 in flight)':>17} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'server':10} {'qps(loaded)':>12} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'qps(1 in flight)':>17} {'p50 ms':>8} {'p99 ms':>8}"
+    )
     for label, x in (("dnsmasq", d), ("sentinel", s)):
         lo, un = x["loaded"], x["unloaded"]
-        print(f"{label:10} {lo['qps']:>12} {lo['p50_ms']:>8} {lo['p99_ms']:>8} "
-              f"{un['qps']:>17} {un['p50_ms']:>8} {un['p99_ms']:>8}")
+        print(
+            f"{label:10} {lo['qps']:>12} {lo['p50_ms']:>8} {lo['p99_ms']:>8} "
+            f"{un['qps']:>17} {un['p50_ms']:>8} {un['p99_ms']:>8}"
+        )
     ratio = s["loaded"]["qps"] / max(1, d["loaded"]["qps"])
     print(f"runs (loaded qps): dnsmasq {d['loaded']['all_qps']}, sentinel {s['loaded']['all_qps']}")
     print(f"ratio sentinel/dnsmasq (median loaded qps): {ratio:.2f}  (goal >= 0.33)")
     cs, cd = s["loaded"]["cpu_us_per_query"], d["loaded"]["cpu_us_per_query"]
-    print(f"server CPU per answered query: dnsmasq {cd} us, sentinel {cs} us -> capacity per "
-          f"core {1e6 / max(cd, 0.01):,.0f} vs {1e6 / max(cs, 0.01):,.0f} qps, "
-          f"ratio {cd / max(cs, 0.01):.2f}  (client-independent)")
+    print(
+        f"server CPU per answered query: dnsmasq {cd} us, sentinel {cs} us -> capacity per "
+        f"core {1e6 / max(cd, 0.01):,.0f} vs {1e6 / max(cs, 0.01):,.0f} qps, "
+        f"ratio {cd / max(cs, 0.01):.2f}  (client-independent)"
+    )
     p = r["pin_fast_path"]
-    print(f"pin change -> rules in force (render + ipset restore, {p['rounds']} rounds): "
-          f"p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, max {p['max_ms']} ms  (goal < 50 ms)")
+    print(
+        f"pin change -> rules in force (render + ipset restore, {p['rounds']} rounds): "
+        f"p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, max {p['max_ms']} ms  (goal < 50 ms)"
+    )
     print(json.dumps(r))
 
 

@@ -120,8 +120,13 @@ class Daemon:
         self._install_signals()
         try:
             self._start_parts(policy, upstream)
-            log.info("running", policy=str(self.policy_path), backend=self.backend,
-                     upstream=f"{upstream.address}:{upstream.port}", pid=os.getpid())
+            log.info(
+                "running",
+                policy=str(self.policy_path),
+                backend=self.backend,
+                upstream=f"{upstream.address}:{upstream.port}",
+                pid=os.getpid(),
+            )
             self._loop()
         finally:
             self._shutdown()
@@ -134,8 +139,12 @@ class Daemon:
     def _start_parts(self, policy: Policy, upstream: Upstream) -> None:
         assert self.ctx.pins is not None
         self.resolver = PinningResolver(
-            self.ctx.pins, self.ctx.emit, policy.dns.listen_port, policy.dns.refuse_with,
-            policy.mode, upstream,
+            self.ctx.pins,
+            self.ctx.emit,
+            policy.dns.listen_port,
+            policy.dns.refuse_with,
+            policy.mode,
+            upstream,
         )
         self.resolver.start()
         self._thread(self._refresher, "pin-refresher")
@@ -181,7 +190,13 @@ class Daemon:
             if self.expected is None:
                 return  # start-up: the first full apply follows
             new = render_rules(self.ctx.policy, pins)
-            netfilter.update_sets(self.expected, new)
+            try:
+                netfilter.update_sets(self.expected, new)
+            except SentinelError as exc:
+                # the kernel now differs from `new`: the next tamper check re-applies it whole
+                log.error("pin_update_failed", error=exc.message)
+                self.expected = new
+                raise
             self.expected = new
             if self.resolver:
                 self.resolver.invalidate()
@@ -198,10 +213,18 @@ class Daemon:
                 return False
             detail = _drift(self.expected, state)
             repaired = netfilter.apply(self.expected, self.backend)
-            self._record(self.ctx.policy, self.expected, self.ctx.pins.pins(),  # type: ignore
-                         repaired.created_tables)
-        event = Event(layer="tamper", kind="tamper", verdict="blocked",
-                      detail={"expected": want, "found": found, "repaired": True, **detail})
+            self._record(
+                self.ctx.policy,
+                self.expected,
+                self.ctx.pins.pins(),  # type: ignore
+                repaired.created_tables,
+            )
+        event = Event(
+            layer="tamper",
+            kind="tamper",
+            verdict="blocked",
+            detail={"expected": want, "found": found, "repaired": True, **detail},
+        )
         self.ctx.emit(event)
         return True
 
@@ -215,9 +238,18 @@ class Daemon:
                 return
             self._apply(policy, reason="reload")
         except (PolicyError, SentinelError) as exc:
-            self.ctx.emit(Event(layer="sentinel", kind="reload_rejected", verdict="info",
-                                detail={"error": exc.message, "policy": str(self.policy_path),
-                                        "kept": self.ctx.policy.sha256}))
+            self.ctx.emit(
+                Event(
+                    layer="sentinel",
+                    kind="reload_rejected",
+                    verdict="info",
+                    detail={
+                        "error": exc.message,
+                        "policy": str(self.policy_path),
+                        "kept": self.ctx.policy.sha256,
+                    },
+                )
+            )
             return
         old = self.ctx.pins.names()
         self.ctx.pins.set_names(policy.hostnames)
@@ -225,8 +257,14 @@ class Daemon:
         self._retune(policy)
         for hook in self.ctx.reload_hooks:
             hook(policy)
-        self.ctx.emit(Event(layer="sentinel", kind="policy_reloaded", verdict="info",
-                            detail={"policy_sha256": policy.sha256, "mode": policy.mode}))
+        self.ctx.emit(
+            Event(
+                layer="sentinel",
+                kind="policy_reloaded",
+                verdict="info",
+                detail={"policy_sha256": policy.sha256, "mode": policy.mode},
+            )
+        )
 
     def _retune(self, policy: Policy) -> None:
         """DNS settings of a reloaded policy: upstream, TTLs, refusal code, mode, port."""
@@ -244,8 +282,12 @@ class Daemon:
     def _start_resolver_again(self, policy: Policy, upstream: Upstream) -> None:
         assert self.ctx.pins is not None
         self.resolver = PinningResolver(
-            self.ctx.pins, self.ctx.emit, policy.dns.listen_port, policy.dns.refuse_with,
-            policy.mode, upstream,
+            self.ctx.pins,
+            self.ctx.emit,
+            policy.dns.listen_port,
+            policy.dns.refuse_with,
+            policy.mode,
+            upstream,
         )
         self.resolver.start()
 
@@ -260,16 +302,27 @@ class Daemon:
                 raise SentinelError("applied, but the kernel does not hold the expected ruleset")
             self.expected, self.ctx.policy = ruleset, policy
         self._record(policy, ruleset, pins, state.created_tables)
-        log.info("applied", reason=reason, ruleset_sha256=ruleset.sha256(), mode=policy.mode,
-                 pins={k: [str(a) for a in v] for k, v in pins.items()})
+        log.info(
+            "applied",
+            reason=reason,
+            ruleset_sha256=ruleset.sha256(),
+            mode=policy.mode,
+            pins={k: [str(a) for a in v] for k, v in pins.items()},
+        )
 
     def _record(self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str]) -> None:
         from .cli import record_applied  # the same applied.json `status` reads
 
         record_applied(policy, ruleset, self.backend, pins, created)
-        write_json(DAEMON_STATE, {"pid": os.getpid(), "updated_at": time.time(),
-                                  "policy": str(self.policy_path),
-                                  "resolver_port": policy.dns.listen_port})
+        write_json(
+            DAEMON_STATE,
+            {
+                "pid": os.getpid(),
+                "updated_at": time.time(),
+                "policy": str(self.policy_path),
+                "resolver_port": policy.dns.listen_port,
+            },
+        )
 
     # --- shutdown -------------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -309,6 +362,9 @@ def _drift(expected: Ruleset, state: Any) -> dict[str, Any]:
         missing = want_sets.get(name, set()) - have_sets.get(name, set())
         extra = have_sets.get(name, set()) - want_sets.get(name, set())
         if missing or extra or name not in have_sets:
-            out[f"{name}"] = {"missing": sorted(missing)[:20], "extra": sorted(extra)[:20],
-                              "present": name in have_sets}
+            out[f"{name}"] = {
+                "missing": sorted(missing)[:20],
+                "extra": sorted(extra)[:20],
+                "present": name in have_sets,
+            }
     return out

@@ -171,7 +171,7 @@ class PinningResolver:
                 return
 
     def _answer_udp(self, sock: socket.socket, wire: bytes, peer: tuple) -> None:
-        reply = self.handle(wire, peer[1], "udp")
+        reply = self.safe_handle(wire, peer[1], "udp")
         if reply is not None:
             if len(reply) > 512:  # we send no EDNS: truncated, the client retries over TCP
                 q = parse_query(wire)
@@ -201,7 +201,7 @@ class PinningResolver:
                 wire = _recv_exact(conn, struct.unpack("!H", head)[0]) if head else None
                 if not wire:
                     return
-                reply = self.handle(wire, peer[1], "tcp")
+                reply = self.safe_handle(wire, peer[1], "tcp")
                 if reply is None:
                     return
                 conn.sendall(struct.pack("!H", len(reply)) + reply)
@@ -220,6 +220,16 @@ class PinningResolver:
         template, _, qlen = hit
         flags = bytes([(template[2] & 0xFE) | (wire[2] & 0x01)])
         return wire[:2] + flags + template[3:12] + wire[12 : 12 + qlen] + template[12 + qlen :]
+
+    def safe_handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
+        """handle(), but an internal failure (e.g. the kernel refused a pin) is a SERVFAIL:
+        the answer is never released without its rule, and the client is not left waiting."""
+        try:
+            return self.handle(wire, src_port, transport)
+        except Exception:  # noqa: BLE001
+            log.exception("dns_query_failed", transport=transport)
+            q = parse_query(wire)
+            return response(q, SERVFAIL) if q else None
 
     def handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
         q = parse_query(wire)

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from .errors import BadInput
+
 _configured = False
 
 
@@ -27,6 +29,9 @@ def _add_cid(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """JSON lines to stderr (stdout belongs to command output). Safe to call more than once."""
     global _configured
+    levels = logging.getLevelNamesMapping()
+    if level.upper() not in levels:
+        raise BadInput(f"log level {level!r} is not one of: debug, info, warning, error")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -36,9 +41,7 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(sort_keys=True, default=str),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(levels[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )

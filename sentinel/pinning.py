@@ -37,16 +37,34 @@ MAX_CNAME_DEPTH = 8
 # node's link-local services (169.254.169.254 is the cloud metadata endpoint) or nowhere.
 _NEVER = [
     ipaddress.ip_network(n)
-    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
-              "::/128", "::1/128", "fe80::/10", "ff00::/8", "::ffff:0:0/96")
+    for n in (
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+        "::/128",
+        "::1/128",
+        "fe80::/10",
+        "ff00::/8",
+        "::ffff:0:0/96",
+    )
 ]
 # Internal ranges: fine for internal names (compose services), DNS rebinding for external ones.
 _INTERNAL = [
     ipaddress.ip_network(n)
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 ]
-_INTERNAL_SUFFIXES = (".local", ".internal", ".lan", ".home.arpa", ".localdomain", ".svc",
-                      ".cluster.local", ".svc.cluster.local")
+_INTERNAL_SUFFIXES = (
+    ".local",
+    ".internal",
+    ".lan",
+    ".home.arpa",
+    ".localdomain",
+    ".svc",
+    ".cluster.local",
+    ".svc.cluster.local",
+)
 
 
 def normalize(name: str) -> str:
@@ -120,7 +138,11 @@ class Upstream:
         try:
             with self._socket(socket.SOCK_DGRAM) as udp, self._socket(socket.SOCK_STREAM) as tcp:
                 reply, _ = dns.query.udp_with_fallback(
-                    q, self.address, timeout=self.timeout, port=self.port, udp_sock=udp,
+                    q,
+                    self.address,
+                    timeout=self.timeout,
+                    port=self.port,
+                    udp_sock=udp,
                     tcp_sock=tcp,
                 )
         except (OSError, dns.exception.DNSException) as exc:
@@ -299,8 +321,15 @@ class PinManager:
     def _resolved(self, name: str, pin: Pin, res: Resolution) -> None:
         now = self.clock()
         if res.dropped:
-            self.emit(_event("dns_rebinding", name, "blocked", dropped=list(res.dropped),
-                             kept=[str(a) for a in res.addresses]))
+            self.emit(
+                _event(
+                    "dns_rebinding",
+                    name,
+                    "blocked",
+                    dropped=list(res.dropped),
+                    kept=[str(a) for a in res.addresses],
+                )
+            )
         if pin.failing or pin.stale:
             self.emit(_event("dns_upstream_recovered", name, "info"))
         old = set(pin.addresses)
@@ -315,20 +344,34 @@ class PinManager:
         if old != new:
             started = self.clock()
             self._push()
-            self.emit(_event(
-                "pin_changed", name, "info",
-                added=sorted(map(str, new - old)), removed=sorted(map(str, old - new)),
-                grace_s=self.settings.stale_grace, ttl_s=res.ttl, cnames=list(res.cnames),
-                apply_ms=round((self.clock() - started) * 1000, 2),
-            ))
+            self.emit(
+                _event(
+                    "pin_changed",
+                    name,
+                    "info",
+                    added=sorted(map(str, new - old)),
+                    removed=sorted(map(str, old - new)),
+                    grace_s=self.settings.stale_grace,
+                    ttl_s=res.ttl,
+                    cnames=list(res.cnames),
+                    apply_ms=round((self.clock() - started) * 1000, 2),
+                )
+            )
 
     def _failed(self, name: str, pin: Pin, error: str) -> None:
         now = self.clock()
         pin.refresh_at = now + min(5.0, max(0.5, pin.ttl / 4 if pin.ttl else 1.0))
         if not pin.failing:
             pin.failing = True
-            self.emit(_event("dns_upstream_failing", name, "info", error=error,
-                             upstream=f"{self.upstream.address}:{self.upstream.port}"))
+            self.emit(
+                _event(
+                    "dns_upstream_failing",
+                    name,
+                    "info",
+                    error=error,
+                    upstream=f"{self.upstream.address}:{self.upstream.port}",
+                )
+            )
 
     def _expire(self, now: float) -> None:
         changed = False
@@ -339,12 +382,21 @@ class PinManager:
                 changed = True
             if pin.resolved and pin.failing and now >= pin.expires and not pin.stale:
                 pin.stale = True  # serving the last good answer past its TTL
-                self.emit(_event("stale_pins", name, "info",
-                                 addresses=[str(a) for a in pin.addresses],
-                                 fail_closed_in_s=self.settings.stale_grace))
+                self.emit(
+                    _event(
+                        "stale_pins",
+                        name,
+                        "info",
+                        addresses=[str(a) for a in pin.addresses],
+                        fail_closed_in_s=self.settings.stale_grace,
+                    )
+                )
             if pin.stale and now >= pin.expires + self.settings.stale_grace:
-                self.emit(_event("pins_expired", name, "blocked",
-                                 addresses=[str(a) for a in pin.addresses]))
+                self.emit(
+                    _event(
+                        "pins_expired", name, "blocked", addresses=[str(a) for a in pin.addresses]
+                    )
+                )
                 pin.addresses, pin.resolved, pin.stale = (), False, False
                 changed = True
         if changed:
@@ -356,5 +408,6 @@ class PinManager:
 
 
 def _event(kind: str, name: str, verdict: str, **detail: object) -> Event:
-    return Event(layer="dns", kind=kind, verdict=verdict, protocol="dns", dst_name=name,
-                 detail=detail)
+    return Event(
+        layer="dns", kind=kind, verdict=verdict, protocol="dns", dst_name=name, detail=detail
+    )

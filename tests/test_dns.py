@@ -41,7 +41,9 @@ class FakeUpstream:
         else:
             kind = "A" if rdtype == 1 else "AAAA"
             if entry.get(kind):
-                reply.answer.append(dns.rrset.from_text_list(name, self.ttl, "IN", kind, entry[kind]))
+                reply.answer.append(
+                    dns.rrset.from_text_list(name, self.ttl, "IN", kind, entry[kind])
+                )
         return dns.message.from_wire(reply.to_wire())  # indexes the sections like a real reply
 
 
@@ -114,7 +116,10 @@ def test_other_names_are_refused_and_recorded(world):
     assert reply.rcode() == dns.rcode.REFUSED and not reply.answer
     event = events[-1]
     assert (event.layer, event.kind, event.dst_name, event.verdict) == (
-        "dns", "egress_attempt", "api.openai.com", "blocked",
+        "dns",
+        "egress_attempt",
+        "api.openai.com",
+        "blocked",
     )
     assert event.detail == {"qtype": "AAAA", "src_port": 4242, "transport": "udp"}
     resolver.refuse_rcode = 3
@@ -204,9 +209,13 @@ def test_nxdomain_for_an_allowlisted_name_is_passed_on(world):
 
 @pytest.mark.parametrize(
     "wire",
-    [b"", b"\x00" * 11, bytes.fromhex("1234 8100 0001 0000 0000 0000 0000 0100 01"),
-     bytes.fromhex("1234 0100 0002 0000 0000 0000 0000 0100 01"),
-     bytes.fromhex("1234 0100 0001 0000 0000 0000 c00c 0001 0001")],
+    [
+        b"",
+        b"\x00" * 11,
+        bytes.fromhex("1234 8100 0001 0000 0000 0000 0000 0100 01"),
+        bytes.fromhex("1234 0100 0002 0000 0000 0000 0000 0100 01"),
+        bytes.fromhex("1234 0100 0001 0000 0000 0000 c00c 0001 0001"),
+    ],
     ids=["empty", "short", "response", "two-questions", "compressed-question"],
 )
 def test_malformed_queries_are_not_parsed(wire):

@@ -58,11 +58,23 @@ def policy_text(min_ttl: str = "1s", grace: str = "3s", tamper: str = "1s") -> s
 
 
 def query(
-    topo: Topology, name: str, qtype: str = "A", server: str = "198.18.0.53", port: int = 53,
+    topo: Topology,
+    name: str,
+    qtype: str = "A",
+    server: str = "198.18.0.53",
+    port: int = 53,
     tcp: bool = False,
 ) -> dict:
     out = topo.run(
-        "app", PYTHON, "-c", QUERY, name, qtype, server, str(port), "1" if tcp else "0",
+        "app",
+        PYTHON,
+        "-c",
+        QUERY,
+        name,
+        qtype,
+        server,
+        str(port),
+        "1" if tcp else "0",
         timeout=20,
     )
     return json.loads(out.stdout)
@@ -85,7 +97,12 @@ class RunningSentinel:
     def __init__(self, topo: Topology, policy: Path, *args: str) -> None:
         exe = str(Path(PYTHON).with_name("sentinel"))
         self.proc = topo.spawn(
-            "app", exe, "run", "--policy", str(policy), *args,
+            "app",
+            exe,
+            "run",
+            "--policy",
+            str(policy),
+            *args,
             env={"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]},
         )
         self.lines: list[dict] = []
@@ -108,7 +125,8 @@ class RunningSentinel:
 
     def find(self, event: str, **match: object) -> list[dict]:
         return [
-            x for x in list(self.lines)
+            x
+            for x in list(self.lines)
             if x.get("event") == event and all(x.get(k) == v for k, v in match.items())
         ]
 
@@ -183,8 +201,12 @@ def test_every_port_53_query_lands_on_the_sentinel_udp_and_tcp(upstream, tmp_pat
     # straight to the upstream's own address, to the "outside" host, over IPv6, over TCP:
     # a refusal for a name the upstream would answer proves the sentinel answered
     for server, tcp in (
-        ("198.18.0.53", False), ("198.18.0.53", True), ("198.18.5.5", False),
-        ("198.18.5.5", True), ("2001:db8::5", False), ("2001:db8::53", True),
+        ("198.18.0.53", False),
+        ("198.18.0.53", True),
+        ("198.18.5.5", False),
+        ("198.18.5.5", True),
+        ("2001:db8::5", False),
+        ("2001:db8::53", True),
     ):
         assert query(topo, "api.openai.com", server=server, tcp=tcp)["rcode"] == "REFUSED", server
         got = query(topo, "postgres", server=server, tcp=tcp)
@@ -261,8 +283,9 @@ def test_upstream_down_serves_stale_pins_then_fails_closed(upstream, tmp_path):
 
 
 def _status(topo: Topology) -> dict:
-    out = topo.sentinel("status", "--format", "json", env={
-        "SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]})
+    out = topo.sentinel(
+        "status", "--format", "json", env={"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]}
+    )
     return json.loads(out.stdout)
 
 
@@ -366,7 +389,8 @@ def test_mem0_policy_as_shipped(upstream, tmp_path):
     topo = upstream
     s = RunningSentinel(topo, Path(__file__).parent.parent / "policies" / "mem0.yaml")
     for name, address, port in (
-        ("postgres", "198.18.0.2", 5432), ("neo4j", "198.18.0.3", 7687),
+        ("postgres", "198.18.0.2", 5432),
+        ("neo4j", "198.18.0.3", 7687),
         ("ollama", "198.18.0.4", 11434),
     ):
         got = query(topo, name)
