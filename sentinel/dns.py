@@ -265,6 +265,8 @@ class PinningResolver:
             verdict="audited" if audit else "blocked",
             protocol="dns",
             dst_name=q.name,
+            dst_port=53,  # what the app asked for, before the redirect
+            src_port=src_port,
             detail={"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport},
         )
         with correlation(event.id):
