@@ -444,7 +444,19 @@ def build_report(
         check = completeness(conn, kernel, applied)
     finally:
         conn.close()
-    return assemble(window, events, shed, check, kernel, applied)
+    report = assemble(window, events, shed, check, kernel, applied)
+    report["alerts"] = _alert_summary(path.parent)
+    return report
+
+
+def _alert_summary(state: Path) -> dict[str, Any]:
+    """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...)."""
+    try:
+        from .alerts.outbox import read_summary
+
+        return {"sinks": read_summary(state)}
+    except Exception as exc:  # noqa: BLE001 - the evidence must not fail on the alert outbox
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def assemble(
