@@ -346,3 +346,19 @@ def test_many_processes_fold_into_one_entry_past_max_windows():
     roll = r.tick(61.0)
     assert sum(a.count for a in roll) == 5000 - 51
     assert r.tick(200.0) == [] and r.windows == {} and not r._per_process
+
+
+def test_unreadable_outbox_row_is_dropped_and_counted_not_stuck(tmp_path):
+    box = Outbox(tmp_path / "a.db")
+    box.put("s", _alert(P1, "bad"))
+    box.put("s", _alert(P1, "good"))
+    with box._lock:
+        box._conn.execute("UPDATE outbox SET alert = '{not json' WHERE id = 1")
+    row = box.head("s")
+    assert row.alert.title == "good"
+    assert box.counter("dropped:s") == 1 and box.counter("unreported:s") == 1
+
+
+def test_alert_json_ignores_keys_from_newer_versions():
+    text = _alert().to_json().replace('"action"', '"future_field": 1, "action"')
+    assert Alert.from_json(text).title == "t"

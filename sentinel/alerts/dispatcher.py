@@ -107,7 +107,12 @@ class _SinkWorker:
     def deliver(self, row: Row) -> None:
         owner = self.owner
         dropped = owner.outbox.counter(f"unreported:{self.name}")
-        body, headers = self.sink.render(row.alert, dropped)
+        try:
+            body, headers = self.sink.render(row.alert, dropped)
+        except Exception as exc:  # a row this sink cannot render must not block the rest
+            owner.outbox.failed(row)
+            log.error("alert_render_error", sink=self.name, error=redact_text(repr(exc)))
+            return
         result = post(owner.client, self.sink.url, body, headers)
         self.last = result
         fields = {"sink": self.name, "alert_id": row.alert.id, "status": result.status}

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 P1, P2, P3 = "P1", "P2", "P3"
@@ -70,7 +70,9 @@ class Alert:
 
     @classmethod
     def from_json(cls, text: str) -> Alert:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # newer rows: extra keys
 
     def summary(self, limit: int = 1024) -> str:
         """The one-line summary (PagerDuty caps payload.summary at 1024 characters)."""

@@ -191,7 +191,17 @@ class Outbox:
         if found is None:
             return None
         rid, sink, text, created, next_at, attempts = found
-        return Row(rid, sink, Alert.from_json(text), created, next_at, attempts)
+        try:
+            alert = Alert.from_json(text)
+        except (ValueError, TypeError) as exc:
+            # an unreadable row must not block the sink forever: drop it, and say so
+            log.error("outbox_bad_row", sink=sink, row=rid, error=type(exc).__name__)
+            with self._lock, self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("DELETE FROM outbox WHERE id = ?", (rid,))
+                self._count_dropped(sink, 1)
+            return self.head(sink)
+        return Row(rid, sink, alert, created, next_at, attempts)
 
     def pending(self, sink: str | None = None) -> int:
         with self._lock:
