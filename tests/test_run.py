@@ -355,8 +355,10 @@ def configmap_update(mount: Path, version: str, text: str) -> None:
         ("iptables-nft", "-F", "SENTINEL-OUT"),
         ("iptables-nft", "-I", "SENTINEL-OUT", "1", "-j", "ACCEPT"),
         ("ipset", "add", "sentinel-allow4", "198.18.5.5,tcp:443"),
+        ("iptables-nft", "-t", "nat", "-F", "SENTINEL-DNS"),
+        ("ip6tables-nft", "-D", "OUTPUT", "-j", "SENTINEL-OUT"),
     ],
-    ids=["flush", "insert-accept", "set-entry"],
+    ids=["flush", "insert-accept", "set-entry", "nat-dns-flush", "v6-hook-removed"],
 )
 def test_tamper_is_detected_and_repaired_within_the_interval(upstream, tmp_path, tamper):
     topo = upstream
@@ -402,3 +404,12 @@ def test_mem0_policy_as_shipped(upstream, tmp_path):
     assert topo.outside_packets() == 0
     assert _status(topo)["in_sync"]
     assert s.stop() == 0
+
+
+def test_invalid_policy_at_start_exits_2_with_the_message(topo, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nallow:\n  - {name: pg, host: postgres, ports: [0]}\n")
+    out = topo.sentinel("run", "--policy", str(bad))
+    assert out.returncode == 2, out
+    assert "bad.yaml:3: allow[0].ports[0]: 0 is not a port" in out.stderr
+    assert "SENTINEL" not in topo.run("app", "iptables-nft-save").stdout  # nothing applied
