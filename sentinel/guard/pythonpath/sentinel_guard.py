@@ -23,6 +23,7 @@ import sys
 import time
 
 __all__ = ["SecurityError", "boot", "status"]
+_CODE = sys._getframe(0).f_code  # this module's code: the private copy reuses it (no recompile)
 
 if "SecurityError" not in globals():  # the private copy reuses the public class
 
@@ -95,10 +96,6 @@ if "_STATUS" not in globals():  # shared with the private copy: status() reads i
 
 def _private_copy():
     """Execute this module's code again into a private namespace with a builtins snapshot."""
-    loader = globals().get("__loader__")
-    code = loader.get_code(__name__) if loader is not None else None
-    if code is None:  # no loader (odd embedding): fall back to this module's own functions
-        return globals()
     ns = {
         "__builtins__": dict(builtins.__dict__),
         "__name__": "sentinel_guard.<private>",
@@ -106,7 +103,7 @@ def _private_copy():
         "SecurityError": SecurityError,
         "_STATUS": _STATUS,
     }
-    exec(code, ns)
+    exec(_CODE, ns)
     return ns
 
 
@@ -314,6 +311,7 @@ def _compile_rules(doc, generation):
         "generation": generation,
         "entries": len(doc.get("entries", ())),
         "cache": {},  # decisions for this allowlist only; replaced with it
+        "allowed": set(),  # raw audit arguments already allowed (the hook's fast path)
     }
 
 
@@ -473,24 +471,55 @@ def _install(mode_env, origin):
         family = _sock_family(sock)
         if family in _LOCAL_FAMILIES:
             return
-        proto = _PROTO_BY_TYPE.get(_sock_type(sock) & 0xF, "other")
+        sock_type = _sock_type(sock)
+        rules = st["rules"]
+        if rules is not None:  # fast path: this exact address was allowed before
+            try:
+                if (address, sock_type) in rules["allowed"]:
+                    return
+            except TypeError:
+                pass
+        proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
         if family not in (_AF_INET, _AF_INET6):
             return violation(event, None, None, None, proto, f"address family {family} leaves")
         if not isinstance(address, tuple) or len(address) < 2:
             return  # CPython rejects it before any packet (the event fires after parsing)
         host, port = address[0], address[1]
         reason = decide("addr", host, port, proto)
-        if reason is not None:
+        if reason is None:
+            remember(rules, (address, sock_type))
+        else:
             packed = _packed(host)
             ip = _ip_text(packed) if packed is not None else None
             violation(event, host, ip, port, proto, reason)
 
     def on_getaddrinfo(event, args):
         counts["checks"] += 1
+        rules = st["rules"]
+        if rules is not None:  # fast path: the same call was allowed before
+            try:
+                if args in rules["allowed"]:
+                    return
+            except TypeError:
+                pass
         host, port = args[0], _port(args[1])
         reason = decide("name", host, port, _proto(args[3] or 0, args[4] or 0))
-        if reason is not None:
+        if reason is None:
+            remember(rules, args)
+        else:
             violation(event, host, None, port, "dns", reason)
+
+    def remember(rules, key):
+        """Allowed calls skip the decision next time; bounded, and replaced with the rules."""
+        if rules is None:
+            return
+        allowed = rules["allowed"]
+        if len(allowed) >= _CACHE_MAX:
+            allowed.clear()
+        try:
+            allowed.add(key)
+        except TypeError:
+            pass
 
     def on_name(event, args):
         counts["checks"] += 1
@@ -508,17 +537,23 @@ def _install(mode_env, origin):
 
     def on_new(event, args):
         if not st["patched"]:  # socket.py may not be imported yet (the reporter uses _socket)
-            st["patched"] = _patch_socket_module(precheck)
+            st["patched"] = _patch_socket_module(precheck, literals) if enforce else True
         if args[1] == _AF_PACKET:
             violation(event, None, None, None, "raw", "AF_PACKET sockets bypass the allowlist")
 
+    literals = set()  # hosts known to be IP literals: the socket wrappers skip precheck
+
     def precheck(sock, address):
         """Python-level check before CPython resolves a *name* inside connect()/sendto()."""
-        if not enforce or not isinstance(address, tuple) or len(address) < 2:
+        if not isinstance(address, tuple) or len(address) < 2:
             return
         host = address[0]
-        if not isinstance(host, (str, bytes)) or _packed(host) is not None:  # noqa: UP038
-            return  # literals are checked by the audit hook, after parsing, before the packet
+        if not isinstance(host, (str, bytes)):  # noqa: UP038
+            return
+        if _packed(host) is not None:  # checked by the audit hook, after parsing, before sending
+            if len(literals) < _CACHE_MAX:
+                literals.add(host)
+            return
         try:
             family = _sock_family(sock)
         except Exception:  # noqa: BLE001
@@ -698,8 +733,12 @@ def _origin(filename):
     return "app"
 
 
-def _patch_socket_module(precheck):
-    """Check names in socket.socket.connect/sendto before CPython resolves them in C."""
+def _patch_socket_module(precheck, literals):
+    """Check names in socket.socket.connect/sendto before CPython resolves them in C.
+
+    Fast path: an address whose host is a known IP literal goes straight to the C method (the
+    audit hook checks it there); everything else takes one `precheck` call.
+    """
     mod = sys.modules.get("socket")
     cls = getattr(mod, "socket", None)
     if cls is None or cls is _socket.socket or not isinstance(cls, type):
@@ -708,21 +747,40 @@ def _patch_socket_module(precheck):
     real_connect, real_connect_ex = base.connect, base.connect_ex
     real_sendto, real_sendmsg = base.sendto, base.sendmsg
 
+    # The fast path is inlined (no extra call): a known literal host goes straight to C.
     def connect(self, address):
-        precheck(self, address)
+        try:
+            skip = address[0] in literals
+        except Exception:  # noqa: BLE001 - not a (host, port) tuple: CPython handles it
+            skip = True
+        if not skip:
+            precheck(self, address)
         return real_connect(self, address)
 
     def connect_ex(self, address):
-        precheck(self, address)
+        try:
+            skip = address[0] in literals
+        except Exception:  # noqa: BLE001
+            skip = True
+        if not skip:
+            precheck(self, address)
         return real_connect_ex(self, address)
 
     def sendto(self, *args):
-        if args:
+        try:
+            skip = args[-1][0] in literals
+        except Exception:  # noqa: BLE001
+            skip = True
+        if not skip:
             precheck(self, args[-1])
         return real_sendto(self, *args)
 
     def sendmsg(self, *args):
-        if len(args) >= 4:
+        try:
+            skip = args[3][0] in literals
+        except Exception:  # noqa: BLE001
+            skip = True
+        if not skip:
             precheck(self, args[3])
         return real_sendmsg(self, *args)
 

@@ -35,7 +35,6 @@ def _deny_all_inline(reason):
 
 def _chain_shadowed():
     """Run the next sitecustomize on sys.path (the one ours shadows), if there is one."""
-    import importlib.util
     import os
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +43,8 @@ def _chain_shadowed():
         candidate = os.path.join(folder, "sitecustomize.py")
         if folder == here or not os.path.isfile(candidate):
             continue
+        import importlib.util  # only now: it costs a few ms of start-up
+
         spec = importlib.util.spec_from_file_location("_sentinel_shadowed_sitecustomize", candidate)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
