@@ -213,6 +213,9 @@ def test_enforce_blocks_names_addresses_ports_and_reports_the_frame(tmp_path, st
     RESULTS["allowed_udp"] = outcome(
         lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("198.18.9.9", 9100)))
     RESULTS["mapped_v4"] = outcome(lambda: connect("::ffff:198.18.5.5", 443, socket.AF_INET6))
+    RESULTS["reverse_blocked"] = outcome(lambda: socket.gethostbyaddr("198.18.5.5"))
+    RESULTS["reverse_pinned"] = outcome(lambda: socket.gethostbyaddr("198.18.0.2"))
+    RESULTS["reverse_loopback"] = outcome(lambda: socket.gethostbyaddr("127.0.0.1"))
     RESULTS["localhost"] = outcome(lambda: socket.getaddrinfo("localhost", 80))
     srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
     RESULTS["loopback"] = outcome(lambda: connect("127.0.0.1", srv.getsockname()[1]))
@@ -224,6 +227,7 @@ def test_enforce_blocks_names_addresses_ports_and_reports_the_frame(tmp_path, st
     for case in (
         "name", "gethostbyname", "ip_literal", "ipv6", "wrong_port_ip", "wrong_port_name",
         "name_in_connect", "connect_ex", "udp_sendto", "udp_wrong_proto", "mapped_v4",
+        "reverse_blocked",
     ):  # fmt: skip
         assert out[case].startswith("security:[Errno 13] sentinel guard:"), (case, out[case])
     assert "'telemetry.example' is not allowlisted" in out["name"]
@@ -232,12 +236,13 @@ def test_enforce_blocks_names_addresses_ports_and_reports_the_frame(tmp_path, st
     assert "api.test port 443" in out["wrong_port_name"]
     for case in ("allowed_ip", "allowed_ip6", "allowed_cidr", "allowed_udp"):
         assert "security" not in out[case] and "unreachable" in out[case].lower(), out[case]
+    assert "security" not in out["reverse_pinned"] and out["reverse_loopback"].startswith("ok:")
     assert out["localhost"].startswith("ok:") and out["loopback"] == "ok:None"
     assert out["unix"] == "ok:b'x'"
     assert out["status"]["mode"] == "enforce" and not out["status"]["fail_closed"]
 
-    events = collector.wait("egress_attempt", 11)
-    assert len(events) == 11, [e.detail.get("reason") for e in events]
+    events = collector.wait("egress_attempt", 12)
+    assert len(events) == 12, [e.detail.get("reason") for e in events]
     first = next(e for e in events if e.dst_name == "telemetry.example")
     assert first.layer == "guard" and first.verdict == "blocked" and first.protocol == "dns"
     assert first.stack.endswith("in blocked_name") and "child.py:" in first.stack
@@ -497,6 +502,29 @@ def test_receiver_survives_garbage(state_dir):
             time.sleep(0.02)
     assert receiver.garbage == len(junk)
     assert events[0].id == "c0ffee" and events[0].pid == os.getpid() and events[0].dst_name == "a.b"
+
+
+def test_forked_child_keeps_the_guard_and_reports_with_its_own_pid(tmp_path, state_dir, armed):
+    needs_root()
+    policy_path, collector, _ = armed
+    body = """
+    import os
+    pid = os.fork()
+    if pid == 0:
+        try:
+            connect("198.18.5.5", 443)
+            os._exit(1)
+        except SecurityError:
+            time.sleep(0.3)  # the child's reporter thread (restarted after fork) sends it
+            os._exit(0)
+    _, code = os.waitpid(pid, 0)
+    RESULTS["child"] = pid
+    RESULTS["code"] = code
+    """
+    out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
+    assert out["code"] == 0
+    events = collector.wait("egress_attempt", 1)
+    assert events and events[0].pid == out["child"]
 
 
 # --- pins move, the guard follows -------------------------------------------------------------

@@ -873,7 +873,16 @@ class _Reporter:
             return None
         except OSError:
             self.counts["send_errors"] += 1
+            self._reset()  # e.g. the app closed every fd while daemonizing: start afresh
             return False
+
+    def _reset(self):
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
 
     def at_exit(self):
         try:
