@@ -105,6 +105,7 @@ class Daemon:
         self.watcher: PolicyWatcher | None = None
         self.services: list[tuple[str, Service]] = []
         self.threads: list[threading.Thread] = []
+        self.auto_upstream: tuple[str, int] | None = None
 
     # --- start-up -------------------------------------------------------------------
     def run(self) -> int:
@@ -133,7 +134,14 @@ class Daemon:
         return 0
 
     def _upstream(self, policy: Policy) -> Upstream:
-        address, port = parse_upstream(policy.dns.upstream)
+        # `auto` means resolv.conf *at start-up*: a reload must not pick up a resolv.conf
+        # that was pointed elsewhere (at ourselves, say) after we started
+        if policy.dns.upstream == "auto":
+            if self.auto_upstream is None:
+                self.auto_upstream = parse_upstream("auto")
+            address, port = self.auto_upstream
+        else:
+            address, port = parse_upstream(policy.dns.upstream)
         return Upstream(address, port, mark=policy.mark)
 
     def _start_parts(self, policy: Policy, upstream: Upstream) -> None:
