@@ -190,6 +190,7 @@ class AlertDispatcher:
         self._submitted = 0
         self._overflow = 0  # events dropped at submit(), not yet moved to the outbox counters
         self._overflow_total = 0
+        self._own_ids: set[str] = set()
         self._last_saturation = float("-inf")
         self._latencies: list[float] = []
         rates = rates or {}
@@ -213,6 +214,10 @@ class AlertDispatcher:
 
     def submit(self, event: Event) -> bool:
         """Queue an event for alerting. Never blocks; False (and counted) when the queue is full."""
+        with self._lock:
+            if event.id in self._own_ids:  # our own event, back from the daemon's bus: queued
+                self._own_ids.discard(event.id)
+                return True
         try:
             self._queue.put_nowait(event)
         except queue.Full:
@@ -267,6 +272,7 @@ class AlertDispatcher:
             "rollups": r.rollups,
             "digests": r.digests,
             "resolves": r.resolves,
+            "updates_ignored": r.updates,
             "sent": sum(s["sent"] for s in sinks.values()),
             "failed": sum(s["failed"] for s in sinks.values()),
             "dropped": sum(s["dropped"] for s in sinks.values()) + overflow,
@@ -346,6 +352,8 @@ class AlertDispatcher:
         """An event the dispatcher raises about itself: alerted, and handed to the daemon."""
         self.submit(event)
         if self.on_event is not None:
+            with self._lock:  # if the hook's bus hands it back to submit(), it is not doubled
+                self._own_ids.add(event.id)
             try:
                 self.on_event(event)
             except Exception as exc:  # the daemon's hook must not break alerting

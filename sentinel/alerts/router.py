@@ -66,6 +66,7 @@ class RouterStats:
     rollups: int = 0  # roll-up alerts made
     digests: int = 0
     resolves: int = 0
+    updates: int = 0  # fold updates of an event already routed (monitor retransmits)
 
 
 class Router:
@@ -89,6 +90,9 @@ class Router:
 
     # --- input ---------------------------------------------------------------------------
     def route(self, event: Event, now: float) -> list[Alert]:
+        if getattr(event, "last_ts", None) is not None:
+            self.stats.updates += 1  # a fold update (same id, more packets): not a new attempt
+            return []
         self.stats.events += 1
         severity = severity_of(event.kind)
         if severity is None:
