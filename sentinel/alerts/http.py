@@ -83,6 +83,9 @@ class MarkedBackend(httpcore.SyncBackend):
                 return SyncStream(self._connect(address, port, timeout, local_address))
             except TimeoutError as exc:
                 last = httpcore.ConnectTimeout(str(exc))
+            except PermissionError as exc:  # SO_MARK needs CAP_NET_ADMIN
+                msg = f"cannot mark the socket (CAP_NET_ADMIN?): {exc}"
+                raise httpcore.ConnectError(msg) from None
             except OSError as exc:
                 last = httpcore.ConnectError(str(exc))
         raise last
