@@ -31,6 +31,7 @@ A, AAAA, IN = 1, 28, 1
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 CACHE_SLACK = 1.0  # a cached answer's TTL may be up to this many seconds too high
 MAX_TCP_CLIENTS = 64
+MAX_CACHE = 10_000
 log = get_logger("dns")
 
 
@@ -254,6 +255,8 @@ class PinningResolver:
         # cache the reply as a template keyed by everything after the header (question and
         # any EDNS record, lower-cased): a hit only patches in the id, RD and the question
         expires = time.monotonic() + min(ttl, CACHE_SLACK)
+        if len(self._cache) >= MAX_CACHE:  # keys include EDNS cookies: bound the variety
+            self._cache = {}
         self._cache[wire[12:].lower()] = (reply, expires, len(q.question))
         return reply
 
