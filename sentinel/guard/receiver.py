@@ -202,7 +202,7 @@ class GuardReceiver:
                 fail_closed=proc.fail_closed,
                 fail_reason=msg.get("fail_reason"),
                 policy_sha256=proc.policy_sha256,
-                argv=msg.get("argv"),
+                argv0=msg.get("argv0"),
             )
             return Event(
                 layer="guard",

@@ -853,7 +853,7 @@ class _Reporter:
             policy_sha256=snap["policy_sha256"],
             generation=snap["generation"],
             counters=snap["counters"],
-            argv=list(getattr(sys, "argv", []))[:8],
+            argv0=(getattr(sys, "argv", None) or [""])[0],  # never the arguments: secrets
         )
         self.send(msg)
 
