@@ -400,13 +400,17 @@ def test_absent_receiver_never_blocks_and_drops_are_counted(tmp_path, state_dir)
         worst = max(worst, time.perf_counter() - t)
     RESULTS["per_call_us"] = (time.perf_counter() - start) / N * 1e6
     RESULTS["worst_ms"] = worst * 1e3
-    time.sleep(0.5)  # the reporter has tried (and failed) to deliver the queue
+    deadline = time.monotonic() + 20  # until the reporter has tried (and failed) to send all
+    while time.monotonic() < deadline:
+        c = status()["counters"]
+        if c["dropped_queue_full"] + c["dropped_send_failed"] == N:
+            break
+        time.sleep(0.02)
     print("ready", flush=True)
     deadline = time.monotonic() + 10
     while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:
         time.sleep(0.02)
     RESULTS["last"] = outcome(lambda: socket.getaddrinfo("after.example", 443))
-    time.sleep(0.5)
     RESULTS["counters"] = status()["counters"]
     """
     script = tmp_path / "child.py"
@@ -471,15 +475,19 @@ def test_background_telemetry_retries_are_blocked_and_counted(tmp_path, state_di
 def test_heartbeats_mark_processes_active_then_gone(tmp_path, state_dir, armed):
     needs_root()
     policy_path, collector, receiver = armed
-    body = 'time.sleep(0.7)\nRESULTS["pid"] = __import__("os").getpid()\n'
+    body = 'time.sleep(1.0)\nRESULTS["pid"] = __import__("os").getpid()\n'
     out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
-    beats = collector.wait("guard_heartbeat", 3)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        b.detail["state"] == "exit" for b in collector.of("guard_heartbeat")
+    ):
+        time.sleep(0.02)
+    beats = collector.of("guard_heartbeat")
     assert len(beats) >= 3 and beats[0].detail["counters"]["checks"] >= 0
-    time.sleep(0.3)
+    assert beats[-1].detail["state"] == "exit"  # it said goodbye at exit
     proc = receiver.processes[beats[0].pid]
     assert proc.mode == "enforce" and proc.policy_sha256 == load_policy(policy_path).sha256
-    assert proc.state == "exit" and not proc.active()  # it said goodbye at exit
-    assert beats[-1].detail["state"] == "exit"
+    assert proc.state == "exit" and not proc.active()
     assert {b.pid for b in beats} == {out["pid"]}  # the kernel-verified sender pid
     on_disk = guard_processes(state_dir)
     assert str(beats[0].pid) in on_disk["processes"]
@@ -515,7 +523,9 @@ def test_forked_child_keeps_the_guard_and_reports_with_its_own_pid(tmp_path, sta
             connect("198.18.5.5", 443)
             os._exit(1)
         except SecurityError:
-            time.sleep(0.3)  # the child's reporter thread (restarted after fork) sends it
+            deadline = time.monotonic() + 10  # the reporter (restarted after fork) sends it
+            while status()["counters"]["sent"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
             os._exit(0)
     _, code = os.waitpid(pid, 0)
     RESULTS["child"] = pid
@@ -577,6 +587,7 @@ def test_guard_cannot_be_uninstalled_from_python(tmp_path, state_dir, armed):
     body = """
     import builtins, importlib, os, sys, socket as socket_module
     import sentinel_guard
+    snapshot = sentinel_guard._STATUS[0]  # kept before the attempts below clear the list
     attempts = {}
     def attempt(name, fn):
         attempts[name] = outcome(fn)
@@ -605,7 +616,9 @@ def test_guard_cannot_be_uninstalled_from_python(tmp_path, state_dir, armed):
                if getattr(o, "__module__", None) == "sentinel_guard.<private>"}
     attempt("code_swap", lambda: setattr(private["_is_loopback"], "__code__",
                                          (lambda packed: True).__code__))
-    time.sleep(0.3)  # let the tamper report go out before the next step silences reporting
+    deadline = time.monotonic() + 10  # both reports out before the next step silences them
+    while snapshot()["counters"]["sent"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     # silence the reporter (not audited by CPython; reporting stops, enforcement does not)
     reporter = [o for o in gc.get_objects() if type(o).__name__ == "_Reporter"]
     attempt("reporter", lambda: setattr(type(reporter[0]), "send", lambda *a: True))
