@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .canary import CANARY_MARK
 from .events import Event
 
 NETLINK_NETFILTER = 12
@@ -43,7 +44,8 @@ NFULNL_CFG_CMD_BIND, NFULNL_CFG_CMD_UNBIND = 1, 2
 NFULNL_COPY_PACKET = 2
 NFULNL_CFG_F_SEQ = 1
 # packet attributes
-NFULA_PACKET_HDR, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 1, 9, 10, 12
+NFULA_PACKET_HDR, NFULA_MARK, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 1, 3, 9, 10, 12
+CANARY_PREFIX = "canary-"  # verdict prefix for the sentinel's own canary probes (by mark)
 COPY_RANGE = 128  # IPv6 + extension headers + TCP ports fit; we never need payload bytes
 PREFIX_VERDICT = {"sentinel:deny": "blocked", "sentinel:audit": "audited"}
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
@@ -61,6 +63,7 @@ class NflogPacket:
     prefix: str
     payload: bytes
     seq: int | None
+    mark: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ def parse_nflog(body: bytes | memoryview) -> NflogPacket:
         raise Malformed("no payload attribute")
     prefix = attrs.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode("ascii", "replace")
     seq = struct.unpack("!I", attrs[NFULA_SEQ])[0] if len(attrs.get(NFULA_SEQ, b"")) == 4 else None
-    return NflogPacket(family, group, prefix, attrs[NFULA_PAYLOAD], seq)
+    mark = struct.unpack("!I", attrs[NFULA_MARK])[0] if len(attrs.get(NFULA_MARK, b"")) == 4 else 0
+    return NflogPacket(family, group, prefix, attrs[NFULA_PAYLOAD], seq, mark)
 
 
 def parse_ip(packet: bytes) -> Flow:
@@ -162,10 +166,11 @@ def flow_event(flow: Flow, verdict: str, now: float, seq: int | None = None) -> 
     detail: dict[str, Any] = {}
     if flow.icmp_type is not None:
         detail["icmp_type"] = flow.icmp_type
+    canary = verdict.startswith(CANARY_PREFIX)  # our own probe: recorded, never an attempt
     return Event(
-        layer="netfilter",
-        kind="egress_attempt",
-        verdict=verdict,
+        layer="canary" if canary else "netfilter",
+        kind="canary_probe" if canary else "egress_attempt",
+        verdict=verdict.removeprefix(CANARY_PREFIX),
         protocol=flow.protocol,
         dst_ip=flow.dst_ip,
         dst_port=flow.dst_port,
@@ -444,6 +449,8 @@ class Monitor:
                 self.counts["foreign"] += 1
                 return
             flow = parse_ip(packet.payload)
+            if packet.mark == CANARY_MARK:
+                verdict = CANARY_PREFIX + verdict
         except (Malformed, struct.error, ValueError):
             self.counts["malformed"] += 1
             return

@@ -399,7 +399,9 @@ def completeness(
     since = float(applied.get("applied_at") or 0)
     stored = {4: 0, 6: 0}
     rows = conn.execute(
-        "SELECT family, SUM(packets) FROM events WHERE layer = 'netfilter' AND ts >= ? "
+        # canary probes pass the same NFLOG rule: they are accounted for, not attempts
+        "SELECT family, SUM(packets) FROM events WHERE layer IN ('netfilter', 'canary') "
+        "AND ts >= ? "
         "GROUP BY family",
         (since,),
     )
@@ -488,7 +490,7 @@ def assemble(
     counted = window_counters(snapshots, window, kernel, applied)
     stored = Counter()
     for e in inside:
-        if e.layer == "netfilter":
+        if e.layer in ("netfilter", "canary"):
             stored[f"ipv{e.family}"] += e.packets
     return {
         "generated_at": _iso(time.time()),

@@ -148,3 +148,18 @@ def test_folder_is_bounded():
     folder.feed(flows[-1], "blocked", 1.5)
     assert len(folder) == 10
     assert [e.packets for e in folder.expire(0, everything=True)] == [2]
+
+
+def test_canary_probes_are_told_apart_by_their_mark():
+    from sentinel.canary import CANARY_MARK
+    from sentinel.monitor import NFULA_MARK
+
+    monitor, got = _monitor()
+    probe = nflog(ipv4(6, tcp())) + _attr(NFULA_MARK, struct.pack("!I", CANARY_MARK))
+    monitor.handle(probe, 1.0)
+    forged = nflog(ipv4(6, tcp(dport=80))) + _attr(NFULA_MARK, struct.pack("!I", 0x1234))
+    monitor.handle(forged, 1.0)
+    assert [(e.layer, e.kind, e.verdict) for e in got] == [
+        ("canary", "canary_probe", "blocked"),
+        ("netfilter", "egress_attempt", "blocked"),  # any other mark is an ordinary attempt
+    ]
