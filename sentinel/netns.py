@@ -26,7 +26,7 @@ HOSTS = {  # name -> (last octet, listening ports)
     "neo4j": (3, (7474, 7687)),
     "ollama": (4, (11434,)),
     "dns": (53, ()),
-    "outside": (99, (443, 80, 5432, 11434)),
+    "outside": (99, (443, 80, 853, 5432, 11434)),
 }
 
 
