@@ -464,10 +464,9 @@ def _install(mode_env, origin):
         return reason
 
     def on_address(event, args):
-        sock, address = args[0], args[1]
+        sock, address = args
         if address is None:  # sendmsg on a connected socket: its connect was checked
             return
-        counts["checks"] += 1
         family = _sock_family(sock)
         if family in _LOCAL_FAMILIES:
             return
@@ -479,6 +478,7 @@ def _install(mode_env, origin):
                     return
             except TypeError:
                 pass
+        counts["checks"] += 1  # decisions made (fast-path hits are not counted)
         proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
         if family not in (_AF_INET, _AF_INET6):
             return violation(event, None, None, None, proto, f"address family {family} leaves")
@@ -494,7 +494,6 @@ def _install(mode_env, origin):
             violation(event, host, ip, port, proto, reason)
 
     def on_getaddrinfo(event, args):
-        counts["checks"] += 1
         rules = st["rules"]
         if rules is not None:  # fast path: the same call was allowed before
             try:
@@ -502,6 +501,7 @@ def _install(mode_env, origin):
                     return
             except TypeError:
                 pass
+        counts["checks"] += 1
         host, port = args[0], _port(args[1])
         reason = decide("name", host, port, _proto(args[3] or 0, args[4] or 0))
         if reason is None:
@@ -536,9 +536,16 @@ def _install(mode_env, origin):
             violation(event, host, None, None, "dns", reason)
 
     def on_new(event, args):
-        if not st["patched"]:  # socket.py may not be imported yet (the reporter uses _socket)
-            st["patched"] = _patch_socket_module(precheck, literals) if enforce else True
+        """Only until socket.py is patched; then AF_PACKET is caught at bind/sendto instead."""
         if args[1] == _AF_PACKET:
+            violation(event, None, None, None, "raw", "AF_PACKET sockets bypass the allowlist")
+        if enforce and not _patch_socket_module(precheck, literals):
+            return  # socket.py is not imported yet (the reporter itself uses _socket)
+        st["patched"] = True
+        handlers.pop("socket.__new__", None)  # one Python call less on every socket created
+
+    def on_bind(event, args):
+        if _sock_family(args[0]) == _AF_PACKET:  # a bound packet socket can send() raw frames
             violation(event, None, None, None, "raw", "AF_PACKET sockets bypass the allowlist")
 
     literals = set()  # hosts known to be IP literals: the socket wrappers skip precheck
@@ -582,6 +589,7 @@ def _install(mode_env, origin):
         "socket.gethostbyaddr": on_reverse,
         "socket.getnameinfo": on_reverse,
         "socket.__new__": on_new,
+        "socket.bind": on_bind,
         "object.__setattr__": on_tamper,
         "object.__delattr__": on_tamper,
     }
