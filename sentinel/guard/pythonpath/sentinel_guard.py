@@ -600,8 +600,11 @@ def _install(mode_env, origin):
         if handler is not None:
             handler(event, args)
 
-    own.update(id(f) for f in (hook, *handlers.values(), precheck, denial, decide, violation))
-    own.update(id(v) for v in globals().values() if callable(v))
+    # ids are only unique while the object lives: keep every protected object referenced
+    protected = [hook, *handlers.values(), precheck, denial, decide, violation, remember]
+    protected += [v for v in globals().values() if callable(v)]
+    own.update(id(f) for f in protected)
+    st["protected"] = protected
 
     def snapshot():
         rules = st["rules"]
