@@ -106,15 +106,22 @@ def prepare(policy: Policy, pins: dict) -> Ruleset:
 
 
 def record_applied(
-    policy: Policy, ruleset: Ruleset, backend: str, pins: dict, created_tables: list[str]
+    policy: Policy,
+    ruleset: Ruleset,
+    backend: str,
+    pins: dict,
+    created_tables: list[str],
+    full: bool = True,
 ) -> None:
+    """State for `status`, the report and teardown. `full=False` (a pin change: sets only)
+    keeps `applied_at`, the moment the kernel's rule counters were last reset."""
     previous = read_json(APPLIED) or {}
     write_json(
         APPLIED,
         {
             # tables our first apply created stay "ours" across re-applies, for teardown
             "created_tables": sorted(set(previous.get("created_tables", [])) | set(created_tables)),
-            "applied_at": time.time(),
+            "applied_at": time.time() if full else previous.get("applied_at", time.time()),
             "backend": backend,
             "mode": policy.mode,
             "policy": policy.source,
@@ -271,13 +278,21 @@ def run(
     ] = False,
     backend: BackendOpt = netfilter.DEFAULT_BACKEND,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="write this namespace's id here once everything is up (start gate)"),
+    ] = None,
 ) -> None:
     """Apply, pin DNS, hot-reload, tamper-check; runs until SIGTERM (the deny stays)."""
     from .daemon import Daemon  # local: threads, watchdog and the resolver only for `run`
     from .log import configure
 
     configure(log_level)
-    Daemon(_policy_path(policy_file), _backend(backend), teardown_on_exit).run()
+    from .services import SERVICES
+
+    Daemon(
+        _policy_path(policy_file), _backend(backend), teardown_on_exit, SERVICES, ready_file
+    ).run()
 
 
 @app.command()

@@ -31,6 +31,7 @@ from .state import APPLIED, read_json, write_json
 from .watch import PolicyWatcher
 
 DAEMON_STATE = "daemon.json"
+QUIET_KINDS = ("monitor_heartbeat", "kernel_counters", "guard_heartbeat", "canary_result")
 log = get_logger("daemon")
 
 
@@ -49,6 +50,9 @@ class Context:
     pins: PinManager | None = None
     sinks: list[Callable[[Event], None]] = field(default_factory=list)
     reload_hooks: list[Callable[[Policy], None]] = field(default_factory=list)
+    # called after every apply and pin change, before the DNS answer that caused it is released
+    applied_hooks: list[Callable[[Policy, dict], None]] = field(default_factory=list)
+    services: dict[str, Any] = field(default_factory=dict)  # name -> started service
 
     def add_sink(self, sink: Callable[[Event], None]) -> None:
         self.sinks.append(sink)
@@ -94,7 +98,10 @@ class Daemon:
         backend: str = netfilter.DEFAULT_BACKEND,
         teardown_on_exit: bool = False,
         services: dict[str, Callable[[Context], Service]] | None = None,
+        ready_file: Path | None = None,
     ) -> None:
+        self.ready_file = Path(ready_file) if ready_file else None
+        self.ready = False
         self.policy_path = Path(policy_path)
         self.backend, self.teardown_on_exit = backend, teardown_on_exit
         self.factories = SERVICES if services is None else services
@@ -107,11 +114,17 @@ class Daemon:
         self.threads: list[threading.Thread] = []
         self.auto_upstream: tuple[str, int] | None = None
 
+    @staticmethod
+    def log_sink(event: Event) -> None:
+        """Log every event except the periodic bookkeeping ones (those are only stored)."""
+        if event.kind not in QUIET_KINDS and event.last_ts is None:
+            log_sink(event)
+
     # --- start-up -------------------------------------------------------------------
     def run(self) -> int:
         netfilter.ensure_not_root_netns()
         policy = load_policy(self.policy_path)
-        self.ctx = Context(policy, self.policy_path, self.backend, sinks=[log_sink])
+        self.ctx = Context(policy, self.policy_path, self.backend, sinks=[self.log_sink])
         upstream = self._upstream(policy)
         self.ctx.pins = PinManager(
             policy.dns, upstream, policy.hostnames, self.ctx.emit, self._pins_changed
@@ -121,6 +134,7 @@ class Daemon:
         self._install_signals()
         try:
             self._start_parts(policy, upstream)
+            self._signal_ready()
             log.info(
                 "running",
                 policy=str(self.policy_path),
@@ -162,6 +176,7 @@ class Daemon:
             service = factory(self.ctx)
             service.start()
             self.services.append((name, service))
+            self.ctx.services[name] = service
             log.info("service_started", service=name)
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
@@ -208,7 +223,7 @@ class Daemon:
             self.expected = new
             if self.resolver:
                 self.resolver.invalidate()
-        self._record(self.ctx.policy, new, pins, [])
+        self._record(self.ctx.policy, new, pins, [], full=False)
 
     def tamper_check(self) -> bool:
         """Compare the kernel with the expected ruleset; on drift re-apply and report."""
@@ -220,6 +235,7 @@ class Daemon:
             if found == want:
                 return False
             detail = _drift(self.expected, state)
+            self._snapshot_counters()
             repaired = netfilter.apply(self.expected, self.backend)
             self._record(
                 self.ctx.policy,
@@ -305,6 +321,7 @@ class Daemon:
         with self.kernel:
             pins = self.ctx.pins.pins()
             ruleset = build_ruleset(policy, pins)
+            self._snapshot_counters()
             state = netfilter.apply(ruleset, self.backend)
             if state.sha256() != ruleset.sha256():
                 raise SentinelError("applied, but the kernel does not hold the expected ruleset")
@@ -318,10 +335,35 @@ class Daemon:
             pins={k: [str(a) for a in v] for k, v in pins.items()},
         )
 
-    def _record(self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str]) -> None:
+    def _snapshot_counters(self) -> None:
+        """A full apply zeroes the kernel counters: read them first so no netflow is lost."""
+        if "monitor" not in self.ctx.services:
+            return
+        from .monitor import kernel_snapshot
+
+        try:
+            detail = kernel_snapshot(self.backend)
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop an apply
+            log.exception("counter_snapshot_failed")
+            return
+        self.ctx.emit(
+            Event(layer="sentinel", kind="kernel_counters", verdict="info", detail=detail)
+        )
+
+    def _record(
+        self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str], full: bool = True
+    ) -> None:
         from .cli import record_applied  # the same applied.json `status` reads
 
-        record_applied(policy, ruleset, self.backend, pins, created)
+        record_applied(policy, ruleset, self.backend, pins, created, full=full)
+        for hook in self.ctx.applied_hooks:
+            try:
+                hook(policy, pins)
+            except Exception:  # noqa: BLE001 - one hook must not stop the others
+                log.exception("applied_hook_failed", hook=getattr(hook, "__qualname__", ""))
+        self._write_daemon_state(policy)
+
+    def _write_daemon_state(self, policy: Policy) -> None:
         write_json(
             DAEMON_STATE,
             {
@@ -329,12 +371,28 @@ class Daemon:
                 "updated_at": time.time(),
                 "policy": str(self.policy_path),
                 "resolver_port": policy.dns.listen_port,
+                "ready": self.ready,
+                "services": sorted(self.ctx.services),
             },
         )
+
+    def _signal_ready(self) -> None:
+        """Everything is up (rules, resolver, monitor, guard receiver, alerts): say so, in
+        daemon.json and, if asked, in a ready file holding this network namespace's id (the
+        compose gate opens the app only for its own namespace)."""
+        self.ready = True
+        self._write_daemon_state(self.ctx.policy)
+        if self.ready_file is not None:
+            tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
+            tmp.write_text(os.readlink("/proc/self/ns/net") + "\n")
+            os.replace(tmp, self.ready_file)
+        log.info("ready", ready_file=str(self.ready_file) if self.ready_file else None)
 
     # --- shutdown -------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.stopping.set()
+        if self.ready_file is not None:  # an app (re)starting now must wait for a new sentinel
+            self.ready_file.unlink(missing_ok=True)
         for name, service in reversed(self.services):
             try:
                 service.stop()

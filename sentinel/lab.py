@@ -263,17 +263,27 @@ class Lab:
             if self.enforcer is not None and self.enforcer.poll() is not None:
                 tail = (self.evidence / "sentinel.log").read_text()[-2000:]
                 raise LabFailed(f"sentinel {ENFORCER[0]} exited early:\n{tail}")
-            if self.sentinel("status").returncode == 0 and self._resolver_up():
+            if self.sentinel("status").returncode == 0 and self._daemon_ready():
+                self.watch_since = time.time()  # the report's window: while sentinel watched
                 return
             time.sleep(0.2)
         raise LabFailed(f"sentinel not in force after {READY_TIMEOUT:.0f} s")
 
-    def _resolver_up(self) -> bool:
+    def window(self) -> tuple[str, ...]:
+        """Report on the time sentinel was watching (its coverage is then complete); the
+        `external_calls_last_10m` figure always covers the trailing ten minutes."""
+        since = getattr(self, "watch_since", None)
+        return ("--since", f"{since:.3f}") if since else ("--last", "10m")
+
+    def _daemon_ready(self) -> bool:
+        """`sentinel run` says ready once the resolver, monitor, guard receiver and alerts are
+        up; `apply` has no such parts."""
         if ENFORCER != ("run",):
-            return True  # no resolver without the daemon: DNS to it is simply refused
-        assert self.topo is not None
-        out = self.topo.run("app", "ss", "-Hlun", "sport = :5300", check=False).stdout
-        return bool(out.strip())
+            return True
+        try:
+            return bool(json.loads((self.state / "daemon.json").read_text()).get("ready"))
+        except (OSError, ValueError):
+            return False
 
     def guard_path(self) -> str | None:
         """The guard's PYTHONPATH entry, when the guard can work: the guard fails closed
@@ -323,7 +333,7 @@ class Lab:
         return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
     def report(self) -> dict[str, Any] | None:
-        done = self.sentinel("report", "--last", "10m", "--format", "json")
+        done = self.sentinel("report", *self.window(), "--format", "json")
         if done.returncode not in (0, 1) or not done.stdout.strip().startswith("{"):
             self.facts["report_error"] = done.stderr.strip()[-500:]
             return None
@@ -511,8 +521,7 @@ def write_results(lab: Lab, results: dict[str, Any]) -> dict[str, Any]:
     if results["sentinel"].get("source") == "sentinel report":
         done = lab.sentinel(
             "report",
-            "--last",
-            "10m",
+            *lab.window(),
             "--format",
             "json",
             "--results",

@@ -140,14 +140,13 @@ def test_gate_waits_for_this_namespace(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "app-started", done.stderr
 
 
-def test_sentinel_writes_ready_only_after_apply_and_status():
+def test_sentinel_writes_ready_only_once_everything_is_up():
+    # `sentinel run --ready-file` writes the file after apply, resolver and services are up
+    # (tests/test_run.py checks that against a real daemon) and removes it when it stops
     command = compose()["services"]["sentinel"]["command"][0]
     steps = [s.strip() for s in command.split("&&")]
-    assert steps[0] == "rm -f /var/lib/sentinel/ready"
-    assert steps.index("sentinel apply") < steps.index("sentinel status >/dev/null")
-    writes = next(i for i, s in enumerate(steps) if "> /var/lib/sentinel/ready.tmp" in s)
-    assert steps.index("sentinel status >/dev/null") < writes
-    assert steps[-1] == "exec sentinel run"
+    assert steps == ["rm -f /var/lib/sentinel/ready",
+                     "exec sentinel run --ready-file /var/lib/sentinel/ready"]
 
 
 def test_dockerfile_static():

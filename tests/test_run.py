@@ -413,3 +413,18 @@ def test_invalid_policy_at_start_exits_2_with_the_message(topo, tmp_path):
     assert out.returncode == 2, out
     assert "bad.yaml:3: allow[0].ports[0]: 0 is not a port" in out.stderr
     assert "SENTINEL" not in topo.run("app", "iptables-nft-save").stdout  # nothing applied
+
+
+def test_ready_file_says_everything_is_up_and_goes_away_on_stop(upstream, tmp_path):
+    topo = upstream
+    ready = tmp_path / "ready"
+    s = start(topo, tmp_path, "--ready-file", str(ready))
+    assert wait_for(ready.exists, 15), s.log()
+    app_netns = topo.run("app", "readlink", "/proc/self/ns/net").stdout.strip()
+    assert ready.read_text().strip() == app_netns  # the compose gate compares exactly this
+    daemon = json.loads((Path(os.environ["SENTINEL_STATE_DIR"]) / "daemon.json").read_text())
+    assert daemon["ready"] is True
+    assert daemon["services"] == sorted(["store", "monitor", "guard", "alerts", "canary", "metrics"])
+    assert (Path(os.environ["SENTINEL_STATE_DIR"]) / "guard" / "allowlist.json").exists()
+    assert s.stop() == 0
+    assert not ready.exists()

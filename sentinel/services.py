@@ -1,0 +1,78 @@
+"""What `sentinel run` starts besides the resolver, in start order (stopped in reverse).
+
+The store subscribes first so it sees every event the others emit; the monitor then starts
+reading NFLOG; the guard receiver and its allowlist follow the applied ruleset; alerts, canary
+and metrics come last. Each factory takes the daemon's Context and returns start()/stop().
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .canary import CanaryService
+from .events import store_service
+from .guard.compile import write_allowlist
+from .guard.receiver import GuardReceiver
+from .log import get_logger
+from .monitor import monitor_service
+from .state import state_dir
+
+log = get_logger("services")
+
+
+class GuardService:
+    """The guard's side of the sentinel: its allowlist follows every apply and pin change
+    (written before the DNS answer that caused it is released), and its reports become events."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.receiver = GuardReceiver(state_dir(), ctx.emit)
+        ctx.applied_hooks.append(self.write)
+
+    def write(self, policy: Any, pins: dict) -> None:
+        write_allowlist(policy, pins, state_dir())
+
+    def start(self) -> None:
+        self.write(self.ctx.policy, self.ctx.pins.pins() if self.ctx.pins else {})
+        self.receiver.start()
+
+    def stop(self) -> None:
+        self.receiver.stop()
+
+
+class MetricsService:
+    def __init__(self, ctx: Any) -> None:
+        from . import metrics
+
+        self.metrics, self.ctx = metrics, ctx
+        ctx.add_sink(metrics.observe_event)
+
+    def start(self) -> None:
+        if "store" in self.ctx.services:
+            self.metrics.watch_store(self.ctx.services["store"])
+        if "monitor" in self.ctx.services:
+            self.metrics.watch_monitor(self.ctx.services["monitor"])
+        self.metrics.serve(self.ctx.policy.monitor.metrics_port)  # port 0: off
+
+    def stop(self) -> None:
+        pass  # prometheus' server thread is a daemon thread: it ends with the process
+
+
+def alerts_service(ctx: Any) -> Any:
+    from .alerts.service import alerts_service as make  # httpx only when alerts start
+
+    return make(ctx)
+
+
+def canary_service(ctx: Any) -> CanaryService:
+    return CanaryService(ctx.policy, ctx.emit)
+
+
+SERVICES = {
+    "store": store_service,
+    "monitor": monitor_service,
+    "guard": GuardService,
+    "alerts": alerts_service,
+    "canary": canary_service,
+    "metrics": MetricsService,
+}
