@@ -814,6 +814,10 @@ class _Reporter:
     def start(self):
         self.run_id += 1
         self.sock = None
+        self.closing = False
+        # orders the reporter's heartbeats against the exit heartbeat; app threads never take it
+        # (new after fork: the parent's reporter may have held the old one)
+        self.beat_lock = _thread.allocate_lock()
         _thread.start_new_thread(self._loop, (self.run_id,))
 
     def _loop(self, run_id):
@@ -854,6 +858,17 @@ class _Reporter:
         return True
 
     def heartbeat(self, state):
+        """Send one heartbeat; after the "exit" one, none (so "exit" is always the last)."""
+        if not self.beat_lock.acquire(timeout=0.05):
+            return
+        try:
+            if not self.closing:
+                self.closing = state == "exit"
+                self._beat(state)
+        finally:
+            self.beat_lock.release()
+
+    def _beat(self, state):
         msg = self.base_message("heartbeat")
         snap = self.snapshot()
         msg.update(
