@@ -549,6 +549,7 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
     deadline = time.monotonic() + 10
     while not os.path.exists({str(flag)!r}) and time.monotonic() < deadline:
         time.sleep(0.01)
+    RESULTS["first"] = outcome(lambda: connect("198.18.0.77", 8080))  # no wait for the poll
     t0 = time.monotonic()
     while time.monotonic() - t0 < 5:
         if "security" not in outcome(lambda: connect("198.18.0.77", 8080)):
@@ -576,6 +577,7 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
         proc.kill() if proc.poll() is None else None
         proc.communicate(timeout=10)
     assert out["before"].startswith("security:")
+    assert "unreachable" in out["first"].lower(), out  # re-checked before refusing
     assert "unreachable" in out["after"].lower() and out["took"] < 2.0, out
     assert out["old"].startswith("security:") and out["generation"] == 2
 

@@ -445,6 +445,20 @@ def _install(mode_env, origin):
         return None
 
     def decide(kind, host, port, proto):
+        reason = decide_once(kind, host, port, proto)
+        if reason is not None and refresh():
+            reason = decide_once(kind, host, port, proto)
+        return reason
+
+    def refresh():
+        """Before refusing, look at the allowlist now (two stat calls): the sentinel writes new
+        pins before it releases the DNS answer, so a connect to a just-pinned address must not
+        wait for the reporter's next poll. True when a different allowlist was loaded."""
+        before = st["rules"]
+        try_load(False)
+        return st["rules"] is not before
+
+    def decide_once(kind, host, port, proto):
         rules = st["rules"]  # one read: a reload swaps the whole object (and its cache)
         if rules is None:
             return denial(None, kind, host, port, proto)  # fail closed: never cached
