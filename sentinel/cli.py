@@ -182,6 +182,23 @@ def status_data() -> dict:
         "ruleset_sha256_kernel": kernel.sha256() if kernel.present else None,
         "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
         "pins": (applied or {}).get("pins", {}),
+        "guard": _guard_status(),
+    }
+
+
+def _guard_status() -> dict:
+    """guard_active per guarded process, from what the guard receiver last wrote."""
+    from .guard.receiver import guard_processes
+    from .state import state_dir
+
+    procs = guard_processes(state_dir()).get("processes", {})
+    return {
+        "processes": len(procs),
+        "active": sum(bool(p.get("guard_active")) for p in procs.values()),
+        "per_process": {
+            pid: {k: p.get(k) for k in ("exe", "mode", "guard_active", "fail_closed")}
+            for pid, p in procs.items()
+        },
     }
 
 

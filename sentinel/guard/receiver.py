@@ -203,6 +203,7 @@ class GuardReceiver:
                 fail_reason=msg.get("fail_reason"),
                 policy_sha256=proc.policy_sha256,
                 argv0=msg.get("argv0"),
+                interval=proc.interval,  # the report judges heartbeat gaps by it
             )
             return Event(
                 layer="guard",
