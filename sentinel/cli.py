@@ -303,8 +303,9 @@ def run(
     """Apply, pin DNS, hot-reload, tamper-check; runs until SIGTERM (the deny stays)."""
     from .daemon import Daemon  # local: threads, watchdog and the resolver only for `run`
     from .log import configure
+    from .state import state_dir
 
-    configure(log_level)
+    configure(log_level, log_file=state_dir() / "sentinel.log")
     from .services import SERVICES
 
     Daemon(

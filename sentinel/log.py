@@ -8,10 +8,13 @@ a fresh one when nothing is bound.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -26,8 +29,50 @@ def _add_cid(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def configure(level: str = "info", stream: TextIO | None = None) -> None:
-    """JSON lines to stderr (stdout belongs to command output). Safe to call more than once."""
+_PLAIN = {"cid", "event", "level", "timestamp", "component", "event_id"}
+
+
+def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Nothing secret reaches a log line: secrets, tokens, e-mails and phones are masked."""
+    from .redact import redact_obj  # local: keeps `import sentinel.log` light
+
+    return {k: v if k in _PLAIN else redact_obj(v, k) for k, v in event.items()}
+
+
+class _Tee:
+    """stderr plus an append-only file in the state directory (the evidence bundle reads
+    `*.log` there); the file is rotated once at `max_bytes` so it cannot fill the disk."""
+
+    def __init__(self, stream: TextIO, path: Path, max_bytes: int = 50 << 20) -> None:
+        self.stream, self.path, self.max_bytes = stream, path, max_bytes
+        self.file: TextIO | None = None
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        with self.lock:
+            try:
+                if self.file is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self.file = open(self.path, "a", buffering=1)  # noqa: SIM115
+                self.file.write(text)
+                if self.file.tell() > self.max_bytes:
+                    self.file.close()
+                    os.replace(self.path, self.path.with_suffix(".log.1"))
+                    self.file = None
+            except OSError:
+                pass  # a full or read-only disk must not stop the sentinel; stderr still has it
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def configure(
+    level: str = "info", stream: TextIO | None = None, log_file: Path | None = None
+) -> None:
+    """JSON lines to stderr (stdout belongs to command output), and to `log_file` if given.
+    Safe to call more than once."""
     global _configured
     levels = logging.getLevelNamesMapping()
     if level.upper() not in levels:
@@ -39,10 +84,13 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact,
             structlog.processors.JSONRenderer(sort_keys=True, default=str),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(levels[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(
+            _Tee(stream or sys.stderr, log_file) if log_file else (stream or sys.stderr)
+        ),
         cache_logger_on_first_use=False,
     )
     _configured = True

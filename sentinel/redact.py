@@ -129,20 +129,30 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact_obj(obj: Any) -> Any:
-    """A redacted copy of plain data: dict values under secret-looking keys are masked whole."""
+def redact_obj(obj: Any, key: str = "") -> Any:
+    """A redacted copy of plain data: dict values under secret-looking keys are masked whole.
+    Our own SHA-256 digests under hash keys (`policy_sha256`, a tamper event's `expected`)
+    survive: evidence needs them, and a 64-hex value elsewhere is still masked."""
     if isinstance(obj, str):
-        return redact_text(obj)
+        return obj if _is_our_digest(key, obj) else redact_text(obj)
     if isinstance(obj, dict):
         return {
-            k: (MASK if isinstance(k, str) and _is_secret_key(k) and v else redact_obj(v))
+            k: (MASK if isinstance(k, str) and _is_secret_key(k) and v else redact_obj(v, str(k)))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [redact_obj(v) for v in obj]
+        return [redact_obj(v, key) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(redact_obj(v) for v in obj)
+        return tuple(redact_obj(v, key) for v in obj)
     return obj
+
+
+_DIGEST_KEY_RE = re.compile(r"(^|_)(sha256|expected|found|kept)$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _is_our_digest(key: str, value: str) -> bool:
+    return bool(_DIGEST_KEY_RE.search(key) and _SHA256_RE.match(value))
 
 
 def hash_user_id(value: str | int, key: str | bytes) -> str:
