@@ -424,6 +424,25 @@ def completeness(
     }
 
 
+def _canary() -> dict[str, Any] | None:
+    """The last round of bypass canaries (`canary:` in the policy), if any ran."""
+    from .state import read_json
+
+    try:
+        last = read_json("canary.json")
+    except SentinelError:
+        return {"error": "canary.json unreadable"}
+    if not last:
+        return None
+    outcomes = Counter(r.get("outcome") for r in last.get("results", []))
+    return {
+        "last_run": _iso(last.get("ts", 0)),
+        "outcomes": dict(outcomes),
+        "escaped": outcomes.get("escaped", 0),
+        "results": last.get("results", []),
+    }
+
+
 # --- the report -----------------------------------------------------------------------------
 def build_report(
     window: Window,
@@ -520,6 +539,7 @@ def assemble(
         "shed_by_layer": shed,
         "monitor_loss": loss,
         "guard": guard,
+        "canary": _canary(),
         "coverage": "complete" if not problems else "partial",
         "coverage_detail": {
             "problems": problems,
@@ -580,6 +600,8 @@ def violation(report: dict[str, Any]) -> str | None:
         return f"{report['external_calls']} external call(s) left the host in the window"
     if report["drift"]:
         return "ruleset drift: the kernel does not hold the applied ruleset"
+    if (report.get("canary") or {}).get("escaped"):
+        return f"{report['canary']['escaped']} bypass canary probe(s) got out"
     return None
 
 

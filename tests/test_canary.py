@@ -52,3 +52,17 @@ def test_escaped_probe_becomes_an_egress_event():
     )
     assert [e.kind for e in events] == ["canary_escaped", "canary_result"]
     assert events[0].dst_port == 443 and events[0].layer == "canary"
+
+
+def test_report_shows_last_canary_round_and_fails_on_an_escape(state_dir):
+    from sentinel.report import _canary, violation
+    from sentinel.state import write_json
+
+    assert _canary() is None
+    write_json("canary.json", {"ts": 1.0, "results": [
+        {"probe": "tcp4", "target": "198.18.5.5:443", "outcome": "escaped", "detail": "x"},
+        {"probe": "udp4", "target": "198.18.5.5:443", "outcome": "blocked", "detail": "y"}]})
+    canary = _canary()
+    assert canary["outcomes"] == {"escaped": 1, "blocked": 1} and canary["escaped"] == 1
+    assert violation({"external_calls": 0, "drift": False, "canary": canary}) == \
+        "1 bypass canary probe(s) got out"
