@@ -13,12 +13,11 @@ from typing import Annotated
 import typer
 
 from . import netfilter
-from .decide import placeholder_pins, run_policy_tests
+from .decide import placeholder_pins, prepare_ruleset, run_policy_tests
 from .errors import EXIT_VIOLATION, BadInput, SentinelError
 from .pins import system_pins
 from .policy import Policy, load_policy
-from .rules import Ruleset, render_rules
-from .state import APPLIED, read_json, write_json
+from .state import APPLIED, read_json, record_applied, write_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 alert_app = typer.Typer(no_args_is_help=True, help="Alert sinks.")
@@ -92,47 +91,6 @@ def check(file: Path) -> None:
     )
 
 
-def prepare(policy: Policy, pins: dict) -> Ruleset:
-    """Render and run the policy's tests: a policy whose own tests fail is never applied."""
-    ruleset = render_rules(policy, pins)
-    failed = [r for r in run_policy_tests(policy, pins, ruleset) if not r.passed]
-    if failed:
-        lines = [
-            f"{policy.source}:{r.test.line}: {r.test.to} expect {r.test.expect}, got {r.got}"
-            for r in failed
-        ]
-        raise SentinelError("policy tests failed, nothing applied:\n" + "\n".join(lines))
-    return ruleset
-
-
-def record_applied(
-    policy: Policy,
-    ruleset: Ruleset,
-    backend: str,
-    pins: dict,
-    created_tables: list[str],
-    full: bool = True,
-) -> None:
-    """State for `status`, the report and teardown. `full=False` (a pin change: sets only)
-    keeps `applied_at`, the moment the kernel's rule counters were last reset."""
-    previous = read_json(APPLIED) or {}
-    write_json(
-        APPLIED,
-        {
-            # tables our first apply created stay "ours" across re-applies, for teardown
-            "created_tables": sorted(set(previous.get("created_tables", [])) | set(created_tables)),
-            "applied_at": time.time() if full else previous.get("applied_at", time.time()),
-            "backend": backend,
-            "mode": policy.mode,
-            "policy": policy.source,
-            "policy_sha256": policy.sha256,
-            "ruleset_sha256": ruleset.sha256(),
-            "pins": {k: [str(a) for a in v] for k, v in pins.items()},
-            "ruleset_text": ruleset.text(),
-        },
-    )
-
-
 @app.command()
 def apply(
     policy_file: PolicyOpt = None,
@@ -150,7 +108,7 @@ def apply(
     pins.update(static)
     for name in missing:
         typer.echo(f"warning: {name!r} did not resolve; it stays denied until it does", err=True)
-    ruleset = prepare(policy, pins)
+    ruleset = prepare_ruleset(policy, pins)
     if dry_run:
         typer.echo(ruleset.text(), nl=False)
         return

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import netfilter
-from .decide import run_policy_tests
+from .decide import prepare_ruleset
 from .dns import PinningResolver
 from .errors import SentinelError
 from .events import Event
@@ -27,7 +27,7 @@ from .log import correlation, get_logger
 from .pinning import PinManager, Upstream, parse_upstream
 from .policy import IPAddress, Policy, PolicyError, load_policy
 from .rules import Ruleset, render_rules
-from .state import APPLIED, read_json, write_json
+from .state import APPLIED, read_json, record_applied, write_json
 from .watch import PolicyWatcher
 
 DAEMON_STATE = "daemon.json"
@@ -75,20 +75,6 @@ def log_sink(event: Event) -> None:
 
 # name -> factory(context); the lead wires in the monitor, store, alerts and guard receiver.
 SERVICES: dict[str, Callable[[Context], Service]] = {}
-
-
-def build_ruleset(policy: Policy, pins: dict[str, list[IPAddress]]) -> Ruleset:
-    """Render and run the policy's own tests. A test that fails only because its name has no
-    pin yet (DNS pending or down) is tolerated: that name simply stays denied (fail closed)."""
-    ruleset = render_rules(policy, pins)
-    failed = [r for r in run_policy_tests(policy, pins, ruleset) if not r.passed and r.addresses]
-    if failed:
-        lines = [
-            f"{policy.source}:{r.test.line}: {r.test.to} expect {r.test.expect}, got {r.got}"
-            for r in failed
-        ]
-        raise SentinelError("policy tests failed, nothing applied:\n" + "\n".join(lines))
-    return ruleset
 
 
 class Daemon:
@@ -159,16 +145,7 @@ class Daemon:
         return Upstream(address, port, mark=policy.mark)
 
     def _start_parts(self, policy: Policy, upstream: Upstream) -> None:
-        assert self.ctx.pins is not None
-        self.resolver = PinningResolver(
-            self.ctx.pins,
-            self.ctx.emit,
-            policy.dns.listen_port,
-            policy.dns.refuse_with,
-            policy.mode,
-            upstream,
-        )
-        self.resolver.start()
+        self._start_resolver(policy, upstream)
         self._thread(self._refresher, "pin-refresher")
         self.watcher = PolicyWatcher(self.policy_path, self.reload)
         self.watcher.start()
@@ -297,13 +274,13 @@ class Daemon:
         self.ctx.pins.settings, self.ctx.pins.upstream = policy.dns, upstream
         if policy.dns.listen_port != self.resolver.port:
             self.resolver.stop()
-            self._start_resolver_again(policy, upstream)
+            self._start_resolver(policy, upstream)
         else:
             self.resolver.mode, self.resolver.upstream = policy.mode, upstream
             self.resolver.refuse_rcode = 3 if policy.dns.refuse_with == "nxdomain" else 5
             self.resolver.invalidate()
 
-    def _start_resolver_again(self, policy: Policy, upstream: Upstream) -> None:
+    def _start_resolver(self, policy: Policy, upstream: Upstream) -> None:
         assert self.ctx.pins is not None
         self.resolver = PinningResolver(
             self.ctx.pins,
@@ -320,7 +297,7 @@ class Daemon:
         assert self.ctx.pins is not None
         with self.kernel:
             pins = self.ctx.pins.pins()
-            ruleset = build_ruleset(policy, pins)
+            ruleset = prepare_ruleset(policy, pins, pending_ok=True)
             self._snapshot_counters()
             state = netfilter.apply(ruleset, self.backend)
             if state.sha256() != ruleset.sha256():
@@ -353,8 +330,6 @@ class Daemon:
     def _record(
         self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str], full: bool = True
     ) -> None:
-        from .cli import record_applied  # the same applied.json `status` reads
-
         record_applied(policy, ruleset, self.backend, pins, created, full=full)
         for hook in self.ctx.applied_hooks:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .errors import SentinelError
 from .policy import IPAddress, Policy, PolicyTest
 from .rules import CHAIN_OUT, Pins, Rule, Ruleset, render_rules
 
@@ -117,3 +118,22 @@ def _test_addresses(policy: Policy, pins: Pins, host: str) -> list[IPAddress]:
                 return [allow.literal]
             return list(pins.get(allow.host or "", ()))
     return list(pins.get(host, ()))
+
+
+def prepare_ruleset(policy: Policy, pins: Pins, pending_ok: bool = False) -> Ruleset:
+    """Render and run the policy's own tests: a policy whose tests fail is never applied.
+    With `pending_ok` (the daemon, whose DNS pins arrive later) a test that fails only because
+    its name has no pin yet is tolerated: that name simply stays denied (fail closed)."""
+    ruleset = render_rules(policy, pins)
+    failed = [
+        r
+        for r in run_policy_tests(policy, pins, ruleset)
+        if not r.passed and (r.addresses or not pending_ok)
+    ]
+    if failed:
+        lines = [
+            f"{policy.source}:{r.test.line}: {r.test.to} expect {r.test.expect}, got {r.got}"
+            for r in failed
+        ]
+        raise SentinelError("policy tests failed, nothing applied:\n" + "\n".join(lines))
+    return ruleset

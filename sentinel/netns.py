@@ -1,4 +1,5 @@
-"""A throwaway network of namespaces (used by tests, the lab and benchmarks): the app, its upstreams, a DNS host and an "outside" host.
+"""A throwaway network of namespaces: the app, its upstreams, a DNS host and an "outside" host
+(used by tests, the lab and benchmarks).
 
 Everything lives on 198.18.0.0/24 and 2001:db8::/64 behind one bridge in a switch namespace;
 nothing is linked to the root namespace. Names carry a per-run prefix so parallel runs never

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SentinelError
+
+if TYPE_CHECKING:
+    from .policy import Policy
+    from .rules import Ruleset
 
 DEFAULT_STATE_DIR = "/var/lib/sentinel"
 APPLIED = "applied.json"
@@ -40,3 +45,31 @@ def read_json(name: str) -> Any | None:
         return None
     except (OSError, ValueError) as exc:
         raise SentinelError(f"cannot read {path}: {exc}") from None
+
+
+def record_applied(
+    policy: Policy,
+    ruleset: Ruleset,
+    backend: str,
+    pins: dict,
+    created_tables: list[str],
+    full: bool = True,
+) -> None:
+    """State for `status`, the report and teardown. `full=False` (a pin change: sets only)
+    keeps `applied_at`, the moment the kernel's rule counters were last reset."""
+    previous = read_json(APPLIED) or {}
+    write_json(
+        APPLIED,
+        {
+            # tables our first apply created stay "ours" across re-applies, for teardown
+            "created_tables": sorted(set(previous.get("created_tables", [])) | set(created_tables)),
+            "applied_at": time.time() if full else previous.get("applied_at", time.time()),
+            "backend": backend,
+            "mode": policy.mode,
+            "policy": policy.source,
+            "policy_sha256": policy.sha256,
+            "ruleset_sha256": ruleset.sha256(),
+            "pins": {k: [str(a) for a in v] for k, v in pins.items()},
+            "ruleset_text": ruleset.text(),
+        },
+    )

@@ -46,7 +46,9 @@ def load_located(text: str) -> Located:
         raise YamlSyntaxError(line, f"invalid YAML: {exc.problem or exc}") from None
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
-        raise YamlSyntaxError(line, f"invalid YAML: unacceptable character {exc.character!r}") from None
+        raise YamlSyntaxError(
+            line, f"invalid YAML: unacceptable character {exc.character!r}"
+        ) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(1, "invalid YAML: " + " ".join(str(exc).split())) from None
     out = Located(None)

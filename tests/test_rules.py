@@ -6,8 +6,7 @@ import ipaddress
 
 import pytest
 
-from sentinel.cli import prepare
-from sentinel.decide import Packet, decide, placeholder_pins, run_policy_tests
+from sentinel.decide import Packet, decide, placeholder_pins, prepare_ruleset, run_policy_tests
 from sentinel.errors import SentinelError
 from sentinel.policy import load_policy, parse_policy
 from sentinel.rules import render_rules
@@ -138,7 +137,7 @@ def test_failing_policy_tests_block_the_apply():
         "t.yaml",
     )
     with pytest.raises(SentinelError) as info:
-        prepare(policy, {"postgres": [ip("198.18.0.2")]})
+        prepare_ruleset(policy, {"postgres": [ip("198.18.0.2")]})
     assert "t.yaml:5: pg:5433 expect allow, got deny" in info.value.message
     assert "t.yaml:6: postgres:5432 expect deny, got allow" in info.value.message
 
