@@ -29,6 +29,7 @@ class Sink:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self.source = f"sentinel@{socket.gethostname()}"
+        self._url = ""  # set by each sink from its environment variable
 
     @property
     def name(self) -> str:
@@ -49,10 +50,13 @@ class Sink:
 
     @property
     def url(self) -> str:
-        raise NotImplementedError
+        return self._url
 
     def render(self, alert: Alert, dropped: int) -> tuple[bytes, dict[str, str]]:
         """The request body and headers for one alert; `dropped` = alerts lost before it."""
+        return to_body(self.payload(alert, dropped)), {"Content-Type": "application/json"}
+
+    def payload(self, alert: Alert, dropped: int) -> dict[str, Any]:
         raise NotImplementedError
 
 

@@ -29,13 +29,6 @@ class PagerDutySink(Sink):
         self.routing_key = self.secret("routing_key")
         self._url = self.secret("url", required=False) or DEFAULT_URL
 
-    @property
-    def url(self) -> str:
-        return self._url
-
-    def render(self, alert: Alert, dropped: int) -> tuple[bytes, dict[str, str]]:
-        return to_body(self.payload(alert, dropped)), {"Content-Type": "application/json"}
-
     def payload(self, alert: Alert, dropped: int) -> dict[str, Any]:
         if alert.action == RESOLVE:
             return {

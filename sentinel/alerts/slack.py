@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .base import Sink, dropped_note, to_body
+from .base import Sink, dropped_note
 from .model import P1, P2, P3, TEST, Alert
 
 EMOJI = {
@@ -29,13 +29,6 @@ class SlackSink(Sink):
         super().__init__(settings, environ)
         self._url = self.secret("webhook_url")
         self.channel = settings.options.get("channel")
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    def render(self, alert: Alert, dropped: int) -> tuple[bytes, dict[str, str]]:
-        return to_body(self.payload(alert, dropped)), {"Content-Type": "application/json"}
 
     def payload(self, alert: Alert, dropped: int) -> dict[str, Any]:
         label = "TEST" if alert.severity == TEST else alert.severity

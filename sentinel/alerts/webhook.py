@@ -27,10 +27,6 @@ class WebhookSink(Sink):
         self._url = self.secret("url")
         self.hmac_secret = self.secret("hmac_secret", required=False)
 
-    @property
-    def url(self) -> str:
-        return self._url
-
     def render(self, alert: Alert, dropped: int) -> tuple[bytes, dict[str, str]]:
         body = to_body(self.payload(alert, dropped))
         headers = {"Content-Type": "application/json", "X-Sentinel-Alert-Id": alert.id}
