@@ -32,6 +32,8 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 CACHE_SLACK = 1.0  # a cached answer's TTL may be up to this many seconds too high
 MAX_TCP_CLIENTS = 64
 MAX_CACHE = 10_000
+MAX_NAME = 255  # RFC 1035: a name is at most 255 octets on the wire
+MALFORMED_LOGGED = 100  # log each of the first 100 malformed queries, then every 1000th
 log = get_logger("dns")
 
 
@@ -55,7 +57,7 @@ def parse_query(wire: bytes) -> Query | None:
         return None
     labels, i = [], 12
     while True:
-        if i >= len(wire):
+        if i >= len(wire) or i - 12 >= MAX_NAME:  # oversized names are malformed, not asked
             return None
         size = wire[i]
         if size == 0:
@@ -68,8 +70,17 @@ def parse_query(wire: bytes) -> Query | None:
     if end > len(wire):
         return None
     qtype, qclass = struct.unpack("!HH", wire[i + 1 : end])
-    name = b".".join(labels).decode("ascii", "replace")
+    name = ".".join(_label_text(label) for label in labels)
     return Query(wire, wire[:2], flags & 0x01, wire[12:end], normalize(name), qtype, qclass)
+
+
+def _label_text(label: bytes) -> str:
+    """Printable ASCII as is; any other byte (control, escape, NUL, 8-bit) as \\DDD, the way
+    zone files write it, so a hostile name cannot smuggle terminal escapes or newlines into
+    logs, events and reports. No allowlisted hostname contains such bytes."""
+    if all(0x21 <= b <= 0x7E and b != 0x5C for b in label):
+        return label.decode("ascii")
+    return "".join(chr(b) if 0x21 <= b <= 0x7E and b != 0x5C else f"\\{b:03d}" for b in label)
 
 
 def response(q: Query, rcode: int, records: Sequence[bytes] = ()) -> bytes:
@@ -112,6 +123,7 @@ class PinningResolver:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns-miss")
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
         self._stopping = threading.Event()
+        self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -232,9 +244,21 @@ class PinningResolver:
             q = parse_query(wire)
             return response(q, SERVFAIL) if q else None
 
+    def stats(self) -> dict[str, int]:
+        return {"malformed": self.malformed}
+
+    def _count_malformed(self, wire: bytes, transport: str) -> None:
+        self.malformed += 1  # one writer at a time is not guaranteed: a close count suffices
+        _MALFORMED.inc()
+        if self.malformed <= MALFORMED_LOGGED or self.malformed % 1000 == 0:
+            log.warning(
+                "dns_malformed", transport=transport, size=len(wire), malformed=self.malformed
+            )
+
     def handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
         q = parse_query(wire)
         if q is None:
+            self._count_malformed(wire, transport)
             return refused_response(wire, FORMERR)
         if wire[2] & 0x78:  # opcode other than QUERY
             return response(q, NOTIMP)
@@ -280,6 +304,19 @@ class PinningResolver:
             except OSError:
                 return response(q, SERVFAIL)
         return response(q, self.refuse_rcode)
+
+
+def _malformed_counter():  # noqa: ANN202
+    from prometheus_client import Counter
+
+    from .metrics import REGISTRY
+
+    return Counter(
+        "sentinel_dns_malformed", "DNS queries the resolver could not parse", registry=REGISTRY
+    )
+
+
+_MALFORMED = _malformed_counter()
 
 
 def _qtype_text(qtype: int) -> str:
