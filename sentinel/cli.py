@@ -115,7 +115,9 @@ def apply(
     state = netfilter.apply(ruleset, backend)
     if state.sha256() != ruleset.sha256():
         raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(policy, ruleset, backend, pins, state.created_tables)
+    record_applied(
+        policy, ruleset, backend, pins, state.created_tables, full=state.rules_replaced
+    )
     from .guard.compile import write_allowlist  # the in-process guard reads the same pins
     from .state import state_dir
 

@@ -88,6 +88,7 @@ class Daemon:
     ) -> None:
         self.ready_file = Path(ready_file) if ready_file else None
         self.ready = False
+        self.early: list[Event] = []
         self.policy_path = Path(policy_path)
         self.backend, self.teardown_on_exit = backend, teardown_on_exit
         self.factories = SERVICES if services is None else services
@@ -120,6 +121,8 @@ class Daemon:
         self._install_signals()
         try:
             self._start_parts(policy, upstream)
+            for event in self.early:  # readings taken before the store was up
+                self.ctx.emit(event)
             self._signal_ready()
             log.info(
                 "running",
@@ -219,6 +222,7 @@ class Daemon:
                 self.expected,
                 self.ctx.pins.pins(),  # type: ignore
                 repaired.created_tables,
+                full=repaired.rules_replaced,
             )
         event = Event(
             layer="tamper",
@@ -303,7 +307,7 @@ class Daemon:
             if state.sha256() != ruleset.sha256():
                 raise SentinelError("applied, but the kernel does not hold the expected ruleset")
             self.expected, self.ctx.policy = ruleset, policy
-        self._record(policy, ruleset, pins, state.created_tables)
+        self._record(policy, ruleset, pins, state.created_tables, full=state.rules_replaced)
         log.info(
             "applied",
             reason=reason,
@@ -313,19 +317,25 @@ class Daemon:
         )
 
     def _snapshot_counters(self) -> None:
-        """A full apply zeroes the kernel counters: read them first so no netflow is lost."""
-        if "monitor" not in self.ctx.services:
+        """A full apply zeroes the kernel counters: read them first so no netflow, and no
+        attempt made while no sentinel was running, is lost. At start-up the store is not up
+        yet, so the reading waits in `self.early` and is emitted once it is."""
+        if self.ready and "monitor" not in self.ctx.services:
             return
         from .monitor import kernel_snapshot
 
         try:
+            if not netfilter.read_state(self.backend).present:
+                return  # nothing of ours in the kernel: nothing to lose
             detail = kernel_snapshot(self.backend)
         except Exception:  # noqa: BLE001 - bookkeeping must never stop an apply
             log.exception("counter_snapshot_failed")
             return
-        self.ctx.emit(
-            Event(layer="sentinel", kind="kernel_counters", verdict="info", detail=detail)
-        )
+        event = Event(layer="sentinel", kind="kernel_counters", verdict="info", detail=detail)
+        if self.ctx.services:
+            self.ctx.emit(event)
+        else:
+            self.early.append(event)
 
     def _record(
         self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str], full: bool = True

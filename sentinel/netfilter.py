@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import SentinelError
 from .rules import (
@@ -45,6 +45,7 @@ class KernelState:
     counters: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # (fam, line)
     set_counters: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     created_tables: list[str] = field(default_factory=list)  # "6/nat": absent before our apply
+    rules_replaced: bool = True  # False: the rules were already in force, only sets changed
 
     @property
     def present(self) -> bool:
@@ -100,8 +101,33 @@ def _run(cmd: list[str], stdin: str | None = None) -> str:
 
 
 def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
-    """Make the kernel hold exactly `ruleset`. Either everything changes or nothing does."""
+    """Make the kernel hold exactly `ruleset`. Either everything changes or nothing does.
+
+    When the kernel already holds these exact rules (a restart, a re-apply, a reload that only
+    changed the allowlist) only the set entries are brought in line: the rules, and with them
+    the NFLOG packet counters that account for attempts made while no sentinel was watching,
+    are left alone. `rules_replaced` on the result says which path was taken."""
     ensure_not_root_netns()
+    current = read_state(backend)
+    if _same_rules(current, ruleset):
+        try:
+            update_sets(replace(ruleset, sets=tuple(current.sets)), ruleset)
+        except SentinelError:  # e.g. a set too small for the new entries: rebuild it all
+            return _apply_all(ruleset, backend)
+        state = read_state(backend)
+        state.rules_replaced = False
+        return state
+    return _apply_all(ruleset, backend)
+
+
+def _same_rules(current: KernelState, ruleset: Ruleset) -> bool:
+    names = {s.name for s in ruleset.sets}
+    return {s.name for s in current.sets} == names and all(
+        current.text.get(f) == ruleset.save_text(f) for f in (4, 6)
+    )
+
+
+def _apply_all(ruleset: Ruleset, backend: str) -> KernelState:
     tools = BACKENDS[backend]
     before = {f: _save(tools[f]) for f in (4, 6)}
     _stage_sets(ruleset)

@@ -196,3 +196,14 @@ def test_unwritable_state_dir_is_a_clear_error_and_the_deny_stays(topo, tmp_path
     assert "Traceback" not in result.stderr
     assert "-A SENTINEL-OUT -j SENTINEL-DENY" in save(topo)  # rules applied, fail closed
     assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
+
+
+def test_identical_reapply_keeps_the_nflog_counters(topo):
+    """A restart or re-apply of the same rules must not zero the counters that account for
+    attempts made while no sentinel was watching."""
+    apply(topo)
+    topo.probe("tcp", "198.18.5.5", 443)
+    counted = nflog_packets(topo)
+    assert counted >= 1
+    apply(topo)
+    assert nflog_packets(topo) == counted

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -254,8 +255,9 @@ def test_sigkill_and_restart_still_accounts_for_attempts(topo, state_dir):
     stop(proc)
 
 
-def test_netflow_counts_across_a_reapply(topo, state_dir):
-    """Re-applying zeroes the set counters; the report still counts the whole window."""
+def test_netflow_counts_across_a_reapply(topo, state_dir, tmp_path):
+    """An identical re-apply keeps the counters; a real one (new rules) zeroes the set
+    counters, and the report still counts the whole window."""
     assert topo.sentinel("apply", "--policy", "policies/mem0.yaml", *PINS).returncode == 0
     proc, since = start_monitor(topo, "policies/mem0.yaml")
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
@@ -264,6 +266,12 @@ def test_netflow_counts_across_a_reapply(topo, state_dir):
     before = next(r for r in first["netflow"] if r["upstream"] == "postgres")
     assert before["packets"] == before["packets_since_apply"] > 0
     assert topo.sentinel("apply", "--policy", "policies/mem0.yaml", *PINS).returncode == 0
+    code, same = report(topo, "--since", str(since))
+    kept = next(r for r in same["netflow"] if r["upstream"] == "postgres")
+    assert kept["packets_since_apply"] == before["packets"]  # identical rules: nothing reset
+    changed = tmp_path / "mem0-other-mark.yaml"  # other rules: a full apply, counters zeroed
+    changed.write_text(Path("policies/mem0.yaml").read_text().replace("version: 1", "version: 1\nmark: 0x5e46", 1))
+    assert topo.sentinel("apply", "--policy", str(changed), *PINS).returncode == 0
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     code, data = report(topo, "--since", str(since))
     after = next(r for r in data["netflow"] if r["upstream"] == "postgres")
