@@ -278,6 +278,7 @@ class AlertDispatcher:
             "dropped": sum(s["dropped"] for s in sinks.values()) + overflow,
             "sinks": sinks,
             "unconfigured": dict(self.problems),
+            "outbox_degraded": self.outbox.degraded,  # in memory: lost on restart
         }
 
     def latencies(self) -> list[float]:

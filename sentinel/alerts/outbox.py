@@ -11,6 +11,7 @@ WAL mode, schema version in `PRAGMA user_version`, forward-only migrations (`mig
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -74,6 +75,24 @@ class Row:
     attempts: int
 
 
+def _degradable(method: Callable) -> Callable:
+    """A write the state directory refuses (read-only, disk full, I/O error) moves the outbox
+    into memory, pending rows included, and is retried there: alerting must go on when the
+    disk does not. What is in memory is lost on a restart; `degraded` says so."""
+
+    @functools.wraps(method)
+    def wrapper(self: Outbox, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if self.degraded:
+                raise
+            self._to_memory(str(exc))
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Outbox:
     def __init__(
         self,
@@ -87,18 +106,48 @@ class Outbox:
         self.max_age = max_age
         self.clock = clock
         self._lock = threading.Lock()
+        self.degraded: str | None = None  # why the outbox lives in memory, if it does
         self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             return self._connect()
+        except (OSError, sqlite3.OperationalError) as exc:  # read-only or full state dir
+            self.degraded = str(exc)
+            log.error("outbox_in_memory", path=str(self.path), error=self.degraded)
+            return self._memory()
         except sqlite3.DatabaseError as exc:
-            # A corrupt outbox must not stop alerting: keep it aside for forensics, start anew.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            self.path.rename(aside)
-            log.error("outbox_corrupt", path=str(self.path), moved_to=str(aside), error=str(exc))
-            return self._connect()
+            return self._set_aside(exc)
+
+    def _memory(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            "file::memory:", uri=True, check_same_thread=False, isolation_level=None
+        )
+        migrate(conn)
+        return conn
+
+    def _to_memory(self, reason: str) -> None:
+        """Copy what the file holds (reading still works) into memory and carry on there."""
+        with self._lock:
+            conn = self._memory()
+            try:
+                conn.execute("ATTACH DATABASE ? AS disk", (f"file:{self.path}?mode=ro",))
+                conn.execute("INSERT INTO outbox SELECT * FROM disk.outbox")
+                conn.execute("INSERT INTO counters SELECT * FROM disk.counters")
+                conn.execute("DETACH DATABASE disk")
+            except sqlite3.Error as exc:  # unreadable too: start empty, and say so
+                reason += f"; pending rows not copied: {exc}"
+            self._conn.close()
+            self._conn, self.degraded = conn, reason
+        log.error("outbox_in_memory", path=str(self.path), error=reason)
+
+    def _set_aside(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """A corrupt outbox must not stop alerting: keep it aside for forensics, start anew."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        self.path.rename(aside)
+        log.error("outbox_corrupt", path=str(self.path), moved_to=str(aside), error=str(exc))
+        return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -113,6 +162,7 @@ class Outbox:
             self._conn.close()
 
     # --- writing ---------------------------------------------------------------------------
+    @_degradable
     def put(self, sink: str, alert: Alert) -> int:
         """Queue an alert for a sink; returns how many rows the bound evicted."""
         now = self.clock()
@@ -136,6 +186,7 @@ class Outbox:
                 self._count_dropped(sink, excess)
         return max(0, excess)
 
+    @_degradable
     def add_dropped(self, sink: str, n: int) -> None:
         """Alerts lost before reaching the outbox (e.g. the submit queue overflowed)."""
         if n > 0:
@@ -143,6 +194,7 @@ class Outbox:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._count_dropped(sink, n)
 
+    @_degradable
     def delivered(self, row: Row, reported_dropped: int) -> None:
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -151,6 +203,7 @@ class Outbox:
             if reported_dropped:
                 self._bump(f"unreported:{row.sink}", -reported_dropped)
 
+    @_degradable
     def failed(self, row: Row) -> None:
         """Rejected for good (e.g. 400): removed and counted; the sink said no."""
         with self._lock, self._conn:
@@ -158,6 +211,7 @@ class Outbox:
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
             self._bump(f"failed:{row.sink}", 1)
 
+    @_degradable
     def retry_at(self, row: Row, when: float) -> None:
         with self._lock, self._conn:
             self._conn.execute(
@@ -166,6 +220,7 @@ class Outbox:
             )
             self._bump(f"retries:{row.sink}", 1)
 
+    @_degradable
     def expire(self, sink: str) -> int:
         """Drop rows older than max_age (a sink down for a day): counted as dropped."""
         cutoff = self.clock() - self.max_age
@@ -179,6 +234,7 @@ class Outbox:
         return n
 
     # --- reading ---------------------------------------------------------------------------
+    @_degradable
     def head(self, sink: str) -> Row | None:
         """The next row for a sink: highest priority, then oldest (FIFO keeps trigger/resolve
         order within a priority)."""
