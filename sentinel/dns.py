@@ -124,6 +124,7 @@ class PinningResolver:
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
         self._stopping = threading.Event()
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
+        self._malformed_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -248,12 +249,12 @@ class PinningResolver:
         return {"malformed": self.malformed}
 
     def _count_malformed(self, wire: bytes, transport: str) -> None:
-        self.malformed += 1  # one writer at a time is not guaranteed: a close count suffices
+        with self._malformed_lock:  # the UDP pool and TCP threads count concurrently
+            self.malformed += 1
+            count = self.malformed
         _MALFORMED.inc()
-        if self.malformed <= MALFORMED_LOGGED or self.malformed % 1000 == 0:
-            log.warning(
-                "dns_malformed", transport=transport, size=len(wire), malformed=self.malformed
-            )
+        if count <= MALFORMED_LOGGED or count % 1000 == 0:
+            log.warning("dns_malformed", transport=transport, size=len(wire), malformed=count)
 
     def handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
         q = parse_query(wire)
