@@ -75,12 +75,17 @@ def parse_query(wire: bytes) -> Query | None:
 
 
 def _label_text(label: bytes) -> str:
-    """Printable ASCII as is; any other byte (control, escape, NUL, 8-bit) as \\DDD, the way
-    zone files write it, so a hostile name cannot smuggle terminal escapes or newlines into
-    logs, events and reports. No allowlisted hostname contains such bytes."""
-    if all(0x21 <= b <= 0x7E and b != 0x5C for b in label):
+    """Printable ASCII as is; any other byte (control, escape, NUL, 8-bit) and a dot or
+    backslash inside a label as \\DDD, the way zone files write it: a hostile name cannot smuggle
+    terminal escapes or newlines into logs, events and reports, and the one label
+    "postgres.internal" is not the two-label name. No allowlisted hostname contains such bytes."""
+    if all(_plain(b) for b in label):
         return label.decode("ascii")
-    return "".join(chr(b) if 0x21 <= b <= 0x7E and b != 0x5C else f"\\{b:03d}" for b in label)
+    return "".join(chr(b) if _plain(b) else f"\\{b:03d}" for b in label)
+
+
+def _plain(byte: int) -> bool:
+    return 0x21 <= byte <= 0x7E and byte not in (0x2E, 0x5C)  # not "." nor "\\"
 
 
 def response(q: Query, rcode: int, records: Sequence[bytes] = ()) -> bytes:

@@ -389,3 +389,28 @@ def _full_then_read_only(topo: Topology, tmp_path: Path, state: Path) -> None:
         # known gap (docs/hardening.md): the alert outbox is SQLite in the state directory;
         # when it cannot be written the alert is dropped before any delivery is attempted
         pytest.xfail(f"state dir full / read-only: {'; '.join(undelivered)}")
+
+
+# --- pure: the resolver's parser on oversized and hostile names (no root) --------------------
+def _question(*labels: bytes) -> bytes:
+    name = b"".join(bytes([len(x)]) + x for x in labels) + b"\x00"
+    return b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01\x00\x01"
+
+
+def test_name_length_limit_is_rfc_1035s_255_octets():
+    from sentinel.dns import parse_query
+
+    longest = _question(*[b"a" * 63] * 3, b"a" * 61)  # 3*64 + 62 + 1 = 255 octets
+    assert parse_query(longest) is not None
+    assert parse_query(_question(*[b"a" * 63] * 3, b"a" * 62)) is None  # 256 octets
+    assert parse_query(_question(*[b"a"] * 255)) is None
+
+
+def test_hostile_label_bytes_are_escaped_not_passed_on():
+    from sentinel.dns import parse_query
+
+    q = parse_query(_question(b"A\x1b[0m\x00\n\\.", b"Example", b"com"))
+    assert q is not None and q.name == "a\\027[0m\\000\\010\\092\\046.example.com"
+    assert q.question.startswith(b"\x09A\x1b")  # echoed exactly as asked
+    # one label with a dot in it is not the allowlisted two-label name
+    assert parse_query(_question(b"cache.internal")).name == "cache\\046internal"
