@@ -1,6 +1,7 @@
 """Issue 9 hardening against a real `sentinel run` in the app namespace: malformed and hostile
 DNS, rebinding, SIGKILL under a flood and during a reload, a policy file deleted / replaced by
-garbage, an asyncio app under uvloop, and a full state directory. See docs/hardening.md."""
+garbage, an asyncio app under uvloop, and a full / read-only state directory; plus pure tests
+of the resolver's parser on oversized and hostile names. See docs/hardening.md."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.netns
 OUTSIDE = "198.18.5.5"
 
 
-def start(topo: Topology, tmp_path: Path, text: str | None = None, **env: str) -> RunningSentinel:
+def start(topo: Topology, tmp_path: Path, text: str | None = None) -> RunningSentinel:
     path = tmp_path / "policy.yaml"
     path.write_text(text if text is not None else policy_text())
     return RunningSentinel(topo, path)
