@@ -340,7 +340,12 @@ class Daemon:
     def _record(
         self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str], full: bool = True
     ) -> None:
-        record_applied(policy, ruleset, self.backend, pins, created, full=full)
+        try:
+            record_applied(policy, ruleset, self.backend, pins, created, full=full)
+        except SentinelError as exc:
+            # the kernel already holds the new rules: a full or read-only state dir must not
+            # turn that into a "rejected" reload; `status` shows the stale state as drift
+            log.error("state_write_failed", error=exc.message)
         for hook in self.ctx.applied_hooks:
             try:
                 hook(policy, pins)
@@ -349,17 +354,18 @@ class Daemon:
         self._write_daemon_state(policy)
 
     def _write_daemon_state(self, policy: Policy) -> None:
-        write_json(
-            DAEMON_STATE,
-            {
-                "pid": os.getpid(),
-                "updated_at": time.time(),
-                "policy": str(self.policy_path),
-                "resolver_port": policy.dns.listen_port,
-                "ready": self.ready,
-                "services": sorted(self.ctx.services),
-            },
-        )
+        state = {
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "policy": str(self.policy_path),
+            "resolver_port": policy.dns.listen_port,
+            "ready": self.ready,
+            "services": sorted(self.ctx.services),
+        }
+        try:
+            write_json(DAEMON_STATE, state)
+        except SentinelError as exc:  # bookkeeping only: the daemon goes on
+            log.error("state_write_failed", error=exc.message)
 
     def _signal_ready(self) -> None:
         """Everything is up (rules, resolver, monitor, guard receiver, alerts): say so, in

@@ -186,11 +186,17 @@ def test_so_mark_forgery_needs_cap_net_admin(topo, tmp_path):
 
 @pytest.mark.skipif(not shutil.which("capsh"), reason="capsh not installed")
 def test_flushing_rules_needs_cap_net_admin(topo):
-    before = topo.run("app", "iptables-nft-save").stdout.split("\n", 1)[1]
+    before = _rules(topo)
     sets = topo.run("app", "ipset", "save").stdout
     result = topo.run("app", *DROP_NET_ADMIN, "-c", "iptables-nft -F SENTINEL-OUT; "
                       "ipset flush sentinel-allow4; iptables-nft -D OUTPUT -j SENTINEL-OUT",
                       check=False)
     assert "Permission denied" in result.stderr or "not permitted" in result.stderr, result.stderr
-    assert topo.run("app", "iptables-nft-save").stdout.split("\n", 1)[1] == before
+    assert _rules(topo) == before
     assert topo.run("app", "ipset", "save").stdout == sets
+
+
+def _rules(topo) -> list[str]:
+    """iptables-save without its timestamped comment lines."""
+    out = topo.run("app", "iptables-nft-save").stdout.splitlines()
+    return [line for line in out if not line.startswith("#")]
