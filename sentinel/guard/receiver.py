@@ -74,6 +74,7 @@ class GuardReceiver:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._last_status = 0.0
+        self._write_failures = 0
 
     # --- lifecycle ------------------------------------------------------------------
     def bind(self) -> GuardReceiver:
@@ -274,8 +275,14 @@ class GuardReceiver:
         self._last_status = now
         try:
             _write_atomic(self.state_dir / PROCESSES_FILE, self.snapshot())
+            self._write_failures = 0
         except Exception as exc:  # noqa: BLE001 - status is best effort
-            log.warning("guard_status_write_failed", error=repr(exc))
+            self._write_failures += 1
+            if self._write_failures in (1, 60) or self._write_failures % 3600 == 0:
+                # once, then after a minute, then hourly: a broken disk must not flood the log
+                log.warning(
+                    "guard_status_write_failed", error=repr(exc), failures=self._write_failures
+                )
 
 
 def guard_processes(state_dir: str | Path | None = None, max_age: float = 10.0) -> dict[str, Any]:
