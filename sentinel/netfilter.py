@@ -130,7 +130,7 @@ def _same_rules(current: KernelState, ruleset: Ruleset) -> bool:
 def _apply_all(ruleset: Ruleset, backend: str) -> KernelState:
     tools = BACKENDS[backend]
     before = {f: _save(tools[f]) for f in (4, 6)}
-    _stage_sets(ruleset)
+    created = _stage_sets(ruleset)
     done: list[int] = []
     try:
         for family in (4, 6):
@@ -140,7 +140,7 @@ def _apply_all(ruleset: Ruleset, backend: str) -> KernelState:
             )
             done.append(family)
     except SentinelError:
-        _rollback(ruleset, tools, before, done)
+        _rollback(ruleset, tools, before, done, created)
         raise
     _run(["ipset", "restore"], "".join(f"destroy {_staging(s.name)}\n" for s in ruleset.sets))
     state = read_state(backend)
@@ -157,8 +157,9 @@ def _staging(name: str) -> str:
     return f"{name}-new"
 
 
-def _stage_sets(ruleset: Ruleset) -> None:
-    """Fill a staging copy of each set and swap it in (atomic per set)."""
+def _stage_sets(ruleset: Ruleset) -> list[str]:
+    """Fill a staging copy of each set and swap it in (atomic per set). Returns the live
+    sets this created (a rollback removes them again)."""
     existing = set(_run(["ipset", "list", "-n"]).split())
     lines = []
     for s in ruleset.sets:
@@ -171,21 +172,23 @@ def _stage_sets(ruleset: Ruleset) -> None:
         lines += [f"add {stage} {e}" for e in s.entries]
         lines.append(f"swap {stage} {s.name}")
     _run(["ipset", "restore"], "\n".join(lines) + "\n")
+    return [s.name for s in ruleset.sets if s.name not in existing]
 
 
 def _rollback(
-    ruleset: Ruleset, tools: dict[int, str], before: dict[int, str], done: list[int]
+    ruleset: Ruleset,
+    tools: dict[int, str],
+    before: dict[int, str],
+    done: list[int],
+    created: list[str],
 ) -> None:
-    """Put back the rules and set contents that were in force before a failed apply."""
+    """Put back the rules and set contents that were in force before a failed apply; sets
+    that only the failed apply created go again."""
     for family in done:
-        doc = _restore_previous(before[family])
+        doc = _restore_previous(before[family], _save(tools[family]))
         _run([f"{tools[family]}-restore", "--noflush", "--wait"], doc)
-    _run(
-        ["ipset", "restore"],
-        "".join(
-            f"swap {_staging(s.name)} {s.name}\ndestroy {_staging(s.name)}\n" for s in ruleset.sets
-        ),
-    )
+    lines = [f"swap {_staging(s.name)} {s.name}\ndestroy {_staging(s.name)}" for s in ruleset.sets]
+    _run(["ipset", "restore"], "\n".join(lines + [f"destroy {n}" for n in created]) + "\n")
 
 
 def _restore_doc(ruleset: Ruleset, family: int, current: str) -> str:
@@ -210,15 +213,40 @@ def _restore_doc(ruleset: Ruleset, family: int, current: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _restore_previous(saved: str) -> str:
-    """A restore document that brings our part of one family back to a saved state."""
+def _restore_previous(saved: str, current: str) -> str:
+    """Bring our part of one family back from `current` to `saved`, one commit per table:
+    a table we had before gets its old chains and hook back (the failed apply's jumps
+    deleted first); a table only the failed apply touched loses ours again."""
+    before, now = _our_lines(saved), _our_lines(current)
     out = []
-    for table, lines in _our_lines(saved).items():
+    for table in dict.fromkeys([*now, *before]):
+        lines = before.get(table)
+        if lines is None:
+            out += _removal(table, now[table], current)
+            continue
+        jumps = [f"-D {b} -j {c}" for t, b, c in _jumps(current) if t == table]
         decls = [x for x in lines if x.startswith(":")]
-        rules = [x for x in lines if x.startswith("-A") and not x.startswith("-A OUTPUT")]
-        hooks = [x.replace("-A OUTPUT", "-I OUTPUT 1") for x in lines if x.startswith("-A OUTPUT")]
-        out += [f"*{table}", *decls, *rules, *hooks, "COMMIT"]
+        rules = [x for x in lines if x.startswith("-A") and x.split()[1] in OUR_CHAINS]
+        hooks = [
+            f"-I {x.split()[1]} 1 -j {x.split()[3]}"
+            for x in lines
+            if x.startswith("-A") and x.split()[1] not in OUR_CHAINS
+        ]
+        out += [f"*{table}", *decls, *jumps, *rules, *hooks, "COMMIT"]
     return "\n".join(out) + "\n"
+
+
+def _removal(table: str, lines: list[str], saved: str) -> list[str]:
+    """One table's block that deletes our jumps, then flushes and deletes our chains."""
+    chains = [x[1:].split()[0] for x in lines if x.startswith(":")]
+    jumps = [f"-D {b} -j {c}" for t, b, c in _jumps(saved) if t == table]
+    return [
+        f"*{table}",
+        *jumps,
+        *(f"-F {c}" for c in chains),
+        *(f"-X {c}" for c in chains),
+        "COMMIT",
+    ]
 
 
 def _jumps(saved: str) -> list[tuple[str, str, str]]:
@@ -350,10 +378,7 @@ def _table_is_empty(saved: str, table: str) -> bool:
 def _teardown_doc(saved: str) -> str:
     out = []
     for table, lines in _our_lines(saved).items():
-        chains = [x[1:].split()[0] for x in lines if x.startswith(":")]
-        jumps = [(t, b, c) for t, b, c in _jumps(saved) if t == table]
-        out += [f"*{table}", *(f"-D {b} -j {c}" for _, b, c in jumps)]
-        out += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains] + ["COMMIT"]
+        out += _removal(table, lines, saved)
     return "\n".join(out) + "\n" if out else ""
 
 

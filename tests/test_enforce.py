@@ -207,3 +207,45 @@ def test_identical_reapply_keeps_the_nflog_counters(topo):
     assert counted >= 1
     apply(topo)
     assert nflog_packets(topo) == counted
+
+
+ROLLBACK = """
+import ipaddress, json, sys
+from dataclasses import replace
+from sentinel import netfilter
+from sentinel.errors import SentinelError
+from sentinel.policy import load_policy
+from sentinel.rules import Rule, render_rules
+policy = load_policy("policies/mem0.yaml")
+good = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
+netfilter.apply(good)
+before = netfilter.read_state()
+moved = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.7")]})
+# the kernel refuses the IPv6 part (a jump to a chain that does not exist), after IPv4 committed
+bad = replace(moved, rules=moved.rules + ((6, Rule("filter", "SENTINEL-OUT", "NO-SUCH-CHAIN")),))
+try:
+    netfilter.apply(bad)
+    print(json.dumps({"raised": False}))
+except SentinelError as exc:
+    after = netfilter.read_state()
+    print(json.dumps({"raised": True, "message": exc.message,
+                      "same": after.sha256() == before.sha256() == good.sha256(),
+                      "v4": after.text[4], "sets": [s.entries for s in after.sets]}))
+"""
+
+
+def test_kernel_refusal_midway_rolls_everything_back(topo):
+    out = json.loads(topo.run("app", topo_python(), "-c", ROLLBACK).stdout)
+    assert out["raised"] and "ip6tables-nft-restore" in out["message"], out
+    assert out["same"], f"the IPv4 commit and the set swap must be undone: {out}"
+    assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]  # the old pin is still allowed
+
+
+def test_kernel_refusal_on_the_first_apply_leaves_nothing_half_applied(topo):
+    code = ROLLBACK.replace("netfilter.apply(good)\n", "", 1).replace(
+        '"same": after.sha256() == before.sha256() == good.sha256(),', '"same": not after.present,')
+    out = json.loads(topo.run("app", topo_python(), "-c", code).stdout)
+    assert out["raised"], out
+    assert out["same"], f"nothing of ours may stay after a refused first apply: {out}"
+    assert "SENTINEL" not in save(topo) and "SENTINEL" not in save(topo, "ip6tables-nft-save")
