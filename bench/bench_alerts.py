@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentinel.alerts import AlertDispatcher  # noqa: E402
-from sentinel.alerts.receiver import Receiver  # noqa: E402
-from sentinel.events import Event  # noqa: E402
-from sentinel.policy import parse_policy  # noqa: E402
+from sentinel.lab.alertreceiver import Receiver  # noqa: E402
+from sentinel.policy.load import parse_policy  # noqa: E402
+from sentinel.store.events import Event  # noqa: E402
 
 POLICY = """
 version: 1

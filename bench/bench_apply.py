@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from sentinel import netfilter
-from sentinel.policy import parse_policy
-from sentinel.rules import render_rules
+from sentinel.enforce import netfilter
+from sentinel.enforce.render import render_rules
+from sentinel.policy.load import parse_policy
 
 SIZES = (10, 1_000, 10_000)
 PACKETS = 20_000
@@ -33,7 +33,9 @@ def policy_text(n: int) -> str:
     # the last entry is the peer the packet test sends to, so a linear scan walks them all
     hosts = [str(ipaddress.ip_address("198.19.0.1") + i) for i in range(n - 1)] + ["198.18.0.2"]
     lines = "".join(f"  - {{name: e{i}, host: {h}, ports: [9000]}}\n" for i, h in enumerate(hosts))
-    return "version: 1\nallow:\n" + lines.replace("ports: [9000]}\n", "ports: [9000], protocol: udp}\n")
+    return "version: 1\nallow:\n" + lines.replace(
+        "ports: [9000]}\n", "ports: [9000], protocol: udp}\n"
+    )
 
 
 def flat_text(n: int) -> str:
@@ -68,8 +70,21 @@ def measure(mode: str, n: int) -> tuple[float, float]:
     try:
         sh("ip", "netns", "add", app)
         sh("ip", "netns", "add", peer)
-        sh("ip", "-n", app, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-           "netns", peer)
+        sh(
+            "ip",
+            "-n",
+            app,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            peer,
+        )
         for ns, addr in ((app, "198.18.0.1/24"), (peer, "198.18.0.2/24")):
             sh("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
@@ -91,16 +106,21 @@ def main() -> None:
             apply_ms = statistics.median(r[0] for r in runs) * 1000
             per_packet = statistics.median(r[1] for r in runs)
             results[(mode, n)] = (apply_ms, per_packet)
-            label = {"sentinel": "sentinel (ipset+nft)", "iptables-nft": "flat iptables-nft-restore",
-                     "iptables-legacy": "flat legacy-restore"}[mode]
+            label = {
+                "sentinel": "sentinel (ipset+nft)",
+                "iptables-nft": "flat iptables-nft-restore",
+                "iptables-legacy": "flat legacy-restore",
+            }[mode]
             print(f"{n:>8} {label:>22} {apply_ms:>18.1f} {per_packet:>10.2f}")
     big = SIZES[-1]
     ratio = results[("sentinel", big)][0] / results[("iptables-nft", big)][0]
     print(f"\nratio sentinel/iptables-nft-restore apply at {big}: {ratio:.2f}x (goal <= 2x)")
     growth = results[("sentinel", big)][1] / results[("sentinel", SIZES[0])][1]
     flat_growth = results[("iptables-nft", big)][1] / results[("iptables-nft", SIZES[0])][1]
-    print(f"per-packet cost growth {SIZES[0]} -> {big} entries: sentinel {growth:.2f}x, "
-          f"flat nft rules {flat_growth:.2f}x")
+    print(
+        f"per-packet cost growth {SIZES[0]} -> {big} entries: sentinel {growth:.2f}x, "
+        f"flat nft rules {flat_growth:.2f}x"
+    )
 
 
 if __name__ == "__main__":

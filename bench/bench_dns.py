@@ -102,9 +102,9 @@ def pin_fast_path(rounds: int) -> dict:
     """Time netfilter.update_sets (render + ipset restore) over alternating pin changes."""
     import ipaddress
 
-    from sentinel import netfilter
-    from sentinel.policy import parse_policy
-    from sentinel.rules import render_rules
+    from sentinel.enforce import netfilter
+    from sentinel.enforce.render import render_rules
+    from sentinel.policy.load import parse_policy
 
     policy = parse_policy(POLICY.replace("5300", "5301"))
     pins = {n: [ipaddress.ip_address(a)] for n, a in RECORDS.items()}

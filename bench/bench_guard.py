@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from sentinel.guard import guard_path  # noqa: E402
 from sentinel.guard.compile import write_allowlist  # noqa: E402
-from sentinel.policy import load_policy  # noqa: E402
+from sentinel.policy.load import load_policy  # noqa: E402
 
 POLICY = """\
 version: 1

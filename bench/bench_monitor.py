@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sentinel.netns import PYTHON, Topology
+from sentinel.lab.netns import PYTHON, Topology
 
 PINS = ("--pin", "postgres=198.18.0.2", "--pin", "neo4j=198.18.0.3", "--pin", "ollama=198.18.0.4")
 
@@ -111,7 +111,7 @@ def main() -> None:
             "app",
             PYTHON,
             "-m",
-            "sentinel.monitor",
+            "sentinel.detect.nflog",
             "--policy",
             "policies/mem0.yaml",
             "--seconds",

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from sentinel.netns import HELPERS, PYTHON, Topology
+from sentinel.lab.netns import HELPERS, PYTHON, Topology
 
 RECORDS = {
     "postgres": {"A": ["198.18.0.2"]},
@@ -130,7 +130,7 @@ def soak(minutes: float, rate: int, allowed: int) -> dict:
         dns_server(topo, work, seconds + 300)
         long_listeners(topo, seconds + 300)
         receiver = topo.spawn(
-            "app", PYTHON, "-m", "sentinel.alerts.receiver", "--host", "127.0.0.1",
+            "app", PYTHON, "-m", "sentinel.lab.alertreceiver", "--host", "127.0.0.1",
             "--port", str(RECEIVER_PORT), "--seconds", str(seconds + 300),
         )  # fmt: skip
         assert receiver.stdout.readline().strip() == "ready"

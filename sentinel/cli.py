@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 
-from . import netfilter
-from .decide import placeholder_pins, prepare_ruleset, run_policy_tests
-from .errors import EXIT_VIOLATION, BadInput, SentinelError
-from .pins import system_pins
-from .policy import Policy, load_policy
-from .state import APPLIED, read_json, record_applied, write_json
+from sentinel.enforce import netfilter
+from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
+from sentinel.policy.decide import placeholder_pins, prepare_ruleset, run_policy_tests
+from sentinel.policy.load import Policy, load_policy
+from sentinel.resolver.system import system_pins
+from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 alert_app = typer.Typer(no_args_is_help=True, help="Alert sinks.")
@@ -115,11 +115,9 @@ def apply(
     state = netfilter.apply(ruleset, backend)
     if state.sha256() != ruleset.sha256():
         raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(
-        policy, ruleset, backend, pins, state.created_tables, full=state.rules_replaced
-    )
-    from .guard.compile import write_allowlist  # the in-process guard reads the same pins
-    from .state import state_dir
+    record_applied(policy, ruleset, backend, pins, state.created_tables, full=state.rules_replaced)
+    from sentinel.guard.compile import write_allowlist  # the in-process guard reads the same pins
+    from sentinel.store.state import state_dir
 
     write_allowlist(policy, pins, state_dir())
     typer.echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
@@ -148,8 +146,8 @@ def status_data() -> dict:
 
 def _guard_status() -> dict:
     """guard_active per guarded process, from what the guard receiver last wrote."""
-    from .guard.receiver import guard_processes
-    from .state import state_dir
+    from sentinel.guard.receiver import guard_processes
+    from sentinel.store.state import state_dir
 
     procs = guard_processes(state_dir()).get("processes", {})
     return {
@@ -165,8 +163,9 @@ def _guard_status() -> dict:
 @app.command()
 def status(fmt: FormatOpt = "table") -> None:
     """Mode, policy hash, expected vs kernel ruleset hash (exit 1 when they differ)."""
+    fmt = _format(fmt)  # arguments first: bad input never reaches the kernel
     data = status_data()
-    if _format(fmt) == "json":
+    if fmt == "json":
         typer.echo(json.dumps(data, indent=2))
     else:
         for key, value in data.items():
@@ -204,7 +203,7 @@ def export_cmd(
     """Print the policy as a Kubernetes NetworkPolicy or a CiliumNetworkPolicy."""
     import yaml  # local: only this command needs it
 
-    from .export import RENDERERS, ExportOptions, warnings
+    from sentinel.policy.export import RENDERERS, ExportOptions, warnings
 
     if target not in RENDERERS:
         raise BadInput(f"export: {target!r} is not one of: {', '.join(RENDERERS)}")
@@ -240,7 +239,7 @@ def lab(
     ] = None,
 ) -> None:
     """Bare-host demo (root, no Docker): the compose topology out of network namespaces."""
-    from .lab import run_lab  # local: heavy, and only this command needs it
+    from sentinel.lab.demo import run_lab  # local: heavy, and only this command needs it
 
     code = run_lab(app_cmd=app_cmd, out=out, policy_file=policy_file)
     if code:
@@ -261,12 +260,14 @@ def run(
     ] = None,
 ) -> None:
     """Apply, pin DNS, hot-reload, tamper-check; runs until SIGTERM (the deny stays)."""
-    from .daemon import Daemon  # local: threads, watchdog and the resolver only for `run`
-    from .log import configure
-    from .state import state_dir
+    from sentinel.log import configure
+    from sentinel.run.daemon import (
+        Daemon,  # local: threads, watchdog and the resolver only for `run`
+    )
+    from sentinel.store.state import state_dir
 
     configure(log_level, log_file=state_dir() / "sentinel.log")
-    from .services import SERVICES
+    from sentinel.run.services import SERVICES
 
     Daemon(
         _policy_path(policy_file), _backend(backend), teardown_on_exit, SERVICES, ready_file
@@ -285,8 +286,8 @@ def report(
     bundle: Annotated[Path | None, typer.Option(help="write an evidence bundle here")] = None,
 ) -> None:
     """Evidence for a window (default last 10m); exit 1 on external calls or ruleset drift."""
-    from . import report as rep  # local: only this command needs it
-    from .state import state_dir
+    from sentinel.evidence import report as rep  # local: only this command needs it
+    from sentinel.store.state import state_dir
 
     fmt = _format(fmt)
     window = rep.parse_window(last, since, until)
@@ -302,7 +303,7 @@ def report(
     if results is not None:
         rep.merge_results(results, data)
     if bundle is not None:
-        from .bundle import write_bundle
+        from sentinel.evidence.bundle import write_bundle
 
         write_bundle(bundle, data, state_dir())
     reason = rep.violation(data)
@@ -313,7 +314,7 @@ def report(
 @alert_app.command("test")
 def alert_test(policy_file: PolicyOpt = None) -> None:
     """Send one test alert through every configured sink and print each result."""
-    from .alerts import send_test_alerts
+    from sentinel.alerts import send_test_alerts
 
     policy = load_policy(_policy_path(policy_file))
     results = send_test_alerts(policy)
@@ -333,7 +334,7 @@ def guard_path_cmd(
     ] = False,
 ) -> None:
     """Print the directory to put on the app's PYTHONPATH (it holds sitecustomize.py)."""
-    from .guard import guard_path, pth_files
+    from sentinel.guard import guard_path, pth_files
 
     if pth:
         for path in pth_files():

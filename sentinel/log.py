@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .errors import BadInput
+from sentinel.errors import BadInput
 
 _configured = False
 
@@ -34,7 +34,7 @@ _PLAIN = {"cid", "event", "level", "timestamp", "component", "event_id"}
 
 def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """Nothing secret reaches a log line: secrets, tokens, e-mails and phones are masked."""
-    from .redact import redact_obj  # local: keeps `import sentinel.log` light
+    from sentinel.redact import redact_obj  # local: keeps `import sentinel.log` light
 
     return {k: v if k in _PLAIN else redact_obj(v, k) for k, v in event.items()}
 

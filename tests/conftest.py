@@ -8,7 +8,20 @@ import shutil
 
 import pytest
 
-from sentinel.netns import Topology
+from sentinel.lab.netns import Topology
+
+
+def unavailable(reason: str) -> None:
+    """Skip for a missing tool or privilege, but fail where CI requires everything to run."""
+    if os.environ.get("SENTINEL_REQUIRE_NETNS") == "1":
+        pytest.fail(f"required but unavailable under SENTINEL_REQUIRE_NETNS=1: {reason}")
+    pytest.skip(reason)
+
+
+def needs_tools(*tools: str) -> None:
+    missing = [tool for tool in tools if not shutil.which(tool)]
+    if missing:
+        unavailable(f"needs {', '.join(missing)}")
 
 
 def _netns_unavailable() -> str | None:
@@ -32,9 +45,7 @@ def topo(state_dir):
     """A fresh namespace topology per test, always deleted."""
     reason = _netns_unavailable()
     if reason:
-        if os.environ.get("SENTINEL_REQUIRE_NETNS") == "1":
-            pytest.fail(f"namespace tests required but unavailable: {reason}")
-        pytest.skip(reason)
+        unavailable(reason)
     topology = Topology().build()
     try:
         yield topology

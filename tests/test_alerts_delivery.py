@@ -19,9 +19,9 @@ from test_alerts_schemas import validate_pagerduty, validate_slack, validate_web
 
 from sentinel.alerts import AlertDispatcher, Backoff
 from sentinel.alerts.breaker import CLOSED, HALF_OPEN, OPEN
-from sentinel.alerts.receiver import Answer, Receiver
-from sentinel.events import Event
-from sentinel.policy import parse_policy
+from sentinel.lab.alertreceiver import Answer, Receiver
+from sentinel.policy.load import parse_policy
+from sentinel.store.events import Event
 
 POLICY = """
 version: 1

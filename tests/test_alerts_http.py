@@ -12,7 +12,7 @@ import pytest
 
 from sentinel.alerts import http as alert_http
 from sentinel.alerts.http import SO_MARK, make_client, post, resolve_marked
-from sentinel.alerts.receiver import Receiver
+from sentinel.lab.alertreceiver import Receiver
 from sentinel.redact import add_secret
 
 MARK = 0x5E47

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.netns import PYTHON
+from sentinel.lab.netns import PYTHON
 
 pytestmark = pytest.mark.netns
 
@@ -67,7 +67,7 @@ def test_marked_alert_delivery_passes_deny_all_unmarked_is_blocked(topo, tmp_pat
         "outside",
         PYTHON,
         "-m",
-        "sentinel.alerts.receiver",
+        "sentinel.lab.alertreceiver",
         "--host",
         "198.18.5.5",
         "--port",

@@ -21,7 +21,7 @@ from sentinel.alerts.model import P1, P2, P3, RESOLVE, TEST, Alert
 from sentinel.alerts.pagerduty import PagerDutySink
 from sentinel.alerts.slack import SlackSink
 from sentinel.alerts.webhook import WebhookSink
-from sentinel.policy import SinkSettings
+from sentinel.policy.load import SinkSettings
 
 UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$"

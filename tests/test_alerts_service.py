@@ -9,11 +9,11 @@ from pathlib import Path
 
 from sentinel.alerts.breaker import OPEN
 from sentinel.alerts.dispatcher import Backoff
-from sentinel.alerts.receiver import Answer, Receiver
 from sentinel.alerts.service import AlertService
-from sentinel.daemon import Context
-from sentinel.events import Event
-from sentinel.policy import parse_policy
+from sentinel.lab.alertreceiver import Answer, Receiver
+from sentinel.policy.load import parse_policy
+from sentinel.run.daemon import Context
+from sentinel.store.events import Event
 
 POLICY = """
 version: 1

@@ -14,7 +14,7 @@ from sentinel.alerts.model import P1, P2, P3, RESOLVE, Alert, severity_of
 from sentinel.alerts.outbox import SCHEMA_VERSION, Outbox, OutboxError, migrate
 from sentinel.alerts.ratelimit import TokenBucket
 from sentinel.alerts.router import Router
-from sentinel.events import Event
+from sentinel.store.events import Event
 
 
 class Clock:

@@ -4,13 +4,13 @@ outside host. One namespace topology for the module, mem0 policy applied once, a
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import textwrap
 
 import pytest
+from conftest import needs_tools, unavailable
 
-from sentinel.netns import Topology
+from sentinel.lab.netns import Topology
 
 pytestmark = pytest.mark.netns
 OUTSIDE4, OUTSIDE6 = "198.18.5.5", "2001:db8::5"
@@ -19,14 +19,13 @@ OUTSIDE4, OUTSIDE6 = "198.18.5.5", "2001:db8::5"
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory):
     if os.geteuid() != 0:
-        if os.environ.get("SENTINEL_REQUIRE_NETNS") == "1":
-            pytest.fail("namespace tests required but not root")
-        pytest.skip("needs root")
+        unavailable("needs root")
     state = tmp_path_factory.mktemp("state")
     topology = Topology().build()
     try:
-        result = topology.sentinel("apply", "--policy", "policies/mem0.yaml",
-                                   env={"SENTINEL_STATE_DIR": str(state)})
+        result = topology.sentinel(
+            "apply", "--policy", "policies/mem0.yaml", env={"SENTINEL_STATE_DIR": str(state)}
+        )
         assert result.returncode == 0, result.stderr
         yield topology
     finally:
@@ -42,8 +41,9 @@ def nothing_reaches_outside(topo):
 
 def py(topo, code: str, *prefix: str, timeout: float = 20):
     """Run Python code inside the app namespace; returns (rc, stdout + stderr)."""
-    result = topo.run("app", *prefix, sys.executable, "-c", textwrap.dedent(code), check=False,
-                      timeout=timeout)
+    result = topo.run(
+        "app", *prefix, sys.executable, "-c", textwrap.dedent(code), check=False, timeout=timeout
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -65,15 +65,18 @@ def outside_link_local(topo) -> str:
     return out.split("inet6 ")[1].split("/")[0]
 
 
-@pytest.mark.parametrize("name, family, addr", [
-    ("ipv4 literal", "socket.AF_INET", (OUTSIDE4, 443)),
-    ("ipv6 global", "socket.AF_INET6", (OUTSIDE6, 443)),
-    ("ipv4-mapped ipv6", "socket.AF_INET6", ("::ffff:" + OUTSIDE4, 443)),
-    ("doh to ip literal", "socket.AF_INET", (OUTSIDE4, 443)),
-    ("dns over tls", "socket.AF_INET", (OUTSIDE4, 853)),
-    ("allowlisted ip other port", "socket.AF_INET", ("198.18.0.2", 443)),
-    ("other ip allowlisted port", "socket.AF_INET", (OUTSIDE4, 11434)),
-])
+@pytest.mark.parametrize(
+    "name, family, addr",
+    [
+        ("ipv4 literal", "socket.AF_INET", (OUTSIDE4, 443)),
+        ("ipv6 global", "socket.AF_INET6", (OUTSIDE6, 443)),
+        ("ipv4-mapped ipv6", "socket.AF_INET6", ("::ffff:" + OUTSIDE4, 443)),
+        ("doh to ip literal", "socket.AF_INET", (OUTSIDE4, 443)),
+        ("dns over tls", "socket.AF_INET", (OUTSIDE4, 853)),
+        ("allowlisted ip other port", "socket.AF_INET", ("198.18.0.2", 443)),
+        ("other ip allowlisted port", "socket.AF_INET", (OUTSIDE4, 11434)),
+    ],
+)
 def test_tcp_routes_are_blocked(topo, name, family, addr):
     rc, out = py(topo, CONNECT.format(family=family, addr=addr))
     assert "BLOCKED" in out, (name, out)
@@ -88,7 +91,9 @@ def test_ipv6_link_local_is_blocked(topo):
 @pytest.mark.parametrize("addr", [(OUTSIDE4, 443), (OUTSIDE6, 443), (OUTSIDE4, 53), (OUTSIDE6, 53)])
 def test_udp_quic_and_foreign_dns_never_leave(topo, addr):
     # port 53 is redirected to the sentinel's resolver, anything else is rejected
-    rc, out = py(topo, f"""
+    rc, out = py(
+        topo,
+        f"""
         import socket
         s = socket.socket(socket.AF_INET6 if ':' in {addr[0]!r} else socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(0.5)
@@ -101,7 +106,8 @@ def test_udp_quic_and_foreign_dns_never_leave(topo, addr):
             s.recv(64); print("ANSWERED")
         except OSError as exc:
             print("NO ANSWER", type(exc).__name__)
-    """)
+    """,
+    )
     assert "ANSWERED" not in out, out
 
 
@@ -119,7 +125,9 @@ def test_icmp_ping_is_blocked(topo):
 
 
 def test_raw_socket_is_blocked(topo):
-    rc, out = py(topo, f"""
+    rc, out = py(
+        topo,
+        f"""
         import socket, struct
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         src, dst = socket.inet_aton("198.18.0.10"), socket.inet_aton({OUTSIDE4!r})
@@ -129,18 +137,23 @@ def test_raw_socket_is_blocked(topo):
             s.sendto(header + udp, ({OUTSIDE4!r}, 0)); print("SENT")
         except OSError as exc:
             print("BLOCKED", type(exc).__name__)
-    """)
+    """,
+    )
     assert "BLOCKED" in out, out
 
 
-@pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
 def test_curl_subprocess_is_blocked(topo):
+    needs_tools("curl")
     result = topo.run("app", "curl", "-sS", "-m", "2", f"http://{OUTSIDE4}:443/", check=False)
-    assert result.returncode == 7 and "Failed to connect" in result.stderr, result.stderr  # refused at once
+    assert result.returncode == 7 and "Failed to connect" in result.stderr, (
+        result.stderr
+    )  # refused at once
 
 
 def test_ctypes_libc_connect_is_blocked(topo):
-    rc, out = py(topo, f"""
+    rc, out = py(
+        topo,
+        f"""
         import ctypes, socket, struct
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
@@ -148,21 +161,27 @@ def test_ctypes_libc_connect_is_blocked(topo):
         addr = struct.pack("=H", socket.AF_INET) + addr[2:]
         rc = libc.connect(fd, ctypes.c_char_p(addr), len(addr))
         print("CONNECTED" if rc == 0 else "BLOCKED errno=%d" % ctypes.get_errno())
-    """)
+    """,
+    )
     assert "BLOCKED errno=111" in out, out  # ECONNREFUSED from the REJECT
 
 
 def test_forked_child_is_blocked(topo):
-    rc, out = py(topo, CONNECT.format(family="socket.AF_INET", addr=(OUTSIDE4, 443)).replace(
-        "s = socket.socket", "import os\nif os.fork():\n    os.wait(); sys.exit()\ns = socket.socket"))
+    rc, out = py(
+        topo,
+        CONNECT.format(family="socket.AF_INET", addr=(OUTSIDE4, 443)).replace(
+            "s = socket.socket",
+            "import os\nif os.fork():\n    os.wait(); sys.exit()\ns = socket.socket",
+        ),
+    )
     assert "BLOCKED" in out, out
 
 
 DROP_NET_ADMIN = ("capsh", "--drop=cap_net_admin,cap_net_raw", "--")
 
 
-@pytest.mark.skipif(not shutil.which("capsh"), reason="capsh not installed")
 def test_so_mark_forgery_needs_cap_net_admin(topo, tmp_path):
+    needs_tools("capsh")
     code = f"""
         import socket
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -184,13 +203,18 @@ def test_so_mark_forgery_needs_cap_net_admin(topo, tmp_path):
     assert "BLOCKED" in result.stdout
 
 
-@pytest.mark.skipif(not shutil.which("capsh"), reason="capsh not installed")
 def test_flushing_rules_needs_cap_net_admin(topo):
+    needs_tools("capsh")
     before = _rules(topo)
     sets = topo.run("app", "ipset", "save").stdout
-    result = topo.run("app", *DROP_NET_ADMIN, "-c", "iptables-nft -F SENTINEL-OUT; "
-                      "ipset flush sentinel-allow4; iptables-nft -D OUTPUT -j SENTINEL-OUT",
-                      check=False)
+    result = topo.run(
+        "app",
+        *DROP_NET_ADMIN,
+        "-c",
+        "iptables-nft -F SENTINEL-OUT; "
+        "ipset flush sentinel-allow4; iptables-nft -D OUTPUT -j SENTINEL-OUT",
+        check=False,
+    )
     assert "Permission denied" in result.stderr or "not permitted" in result.stderr, result.stderr
     assert _rules(topo) == before
     assert topo.run("app", "ipset", "save").stdout == sets

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from sentinel.canary import CanaryResult, result_events
-from sentinel.policy import parse_policy
+from sentinel.detect.canary import CanaryResult, result_events
+from sentinel.policy.load import parse_policy
 
 PROBE = """
 import json
 from dataclasses import asdict
-from sentinel.canary import run_canaries
-from sentinel.policy import CanarySettings
+from sentinel.detect.canary import run_canaries
+from sentinel.policy.load import CanarySettings
 results = run_canaries(CanarySettings(target="198.18.5.5", target6="2001:db8::5", port=443))
 print(json.dumps([asdict(r) for r in results]))
 """
@@ -55,14 +55,23 @@ def test_escaped_probe_becomes_an_egress_event():
 
 
 def test_report_shows_last_canary_round_and_fails_on_an_escape(state_dir):
-    from sentinel.report import _canary, violation
-    from sentinel.state import write_json
+    from sentinel.evidence.report import _canary, violation
+    from sentinel.store.state import write_json
 
     assert _canary() is None
-    write_json("canary.json", {"ts": 1.0, "results": [
-        {"probe": "tcp4", "target": "198.18.5.5:443", "outcome": "escaped", "detail": "x"},
-        {"probe": "udp4", "target": "198.18.5.5:443", "outcome": "blocked", "detail": "y"}]})
+    write_json(
+        "canary.json",
+        {
+            "ts": 1.0,
+            "results": [
+                {"probe": "tcp4", "target": "198.18.5.5:443", "outcome": "escaped", "detail": "x"},
+                {"probe": "udp4", "target": "198.18.5.5:443", "outcome": "blocked", "detail": "y"},
+            ],
+        },
+    )
     canary = _canary()
     assert canary["outcomes"] == {"escaped": 1, "blocked": 1} and canary["escaped"] == 1
-    assert violation({"external_calls": 0, "drift": False, "canary": canary}) == \
-        "1 bypass canary probe(s) got out"
+    assert (
+        violation({"external_calls": 0, "drift": False, "canary": canary})
+        == "1 bypass canary probe(s) got out"
+    )

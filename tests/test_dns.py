@@ -13,9 +13,9 @@ import dns.rrset
 import pytest
 
 from sentinel import log
-from sentinel.dns import PinningResolver, parse_query
-from sentinel.pinning import PinManager, UpstreamError, is_external, rebinding_filter
-from sentinel.policy import DnsSettings
+from sentinel.policy.load import DnsSettings
+from sentinel.resolver.pins import PinManager, UpstreamError, is_external, rebinding_filter
+from sentinel.resolver.server import PinningResolver, parse_query
 
 ip = ipaddress.ip_address
 

@@ -186,7 +186,9 @@ def topo_python() -> str:
 def test_unwritable_state_dir_is_a_clear_error_and_the_deny_stays(topo, tmp_path):
     state = tmp_path / "ro-state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "sentinel-ro", str(state)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "sentinel-ro", str(state)], check=True
+    )
     try:
         result = topo.sentinel("apply", "--policy", MEM0, env={"SENTINEL_STATE_DIR": str(state)})
     finally:
@@ -212,10 +214,10 @@ def test_identical_reapply_keeps_the_nflog_counters(topo):
 ROLLBACK = """
 import ipaddress, json, sys
 from dataclasses import replace
-from sentinel import netfilter
+from sentinel.enforce import netfilter
 from sentinel.errors import SentinelError
-from sentinel.policy import load_policy
-from sentinel.rules import Rule, render_rules
+from sentinel.policy.load import load_policy
+from sentinel.enforce.render import Rule, render_rules
 policy = load_policy("policies/mem0.yaml")
 good = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
 netfilter.apply(good)
@@ -244,7 +246,8 @@ def test_kernel_refusal_midway_rolls_everything_back(topo):
 
 def test_kernel_refusal_on_the_first_apply_leaves_nothing_half_applied(topo):
     code = ROLLBACK.replace("netfilter.apply(good)\n", "", 1).replace(
-        '"same": after.sha256() == before.sha256() == good.sha256(),', '"same": not after.present,')
+        '"same": after.sha256() == before.sha256() == good.sha256(),', '"same": not after.present,'
+    )
     out = json.loads(topo.run("app", topo_python(), "-c", code).stdout)
     assert out["raised"], out
     assert out["same"], f"nothing of ours may stay after a refused first apply: {out}"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from sentinel import events as ev
 from sentinel.errors import SentinelError
-from sentinel.events import Event, EventStore
+from sentinel.store import events as ev
+from sentinel.store.events import Event, EventStore
 
 
 def _attempt(**kw) -> Event:
@@ -98,7 +98,7 @@ def test_store_as_daemon_service(tmp_path, monkeypatch):
     monkeypatch.setenv("SENTINEL_STATE_DIR", str(tmp_path))
     from types import SimpleNamespace
 
-    from sentinel.policy import MonitorSettings
+    from sentinel.policy.load import MonitorSettings
 
     sinks = []
     ctx = SimpleNamespace(policy=SimpleNamespace(monitor=MonitorSettings()), add_sink=sinks.append)

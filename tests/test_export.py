@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from sentinel.export import ExportOptions, classify, to_cilium, to_network_policy, warnings
-from sentinel.policy import Allow, load_policy, parse_policy
+from sentinel.policy.export import ExportOptions, classify, to_cilium, to_network_policy, warnings
+from sentinel.policy.load import Allow, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "tests" / "schemas"

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_tools, unavailable
 
 from sentinel.guard import PTH_FILE, RUNTIME_FILE, guard_path
 from sentinel.guard.compile import allowlist_path, compile_allowlist, write_allowlist
 from sentinel.guard.receiver import GuardReceiver, guard_processes
-from sentinel.policy import load_policy, parse_policy
+from sentinel.policy.load import load_policy, parse_policy
 
 PYTHON = sys.executable
 POLICY = """\
@@ -83,8 +84,9 @@ def connect(host, port, family=socket.AF_INET, kind=socket.SOCK_STREAM):
 
 
 def needs_root() -> None:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and unshare (private network namespace)")
+    if os.geteuid() != 0:
+        unavailable("needs root (private network namespace)")
+    needs_tools("unshare")
 
 
 def write_policy(tmp_path: Path, text: str = POLICY) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.netns import PYTHON, Topology
+from sentinel.lab.netns import PYTHON, Topology
 from tests.test_run import (
     ONLY_OLLAMA,
     RECORDS,
@@ -275,7 +275,8 @@ print(json.dumps(out))
 
 
 def test_uvloop_app_is_invisible_to_the_guard_but_blocked_and_recorded_by_netfilter(topo, tmp_path):
-    uvloop = pytest.importorskip("uvloop", reason="uvloop not installed (pip install uvloop)")
+    import uvloop  # a test extra: its absence is a broken install, not a skip
+
     assert uvloop
     topo.start_dns_server(RECORDS, tmp_path, ttl=1)
     s = start(topo, tmp_path)
@@ -310,7 +311,7 @@ class Receiver:
             "app",
             PYTHON,
             "-m",
-            "sentinel.alerts.receiver",
+            "sentinel.lab.alertreceiver",
             "--host",
             "127.0.0.1",
             "--port",
@@ -391,7 +392,7 @@ def _question(*labels: bytes) -> bytes:
 
 
 def test_name_length_limit_is_rfc_1035s_255_octets():
-    from sentinel.dns import parse_query
+    from sentinel.resolver.server import parse_query
 
     longest = _question(*[b"a" * 63] * 3, b"a" * 61)  # 3*64 + 62 + 1 = 255 octets
     assert parse_query(longest) is not None
@@ -400,7 +401,7 @@ def test_name_length_limit_is_rfc_1035s_255_octets():
 
 
 def test_hostile_label_bytes_are_escaped_not_passed_on():
-    from sentinel.dns import parse_query
+    from sentinel.resolver.server import parse_query
 
     q = parse_query(_question(b"A\x1b[0m\x00\n\\.", b"Example", b"com"))
     assert q is not None and q.name == "a\\027[0m\\000\\010\\092\\046.example.com"

@@ -18,10 +18,16 @@ def test_log_lines_are_redacted_but_keep_our_digests(tmp_path):
     try:
         with correlation("6c0e4a8e-1f7b-4a53-9a57-0d3f5e0e8e11"):
             get_logger("test").info(
-                "tamper", detail={"expected": "a" * 64, "found": "b" * 64,
-                                  "url": "https://hooks.example.test/T000/B000/super-secret-path"},
+                "tamper",
+                detail={
+                    "expected": "a" * 64,
+                    "found": "b" * 64,
+                    "url": "https://hooks.example.test/T000/B000/super-secret-path",
+                },
                 note="call +1 415 555 0100, write to ops@example.com",
-                api_key="sk-abcdefghijklmnopqrstuvwxyz", other="c" * 64)
+                api_key="sk-abcdefghijklmnopqrstuvwxyz",
+                other="c" * 64,
+            )
     finally:
         configure("info")
     (line,) = lines(buf)

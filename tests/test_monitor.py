@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentinel.monitor import (
+from sentinel.detect.nflog import (
     NFULA_PAYLOAD,
     NFULA_PREFIX,
     NFULA_SEQ,
@@ -21,7 +21,7 @@ from sentinel.monitor import (
     parse_ip,
     parse_nflog,
 )
-from sentinel.policy import MonitorSettings
+from sentinel.policy.load import MonitorSettings
 
 
 def ipv4(proto: int, rest: bytes, dst: str = "198.18.5.5", frag: int = 0) -> bytes:
@@ -151,8 +151,8 @@ def test_folder_is_bounded():
 
 
 def test_canary_probes_are_told_apart_by_their_mark():
-    from sentinel.canary import CANARY_MARK
-    from sentinel.monitor import NFULA_MARK
+    from sentinel.detect.canary import CANARY_MARK
+    from sentinel.detect.nflog import NFULA_MARK
 
     monitor, got = _monitor()
     probe = nflog(ipv4(6, tcp())) + _attr(NFULA_MARK, struct.pack("!I", CANARY_MARK))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.netns import PYTHON
+from sentinel.lab.netns import PYTHON
 
 pytestmark = pytest.mark.netns
 
@@ -75,7 +75,7 @@ def start_monitor(topo, policy):
         "app",
         PYTHON,
         "-m",
-        "sentinel.monitor",
+        "sentinel.detect.nflog",
         "--policy",
         policy,
         "--heartbeat",
@@ -270,7 +270,9 @@ def test_netflow_counts_across_a_reapply(topo, state_dir, tmp_path):
     kept = next(r for r in same["netflow"] if r["upstream"] == "postgres")
     assert kept["packets_since_apply"] == before["packets"]  # identical rules: nothing reset
     changed = tmp_path / "mem0-other-mark.yaml"  # other rules: a full apply, counters zeroed
-    changed.write_text(Path("policies/mem0.yaml").read_text().replace("version: 1", "version: 1\nmark: 0x5e46", 1))
+    changed.write_text(
+        Path("policies/mem0.yaml").read_text().replace("version: 1", "version: 1\nmark: 0x5e46", 1)
+    )
     assert topo.sentinel("apply", "--policy", str(changed), *PINS).returncode == 0
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     code, data = report(topo, "--since", str(since))

@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import pytest
+from conftest import unavailable
 
 from sentinel.alerts.model import Alert
 from sentinel.alerts.outbox import Outbox
@@ -12,14 +13,19 @@ from sentinel.alerts.outbox import Outbox
 
 @pytest.fixture
 def sample_alert() -> Alert:
-    return Alert(severity="P1", kind="egress_attempt", title="egress attempt to 198.18.5.5:443",
-                 dedup_key="k", correlation_id="6c0e4a8e-1f7b-4a53-9a57-0d3f5e0e8e11")
+    return Alert(
+        severity="P1",
+        kind="egress_attempt",
+        title="egress attempt to 198.18.5.5:443",
+        dedup_key="k",
+        correlation_id="6c0e4a8e-1f7b-4a53-9a57-0d3f5e0e8e11",
+    )
 
 
 @pytest.fixture
 def tmpfs(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
+        unavailable("needs root to mount a tmpfs")
     path = tmp_path / "state"
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "sentinel-t", str(path)], check=True)

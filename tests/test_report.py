@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sentinel import report as rep
 from sentinel.cli import app
 from sentinel.errors import BadInput
-from sentinel.events import Event
+from sentinel.evidence import report as rep
+from sentinel.store.events import Event
 
 NOW = 1_800_000_000.0
 APPLIED = {

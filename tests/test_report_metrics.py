@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from sentinel import metrics
-from sentinel.events import Event
+from sentinel.evidence import metrics
+from sentinel.store.events import Event
 
 
 class _Fake:

@@ -6,10 +6,16 @@ import ipaddress
 
 import pytest
 
-from sentinel.decide import Packet, decide, placeholder_pins, prepare_ruleset, run_policy_tests
+from sentinel.enforce.render import render_rules
 from sentinel.errors import SentinelError
-from sentinel.policy import load_policy, parse_policy
-from sentinel.rules import render_rules
+from sentinel.policy.decide import (
+    Packet,
+    decide,
+    placeholder_pins,
+    prepare_ruleset,
+    run_policy_tests,
+)
+from sentinel.policy.load import load_policy, parse_policy
 
 ip = ipaddress.ip_address
 PINS = {

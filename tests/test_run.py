@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.netns import PYTHON, Topology
+from sentinel.lab.netns import PYTHON, Topology
 
 RECORDS = {
     "postgres": {"A": ["198.18.0.2"], "AAAA": ["2001:db8::2"]},
@@ -424,7 +424,9 @@ def test_ready_file_says_everything_is_up_and_goes_away_on_stop(upstream, tmp_pa
     assert ready.read_text().strip() == app_netns  # the compose gate compares exactly this
     daemon = json.loads((Path(os.environ["SENTINEL_STATE_DIR"]) / "daemon.json").read_text())
     assert daemon["ready"] is True
-    assert daemon["services"] == sorted(["store", "monitor", "guard", "alerts", "canary", "metrics"])
+    assert daemon["services"] == sorted(
+        ["store", "monitor", "guard", "alerts", "canary", "metrics"]
+    )
     assert (Path(os.environ["SENTINEL_STATE_DIR"]) / "guard" / "allowlist.json").exists()
     assert s.stop() == 0
     assert not ready.exists()

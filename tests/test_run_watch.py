@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.watch import PolicyWatcher
+from sentinel.policy.watch import PolicyWatcher
 
 
 class Calls:

@@ -1,10 +1,10 @@
 """Alerting: P1/P2/P3 routing, dedup and roll-ups, a persisted outbox, PagerDuty/Slack/webhook."""
 
-from .breaker import BreakerSettings, CircuitBreaker
-from .dispatcher import AlertDispatcher, Backoff, TestResult, send_test_alerts
-from .model import SEVERITY_BY_KIND, Alert, severity_of
-from .outbox import read_summary
-from .registry import SINK_TYPES, build_sinks
+from sentinel.alerts.breaker import BreakerSettings, CircuitBreaker
+from sentinel.alerts.dispatcher import AlertDispatcher, Backoff, TestResult, send_test_alerts
+from sentinel.alerts.model import SEVERITY_BY_KIND, Alert, severity_of
+from sentinel.alerts.outbox import read_summary
+from sentinel.alerts.registry import SINK_TYPES, build_sinks
 
 __all__ = [
     "SEVERITY_BY_KIND",

@@ -9,9 +9,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..policy import SinkSettings
-from ..redact import add_secret
-from .model import Alert
+from sentinel.alerts.model import Alert
+from sentinel.policy.load import SinkSettings
+from sentinel.redact import add_secret
 
 
 class SinkNotConfigured(Exception):

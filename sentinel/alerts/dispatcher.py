@@ -25,17 +25,17 @@ from typing import Any
 import httpx
 import structlog
 
-from ..events import Event
-from ..policy import Policy
-from ..redact import redact_text
-from .base import Sink
-from .breaker import OPEN, BreakerSettings, CircuitBreaker
-from .http import DEFAULT_TIMEOUT, OK, REJECTED, Result, make_client, post
-from .model import RESOLVE, TEST, Alert, dedup_key_for
-from .outbox import FILENAME, Outbox, Row
-from .ratelimit import TokenBucket
-from .registry import build_sinks
-from .router import Router
+from sentinel.alerts.base import Sink
+from sentinel.alerts.breaker import OPEN, BreakerSettings, CircuitBreaker
+from sentinel.alerts.http import DEFAULT_TIMEOUT, OK, REJECTED, Result, make_client, post
+from sentinel.alerts.model import RESOLVE, TEST, Alert, dedup_key_for
+from sentinel.alerts.outbox import FILENAME, Outbox, Row
+from sentinel.alerts.ratelimit import TokenBucket
+from sentinel.alerts.registry import build_sinks
+from sentinel.alerts.router import Router
+from sentinel.policy.load import Policy
+from sentinel.redact import redact_text
+from sentinel.store.events import Event
 
 log = structlog.get_logger("sentinel.alerts")
 

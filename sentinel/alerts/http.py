@@ -28,7 +28,7 @@ import httpcore
 import httpx
 from httpcore._backends.sync import SyncStream  # httpcore's own stream over a plain socket
 
-from ..redact import redact_text
+from sentinel.redact import redact_text
 
 SO_MARK = getattr(socket, "SO_MARK", 36)  # Linux value; older Pythons lack the constant
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=3.0)

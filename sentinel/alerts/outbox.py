@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from ..errors import SentinelError
-from .model import PRIORITY, Alert
+from sentinel.alerts.model import PRIORITY, Alert
+from sentinel.errors import SentinelError
 
 log = structlog.get_logger("sentinel.alerts.outbox")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .base import Sink, dropped_note, iso8601, to_body
-from .model import P1, P2, P3, RESOLVE, TEST, Alert
+from sentinel.alerts.base import Sink, dropped_note, iso8601, to_body
+from sentinel.alerts.model import P1, P2, P3, RESOLVE, TEST, Alert
 
 DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
 SEVERITY = {P1: "critical", P2: "error", P3: "warning", TEST: "info"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..policy import AlertSettings
-from .base import Sink, SinkNotConfigured
-from .pagerduty import PagerDutySink
-from .slack import SlackSink
-from .webhook import WebhookSink
+from sentinel.alerts.base import Sink, SinkNotConfigured
+from sentinel.alerts.pagerduty import PagerDutySink
+from sentinel.alerts.slack import SlackSink
+from sentinel.alerts.webhook import WebhookSink
+from sentinel.policy.load import AlertSettings
 
 SINK_TYPES: dict[str, type[Sink]] = {
     "slack": SlackSink,

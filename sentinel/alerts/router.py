@@ -19,9 +19,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import Event
-from ..redact import redact_obj, redact_text
-from .model import EGRESS_KINDS, P1, P2, P3, RESOLVE, Alert, dedup_key_for, severity_of
+from sentinel.alerts.model import (
+    EGRESS_KINDS,
+    P1,
+    P2,
+    P3,
+    RESOLVE,
+    Alert,
+    dedup_key_for,
+    severity_of,
+)
+from sentinel.redact import redact_obj, redact_text
+from sentinel.store.events import Event
 
 DEFAULT_DIGEST_WINDOWS = {P2: 15 * 60.0, P3: 60 * 60.0}
 _MAX_SAMPLES = 10

@@ -15,11 +15,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..events import Event
-from ..log import get_logger
-from ..policy import Policy
-from ..state import state_dir
-from .dispatcher import AlertDispatcher
+from sentinel.alerts.dispatcher import AlertDispatcher
+from sentinel.log import get_logger
+from sentinel.policy.load import Policy
+from sentinel.store.events import Event
+from sentinel.store.state import state_dir
 
 log = get_logger("alerts")
 

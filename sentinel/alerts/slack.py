@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .base import Sink, dropped_note
-from .model import P1, P2, P3, TEST, Alert
+from sentinel.alerts.base import Sink, dropped_note
+from sentinel.alerts.model import P1, P2, P3, TEST, Alert
 
 EMOJI = {
     P1: ":rotating_light:",

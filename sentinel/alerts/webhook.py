@@ -12,8 +12,8 @@ import hmac
 import time
 from typing import Any
 
-from .base import Sink, dropped_note, iso8601, to_body
-from .model import Alert
+from sentinel.alerts.base import Sink, dropped_note, iso8601, to_body
+from sentinel.alerts.model import Alert
 
 SCHEMA_VERSION = 1
 

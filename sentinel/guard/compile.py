@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import SentinelError
-from ..policy import Policy
-from . import ALLOWLIST_FORMAT
+from sentinel.errors import SentinelError
+from sentinel.guard import ALLOWLIST_FORMAT
+from sentinel.policy.load import Policy
 
 ALLOWLIST_DIR = "guard"
 ALLOWLIST_NAME = "allowlist.json"

@@ -22,8 +22,8 @@ from typing import Any
 
 import structlog
 
-from ..events import Event
-from ..state import state_dir as default_state_dir
+from sentinel.store.events import Event
+from sentinel.store.state import state_dir as default_state_dir
 
 SOCKET_NAME = "guard.sock"
 PROCESSES_FILE = "guard_processes.json"

@@ -275,7 +275,7 @@ def _json_dumps(value):
 
 
 def _policy_sha(path):
-    """Same digest as sentinel.policy.parse_policy: sha256 of the UTF-8 text."""
+    """Same digest as sentinel.policy.load.parse_policy: sha256 of the UTF-8 text."""
     with open(path, "rb") as f:
         raw = f.read()
     return _sha256_hex(raw.decode("utf-8", "replace").encode())

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
-from .yamlsrc import Located, YamlSyntaxError, load_located
+from sentinel.errors import BadInput
+from sentinel.policy.yamlsrc import Located, YamlSyntaxError, load_located
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

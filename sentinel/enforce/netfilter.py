@@ -14,8 +14,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field, replace
 
-from .errors import SentinelError
-from .rules import (
+from sentinel.enforce.render import (
     CHAIN_DENY,
     CHAIN_DNS,
     CHAIN_OUT,
@@ -25,6 +24,7 @@ from .rules import (
     canonical_lines,
     ruleset_hash,
 )
+from sentinel.errors import SentinelError
 
 OUR_CHAINS = (CHAIN_OUT, CHAIN_DENY, CHAIN_DNS)
 TABLES = ("filter", "nat")

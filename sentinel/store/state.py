@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SentinelError
+from sentinel.errors import SentinelError
 
 if TYPE_CHECKING:
-    from .policy import Policy
-    from .rules import Ruleset
+    from sentinel.enforce.render import Ruleset
+    from sentinel.policy.load import Policy
 
 DEFAULT_STATE_DIR = "/var/lib/sentinel"
 APPLIED = "applied.json"

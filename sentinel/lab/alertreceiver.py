@@ -5,7 +5,7 @@ prefix: a queue of answers consumed in order, then a default (202 for /pagerduty
 /slack, 200 otherwise). Answers can be 200/202, 400, 429 + Retry-After, 500, or slow.
 
 As a script (for a network namespace) it prints "ready", then one JSON line per request:
-    python -m sentinel.alerts.receiver --host 198.18.5.5 --port 8088 --seconds 60
+    python -m sentinel.lab.alertreceiver --host 198.18.5.5 --port 8088 --seconds 60
 """
 
 from __future__ import annotations

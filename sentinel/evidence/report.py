@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import events as ev
-from .errors import BadInput, SentinelError
-from .events import Event
+from sentinel.errors import BadInput, SentinelError
+from sentinel.store import events as ev
+from sentinel.store.events import Event
 
 TEN_MINUTES = 600.0
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
@@ -288,7 +288,7 @@ def guard_status(beats: list[Event], window: Window) -> dict[str, Any]:
 # --- kernel ---------------------------------------------------------------------------------
 def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
     """Hash, NFLOG counters per family and per-upstream set counters, read from the kernel."""
-    from . import netfilter
+    from sentinel.enforce import netfilter
 
     backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
     try:
@@ -426,7 +426,7 @@ def completeness(
 
 def _canary() -> dict[str, Any] | None:
     """The last round of bypass canaries (`canary:` in the policy), if any ran."""
-    from .state import read_json
+    from sentinel.store.state import read_json
 
     try:
         last = read_json("canary.json")
@@ -450,7 +450,7 @@ def build_report(
     applied: dict[str, Any] | None = None,
     kernel: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from .state import APPLIED, read_json
+    from sentinel.store.state import APPLIED, read_json
 
     applied = read_json(APPLIED) if applied is None else applied
     kernel = kernel_facts(applied) if kernel is None else kernel
@@ -473,7 +473,7 @@ def build_report(
 def _alert_summary(state: Path) -> dict[str, Any]:
     """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...)."""
     try:
-        from .alerts.outbox import read_summary
+        from sentinel.alerts.outbox import read_summary
 
         return {"sinks": read_summary(state)}
     except Exception as exc:  # noqa: BLE001 - the evidence must not fail on the alert outbox
@@ -488,7 +488,7 @@ def assemble(
     kernel: dict[str, Any],
     applied: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from .redact import redact_obj
+    from sentinel.redact import redact_obj
 
     inside = [e for e in events if window.since <= e.ts < window.until]
     all_beats = [e for e in events if e.kind == "monitor_heartbeat"]

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .canary import CANARY_MARK
-from .events import Event
+from sentinel.detect.canary import CANARY_MARK
+from sentinel.store.events import Event
 
 NETLINK_NETFILTER = 12
 SO_RCVBUFFORCE = 33
@@ -490,7 +490,7 @@ MAX_SET_ENTRIES = 1000  # per snapshot: entries with traffic, busiest first
 
 def kernel_snapshot(backend: str | None = None) -> dict[str, Any]:
     """NFLOG packets per family and per-entry set counters (entries with traffic only)."""
-    from . import netfilter
+    from sentinel.enforce import netfilter
 
     applied = _applied_info()
     state = netfilter.read_state(backend or applied.get("backend") or netfilter.DEFAULT_BACKEND)
@@ -513,7 +513,7 @@ def kernel_snapshot(backend: str | None = None) -> dict[str, Any]:
 
 def _applied_info() -> dict[str, Any]:
     """What is in force right now, as `sentinel apply` recorded it (cheap: one small file)."""
-    from .state import APPLIED, read_json
+    from sentinel.store.state import APPLIED, read_json
 
     try:
         applied = read_json(APPLIED) or {}
@@ -528,11 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import signal
 
-    from . import metrics
-    from .events import EventStore, db_path
-    from .policy import load_policy
+    from sentinel.evidence import metrics
+    from sentinel.policy.load import load_policy
+    from sentinel.store.events import EventStore, db_path
 
-    parser = argparse.ArgumentParser(prog="python -m sentinel.monitor")
+    parser = argparse.ArgumentParser(prog="python -m sentinel.detect.nflog")
     parser.add_argument("--policy", required=True)
     parser.add_argument("--heartbeat", type=float, default=5.0)
     parser.add_argument("--snapshot-every", type=float, default=30.0, help="kernel counters")

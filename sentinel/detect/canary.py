@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from .events import Event
-from .policy import CanarySettings, Policy
-from .state import write_json
+from sentinel.policy.load import CanarySettings, Policy
+from sentinel.store.events import Event
+from sentinel.store.state import write_json
 
 CANARY_MARK = 0x5E48
 SO_MARK = getattr(socket, "SO_MARK", 36)

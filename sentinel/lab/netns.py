@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HELPERS = Path(__file__).parent / "labtools"
+HELPERS = Path(__file__).parent / "tools"
 PYTHON = sys.executable
 V4 = "198.18.0.{}"
 V6 = "2001:db8::{}"

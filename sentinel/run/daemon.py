@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import netfilter
-from .decide import prepare_ruleset
-from .dns import PinningResolver
-from .errors import SentinelError
-from .events import Event
-from .log import correlation, get_logger
-from .pinning import PinManager, Upstream, parse_upstream
-from .policy import IPAddress, Policy, PolicyError, load_policy
-from .rules import Ruleset, render_rules
-from .state import APPLIED, read_json, record_applied, write_json
-from .watch import PolicyWatcher
+from sentinel.enforce import netfilter
+from sentinel.enforce.render import Ruleset, render_rules
+from sentinel.errors import SentinelError
+from sentinel.log import correlation, get_logger
+from sentinel.policy.decide import prepare_ruleset
+from sentinel.policy.load import IPAddress, Policy, PolicyError, load_policy
+from sentinel.policy.watch import PolicyWatcher
+from sentinel.resolver.pins import PinManager, Upstream, parse_upstream
+from sentinel.resolver.server import PinningResolver
+from sentinel.store.events import Event
+from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 
 DAEMON_STATE = "daemon.json"
 QUIET_KINDS = ("monitor_heartbeat", "kernel_counters", "guard_heartbeat", "canary_result")
@@ -322,7 +322,7 @@ class Daemon:
         yet, so the reading waits in `self.early` and is emitted once it is."""
         if self.ready and "monitor" not in self.ctx.services:
             return
-        from .monitor import kernel_snapshot
+        from sentinel.detect.nflog import kernel_snapshot
 
         try:
             if not netfilter.read_state(self.backend).present:

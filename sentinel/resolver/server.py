@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .events import Event
-from .log import correlation, get_logger
-from .pinning import PinManager, Upstream, normalize
-from .policy import IPAddress
+from sentinel.log import correlation, get_logger
+from sentinel.policy.load import IPAddress
+from sentinel.resolver.pins import PinManager, Upstream, normalize
+from sentinel.store.events import Event
 
 A, AAAA, IN = 1, 28, 1
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -315,7 +315,7 @@ class PinningResolver:
 def _malformed_counter():  # noqa: ANN202
     from prometheus_client import Counter
 
-    from .metrics import REGISTRY
+    from sentinel.evidence.metrics import REGISTRY
 
     return Counter(
         "sentinel_dns_malformed", "DNS queries the resolver could not parse", registry=REGISTRY

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .policy import Allow, Policy
+from sentinel.policy.load import Allow, Policy
 
 CLUSTER_SUFFIXES = (".svc.cluster.local", ".svc")
 KUBE_DNS_NS = {"kubernetes.io/metadata.name": "kube-system"}

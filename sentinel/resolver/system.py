@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from .policy import IPAddress, Policy
+from sentinel.policy.load import IPAddress, Policy
 
 
 def system_pins(

@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import events as ev
-from .errors import SentinelError
-from .redact import redact_obj, redact_text
+from sentinel.errors import SentinelError
+from sentinel.redact import redact_obj, redact_text
+from sentinel.store import events as ev
 
 MANIFEST = "MANIFEST.sha256"
 _ENV_REF = re.compile(r"\b\w+_env\s*:\s*[A-Z_][A-Z0-9_]*")
@@ -39,8 +39,8 @@ def write_bundle(
     directory: Path, report: dict[str, Any], state: Path, store: Path | None = None
 ) -> Path:
     """Write the bundle into `directory` (created; existing files of ours overwritten)."""
-    from .netfilter import BACKENDS, DEFAULT_BACKEND
-    from .rules import SET_NAME
+    from sentinel.enforce.netfilter import BACKENDS, DEFAULT_BACKEND
+    from sentinel.enforce.render import SET_NAME
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def _flows(report: dict[str, Any], store: Path) -> tuple[str, str]:
 
 
 def _policy_files(state: Path) -> dict[str, str]:
-    from .state import APPLIED, read_json
+    from sentinel.store.state import APPLIED, read_json
 
     applied = read_json(APPLIED) or {}
     summary = {k: v for k, v in applied.items() if k != "ruleset_text"}

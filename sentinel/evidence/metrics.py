@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
-from .events import LAYERS, Event
+from sentinel.store.events import LAYERS, Event
 
 COMPONENTS = ("resolver", "alerts", "store", "monitor", "guard", "apply")
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "dns", "other")

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import SentinelError
+from sentinel.errors import SentinelError
 
 LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
 VERDICTS = ("blocked", "audited", "info")
@@ -82,7 +82,7 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def db_path(directory: Path | None = None) -> Path:
-    from .state import state_dir
+    from sentinel.store.state import state_dir
 
     return (directory or state_dir()) / DB_NAME
 

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .policy import Allow, IPAddress, Policy
+from sentinel.policy.load import Allow, IPAddress, Policy
 
 CHAIN_OUT = "SENTINEL-OUT"
 CHAIN_DENY = "SENTINEL-DENY"

@@ -18,7 +18,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .log import get_logger
+from sentinel.log import get_logger
 
 DEBOUNCE = 0.1  # editors emit several events per save; one reload after they settle
 log = get_logger("watch")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .canary import CanaryService
-from .events import store_service
-from .guard.compile import write_allowlist
-from .guard.receiver import GuardReceiver
-from .log import get_logger
-from .monitor import monitor_service
-from .state import state_dir
+from sentinel.detect.canary import CanaryService
+from sentinel.detect.nflog import monitor_service
+from sentinel.guard.compile import write_allowlist
+from sentinel.guard.receiver import GuardReceiver
+from sentinel.log import get_logger
+from sentinel.store.events import store_service
+from sentinel.store.state import state_dir
 
 log = get_logger("services")
 
@@ -42,7 +42,7 @@ class GuardService:
 
 class MetricsService:
     def __init__(self, ctx: Any) -> None:
-        from . import metrics
+        from sentinel.evidence import metrics
 
         self.metrics, self.ctx = metrics, ctx
         ctx.add_sink(metrics.observe_event)
@@ -59,7 +59,7 @@ class MetricsService:
 
 
 def alerts_service(ctx: Any) -> Any:
-    from .alerts.service import alerts_service as make  # httpx only when alerts start
+    from sentinel.alerts.service import alerts_service as make  # httpx only when alerts start
 
     return make(ctx)
 

@@ -27,9 +27,9 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from .errors import SentinelError
-from .events import Event
-from .policy import DnsSettings, IPAddress
+from sentinel.errors import SentinelError
+from sentinel.policy.load import DnsSettings, IPAddress
+from sentinel.store.events import Event
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 MAX_CNAME_DEPTH = 8

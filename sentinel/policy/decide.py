@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .errors import SentinelError
-from .policy import IPAddress, Policy, PolicyTest
-from .rules import CHAIN_OUT, Pins, Rule, Ruleset, render_rules
+from sentinel.enforce.render import CHAIN_OUT, Pins, Rule, Ruleset, render_rules
+from sentinel.errors import SentinelError
+from sentinel.policy.load import IPAddress, Policy, PolicyTest
 
 _PLACEHOLDER4 = ipaddress.ip_network("198.18.254.0/24")
 _PLACEHOLDER6 = ipaddress.ip_network("2001:db8:ffff::/64")

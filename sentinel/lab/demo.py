@@ -32,8 +32,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .netns import HELPERS, PYTHON, Topology
-from .policy import load_policy
+from sentinel.lab.netns import HELPERS, PYTHON, Topology
+from sentinel.policy.load import load_policy
 
 ENFORCER = ("run",)  # the sidecar's command; ("apply",) drives the rules without the daemon
 OUTSIDE4, OUTSIDE6 = "198.18.5.5", "2001:db8::5"

@@ -1,0 +1,1 @@
+"""Detection: the NFLOG monitor and the bypass canaries."""

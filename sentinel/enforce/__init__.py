@@ -1,0 +1,1 @@
+"""Enforcement: render (pure) and every privileged netfilter/ipset call."""

@@ -1,0 +1,1 @@
+"""Evidence: the report, the bundle and the Prometheus metrics."""

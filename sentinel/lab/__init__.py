@@ -1,0 +1,1 @@
+"""The lab and its stand-ins (tests, bench, `sentinel lab`); nothing at run time imports it."""

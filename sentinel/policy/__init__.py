@@ -1,0 +1,1 @@
+"""Policy input: load and validate the YAML, decide, watch for changes, export."""

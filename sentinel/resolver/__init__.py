@@ -1,0 +1,1 @@
+"""The DNS pinning resolver and the pins it keeps."""

@@ -1,0 +1,1 @@
+"""`sentinel run`: the daemon and the services it starts."""

@@ -1,0 +1,1 @@
+"""The state directory: the event store and the applied-state record."""
