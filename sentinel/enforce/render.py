@@ -218,8 +218,9 @@ def _sets(policy: Policy, pins: Pins) -> tuple[IpSet, ...]:
     entries: dict[int, set[str]] = {4: set(), 6: set()}
     for allow in policy.allow:
         for net in _networks(allow, pins):
+            text, family = _net_text(net), entries[net.version]
             for port in allow.ports:
-                entries[net.version].add(f"{_net_text(net)},{allow.protocol}:{port}")
+                family.add(f"{text},{allow.protocol}:{port}")
     return tuple(IpSet(SET_NAME[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
 
 

@@ -73,7 +73,8 @@ def write_allowlist(
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{ALLOWLIST_NAME}.")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
+                # compact: the C encoder (indent= falls back to pure Python: 1 s at 10,000 entries)
+                f.write(json.dumps(data, separators=(",", ":"), sort_keys=True))
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:

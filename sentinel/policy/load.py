@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.errors import BadInput
+from sentinel.policy.netparse import fast_network
 from sentinel.policy.yamlsrc import Located, YamlSyntaxError, load_located
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -267,7 +268,7 @@ class _Checker:
 
     def network(self, value: Any, path: str) -> IPNetwork | None:
         try:
-            return ipaddress.ip_network(str(value), strict=True)
+            return fast_network(value) or ipaddress.ip_network(str(value), strict=True)
         except ValueError as exc:
             self.bad(path, f"{value!r} is not a network: {exc}")
             return None
