@@ -14,6 +14,8 @@ import typer
 
 from sentinel.enforce import netfilter
 from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
+from sentinel.evidence.commands import guard_status as _guard_status  # noqa: F401 - re-export
+from sentinel.evidence.commands import run_report, run_status, status_data  # noqa: F401
 from sentinel.policy.decide import placeholder_pins, prepare_ruleset, run_policy_tests
 from sentinel.policy.load import Policy, load_policy
 from sentinel.resolver.system import system_pins
@@ -58,12 +60,6 @@ def _static_pins(policy: Policy, specs: list[str]) -> dict[str, list]:
         except ValueError:
             raise BadInput(f"--pin {spec}: {ip!r} is not an IP address") from None
     return pins
-
-
-def _format(name: str) -> str:
-    if name not in ("json", "table"):
-        raise BadInput(f"--format: {name!r} is not one of: json, table")
-    return name
 
 
 def _echo_tests(policy: Policy, pins: dict) -> bool:
@@ -123,59 +119,10 @@ def apply(
     typer.echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
 
 
-def status_data() -> dict:
-    applied = read_json(APPLIED)
-    if applied and "ruleset_sha256" not in applied:  # torn down since
-        applied = None
-    backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
-    kernel = netfilter.read_state(backend)
-    expected = (applied or {}).get("ruleset_sha256")
-    return {
-        "applied": applied is not None,
-        "mode": (applied or {}).get("mode"),
-        "backend": backend,
-        "policy": (applied or {}).get("policy"),
-        "policy_sha256": (applied or {}).get("policy_sha256"),
-        "ruleset_sha256_expected": expected,
-        "ruleset_sha256_kernel": kernel.sha256() if kernel.present else None,
-        "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
-        "pins": (applied or {}).get("pins", {}),
-        "guard": _guard_status(),
-    }
-
-
-def _guard_status() -> dict:
-    """guard_active per guarded process, from what the guard receiver last wrote."""
-    from sentinel.guard.receiver import guard_processes
-    from sentinel.store.state import state_dir
-
-    procs = guard_processes(state_dir()).get("processes", {})
-    return {
-        "processes": len(procs),
-        "active": sum(bool(p.get("guard_active")) for p in procs.values()),
-        "per_process": {
-            pid: {k: p.get(k) for k in ("exe", "mode", "guard_active", "fail_closed")}
-            for pid, p in procs.items()
-        },
-    }
-
-
 @app.command()
 def status(fmt: FormatOpt = "table") -> None:
     """Mode, policy hash, expected vs kernel ruleset hash (exit 1 when they differ)."""
-    fmt = _format(fmt)  # arguments first: bad input never reaches the kernel
-    data = status_data()
-    if fmt == "json":
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        for key, value in data.items():
-            typer.echo(f"{key:26} {value}")
-    if not data["in_sync"]:
-        raise SentinelError(
-            "kernel rules do not match the applied ruleset"
-            if data["applied"]
-            else "nothing applied (no state in the state directory)"
-        )
+    run_status(fmt, typer.echo)
 
 
 @app.command()
@@ -286,29 +233,7 @@ def report(
     bundle: Annotated[Path | None, typer.Option(help="write an evidence bundle here")] = None,
 ) -> None:
     """Evidence for a window (default last 10m); exit 1 on external calls or ruleset drift."""
-    from sentinel.evidence import report as rep  # local: only this command needs it
-    from sentinel.store.state import state_dir
-
-    fmt = _format(fmt)
-    window = rep.parse_window(last, since, until)
-    data = rep.build_report(window)
-    if fmt == "json":
-        typer.echo(json.dumps(data, indent=2, default=str))
-    else:
-        from rich.console import Console
-
-        console = Console(width=max(100, Console().width))
-        for table in rep.render_table(data):
-            console.print(table)
-    if results is not None:
-        rep.merge_results(results, data)
-    if bundle is not None:
-        from sentinel.evidence.bundle import write_bundle
-
-        write_bundle(bundle, data, state_dir())
-    reason = rep.violation(data)
-    if reason:
-        raise SentinelError(f"report: {reason}", EXIT_VIOLATION)
+    run_report(last, since, until, fmt, results, bundle, typer.echo)
 
 
 @alert_app.command("test")

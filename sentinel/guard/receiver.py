@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from sentinel.store.events import Event
 from sentinel.store.state import state_dir as default_state_dir
 
@@ -29,7 +27,18 @@ SOCKET_NAME = "guard.sock"
 PROCESSES_FILE = "guard_processes.json"
 MAX_DATAGRAM = 65536
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-log = structlog.get_logger("sentinel.guard")
+
+
+class _Log:
+    """structlog (which imports rich) only once something is logged: `status` reads this module."""
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        return getattr(structlog.get_logger("sentinel.guard"), name)
+
+
+log = _Log()
 
 
 @dataclass

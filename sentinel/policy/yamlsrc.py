@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from sentinel.policy import yamlfast
+
 try:  # libyaml is an order of magnitude faster on 10,000-entry policies
     _Base: type = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
@@ -25,9 +27,15 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 class Located:
     """Plain data plus the line (1-based) of any dotted path ("allow[2].ports")."""
 
-    def __init__(self, data: Any, node: yaml.Node | None = None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        node: yaml.Node | None = None,
+        runs: dict[str, yamlfast.Run] | None = None,
+    ) -> None:
         self.data = data
         self._node = node
+        self._runs = runs or {}
         self._lines: dict[str, int] | None = None
 
     @property
@@ -35,7 +43,7 @@ class Located:
         if self._lines is None:
             self._lines = {}
             if self._node is not None:
-                _index(self._node, "", self._lines)
+                _index(self._node, "", self._lines, self._runs)
         return self._lines
 
     def line(self, path: str) -> int:
@@ -78,6 +86,16 @@ class _Duplicate(Exception):
 def load_located(text: str) -> Located:
     if "&" in text or "*" in text:  # only then can there be an anchor or an alias
         _refuse_aliases(text)
+    try:
+        folded = yamlfast.fold(text, _fold_scalar)
+        if folded is not None:
+            return _load(folded.text, folded.runs)
+    except (yamlfast.Fallback, YamlSyntaxError):
+        pass  # the full parse of the original text decides (and words any error)
+    return _load(text, {})
+
+
+def _load(text: str, runs: dict[str, yamlfast.Run]) -> Located:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -92,17 +110,24 @@ def load_located(text: str) -> Located:
     finally:
         loader.dispose()
     if node is None:
+        if runs:
+            raise yamlfast.Fallback("placeholders vanished")
         return Located(None)
+    used: set[str] = set()
     try:
-        data = _value(node)
+        data = _value(node, runs, used)
     except _Duplicate as dup:
+        if runs:
+            raise yamlfast.Fallback("duplicate key") from None
         raise _duplicate_error(node, dup.key_node) from None
     except RecursionError:
         raise YamlSyntaxError(1, "invalid YAML: nested too deeply") from None
-    return Located(data, node)
+    if len(used) != len(runs):  # a placeholder landed inside a string: the lines were not items
+        raise yamlfast.Fallback("placeholder outside a sequence")
+    return Located(data, node, runs)
 
 
-def _value(node: yaml.Node) -> Any:
+def _value(node: yaml.Node, runs: dict[str, yamlfast.Run], used: set[str]) -> Any:
     """Node -> plain value (what yaml.safe_load gives; collection tags are not special)."""
     cls = node.__class__
     if cls is yaml.ScalarNode:
@@ -113,11 +138,40 @@ def _value(node: yaml.Node) -> Any:
             if key_node.__class__ is not yaml.ScalarNode:
                 raise YamlSyntaxError(key_node.start_mark.line + 1, "keys must be plain scalars")
             key = key_node.value if key_node.tag == _STR else _scalar(key_node)
-            result[key] = _value(value_node)
+            result[key] = _value(value_node, runs, used)
         if len(result) != len(node.value):
             raise _Duplicate(_duplicate_key(node))
         return result
-    return [_value(item) for item in node.value]
+    out: list[Any] = []
+    for item in node.value:
+        run = runs.get(item.value) if runs and _is_plain(item) else None
+        if run is not None and item.value not in used:
+            used.add(item.value)
+            out.extend(run.entries)
+        else:
+            out.append(_value(item, runs, used))
+    return out
+
+
+def _is_plain(node: yaml.Node) -> bool:
+    return node.__class__ is yaml.ScalarNode and not node.style and node.tag == _STR
+
+
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _fold_scalar(token: str) -> Any:
+    """A scalar of a folded line, resolved and built exactly as libyaml's would be."""
+    if token[0] in "\"'":
+        return token[1:-1]  # quoted without escapes: the text itself, always a string
+    tag = _resolve(yaml.ScalarNode, token, (True, False))
+    if tag == _STR:
+        return token
+    try:
+        return _scalar(yaml.ScalarNode(tag, token, _NO_MARK, _NO_MARK))
+    except YamlSyntaxError:
+        raise yamlfast.Fallback(token) from None
+
+
+_NO_MARK = yaml.Mark("", 0, 0, 0, None, None)
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -199,17 +253,25 @@ def _path_of(node: yaml.Node, target: yaml.Node, path: str) -> str | None:
     return None
 
 
-def _index(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+def _index(node: yaml.Node, path: str, lines: dict[str, int], runs: dict[str, Any]) -> None:
     """Dotted path -> line for every node (only walked when a line is asked for)."""
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if key_node.tag == _STR else _scalar(key_node)
             child = f"{path}.{key}" if path else str(key)
-            _index(value_node, child, lines)
+            _index(value_node, child, lines, runs)
     elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index(item, f"{path}[{i}]", lines)
+        i = 0
+        for item in node.value:
+            run = runs.get(item.value) if runs and _is_plain(item) else None
+            if run is not None:  # every path inside a folded item is on the item's line
+                for number in run.lines:
+                    lines[f"{path}[{i}]"] = number
+                    i += 1
+                continue
+            _index(item, f"{path}[{i}]", lines, runs)
+            i += 1
 
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()

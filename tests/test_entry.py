@@ -1,0 +1,80 @@
+"""`sentinel status` / `report` answered by the start-up fast path print what the typer CLI
+prints (same bytes, same exit codes); anything the small parser does not know goes to typer."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from sentinel.entry import parse_fast
+from sentinel.lab.netns import PYTHON
+
+TYPER = "from sentinel.cli import main; import sys; sys.argv[0] = 'sentinel'; main()"
+FAST = "from sentinel.entry import main; import sys; sys.argv[0] = 'sentinel'; main()"
+
+
+@pytest.mark.parametrize(
+    "argv, parsed",
+    [
+        (["status"], ("status", {})),
+        (["status", "--format", "json"], ("status", {"fmt": "json"})),
+        (["status", "--format=table"], ("status", {"fmt": "table"})),
+        (["report", "--last", "10m", "--bundle", "b"], ("report", {"last": "10m", "bundle": "b"})),
+        (["report", "--since=1h", "--until", "5m"], ("report", {"since": "1h", "until": "5m"})),
+        (["status", "--help"], None),
+        (["status", "--format"], None),
+        (["status", "--format", "json", "--format", "table"], None),
+        (["report", "--last", "--format"], None),
+        (["report", "--lst", "10m"], None),
+        (["report", "extra"], None),
+        (["check", "x.yaml"], None),
+        ([], None),
+        (["--help"], None),
+    ],
+)
+def test_parse_fast(argv, parsed):
+    assert parse_fast(argv) == parsed
+
+
+def both(topo, *args):
+    out = []
+    for code in (FAST, TYPER):
+        out.append(topo.run("app", PYTHON, "-c", code, *args, check=False))
+    return out
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("status", "--format", "json"),
+        ("status", "--format", "yaml"),
+        ("report", "--last", "10m"),
+        ("report", "--last", "ten minutes"),
+        ("report", "--since", "1000", "--until", "500"),
+    ],
+)
+def test_fast_path_prints_what_typer_prints(topo, args):
+    fast, slow = both(topo, *args)
+    assert (fast.returncode, fast.stderr) == (slow.returncode, slow.stderr), (fast, slow)
+    if args[0] == "report" and fast.returncode != 2:
+        a, b = json.loads(fast.stdout), json.loads(slow.stdout)
+        assert a.keys() == b.keys() and a["external_calls"] == b["external_calls"]
+    else:
+        assert fast.stdout == slow.stdout
+
+
+def test_status_does_not_import_the_cli_framework():
+    code = (
+        "import sys; from sentinel.entry import parse_fast; import sentinel.evidence.commands; "
+        "import sentinel.evidence.report; "
+        "print(sorted(m for m in ('typer', 'click', 'rich', 'httpx', 'prometheus_client', "
+        "'dns', 'yaml', 'structlog') if m in sys.modules))"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
