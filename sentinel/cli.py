@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,13 +11,14 @@ from typing import Annotated
 import typer
 
 from sentinel.enforce import netfilter
-from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
+from sentinel.errors import BadInput, SentinelError
 from sentinel.evidence.commands import guard_status as _guard_status  # noqa: F401 - re-export
 from sentinel.evidence.commands import run_report, run_status, status_data  # noqa: F401
-from sentinel.policy.decide import placeholder_pins, prepare_ruleset, run_policy_tests
-from sentinel.policy.load import Policy, load_policy
-from sentinel.resolver.system import system_pins
-from sentinel.store.state import APPLIED, read_json, record_applied, write_json
+from sentinel.policy.commands import check_backend as _backend
+from sentinel.policy.commands import policy_path as _policy_path
+from sentinel.policy.commands import run_apply, run_check
+from sentinel.policy.load import load_policy
+from sentinel.store.state import APPLIED, read_json, write_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 alert_app = typer.Typer(no_args_is_help=True, help="Alert sinks.")
@@ -34,57 +33,10 @@ BackendOpt = Annotated[str, typer.Option(help="netfilter backend: nft or legacy"
 FormatOpt = Annotated[str, typer.Option("--format", help="json or table")]
 
 
-def _policy_path(path: Path | None) -> Path:
-    chosen = path or (
-        Path(os.environ["SENTINEL_POLICY"]) if os.environ.get("SENTINEL_POLICY") else None
-    )
-    if chosen is None:
-        raise BadInput("no policy: pass --policy FILE or set SENTINEL_POLICY")
-    return chosen
-
-
-def _backend(name: str) -> str:
-    if name not in netfilter.BACKENDS:
-        raise BadInput(f"--backend: {name!r} is not one of: {', '.join(netfilter.BACKENDS)}")
-    return name
-
-
-def _static_pins(policy: Policy, specs: list[str]) -> dict[str, list]:
-    pins: dict[str, list] = {}
-    for spec in specs:
-        name, _, ip = spec.partition("=")
-        if name not in policy.hostnames:
-            raise BadInput(f"--pin {spec}: {name!r} is not an allowlisted host name")
-        try:
-            pins.setdefault(name, []).append(ipaddress.ip_address(ip))
-        except ValueError:
-            raise BadInput(f"--pin {spec}: {ip!r} is not an IP address") from None
-    return pins
-
-
-def _echo_tests(policy: Policy, pins: dict) -> bool:
-    results = run_policy_tests(policy, pins)
-    for r in results:
-        mark = "ok  " if r.passed else "FAIL"
-        where = ", ".join(r.addresses) or "no address"
-        typer.echo(
-            f"{mark} {policy.source}:{r.test.line}: {r.test.protocol} {r.test.to} "
-            f"expect {r.test.expect}, got {r.got} ({where})"
-        )
-    return all(r.passed for r in results)
-
-
 @app.command()
 def check(file: Path) -> None:
     """Validate a policy and run its own tests (exit 2 on bad input, 1 on failed tests)."""
-    policy = load_policy(file)
-    passed = _echo_tests(policy, placeholder_pins(policy))
-    if not passed:
-        raise SentinelError(f"{file}: policy tests failed", EXIT_VIOLATION)
-    typer.echo(
-        f"{file}: valid, mode={policy.mode}, {len(policy.allow)} allow entries, "
-        f"{len(policy.tests)} tests passed"
-    )
+    run_check(file, typer.echo)
 
 
 @app.command()
@@ -97,26 +49,7 @@ def apply(
     pin: Annotated[list[str] | None, typer.Option(help="NAME=IP: a static pin, skips DNS")] = None,
 ) -> None:
     """Apply the policy once (atomic per table and family)."""
-    policy = load_policy(_policy_path(policy_file))
-    backend = _backend(backend)
-    static = _static_pins(policy, pin or [])
-    pins, missing = system_pins(policy, skip=set(static))
-    pins.update(static)
-    for name in missing:
-        typer.echo(f"warning: {name!r} did not resolve; it stays denied until it does", err=True)
-    ruleset = prepare_ruleset(policy, pins)
-    if dry_run:
-        typer.echo(ruleset.text(), nl=False)
-        return
-    state = netfilter.apply(ruleset, backend)
-    if state.sha256() != ruleset.sha256():
-        raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(policy, ruleset, backend, pins, state.created_tables, full=state.rules_replaced)
-    from sentinel.guard.compile import write_allowlist  # the in-process guard reads the same pins
-    from sentinel.store.state import state_dir
-
-    write_allowlist(policy, pins, state_dir())
-    typer.echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
+    run_apply(policy_file, dry_run, backend, pin or [], typer.echo)
 
 
 @app.command()

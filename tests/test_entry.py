@@ -29,7 +29,15 @@ FAST = "from sentinel.entry import main; import sys; sys.argv[0] = 'sentinel'; m
         (["report", "--last", "--format"], None),
         (["report", "--lst", "10m"], None),
         (["report", "extra"], None),
-        (["check", "x.yaml"], None),
+        (["check", "x.yaml"], ("check", {"file": "x.yaml"})),
+        (["check", "--help"], None),
+        (["check", "a", "b"], None),
+        (["apply", "-p", "x", "--dry-run"], ("apply", {"policy": "x", "dry_run": True})),
+        (["apply", "--pin", "a=1", "--pin=b=2"], ("apply", {"pin": ["a=1", "b=2"]})),
+        (["apply", "--backend", "legacy"], ("apply", {"backend": "legacy"})),
+        (["apply", "-p=x"], None),
+        (["apply", "--dry-run=1"], None),
+        (["apply", "--policy", "x", "-p", "y"], None),
         ([], None),
         (["--help"], None),
     ],
@@ -65,6 +73,44 @@ def test_fast_path_prints_what_typer_prints(topo, args):
         assert a.keys() == b.keys() and a["external_calls"] == b["external_calls"]
     else:
         assert fast.stdout == slow.stdout
+
+
+POLICY = """\
+version: 1
+allow:
+  - {name: pg, host: postgres, ports: [5432]}
+  - {name: lan, cidr: 198.18.0.0/24, ports: [443]}
+tests:
+  - {to: "postgres:5432", expect: allow}
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "{good}"),
+        ("check", "{bad}"),
+        ("check", "{missing}"),
+        ("apply", "-p", "{good}", "--dry-run", "--pin", "postgres=198.18.0.2"),
+        ("apply", "-p", "{good}", "--dry-run", "--pin", "nope=198.18.0.2"),
+        ("apply", "-p", "{good}", "--backend", "iptc"),
+        ("apply", "-p", "{bad}"),
+    ],
+)
+def test_fast_check_and_apply_print_what_typer_prints(topo, tmp_path, args):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(POLICY)
+    bad.write_text("version: 1\nallow:\n  - {name: x, cidr: 10.0.0.1/8, ports: [1]}\n")
+    paths = {"good": good, "bad": bad, "missing": tmp_path / "missing.yaml"}
+    args = tuple(a.format(**paths) for a in args)
+    fast, slow = both(topo, *args)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        slow.returncode,
+        slow.stdout,
+        slow.stderr,
+    )
+    assert "SENTINEL" not in topo.run("app", "iptables-nft-save").stdout  # nothing applied
 
 
 def test_status_does_not_import_the_cli_framework():
