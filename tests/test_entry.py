@@ -116,7 +116,7 @@ def test_fast_check_and_apply_print_what_typer_prints(topo, tmp_path, args):
 def test_status_does_not_import_the_cli_framework():
     code = (
         "import sys; from sentinel.entry import parse_fast; import sentinel.evidence.commands; "
-        "import sentinel.evidence.report; "
+        "import sentinel.evidence.report, sentinel.alerts.outbox; "
         "print(sorted(m for m in ('typer', 'click', 'rich', 'httpx', 'prometheus_client', "
         "'dns', 'yaml', 'structlog') if m in sys.modules))"
     )

@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from sentinel.alerts.model import PRIORITY, Alert
 from sentinel.errors import SentinelError
+from sentinel.lazylog import get_logger
 
-log = structlog.get_logger("sentinel.alerts.outbox")
+log = get_logger("sentinel.alerts.outbox")  # `report` reads the outbox: no structlog import
 
 FILENAME = "alerts.db"
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel.lazylog import get_logger
 from sentinel.store.events import Event
 from sentinel.store.state import state_dir as default_state_dir
 
@@ -29,16 +30,7 @@ MAX_DATAGRAM = 65536
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-class _Log:
-    """structlog (which imports rich) only once something is logged: `status` reads this module."""
-
-    def __getattr__(self, name: str) -> Any:
-        import structlog
-
-        return getattr(structlog.get_logger("sentinel.guard"), name)
-
-
-log = _Log()
+log = get_logger("sentinel.guard")  # structlog (and rich) only once something is logged
 
 
 @dataclass
