@@ -190,10 +190,21 @@ def guard_path_cmd(
     pth: Annotated[
         bool, typer.Option("--pth", help="print the site-packages loader files instead")
     ] = False,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="byte-compile the guard first (see docs/guard.md)")
+    ] = False,
+    python: Annotated[
+        str | None, typer.Option(help="with --compile: the app's interpreter (default: this one)")
+    ] = None,
 ) -> None:
     """Print the directory to put on the app's PYTHONPATH (it holds sitecustomize.py)."""
     from sentinel.guard import guard_path, pth_files
 
+    if compile_:
+        from sentinel.guard.bytecode import compile_guard
+
+        for pyc in compile_guard(python=python):
+            typer.echo(f"compiled {pyc}", err=True)
     if pth:
         for path in pth_files():
             typer.echo(str(path))

@@ -161,6 +161,7 @@ def test_dockerfile_static():
     assert "--no-install-recommends" in install
     assert re.search(r'HEALTHCHECK .*\n?.*CMD \["sentinel", "status"\]', text)
     assert 'ENTRYPOINT ["sentinel"]' in text
+    assert any("sentinel guard path --compile" in line for line in instructions)  # guard bytecode
     # Deliberately NOT set: in a container's own namespace the root-netns check already passes,
     # and with host networking refusing is correct (see docs/deploy.md).
     assert not any("SENTINEL_ALLOW_ROOT_NETNS" in line for line in instructions)
