@@ -160,10 +160,23 @@ def write_events(conn: sqlite3.Connection, events: list[Event], shed: dict[str, 
         )
 
 
-def prune(conn: sqlite3.Connection, retention: float, now: float | None = None) -> int:
+PRUNE_CHUNK = 5000  # rows per prune transaction: new events commit between chunks
+
+
+def prune(
+    conn: sqlite3.Connection, retention: float, now: float | None = None, limit: int | None = None
+) -> int:
+    """Delete events older than the retention; at most `limit` (oldest first) when given."""
     cutoff = (now or time.time()) - retention
     with transaction(conn):
-        gone = conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
+        if limit is None:
+            gone = conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
+        else:
+            gone = conn.execute(
+                "DELETE FROM events WHERE rowid IN "
+                "(SELECT rowid FROM events WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
         conn.execute("DELETE FROM shed WHERE ts < ?", (cutoff,))
     return gone
 
@@ -288,11 +301,16 @@ class EventStore:
             self._commit(events)
             for _ in items:
                 self._queue.task_done()
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + 60
-                self._guard(lambda: prune(self._conn, self.retention))
+            if time.monotonic() >= next_prune:  # in chunks: a big prune never holds up events
+                next_prune = time.monotonic() + (0 if self._prune_chunk() else 60)
             if stop:
                 return
+
+    def _prune_chunk(self) -> bool:
+        """One chunk of retention pruning; True when there may be more to delete."""
+        gone: list[int] = []
+        self._guard(lambda: gone.append(prune(self._conn, self.retention, limit=PRUNE_CHUNK)))
+        return bool(gone) and gone[0] >= PRUNE_CHUNK
 
     def _commit(self, events: list[Event]) -> None:
         with self._lock:
