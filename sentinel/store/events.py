@@ -191,23 +191,22 @@ def query(
     if layer:
         sql += " AND layer = ?"
         args.append(layer)
-    out = []
-    for values in conn.execute(sql + " ORDER BY ts", args):
-        data = dict(zip(COLUMNS, values, strict=True))
-        data["detail"] = json.loads(data["detail"] or "{}")
-        out.append(Event(**data))
-    return out
+    return [_event(values) for values in conn.execute(sql + " ORDER BY ts", args)]
+
+
+def _event(values: tuple) -> Event:
+    """A row (COLUMNS order = the dataclass's field order) -> Event, detail decoded."""
+    row = list(values)
+    detail = row[_DETAIL]
+    row[_DETAIL] = json.loads(detail) if detail and detail != "{}" else {}
+    return Event(*row)
 
 
 def last_before(conn: sqlite3.Connection, kind: str, ts: float) -> list[Event]:
     """The latest event of `kind` before `ts` (a baseline reading), as a 0- or 1-item list."""
     sql = f"SELECT {', '.join(COLUMNS)} FROM events WHERE kind = ? AND ts < ? ORDER BY ts DESC"
     row = conn.execute(sql + " LIMIT 1", (kind, ts)).fetchone()
-    if row is None:
-        return []
-    data = dict(zip(COLUMNS, row, strict=True))
-    data["detail"] = json.loads(data["detail"] or "{}")
-    return [Event(**data)]
+    return [] if row is None else [_event(row)]
 
 
 def shed_counts(conn: sqlite3.Connection, since: float, until: float) -> dict[str, int]:
