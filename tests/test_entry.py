@@ -7,8 +7,11 @@ import json
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sentinel.entry import parse_fast
+from sentinel.evidence.commands import report_json
 from sentinel.lab.netns import PYTHON
 
 TYPER = "from sentinel.cli import main; import sys; sys.argv[0] = 'sentinel'; main()"
@@ -124,3 +127,15 @@ def test_status_does_not_import_the_cli_framework():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(max_size=4), json_values, max_size=5))
+def test_report_json_is_the_same_document(data):
+    assert json.loads(report_json(data)) == json.loads(json.dumps(data))

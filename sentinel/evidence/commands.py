@@ -77,6 +77,22 @@ def run_status(fmt: str, echo: Echo) -> None:
         )
 
 
+_encode = json.JSONEncoder(default=str).encode  # the C encoder (indent= is pure Python)
+
+
+def report_json(data: dict) -> str:
+    """The report as JSON, indented two levels deep, deeper levels on one line each: with
+    10,000 allowlisted upstreams a fully indented dump took seconds of pure-Python encoding."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            inner = ",\n".join(f"    {_encode({k: v})[1:-1]}" for k, v in value.items())
+            lines.append(f"  {_encode({key: 0})[1:-4]}: {{\n{inner}\n  }}")
+        else:
+            lines.append(f"  {_encode({key: value})[1:-1]}")
+    return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
+
+
 def run_report(
     last: str | None,
     since: str | None,
@@ -93,7 +109,7 @@ def run_report(
     window = rep.parse_window(last, since, until)
     data = rep.build_report(window)
     if fmt == "json":
-        echo(json.dumps(data, indent=2, default=str))
+        echo(report_json(data))
     else:
         from rich.console import Console  # only the table needs rich
 
