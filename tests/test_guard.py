@@ -181,6 +181,16 @@ def test_compile_allowlist_entries_and_hash():
     assert compile_allowlist(policy, {})["entries"][0]["addresses"] == []  # unpinned: denied
 
 
+def test_allowlist_records_the_stat_of_the_policy_file_it_hashed(tmp_path):
+    path = write_policy(tmp_path)
+    st = path.stat()
+    assert compile_allowlist(load_policy(path), PINS)["policy_stat"] == [st.st_size, st.st_mtime_ns]
+    assert compile_allowlist(parse_policy(POLICY, "p.yaml"), PINS)["policy_stat"] is None
+    policy = load_policy(path)
+    path.write_text(POLICY + "# edited after loading\n")  # the file no longer holds those bytes
+    assert compile_allowlist(policy, PINS)["policy_stat"] is None
+
+
 def test_write_allowlist_is_atomic_and_world_readable(tmp_path):
     policy = parse_policy(POLICY, "p.yaml")
     path = write_allowlist(policy, PINS, tmp_path / "state")

@@ -8,6 +8,7 @@ whenever pins change; guards in running apps re-read it within about half a seco
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -32,6 +33,24 @@ def allowlist_path(state_dir: str | Path) -> Path:
 def _addresses(values: Iterable[Any]) -> list[str]:
     parsed = {ipaddress.ip_address(str(v).split("%")[0]) for v in values}
     return [str(a) for a in sorted(parsed, key=lambda a: (a.version, int(a)))]
+
+
+def policy_stat(policy: Policy) -> list[int] | None:
+    """[size, mtime_ns] of the policy file when it still holds exactly the bytes the policy was
+    parsed from (checked by hash, the stat taken before the read and unchanged after it), so a
+    guard can skip hashing an unchanged file at every start; None when that cannot be shown."""
+    try:
+        with open(policy.source, "rb") as f:
+            before = os.fstat(f.fileno())
+            raw = f.read()
+        after = os.stat(policy.source)
+    except OSError:
+        return None
+    key = [before.st_size, before.st_mtime_ns]
+    if key != [after.st_size, after.st_mtime_ns]:
+        return None
+    text = raw.decode("utf-8", "replace")
+    return key if hashlib.sha256(text.encode()).hexdigest() == policy.sha256 else None
 
 
 def compile_allowlist(policy: Policy, pins: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
@@ -72,6 +91,7 @@ def compile_allowlist(policy: Policy, pins: Mapping[str, Iterable[Any]]) -> dict
         "format": ALLOWLIST_FORMAT,
         "policy": policy.source,
         "policy_sha256": policy.sha256,
+        "policy_stat": policy_stat(policy),
         "mode": policy.mode,
         "generated_at": time.time(),
         "entry_count": len(policy.allow),

