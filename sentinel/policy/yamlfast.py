@@ -52,6 +52,8 @@ def fold(text: str, scalar: Scalar) -> Folded | None:
         return None
     lines = text.split("\n")
     token = f"sentinel_fold_{secrets.token_hex(6)}_"
+    if token in text:  # a placeholder must not already be in the text (48 random bits)
+        return None
     runs: dict[str, Run] = {}
     i = 0
     while i < len(lines):
