@@ -249,3 +249,25 @@ def test_audit_mode_relays_other_names_and_records_them_as_audited(world):
     reply = ask(resolver, "api.openai.com")
     assert [r.address for r in reply.answer[0]] == ["198.18.5.5"] and relayed
     assert events[-1].kind == "egress_attempt" and events[-1].verdict == "audited"
+
+
+def test_audit_mode_records_the_relayed_answer_with_cnames_for_policy_suggest(world):
+    pins, _, upstream, _, events, _ = world
+
+    def forward(wire: bytes) -> bytes:
+        reply = dns.message.make_response(dns.message.from_wire(wire))
+        reply.answer.append(dns.rrset.from_text("api.example.com.", 60, "IN", "CNAME", "edge.cdn."))
+        reply.answer.append(dns.rrset.from_text("edge.cdn.", 30, "IN", "A", "198.18.5.5"))
+        return reply.to_wire()
+
+    upstream.forward = forward
+    resolver = PinningResolver(pins, events.append, port=0, mode="audit", upstream=upstream)
+    ask(resolver, "api.example.com")
+    answer = events[-1].detail["answer"]
+    assert events[-1].dst_name == "api.example.com"
+    assert answer == {
+        "rcode": "NOERROR",
+        "addresses": ["198.18.5.5"],
+        "cnames": ["edge.cdn"],
+        "ttl": 30,
+    }
