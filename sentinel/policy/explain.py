@@ -233,7 +233,7 @@ def _netfilter(policy, dest, pins, entries, addresses) -> dict[str, Any]:  # noq
 
 
 # --- state ----------------------------------------------------------------------------------
-def _events(store: Path | None, kind: str, name: str) -> list[tuple[float, dict]]:
+def _events(store: Path | None, kind: str, name: str, limit: int = 1) -> list[tuple[float, dict]]:
     if store is None or not store.exists():
         return []
     try:
@@ -241,8 +241,8 @@ def _events(store: Path | None, kind: str, name: str) -> list[tuple[float, dict]
         try:
             rows = conn.execute(
                 "SELECT ts, detail FROM events WHERE kind = ? AND dst_name = ? "
-                "ORDER BY ts DESC LIMIT 1",
-                (kind, name),
+                "ORDER BY ts DESC LIMIT ?",
+                (kind, name, limit),
             ).fetchall()
         finally:
             conn.close()
@@ -265,9 +265,11 @@ def _pin_record(store: Path | None, name: str) -> dict[str, Any] | None:
 
 
 def _last_answer(store: Path | None, name: str) -> list:
-    found = _events(store, "egress_attempt", name)
-    answer = found[0][1].get("answer", {}) if found else {}
-    return [ipaddress.ip_address(a) for a in answer.get("addresses", [])]
+    """Addresses in the latest relayed answers for the name (A and AAAA are separate)."""
+    seen: set[str] = set()
+    for _ts, detail in _events(store, "egress_attempt", name, limit=10):
+        seen.update((detail.get("answer") or {}).get("addresses", []))
+    return sorted(map(ipaddress.ip_address, seen), key=lambda a: (a.version, int(a)))
 
 
 # --- output ---------------------------------------------------------------------------------
