@@ -327,15 +327,16 @@ def policy_suggest(
 ) -> None:
     """A policy proposed from the audited and blocked attempts of a window (read-only)."""
     from sentinel.evidence.report import parse_window
+    from sentinel.policy import observed
     from sentinel.policy import suggest as learn
     from sentinel.store.state import state_dir
 
     existing = load_policy(diff) if diff is not None else None
     if from_bundle is not None:
         window = parse_window(last, since, until) if last or since or until else None
-        obs = learn.from_bundle(from_bundle, window)
+        obs = observed.from_bundle(from_bundle, window)
     else:
-        obs = learn.from_store(
+        obs = observed.from_store(
             parse_window(last or ("1h" if not since else None), since, until), state_dir()
         )
     suggestion = learn.suggest(obs)
