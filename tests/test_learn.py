@@ -221,3 +221,36 @@ def test_dest_parsing(text, want):
 def test_bad_dest_is_bad_input(text):
     with pytest.raises(BadInput, match="is not"):
         parse_dest(text)
+
+
+def _cli(*args: str, state: Path, policy_env: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SENTINEL_POLICY"}
+    env["SENTINEL_STATE_DIR"] = str(state)
+    if policy_env:
+        env["SENTINEL_POLICY"] = policy_env
+    exe = Path(sys.executable).with_name("sentinel")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_cli_bad_input_exits_2_with_the_cause_and_creates_nothing(tmp_path, policy_file):
+    state = tmp_path / "state"
+    out = _cli("policy", "suggest", "--last", "1h", state=state)
+    assert out.returncode == 2 and "no event store at" in out.stderr
+    assert not state.exists()  # read-only: not even an empty store
+    out = _cli("policy", "suggest", "--last", "soon", state=state)
+    assert out.returncode == 2 and "--last: 'soon' is not a positive duration" in out.stderr
+    out = _cli("policy", "suggest", "--from-bundle", str(tmp_path), state=state)
+    assert out.returncode == 2 and "no MANIFEST.sha256 (not an evidence bundle)" in out.stderr
+    out = _cli("explain", "postgres:5432", state=state)
+    assert out.returncode == 2 and "no policy: pass --policy FILE" in out.stderr
+    out = _cli("explain", "postgres:5432", "--format", "yaml", state=state)
+    assert out.returncode == 2 and "--format: 'yaml'" in out.stderr
+    out = _cli("explain", "198.18.9.1:443/udp", state=state, policy_env=policy_file.source)
+    assert out.returncode == 0 and out.stdout.startswith("198.18.9.1:443/udp: ALLOW")
+    out = _cli("explain", "198.18.9.1:443", state=state, policy_env=policy_file.source)
+    assert out.returncode == 1 and "DENY (decided by netfilter; mode enforce)" in out.stdout
+    assert not state.exists()
