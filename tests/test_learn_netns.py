@@ -101,6 +101,7 @@ def test_suggest_learns_names_addresses_and_used_upstreams_read_only(audited, tm
     out = topo.sentinel("policy", "suggest", "--last", "1h")
     assert out.returncode == 0, out.stderr
     text = out.stdout
+    print(text)  # shown with -rP: what a user sees
     suggested = parse_policy(text, "suggested.yaml")
     by_name = {a.name: a for a in suggested.allow}
     # the external name, CNAME collapsed onto the asked name, with the port it was used on
@@ -133,6 +134,7 @@ def test_suggest_learns_names_addresses_and_used_upstreams_read_only(audited, tm
 
     diff = topo.sentinel("policy", "suggest", "--last", "1h", "--diff", str(policy))
     assert diff.returncode == 0, diff.stderr
+    print(diff.stdout)
     lines = diff.stdout.splitlines()
     assert any(x.startswith("+ api-example-com: host api.example.com tcp/443") for x in lines)
     assert any(x.startswith("+ ip-2001-db8--5: cidr 2001:db8::5/128 tcp/443") for x in lines)
@@ -192,3 +194,61 @@ def test_explain_names_the_layer_the_entry_and_the_rule(audited):
 
     bad = topo.sentinel("explain", "postgres")
     assert bad.returncode == 2 and "is not HOST:PORT" in bad.stderr
+
+
+ENFORCE = POLICY.replace("mode: audit", "mode: enforce").replace(
+    "canary: {target: 198.18.0.99, port: 443, interval: 1s}\n", ""
+)
+
+GUARDED = """
+import json, socket
+def tcp(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return "ok"
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps({"api": tcp("api.example.com", 443), "ip": tcp("198.18.5.5", 8443),
+                  "pg": tcp("postgres", 5432)}))
+"""
+
+
+def test_suggest_from_blocked_attempts_with_the_guard_in_enforce_mode(topo, tmp_path):
+    """Enforce mode: names are refused before any connection, so the ports come from the
+    guard (getaddrinfo(name, port)) and IP connects from the guard and the kernel."""
+    from sentinel.guard import guard_path
+
+    topo.start_dns_server(RECORDS, tmp_path, ttl=60)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ENFORCE)
+    sentinel = RunningSentinel(topo, policy)
+    state = Path(os.environ["SENTINEL_STATE_DIR"])
+    env = {
+        "SENTINEL_POLICY": str(policy),
+        "SENTINEL_STATE_DIR": str(state),
+        "SENTINEL_GUARD": "enforce",
+        "PYTHONPATH": str(guard_path()),
+    }
+    out = json.loads(topo.run("app", PYTHON, "-c", GUARDED, env=env, timeout=60).stdout)
+    assert out == {"api": "SecurityError", "ip": "SecurityError", "pg": "ok"}, out
+    db = state / "events.db"
+    assert wait_for(
+        lambda: (
+            len(_stored(db, "SELECT 1 FROM events WHERE layer = 'guard' AND verdict = 'blocked'"))
+            >= 2
+        ),
+        timeout=20,
+    ), sentinel.log()
+    assert sentinel.stop() == 0
+    result = topo.sentinel("policy", "suggest", "--last", "1h")
+    assert result.returncode == 0, result.stderr
+    suggested = parse_policy(result.stdout)
+    got = {(a.host, str(a.cidr), a.ports, a.protocol) for a in suggested.allow}
+    assert ("api.example.com", "None", (443,), "tcp") in got
+    assert (None, "198.18.5.5/32", (8443,), "tcp") in got
+    assert "ports seen only at name resolution (guard); protocol tcp assumed" in result.stdout
+    assert "guard=" in result.stdout
+    path = tmp_path / "suggested.yaml"
+    path.write_text(result.stdout)
+    check = topo.sentinel("check", str(path))
+    assert check.returncode == 0, check.stdout + check.stderr
