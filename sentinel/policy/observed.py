@@ -63,7 +63,10 @@ def from_bundle(directory: Path, window: Window | None) -> Observations:
     report = _read_json(directory / "report.json")
     w = report.get("window") or {}
     window = window or Window(float(w.get("since", 0)), float(w.get("until", 0)))
-    events = [Event.from_dict(d) for d in _jsonl(directory / "flows.jsonl")]
+    events = [
+        Event(**{k: v for k, v in d.items() if k in ev.COLUMNS})
+        for d in _jsonl(directory / "flows.jsonl")
+    ]
     for row in _jsonl(directory / "kernel-counters.jsonl"):
         ts = float(row.pop("ts", 0))
         events.append(
