@@ -208,3 +208,21 @@ def test_ini_setting_activates_it_and_bad_input_is_a_usage_error(netns, project)
     broken = run_in(netns, project, "--sentinel-policy", "broken.yaml")
     assert broken.ret == pytest.ExitCode.USAGE_ERROR
     assert "broken.yaml:3: allow[0]: needs exactly one of host or cidr" in broken.stderr.str()
+
+
+def test_a_guard_already_installed_is_a_usage_error_and_off_lets_the_plugin_in(
+    netns, project, monkeypatch
+):
+    from sentinel.guard import guard_path
+
+    monkeypatch.setenv("PYTHONPATH", str(guard_path()))  # sitecustomize boots the guard
+    monkeypatch.setenv("SENTINEL_POLICY", str(project.path / "policy.yaml"))
+    monkeypatch.setenv("SENTINEL_STATE_DIR", str(project.path / "no-state"))
+    monkeypatch.setenv("SENTINEL_GUARD", "enforce")
+    twice = run_in(netns, project, "--sentinel-policy", "policy.yaml", *PINS)
+    assert twice.ret == pytest.ExitCode.USAGE_ERROR
+    assert "a sentinel guard is already installed in this interpreter" in twice.stderr.str()
+    monkeypatch.setenv("SENTINEL_GUARD", "off")  # loaded but off: the plugin installs its own
+    off = run_in(netns, project, "--sentinel-policy", "policy.yaml", *PINS, "-k", "home_call")
+    assert off.parseoutcomes() == {"failed": 1, "deselected": 6}
+    assert "SecurityError" in off.stdout.str()

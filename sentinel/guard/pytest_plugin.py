@@ -141,10 +141,11 @@ class GuardPlugin:
     def _boot(self) -> Any:
         from sentinel.guard import PYTHONPATH_DIR
 
-        if "sentinel_guard" in sys.modules and sys.modules["sentinel_guard"]._BOOTED:
+        loaded = sys.modules.get("sentinel_guard")
+        if loaded is not None and loaded.status().get("installed"):
             raise pytest.UsageError(
                 "--sentinel-policy: a sentinel guard is already installed in this interpreter "
-                "(sitecustomize or .pth); run pytest without it"
+                "(sitecustomize or .pth); run pytest without it or with SENTINEL_GUARD=off"
             )
         env = {
             "SENTINEL_GUARD": "enforce",
@@ -159,7 +160,10 @@ class GuardPlugin:
         try:
             import sentinel_guard
 
-            sentinel_guard.boot("pytest")
+            if sentinel_guard._BOOTED:  # loaded at start-up with SENTINEL_GUARD=off
+                sentinel_guard._private_copy()["_install"]("enforce", "pytest")
+            else:
+                sentinel_guard.boot("pytest")
         finally:
             sys.path.remove(str(PYTHONPATH_DIR))
             for key, value in saved.items():  # the guard read its configuration at boot
