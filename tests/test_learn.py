@@ -254,3 +254,36 @@ def test_cli_bad_input_exits_2_with_the_cause_and_creates_nothing(tmp_path, poli
     out = _cli("explain", "198.18.9.1:443", state=state, policy_env=policy_file.source)
     assert out.returncode == 1 and "DENY (decided by netfilter; mode enforce)" in out.stdout
     assert not state.exists()
+
+
+def test_cli_window_selects_the_attempts_and_leaves_the_store_as_it_was(tmp_path):
+    import hashlib
+
+    from sentinel.store import events as ev
+
+    state = tmp_path / "state"
+    conn = ev.connect(ev.db_path(state))
+    old, recent = NOW - 7200, NOW - 60
+    ev.write_events(
+        conn,
+        [
+            dns("old.example.com", ["198.18.5.1"], ts=old - NOW + 100),
+            net("198.18.5.1", 443, ts=old - NOW + 101),
+            dns("new.example.com", ["198.18.5.2"], ts=recent - NOW + 100),
+            net("198.18.5.2", 443, ts=recent - NOW + 101),
+        ],
+        {},
+    )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    db = ev.db_path(state)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    last = _cli("policy", "suggest", "--last", "10m", state=state)
+    assert last.returncode == 0, last.stderr
+    assert [a.host for a in parse_policy(last.stdout).allow] == ["new.example.com"]
+    window = _cli(
+        "policy", "suggest", "--since", str(old - 10), "--until", "90m", state=state
+    )  # fmt: skip
+    assert window.returncode == 0, window.stderr
+    assert [a.host for a in parse_policy(window.stdout).allow] == ["old.example.com"]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
