@@ -91,6 +91,22 @@ def audited(topo: Topology, tmp_path: Path):
         timeout=20,
     )
     assert stored, sentinel.log()
+    # the kernel logged the canary's probes with its mark: recorded as canary, never an attempt
+    canary_ips = (
+        "SELECT DISTINCT layer FROM events WHERE dst_ip = '198.18.0.99' AND kind LIKE 'canary%'"
+    )
+    assert wait_for(
+        lambda: (
+            _stored(db, canary_ips)
+            and not _stored(
+                db, "SELECT 1 FROM events WHERE layer = 'netfilter' AND dst_ip = '198.18.0.99'"
+            )
+        ),
+        timeout=10,
+    ), _stored(
+        db, "SELECT layer, kind, protocol, dst_port FROM events WHERE dst_ip = '198.18.0.99'"
+    )
+    assert _stored(db, "SELECT 1 FROM events WHERE kind = 'canary_probe'"), "no NFLOG canary probe"
     assert sentinel.stop() == 0  # SIGTERM: the rules (and their counters) stay in force
     return topo, policy, state
 
