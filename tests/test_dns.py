@@ -271,3 +271,30 @@ def test_audit_mode_records_the_relayed_answer_with_cnames_for_policy_suggest(wo
         "cnames": ["edge.cdn"],
         "ttl": 30,
     }
+
+
+# --- the pipelined start-up path's own wire parser (resolver/bulk.py) --------------------------
+def test_bulk_parser_reads_what_dnspython_writes_and_rejects_what_is_not_ours():
+    from sentinel.resolver.bulk import parse_reply, question_wire
+    from sentinel.resolver.upstream import Answer
+
+    q = dns.message.make_query("Models.Internal.", "A")
+    reply = dns.message.make_response(q)
+    reply.answer.append(
+        dns.rrset.from_text("models.internal.", 60, "IN", "CNAME", "graph.internal.")
+    )
+    reply.answer.append(
+        dns.rrset.from_text_list("graph.internal.", 30, "IN", "A", ["198.18.0.3", "198.18.0.4"])
+    )
+    wire = reply.to_wire()  # dnspython compresses the repeated names
+    question = question_wire("models.internal", 1)
+    flags, parsed = parse_reply(wire, q.id, question)
+    assert parsed == Answer.from_message(dns.message.from_wire(wire))
+    assert parsed.records[("graph.internal", 1)] == (30, [ip("198.18.0.3"), ip("198.18.0.4")])
+    assert parsed.records[("models.internal", 5)] == (60, ["graph.internal"])
+    assert parse_reply(wire, (q.id + 1) % 65536, question) is None  # another id
+    assert parse_reply(wire, q.id, question_wire("other.internal", 1)) is None  # another question
+    assert parse_reply(q.to_wire(), q.id, question) is None  # a query, not a reply
+    loop = wire[:12] + question + b"\xc0\x0c" + wire[12 + len(question) + 2 :]
+    assert parse_reply(wire[: len(wire) - 3], q.id, question) is None  # cut short
+    assert parse_reply(loop[:-1], q.id, question) is None or True  # never raises
