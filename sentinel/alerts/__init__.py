@@ -14,7 +14,7 @@ _WHERE = {
     "CircuitBreaker": "breaker",
     "AlertDispatcher": "dispatcher",
     "Backoff": "dispatcher",
-    "TestResult": "dispatcher",
+    "SinkTestResult": "dispatcher",
     "send_test_alerts": "dispatcher",
     "SEVERITY_BY_KIND": "model",
     "Alert": "model",

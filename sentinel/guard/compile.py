@@ -12,12 +12,12 @@ import hashlib
 import ipaddress
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sentinel.atomic import write_atomic
 from sentinel.errors import SentinelError
 from sentinel.guard import ALLOWLIST_FORMAT
 from sentinel.policy.load import Policy
@@ -107,17 +107,9 @@ def write_allowlist(
     path = allowlist_path(state_dir)
     data = compile_allowlist(policy, pins)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{ALLOWLIST_NAME}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                # compact: the C encoder (indent= falls back to pure Python: 1 s at 10,000 entries)
-                f.write(json.dumps(data, separators=(",", ":"), sort_keys=True))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # compact: the C encoder (indent= falls back to pure Python: 1 s at 10,000 entries)
+        text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        write_atomic(path, text, mode=0o644)
     except OSError as exc:
         raise SentinelError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -330,7 +330,7 @@ def _compile_rules(doc, generation):
         "mode": str(doc.get("mode", "enforce")),
         "policy_sha256": str(doc.get("policy_sha256", "")),
         "generation": generation,
-        "entries": int(doc.get("entry_count", len(entries))),
+        "entries": len(entries) + sum(len(n[2]) // n[0] for n in nets[len(groups) :]),
         "cache": {},  # decisions for this allowlist only; replaced with it
         "allowed": set(),  # raw audit arguments already allowed (the hook's fast path)
     }
