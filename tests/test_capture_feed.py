@@ -76,8 +76,8 @@ def test_no_feed_is_a_clear_error(tmp_path):
 def test_each_packet_carries_the_event_it_went_to_folded_ones_too(running):
     mon, events, feed, state = running
     records = read_feed(state, history=False, follow=True, timeout=0.1)
-    assert next(records) is None  # connected, nothing yet
-    wait_for(lambda: feed.readers)
+    hello = next(records)  # admitted: from now on every packet is offered to us
+    assert (hello.kind, hello.seq, hello.dropped) == (feedmod.STATUS, 0, 0)
     now = time.time()
     mon.handle(udp_body(443), now)
     mon.handle(udp_body(443), now + 0.1)  # the same flow: folded into the first event
@@ -154,7 +154,9 @@ def test_bounded_number_of_readers(running):
     assert wait_for(lambda: feed.counts["refused"] == 1)
     assert len(feed.readers) == feedmod.MAX_CLIENTS
     socks[-1].settimeout(3)
-    assert socks[-1].recv(100) == b""  # closed: a capture says "the feed closed"
+    assert socks[-1].recv(100) == b""  # closed without a status record
+    with pytest.raises(SentinelError, match="refused this reader"):
+        next(read_feed(state, history=False, follow=True))
     for s in socks:
         s.close()
 

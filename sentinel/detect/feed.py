@@ -121,6 +121,7 @@ class _Reader:
             self._drain()
             self._send(END, self._settled(), 0.0, None, b"{}")
             return
+        self._send(STATUS, self._settled(), time.time(), None, b"{}")  # "you are admitted"
         while not self.closed:
             if not self.wake.wait(STATUS_EVERY):
                 self._send(STATUS, self._settled(), time.time(), None, b"{}")
@@ -277,6 +278,17 @@ def read_feed(directory: Path, history: bool, follow: bool, timeout: float = 0.5
         raise SentinelError(_no_feed(path, exc)) from None
     try:
         sock.sendall(json.dumps({"history": history, "follow": follow}).encode())
+        sock.settimeout(5.0)
+        try:
+            first = sock.recv(1 << 17)  # a follower is admitted with a status record
+        except TimeoutError:
+            first = b""
+        if not first:
+            raise SentinelError(
+                f"the capture feed {path} refused this reader (at most "
+                f"{MAX_CLIENTS} at a time) or did not answer"
+            )
+        yield decode(first)
         sock.settimeout(timeout)
         while True:
             try:

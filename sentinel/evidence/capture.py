@@ -250,7 +250,7 @@ def run_capture(
     check_args(count, fmt, pcap_path)
     _, _, PcapWriter = _scapy()
     records = read_feed(directory, history=not follow, follow=follow)
-    first = next(records)  # connects (or raises: no feed) before any file is created
+    first = next(records)  # connects and is admitted (or raises) before any file is created
     pcap = None
     if pcap_path is not None:
         pcap = PcapWriter(str(pcap_path), linktype=LINKTYPE_NFLOG, sync=True)
