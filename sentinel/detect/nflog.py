@@ -105,6 +105,10 @@ def _parse_v4(p: bytes) -> Flow:
     ihl = (p[0] & 0x0F) * 4
     if ihl < 20 or len(p) < ihl:
         raise Malformed("bad IPv4 header length")
+    total = struct.unpack_from("!H", p, 2)[0]
+    if total < ihl:
+        raise Malformed("IPv4 total length shorter than the header")
+    p = p[:total]  # bytes past the packet's own length are not its ports (found by scapy)
     frag_offset = struct.unpack_from("!H", p, 6)[0] & 0x1FFF
     src, dst = str(ipaddress.IPv4Address(p[12:16])), str(ipaddress.IPv4Address(p[16:20]))
     return _transport(4, p[9], src, dst, p[ihl:] if frag_offset == 0 else b"")
@@ -115,6 +119,9 @@ def _parse_v6(p: bytes) -> Flow:
         raise Malformed("short IPv6 header")
     src, dst = str(ipaddress.IPv6Address(p[8:24])), str(ipaddress.IPv6Address(p[24:40]))
     nxt, offset = p[6], 40
+    payload_length = struct.unpack_from("!H", p, 4)[0]
+    if payload_length or nxt != 0:  # 0 after a hop-by-hop header: a jumbogram (RFC 2675)
+        p = p[: 40 + payload_length]
     for _ in range(8):  # bounded walk over extension headers
         if nxt == 44:  # fragment header: ports only in the first fragment
             if len(p) < offset + 8:
