@@ -25,7 +25,7 @@ CRAFT = r"""
 import sys
 from scapy.layers.inet import IP, TCP, UDP, fragment, IPOption_RR, IPOption_Timestamp
 from scapy.layers.inet6 import (IPv6, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrFragment,
-                                IPv6ExtHdrDestOpt, ICMPv6EchoRequest)
+                                IPv6ExtHdrDestOpt, ICMPv6EchoRequest, PadN)
 from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import GRE
 from scapy.layers.sctp import SCTP
@@ -63,6 +63,9 @@ CASES = {
         v6 / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting(addresses=[])
         / IPv6ExtHdrFragment(id=sport) / syn
     ],
+    "v6 hop-by-hop padded past 128 bytes": lambda: [
+        v6 / IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * 190)]) / syn
+    ],
     "v6 echo behind hop-by-hop": lambda: [v6 / IPv6ExtHdrHopByHop() / ICMPv6EchoRequest(id=sport)],
     "v6 first fragment only": lambda: [
         v6 / IPv6ExtHdrFragment(id=sport, m=1) / UDP(sport=sport, dport=443, len=100) / Raw(b"y" * 16)
@@ -99,6 +102,8 @@ EXPECT = {
     "v6 atomic fragment": (1, "udp", 6, 443),
     "v6 all four headers": (1, "tcp", 6, 443),
     "v6 echo behind hop-by-hop": (1, "icmpv6", 6, None),
+    # the monitor copies 128 bytes: the port lies past them, the attempt is still one event
+    "v6 hop-by-hop padded past 128 bytes": (1, "tcp", 6, None),
 }
 # held by the kernel's reassembly (conntrack defrag, before every table) and discarded there
 NEVER_JUDGED = {
