@@ -68,6 +68,16 @@ def test_socket_is_root_only_and_removed_on_stop(tmp_path):
     assert not path.exists() and mon.tap is None
 
 
+def test_an_unusable_state_dir_leaves_the_monitor_untapped_and_running(tmp_path):
+    (tmp_path / "file").write_text("")
+    mon, events = monitor()
+    feed = CaptureFeed(mon, tmp_path / "file" / "state").start()  # mkdir fails: no feed
+    assert mon.tap is None and feed.listener is None
+    mon.handle(udp_body(443), time.time())
+    assert len(events) == 1
+    feed.stop()
+
+
 def test_no_feed_is_a_clear_error(tmp_path):
     with pytest.raises(SentinelError, match="no capture feed at .*sentinel run"):
         next(read_feed(tmp_path, history=True, follow=False))

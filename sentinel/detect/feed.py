@@ -179,7 +179,11 @@ class CaptureFeed:
     def start(self) -> CaptureFeed:
         if self.monitor is None:
             return self
-        self.listener = self._listen()
+        try:
+            self.listener = self._listen()
+        except OSError as exc:  # a view must never stop enforcement: no feed, said loudly
+            log.error("capture_feed_unavailable", socket=str(self.path), error=str(exc))
+            return self
         self.monitor.tap = self.offer
         self.thread = threading.Thread(target=self._accept_loop, name="capture-accept")
         self.thread.daemon = True
