@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -217,8 +218,6 @@ def test_pcap_is_link_type_239_and_reads_back(running, tmp_path):
     ],
 )
 def test_bad_arguments_are_bad_input(tmp_path, args, message):
-    from pathlib import Path
-
     count, fmt, pcap = args
     with pytest.raises(BadInput, match=message):
         run_capture(tmp_path, count, False, Path(pcap) if pcap else None, fmt, io.StringIO(), print)
@@ -231,3 +230,14 @@ def test_the_daemon_never_imports_scapy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_command_exit_codes(tmp_path):
+    exe = str(Path(sys.executable).with_name("sentinel"))
+    env = {**os.environ, "SENTINEL_STATE_DIR": str(tmp_path)}
+    run = lambda *a: subprocess.run([exe, "capture", *a], capture_output=True, text=True, env=env)  # noqa: E731
+    missing = run("--follow")
+    assert missing.returncode == 1 and "no capture feed at" in missing.stderr
+    bad = run("--count", "0")
+    assert bad.returncode == 2 and "--count" in bad.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
