@@ -239,6 +239,25 @@ def explain(
         raise SentinelError(f"explain: {result['destination']} is not allowed", EXIT_VIOLATION)
 
 
+@app.command()
+def capture(
+    count: Annotated[int | None, typer.Option(help="stop after this many packets")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="live packets until stopped (default: recent ones)")
+    ] = False,
+    pcap: Annotated[
+        Path | None, typer.Option(help="also write a pcap here (link type 239, NFLOG)")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+) -> None:
+    """Logged packets from the running monitor's feed, dissected by scapy (root only)."""
+    from sentinel.evidence.capture import run_capture  # local: scapy only for this command
+    from sentinel.store.state import state_dir
+
+    err = lambda line: typer.echo(line, err=True)  # noqa: E731
+    run_capture(state_dir(), count, follow, pcap, fmt, sys.stdout, err)
+
+
 @alert_app.command("test")
 def alert_test(policy_file: PolicyOpt = None) -> None:
     """Send one test alert through every configured sink and print each result."""

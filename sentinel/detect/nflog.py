@@ -105,6 +105,10 @@ def _parse_v4(p: bytes) -> Flow:
     ihl = (p[0] & 0x0F) * 4
     if ihl < 20 or len(p) < ihl:
         raise Malformed("bad IPv4 header length")
+    total = struct.unpack_from("!H", p, 2)[0]
+    if total < ihl:
+        raise Malformed("IPv4 total length shorter than the header")
+    p = p[:total]  # bytes past the packet's own length are not its ports (found by scapy)
     frag_offset = struct.unpack_from("!H", p, 6)[0] & 0x1FFF
     src, dst = str(ipaddress.IPv4Address(p[12:16])), str(ipaddress.IPv4Address(p[16:20]))
     return _transport(4, p[9], src, dst, p[ihl:] if frag_offset == 0 else b"")
@@ -115,6 +119,9 @@ def _parse_v6(p: bytes) -> Flow:
         raise Malformed("short IPv6 header")
     src, dst = str(ipaddress.IPv6Address(p[8:24])), str(ipaddress.IPv6Address(p[24:40]))
     nxt, offset = p[6], 40
+    payload_length = struct.unpack_from("!H", p, 4)[0]
+    if payload_length or nxt != 0:  # 0 after a hop-by-hop header: a jumbogram (RFC 2675)
+        p = p[: 40 + payload_length]
     for _ in range(8):  # bounded walk over extension headers
         if nxt == 44:  # fragment header: ports only in the first fragment
             if len(p) < offset + 8:
@@ -214,6 +221,11 @@ class Folder:
     def __len__(self) -> int:
         return len(self._open)
 
+    def event_id(self, flow: Flow, verdict: str) -> str | None:
+        """The id of the open event a packet of this flow was folded into."""
+        current = self._open.get((flow, verdict))
+        return current.event.id if current is not None else None
+
     @staticmethod
     def _close(current: _Open) -> Event | None:
         if current.packets == 1:
@@ -266,6 +278,8 @@ class Monitor:
         self._snapper: threading.Thread | None = None
         self._next_seq: int | None = None
         self.started_at = 0.0
+        # the capture feed (detect/feed.py): (message, time, event id or None), never blocks
+        self.tap: Callable[[bytes, float, str | None], None] | None = None
 
     def start(self) -> Monitor:
         """Binds the group (raises OSError if that fails) and starts the reader thread."""
@@ -341,6 +355,12 @@ class Monitor:
 
     def handle(self, body: bytes, now: float) -> None:
         """One NFLOG message -> at most one new event. Never raises on bad input."""
+        event_id = self._handle(body, now)
+        if self.tap is not None:
+            self.tap(body, now, event_id)
+
+    def _handle(self, body: bytes, now: float) -> str | None:
+        """The event id the message went to (new or folded), None if it made none."""
         self.counts["messages"] += 1
         try:
             packet = parse_nflog(body)
@@ -348,22 +368,23 @@ class Monitor:
             verdict = PREFIX_VERDICT.get(packet.prefix)
             if verdict is None:  # someone else's NFLOG rule in our group
                 self.counts["foreign"] += 1
-                return
+                return None
             flow = parse_ip(packet.payload)
             if packet.mark == CANARY_MARK:
                 verdict = CANARY_PREFIX + verdict
         except (Malformed, struct.error, ValueError):
             self.counts["malformed"] += 1
-            return
+            return None
         self.counts["packets"] += 1
         event, evicted = self.folder.feed(flow, verdict, now)
         for update in evicted:
             self.update(update)
         if event is None:
             self.counts["folded"] += 1
-            return
+            return self.folder.event_id(flow, verdict)
         self.counts["events"] += 1
         self.emit(event)
+        return event.id
 
     def _check_seq(self, seq: int | None) -> None:
         if seq is None:
