@@ -33,6 +33,7 @@ from sentinel.alerts.outbox import FILENAME, Outbox, Row
 from sentinel.alerts.ratelimit import TokenBucket
 from sentinel.alerts.registry import build_sinks
 from sentinel.alerts.router import Router
+from sentinel.evidence import metrics
 from sentinel.policy.load import Policy
 from sentinel.redact import redact_text
 from sentinel.store.events import Event
@@ -82,6 +83,7 @@ class _SinkWorker:
                 pause = self.step()
             except Exception as exc:  # a bug must not kill alerting for good
                 log.error("alert_worker_error", sink=self.name, error=redact_text(repr(exc)))
+                metrics.observe_error("alerts")
                 pause = owner.tick
             if pause:
                 self.wake.wait(pause)  # set by _enqueue and stop(): new work ends the wait
@@ -113,7 +115,10 @@ class _SinkWorker:
             owner.outbox.failed(row)
             log.error("alert_render_error", sink=self.name, error=redact_text(repr(exc)))
             return
+        started = time.perf_counter()
         result = post(owner.client, self.sink.url, body, headers)
+        outcome = {OK: "ok", REJECTED: "rejected"}.get(result.outcome, "retry")
+        metrics.observe_delivery(self.name, time.perf_counter() - started, outcome)
         self.last = result
         fields = {"sink": self.name, "alert_id": row.alert.id, "status": result.status}
         if result.outcome == OK:
@@ -181,7 +186,8 @@ class AlertDispatcher:
         self.sinks, self.problems = build_sinks(policy.alerts, environ)
         pd = next((s for s in policy.alerts.sinks if s.kind == "pagerduty"), None)
         resolve_after = float(pd.options.get("resolve_after", 0.0)) if pd else 0.0
-        self.router = Router(policy.alerts.dedup_window, digest_windows, resolve_after)
+        windows = digest_windows or dict(policy.alerts.digest_windows)
+        self.router = Router(policy.alerts.dedup_window, windows, resolve_after)
         self.outbox = Outbox(Path(state_dir) / FILENAME, outbox_rows, outbox_max_age, clock)
         self.client = make_client(policy.mark if mark == -1 else mark, timeout)
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=queue_size)
@@ -281,6 +287,9 @@ class AlertDispatcher:
             "outbox_degraded": self.outbox.degraded,  # in memory: lost on restart
         }
 
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
     def latencies(self) -> list[float]:
         """Seconds from alert creation to the sink's 2xx, for recent deliveries (bench)."""
         with self._lock:
@@ -293,6 +302,7 @@ class AlertDispatcher:
                 self._drain(final=False)
             except Exception as exc:
                 log.error("alert_router_error", error=redact_text(repr(exc)))
+                metrics.observe_error("alerts")
                 self._stopping.wait(self.tick)
         self._drain(final=True)
 

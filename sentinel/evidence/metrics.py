@@ -5,6 +5,9 @@ app tried to reach and give the metric unbounded cardinality.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily
 
 from sentinel.store.events import LAYERS, Event
+from sentinel.store.kinds import is_attempt
 
 COMPONENTS = ("resolver", "alerts", "store", "monitor", "guard", "apply")
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "dns", "other")
@@ -45,6 +49,25 @@ UNACCOUNTED = Gauge(
     "Kernel NFLOG packets missing from the store",
     registry=REGISTRY,
 )
+EXTERNAL = Counter(
+    "sentinel_external_calls",
+    "Attempts the kernel let out (audit mode): the report's external_calls",
+    registry=REGISTRY,
+)
+EXTERNAL_10M = Gauge(
+    "sentinel_external_calls_last_10m",
+    "External calls in the last 10 minutes (the report's external_calls_last_10m)",
+    registry=REGISTRY,
+)
+SINK_LATENCY = Histogram(
+    "sentinel_alert_delivery_seconds",
+    "Seconds one delivery request to a sink took, per sink and outcome",
+    ["sink", "outcome"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+SINKS = ("pagerduty", "slack", "webhook")
+OUTCOMES = ("ok", "retry", "rejected")
 
 
 def _one_of(value: str | None, allowed: tuple[str, ...]) -> str:
@@ -55,12 +78,87 @@ def component(name: str) -> str:
     return _one_of(name, COMPONENTS)
 
 
+_external_lock = threading.Lock()
+_external_times: deque[float] = deque(maxlen=100_000)
+
+
 def observe_event(event: Event) -> None:
-    """Count an attempt by layer, protocol and verdict; heartbeats and info events are skipped."""
-    if event.verdict not in ("blocked", "audited") or event.last_ts is not None:
-        return  # an event with last_ts is a fold update of one already counted
+    """Count an egress attempt (exactly what the report counts: sentinel.store.kinds) by
+    layer, protocol and verdict. A guard and a kernel sighting of one call count once in each
+    layer, as in the report's `attempts_by_layer`; fold updates (`last_ts`) are not new."""
+    if event.last_ts is not None or not is_attempt(event.layer, event.kind, event.verdict):
+        return
     layer, protocol = _one_of(event.layer, LAYERS), _one_of(event.protocol, PROTOCOLS)
     BLOCKED.labels(layer, protocol, event.verdict).inc()
+    if event.layer == "netfilter" and event.verdict == "audited":
+        EXTERNAL.inc()
+        with _external_lock:
+            _external_times.append(event.ts)
+
+
+def _external_last_10m() -> float:
+    cutoff = time.time() - 600.0
+    with _external_lock:
+        while _external_times and _external_times[0] < cutoff:
+            _external_times.popleft()
+        return float(len(_external_times))
+
+
+EXTERNAL_10M.set_function(_external_last_10m)
+
+
+class _Hits:
+    """Resolver cache hits / lookups, since start."""
+
+    def __init__(self) -> None:
+        self.hits = self.lookups = 0
+
+    def rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+
+_HITS = _Hits()
+CACHE_HIT_RATE.labels("resolver").set_function(_HITS.rate)
+_RESOLVER = ("resolver",)
+
+
+def observe_query(seconds: float, cache_hit: bool, failed: bool = False) -> None:
+    """One DNS query answered by the resolver (hot path: a few microseconds)."""
+    REQUESTS.labels(*_RESOLVER).inc()
+    LATENCY.labels(*_RESOLVER).observe(seconds)
+    _HITS.lookups += 1  # under the GIL; a lost increment only nudges a ratio
+    if cache_hit:
+        _HITS.hits += 1
+    if failed:
+        ERRORS.labels(*_RESOLVER).inc()
+
+
+def observe_apply(seconds: float, ok: bool) -> None:
+    REQUESTS.labels("apply").inc()
+    LATENCY.labels("apply").observe(seconds)
+    if not ok:
+        ERRORS.labels("apply").inc()
+
+
+def observe_delivery(sink: str, seconds: float, outcome: str) -> None:
+    """One delivery attempt of an alert to a sink (the dispatcher's workers)."""
+    REQUESTS.labels("alerts").inc()
+    LATENCY.labels("alerts").observe(seconds)
+    SINK_LATENCY.labels(_one_of(sink, SINKS), _one_of(outcome, OUTCOMES)).observe(seconds)
+    if outcome != "ok":
+        ERRORS.labels("alerts").inc()
+
+
+def observe_error(name: str) -> None:
+    ERRORS.labels(component(name)).inc()
+
+
+def watch_alerts(depth: Callable[[], int]) -> None:
+    QUEUE_DEPTH.labels("alerts").set_function(depth)
+
+
+def set_unaccounted(packets: int | None) -> None:
+    UNACCOUNTED.set(packets or 0)
 
 
 class _StatsCollector:

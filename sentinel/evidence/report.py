@@ -24,13 +24,13 @@ from typing import Any
 from sentinel.errors import BadInput, SentinelError
 from sentinel.store import events as ev
 from sentinel.store.events import Event
+from sentinel.store.kinds import is_attempt
 
 TEN_MINUTES = 600.0
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
 GUARD_INTERVAL = 5.0  # the guard's default heartbeat interval, when its events do not say
 JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
 MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete
-ATTEMPT_KINDS = ("egress_attempt", "dns_refused", "connect_blocked", "connect_audited")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -102,11 +102,7 @@ def parse_window(
 
 # --- attempts -------------------------------------------------------------------------------
 def _is_attempt(e: Event) -> bool:
-    return (
-        e.layer in ("netfilter", "dns", "guard")
-        and e.verdict in ("blocked", "audited")
-        and (e.kind in ATTEMPT_KINDS or e.layer == "netfilter")
-    )
+    return is_attempt(e.layer, e.kind, e.verdict)
 
 
 def join_attempts(events: list[Event]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
 from sentinel.resolver.pins import PinManager, Upstream, normalize
@@ -180,9 +181,11 @@ class PinningResolver:
                 wire, peer = sock.recvfrom(4096)
             except OSError:
                 return
+            started = time.perf_counter()
             cached = self._cached(wire)
             if cached is not None:
                 sock.sendto(cached, peer)
+                metrics.observe_query(time.perf_counter() - started, cache_hit=True)
                 continue
             try:
                 self._pool.submit(self._answer_udp, sock, wire, peer)
@@ -243,12 +246,16 @@ class PinningResolver:
     def safe_handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
         """handle(), but an internal failure (e.g. the kernel refused a pin) is a SERVFAIL:
         the answer is never released without its rule, and the client is not left waiting."""
+        started = time.perf_counter()
         try:
-            return self.handle(wire, src_port, transport)
+            reply = self.handle(wire, src_port, transport)
         except Exception:  # noqa: BLE001
             log.exception("dns_query_failed", transport=transport)
+            metrics.observe_query(time.perf_counter() - started, cache_hit=False, failed=True)
             q = parse_query(wire)
             return response(q, SERVFAIL) if q else None
+        metrics.observe_query(time.perf_counter() - started, cache_hit=False)
+        return reply
 
     def stats(self) -> dict[str, int]:
         return {"malformed": self.malformed}
