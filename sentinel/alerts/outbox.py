@@ -293,20 +293,38 @@ class Outbox:
 
 def read_summary(state_dir: str | Path) -> dict[str, dict[str, int]]:
     """Per-sink counters (sent, failed, retries, dropped, unreported, pending) from the outbox
-    in a state directory, for reports made outside the daemon; {} when there is none."""
+    in a state directory, for reports made outside the daemon; {} when there is none.
+
+    Read-only (`mode=ro`): nothing is created, migrated or set aside. A damaged outbox raises
+    a SentinelError with exit code 2 naming the file; the file stays as it is."""
+    from sentinel.errors import EXIT_BAD_INPUT
+    from sentinel.store.events import readonly_uri
+
     path = Path(state_dir) / FILENAME
     if not path.exists():
         return {}
-    box = Outbox(path)
     try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise SentinelError(f"alert outbox {path} is unreadable: {exc}", EXIT_BAD_INPUT) from None
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise SentinelError(
+                f"alert outbox {path} has schema v{found}, newer than this sentinel",
+                EXIT_BAD_INPUT,
+            )
         out: dict[str, dict[str, int]] = {}
-        for name, value in box.counters().items():
+        if found == 0:
+            return out  # created but never migrated: nothing in it
+        for name, value in conn.execute("SELECT name, value FROM counters").fetchall():
             counter, _, sink = name.partition(":")
             out.setdefault(sink, {})[counter] = value
-        with box._lock:
-            rows = box._conn.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
+        rows = conn.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
         for sink, n in rows:
             out.setdefault(sink, {})["pending"] = n
         return out
+    except sqlite3.Error as exc:
+        raise SentinelError(f"alert outbox {path} is unreadable: {exc}", EXIT_BAD_INPUT) from None
     finally:
-        box.close()
+        conn.close()

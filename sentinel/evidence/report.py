@@ -451,9 +451,12 @@ def build_report(
     applied = read_json(APPLIED) if applied is None else applied
     kernel = kernel_facts(applied) if kernel is None else kernel
     path = store or ev.db_path()
-    if not path.exists():
-        ev.connect(path).close()  # an empty store is evidence of nothing watching, not an error
-    conn = ev.connect(path, readonly=True)
+    alerts = _alert_summary(path.parent)  # first: a damaged outbox fails before any work
+    if path.exists():
+        conn = ev.connect(path, readonly=True)  # mode=ro: the evidence is never changed
+    else:  # no store is evidence of nothing watching, not an error; and nothing is created
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        ev.migrate(conn)
     try:
         events = ev.query(conn, min(window.since, window.until - TEN_MINUTES), window.until)
         events = ev.last_before(conn, "kernel_counters", window.since) + events
@@ -462,18 +465,16 @@ def build_report(
     finally:
         conn.close()
     report = assemble(window, events, shed, check, kernel, applied)
-    report["alerts"] = _alert_summary(path.parent)
+    report["alerts"] = alerts
     return report
 
 
 def _alert_summary(state: Path) -> dict[str, Any]:
-    """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...)."""
-    try:
-        from sentinel.alerts.outbox import read_summary
+    """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...), read
+    with `mode=ro`; an unreadable outbox is an error (exit 2), never set aside or replaced."""
+    from sentinel.alerts.outbox import read_summary
 
-        return {"sinks": read_summary(state)}
-    except Exception as exc:  # noqa: BLE001 - the evidence must not fail on the alert outbox
-        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"sinks": read_summary(state)}
 
 
 def assemble(
@@ -632,11 +633,14 @@ def merge_results(path: Path, report: dict[str, Any]) -> None:
         raise BadInput(f"--results {path}: the top level is not a JSON object")
     section = data.get("sentinel") if isinstance(data.get("sentinel"), dict) else {}
     data["sentinel"] = {**section, **results_section(report)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BadInput(f"--results {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def render_table(report: dict[str, Any]) -> list[Any]:
