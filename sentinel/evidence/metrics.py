@@ -78,6 +78,13 @@ def component(name: str) -> str:
     return _one_of(name, COMPONENTS)
 
 
+# every attempt series exists from the start at 0: Prometheus' increase() cannot see the
+# first attempt of a series that appears with the value 1
+for _layer in ("netfilter", "dns", "guard"):
+    for _protocol in PROTOCOLS:
+        for _verdict in ("blocked", "audited"):
+            BLOCKED.labels(_layer, _protocol, _verdict)
+
 _external_lock = threading.Lock()
 _external_times: deque[float] = deque(maxlen=100_000)
 
