@@ -287,10 +287,12 @@ def report(
 ) -> None:
     """Evidence for a window (default last 10m); exit 1 on external calls or ruleset drift."""
     from sentinel.evidence import report as rep  # local: only this command needs it
+    from sentinel.redact import use_key
     from sentinel.store.state import state_dir
 
     fmt = _format(fmt)
     window = rep.parse_window(last, since, until)
+    use_key(state_dir(), create=False)  # read-only: the daemon's key, never a new file
     data = rep.build_report(window)
     if fmt == "json":
         typer.echo(json.dumps(data, indent=2, default=str))

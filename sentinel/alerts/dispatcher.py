@@ -13,6 +13,7 @@ through a real 30 s breaker or 5 min window.
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import threading
@@ -32,7 +33,7 @@ from sentinel.alerts.model import RESOLVE, TEST, Alert, dedup_key_for
 from sentinel.alerts.outbox import FILENAME, Outbox, Row
 from sentinel.alerts.ratelimit import TokenBucket
 from sentinel.alerts.registry import build_sinks
-from sentinel.alerts.router import Router
+from sentinel.alerts.router import Router, export_state, restore_state
 from sentinel.evidence import metrics
 from sentinel.policy.load import Policy
 from sentinel.redact import redact_text
@@ -189,6 +190,9 @@ class AlertDispatcher:
         windows = digest_windows or dict(policy.alerts.digest_windows)
         self.router = Router(policy.alerts.dedup_window, windows, resolve_after)
         self.outbox = Outbox(Path(state_dir) / FILENAME, outbox_rows, outbox_max_age, clock)
+        self._restore_router()
+        self._saved_sig: tuple = self._router_sig()
+        self._saved_at = float("-inf")
         self.client = make_client(policy.mark if mark == -1 else mark, timeout)
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
@@ -321,11 +325,47 @@ class AlertDispatcher:
                 except queue.Empty:
                     break
         now = self.clock()
-        alerts += self.router.flush(now) if final else self.router.tick(now)
+        if final:
+            still_open = dict(self.router.windows)  # incidents stay open across a restart
+            alerts += self.router.flush(now)
+        else:
+            alerts += self.router.tick(now)
         self._saturation(now)
         self._settle_overflow()
         for alert in alerts:
             self._enqueue(alert)
+        if final:
+            self._save_router(export_state(self.router, still_open))
+        elif self._router_sig() != self._saved_sig and time.monotonic() - self._saved_at >= 1.0:
+            self._save_router(export_state(self.router))
+
+    # --- incidents and digests survive restarts (kept in the outbox database) --------------
+    def _router_sig(self) -> tuple:
+        r = self.router
+        stats = (r.stats.events, r.stats.rollups, r.stats.resolves, r.stats.digests)
+        return (*stats, len(r.windows), len(r.digests))
+
+    def _save_router(self, state: dict[str, Any]) -> None:
+        self._saved_sig, self._saved_at = self._router_sig(), time.monotonic()
+        try:
+            self.outbox.save_state("router", json.dumps(state, default=str))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop alerting
+            log.error("alert_state_save_failed", error=redact_text(repr(exc)))
+
+    def _restore_router(self) -> None:
+        try:
+            text = self.outbox.load_state("router")
+            if text:
+                restore_state(self.router, json.loads(text))
+        except Exception as exc:  # noqa: BLE001 - an unreadable state starts empty, and says so
+            log.error("alert_state_restore_failed", error=redact_text(repr(exc)))
+            return
+        if self.router.windows or self.router.digests:
+            log.info(
+                "alert_state_restored",
+                incidents=len(self.router.windows),
+                digests=len(self.router.digests),
+            )
 
     def _enqueue(self, alert: Alert) -> None:
         if alert.severity == TEST:

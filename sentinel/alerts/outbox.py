@@ -43,6 +43,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_head ON outbox (sink, priority, id);
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    # v2: the router's open incidents (dedup key, last seen) and open digests, so resolves
+    # and digests still go out after a restart, an alert reload or a SIGKILL
+    """
+    CREATE TABLE router_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, saved REAL NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -135,6 +140,7 @@ class Outbox:
                 conn.execute("ATTACH DATABASE ? AS disk", (f"file:{self.path}?mode=ro",))
                 conn.execute("INSERT INTO outbox SELECT * FROM disk.outbox")
                 conn.execute("INSERT INTO counters SELECT * FROM disk.counters")
+                conn.execute("INSERT INTO router_state SELECT * FROM disk.router_state")
                 conn.execute("DETACH DATABASE disk")
             except sqlite3.Error as exc:  # unreadable too: start empty, and say so
                 reason += f"; pending rows not copied: {exc}"
@@ -232,6 +238,24 @@ class Outbox:
             if n:
                 self._count_dropped(sink, n)
         return n
+
+    @_degradable
+    def save_state(self, name: str, value: str) -> None:
+        """The router's open incidents/digests (JSON), replaced whole."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(
+                "INSERT INTO router_state (name, value, saved) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value, saved = excluded.saved",
+                (name, value, self.clock()),
+            )
+
+    def load_state(self, name: str) -> str | None:
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT value FROM router_state WHERE name = ?", (name,)
+            ).fetchone()
+        return found[0] if found else None
 
     # --- reading ---------------------------------------------------------------------------
     @_degradable

@@ -526,7 +526,7 @@ def assemble(
         "attempts_total": len(attempts),
         "attempts_by_layer": dict(sorted(layers.items())),
         "attempts_by_protocol": _count(a["protocol"] or "?" for a in attempts),
-        "attempts_by_destination": by_destination(attempts),
+        "attempts_by_destination": redact_obj(by_destination(attempts)),  # as `attempts`
         "attempts": redact_obj([{**a, "time": _iso(a["ts"])} for a in attempts[-MAX_LISTED:]]),
         "attempts_listed": min(len(attempts), MAX_LISTED),
         "netflow": netflow(kernel, applied, counted),

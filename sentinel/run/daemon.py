@@ -117,6 +117,10 @@ class Daemon:
     def run(self) -> int:
         netfilter.ensure_not_root_netns()
         policy = load_policy(self.policy_path)
+        from sentinel import redact
+        from sentinel.store.state import state_dir
+
+        redact.use_key(state_dir(), create=True)  # user-id pseudonyms stable across restarts
         self.ctx = Context(policy, self.policy_path, self.backend, sinks=[self.log_sink])
         upstream = self._upstream(policy)
         self.ctx.pins = PinManager(

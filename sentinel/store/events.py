@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -59,6 +59,22 @@ class Event:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
         return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+
+
+def redact_event(event: Event) -> Event:
+    """The event as it may be stored: secrets, e-mails, phones masked and user ids hashed in
+    its free-text fields (name, executable, stack, detail). Addresses, ports and ids stay."""
+    from sentinel.redact import redact_obj, redact_text
+
+    if not (event.dst_name or event.exe or event.stack or event.detail):
+        return event  # a kernel sighting: nothing free-text to redact (the hot path)
+    return replace(
+        event,
+        dst_name=redact_text(event.dst_name) if event.dst_name else event.dst_name,
+        exe=redact_text(event.exe) if event.exe else event.exe,
+        stack=redact_text(event.stack) if event.stack else event.stack,
+        detail=redact_obj(event.detail) if event.detail else event.detail,
+    )
 
 
 COLUMNS = tuple(f.name for f in fields(Event))
@@ -246,9 +262,9 @@ class EventStore:
         return self
 
     def put(self, event: Event) -> bool:
-        """Queue an event; False (and counted) when the queue is full. Never blocks."""
+        """Queue an event, redacted; False (and counted) when the queue is full. Never blocks."""
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(redact_event(event))
         except queue.Full:
             with self._lock:
                 self._shed[event.layer] = self._shed.get(event.layer, 0) + 1
