@@ -312,6 +312,7 @@ class AlertDispatcher:
 
     def _drain(self, final: bool) -> None:
         alerts: list[Alert] = []
+        depth = self._queue.qsize()  # the backlog this round starts from (drained below)
         try:
             first = self._queue.get(timeout=0 if final else self.tick)
         except queue.Empty:
@@ -330,7 +331,7 @@ class AlertDispatcher:
             alerts += self.router.flush(now)
         else:
             alerts += self.router.tick(now)
-        self._saturation(now)
+        self._saturation(now, depth)
         self._settle_overflow()
         for alert in alerts:
             self._enqueue(alert)
@@ -387,8 +388,8 @@ class AlertDispatcher:
         for name in self.workers:
             self.outbox.add_dropped(name, n)
 
-    def _saturation(self, now: float) -> None:
-        depth, size = self._queue.qsize(), self._queue.maxsize
+    def _saturation(self, now: float, depth: int) -> None:
+        size = self._queue.maxsize
         if size and depth >= SATURATION * size and now - self._last_saturation > _SATURATION_EVERY:
             self._last_saturation = now
             event = Event(

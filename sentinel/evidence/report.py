@@ -420,23 +420,45 @@ def completeness(
     }
 
 
-def _canary() -> dict[str, Any] | None:
-    """The last round of bypass canaries (`canary:` in the policy), if any ran."""
+def _canary(inside: list[Event] | None = None) -> dict[str, Any] | None:
+    """Bypass canaries (`canary:` in the policy): the probes recorded inside the window (the
+    store's canary_result/canary_escaped events), and the last round from canary.json with the
+    service's error count. Without events (`inside` None) only the last round."""
     from sentinel.store.state import read_json
 
     try:
         last = read_json("canary.json")
     except SentinelError:
         return {"error": "canary.json unreadable"}
-    if not last:
+    if inside is None:
+        if not last:
+            return None
+        outcomes = Counter(r.get("outcome") for r in last.get("results", []))
+        return {
+            "last_run": _iso(last.get("ts", 0)),
+            "outcomes": dict(outcomes),
+            "escaped": outcomes.get("escaped", 0),
+            "results": last.get("results", []),
+        }
+    probes = [e for e in inside if e.kind in ("canary_result", "canary_escaped")]
+    if not probes and not last:
         return None
-    outcomes = Counter(r.get("outcome") for r in last.get("results", []))
-    return {
-        "last_run": _iso(last.get("ts", 0)),
-        "outcomes": dict(outcomes),
+    outcomes = Counter(str(e.detail.get("outcome")) for e in probes)
+    out: dict[str, Any] = {
+        "probes_in_window": len(probes),
+        "outcomes": dict(sorted(outcomes.items())),
         "escaped": outcomes.get("escaped", 0),
-        "results": last.get("results", []),
+        "escaped_probes": [
+            {"time": _iso(e.ts), "target": f"{e.dst_ip}:{e.dst_port}", "protocol": e.protocol}
+            for e in probes
+            if e.kind == "canary_escaped"
+        ][:MAX_LISTED],
     }
+    if last:
+        out["last_run"] = _iso(last.get("ts", 0))
+        out["results"] = last.get("results", [])
+        out["errors"] = (last.get("stats") or {}).get("errors", 0)
+    return out
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -536,7 +558,7 @@ def assemble(
         "shed_by_layer": shed,
         "monitor_loss": loss,
         "guard": guard,
-        "canary": _canary(),
+        "canary": _canary(inside),
         "coverage": "complete" if not problems else "partial",
         "coverage_detail": {
             "problems": problems,

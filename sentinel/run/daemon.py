@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from sentinel.enforce import netfilter
 from sentinel.enforce.render import Ruleset, render_rules
-from sentinel.errors import SentinelError
+from sentinel.errors import BadInput, SentinelError
 from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
 from sentinel.policy.decide import prepare_ruleset
@@ -117,6 +117,7 @@ class Daemon:
     def run(self) -> int:
         netfilter.ensure_not_root_netns()
         policy = load_policy(self.policy_path)
+        self._check_ready_file()
         from sentinel import redact
         from sentinel.store.state import state_dir
 
@@ -455,6 +456,19 @@ class Daemon:
         except SentinelError as exc:  # bookkeeping only: the daemon goes on
             log.error("state_write_failed", error=exc.message)
 
+    def _check_ready_file(self) -> None:
+        """Before anything is applied: a stale ready file (a sentinel that was killed) goes,
+        and one that cannot be written is bad input, not a traceback after the apply."""
+        if self.ready_file is None:
+            return
+        probe = self.ready_file.with_name(self.ready_file.name + ".tmp")
+        try:
+            self.ready_file.unlink(missing_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise BadInput(f"--ready-file {self.ready_file}: {exc.strerror or exc}") from None
+
     def _signal_ready(self) -> None:
         """Everything is up (rules, resolver, monitor, guard receiver, alerts): say so, in
         daemon.json and, if asked, in a ready file holding this network namespace's id (the
@@ -463,8 +477,11 @@ class Daemon:
         self._write_daemon_state(self.ctx.policy)
         if self.ready_file is not None:
             tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
-            tmp.write_text(os.readlink("/proc/self/ns/net") + "\n")
-            os.replace(tmp, self.ready_file)
+            try:
+                tmp.write_text(os.readlink("/proc/self/ns/net") + "\n")
+                os.replace(tmp, self.ready_file)
+            except OSError as exc:  # checked at start; gone since: the gate stays shut
+                raise SentinelError(f"--ready-file {self.ready_file}: {exc}") from None
         log.info("ready", ready_file=str(self.ready_file) if self.ready_file else None)
 
     # --- shutdown -------------------------------------------------------------------
