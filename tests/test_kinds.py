@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import time
 from pathlib import Path
 
 from sentinel.alerts.router import Router
@@ -124,3 +125,76 @@ def test_canary_service_survives_a_failing_round_and_counts_it(state_dir, monkey
     assert {e.kind for e in result_events([CanaryResult("tcp4", "x:1", "escaped", "")])} == {
         "canary_escaped"
     }
+
+
+def test_the_dns_layer_emits_only_registered_kinds_through_its_whole_life():
+    """Drive the pin manager and the resolver through every branch that emits: resolve, pin
+    change, rebinding, refusal, upstream down, stale, expired, recovered."""
+    import dns.message
+
+    from tests.test_dns import Clock, FakeUpstream
+
+    records = {
+        "postgres": {"A": ["198.18.0.2"]},
+        "evil.example.com": {"A": ["127.0.0.1", "198.18.5.5"]},
+    }
+    clock, upstream, events = Clock(), FakeUpstream(records), []
+    from sentinel.policy.load import DnsSettings
+    from sentinel.resolver.pins import PinManager
+    from sentinel.resolver.server import PinningResolver
+
+    pins = PinManager(
+        DnsSettings(min_ttl=5, max_ttl=30, stale_grace=10),
+        upstream,
+        ["postgres", "evil.example.com"],
+        events.append,
+        lambda p: None,
+        clock=clock,
+    )
+    resolver = PinningResolver(pins, events.append, port=0)
+    pins.refresh_all()
+    records["postgres"]["A"] = ["198.18.0.7"]
+    clock.now += 30
+    pins.tick()
+    resolver.handle(dns.message.make_query("api.openai.com", "A").to_wire(), 4242, "udp")
+    upstream.down = True
+    for _ in range(4):
+        clock.now += 10
+        pins.tick()
+    upstream.down = False
+    clock.now += 10
+    pins.tick()
+    seen = {e.kind for e in events}
+    wanted = {"pin_changed", "dns_rebinding", "egress_attempt", "dns_upstream_failing"}
+    assert wanted | {"stale_pins", "pins_expired", "dns_upstream_recovered"} <= seen, seen
+    assert all(kinds.known(k) for k in seen), seen - set(kinds.BY_NAME)
+
+
+def test_the_dispatcher_emits_only_registered_kinds(tmp_path):
+    """Its own events: a breaker that opens (sink_degraded) and a full queue (saturation)."""
+    from sentinel.alerts import AlertDispatcher, BreakerSettings
+    from sentinel.lab.alertreceiver import Answer, Receiver
+
+    own: list[Event] = []
+    with Receiver() as rx:
+        rx.script("/hook", then=Answer(500, "down"))
+        policy = parse_policy("version: 1\nalerts:\n  webhook: {url_env: HOOK}\n")
+        d = AlertDispatcher(
+            policy,
+            tmp_path,
+            environ={"HOOK": rx.url("/hook")},
+            queue_size=4,
+            breaker=BreakerSettings(consecutive_failures=1),
+            tick=0.01,
+            mark=None,
+            on_event=own.append,
+        )
+        for port in range(4):
+            d.submit(Event(layer="netfilter", kind="egress_attempt", dst_port=port))
+        d.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len({e.kind for e in own}) < 2:
+            time.sleep(0.05)
+        d.stop()
+    assert {e.kind for e in own} == {"sink_degraded", "queue_saturation"}
+    assert all(kinds.known(e.kind) for e in own)

@@ -131,3 +131,17 @@ def test_per_sink_rate_limits_hold_on_real_deliveries(make, rx):  # noqa: F811
     assert len(rx.accepted("/slack")) == 2 and len(rx.accepted("/pagerduty")) == 4
     assert drive(clock, lambda: len(rx.accepted("/slack")) == 6, step=1.0)
     assert d.stats()["dropped"] == 0
+
+
+def test_digest_windows_default_to_15_minutes_and_1_hour_and_are_settable(tmp_path):
+    from sentinel.alerts import AlertDispatcher
+
+    default = AlertDispatcher(parse_policy("version: 1\n"), tmp_path / "a", mark=None)
+    assert default.router.digest_windows == {"P2": 900.0, "P3": 3600.0}
+    default.stop()
+    set_ = parse_policy("version: 1\nalerts: {digest_window: {P2: 5m, P3: 2h}}\n")
+    custom = AlertDispatcher(set_, tmp_path / "b", mark=None)
+    assert custom.router.digest_windows == {"P2": 300.0, "P3": 7200.0}
+    custom.stop()
+    with pytest.raises(Exception, match=r"alerts.digest_window.P4"):
+        parse_policy("version: 1\nalerts: {digest_window: {P4: 1m}}\n", "p.yaml")
