@@ -102,16 +102,13 @@ def test_report_and_metrics_share_the_attempt_definition():
     assert blocked_total() - before == sum(_is_attempt(e) for e in events) == 3
 
 
-def test_canary_service_survives_a_failing_round_and_counts_it(state_dir, monkeypatch):
+def test_canary_service_survives_a_failing_round_and_counts_it(state_dir):
     """The real write fails (canary.json is a directory); the next round runs and writes."""
-    import socket
-
     emitted: list[Event] = []
     policy = parse_policy("version: 1\ncanary: {target: 127.0.0.1, port: 9, interval: 1s}\n")
     service = CanaryService(policy, emitted.append)
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "canary.json").mkdir()
-    monkeypatch.setattr(socket, "SO_MARK", 36, raising=False)
     service.safe_round()
     service.safe_round()
     assert service.stats()["errors"] == 2 and service.stats()["failing"] == 2

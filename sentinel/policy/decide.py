@@ -81,7 +81,7 @@ def placeholder_pins(policy: Policy) -> dict[str, list[IPAddress]]:
 
 
 @dataclass(frozen=True)
-class TestResult:
+class PolicyTestResult:
     test: PolicyTest
     got: str
     addresses: tuple[str, ...]
@@ -94,7 +94,7 @@ class TestResult:
 
 def run_policy_tests(
     policy: Policy, pins: Pins, ruleset: Ruleset | None = None
-) -> list[TestResult]:
+) -> list[PolicyTestResult]:
     """Evaluate every `tests:` entry; a name is checked at each of its pinned addresses."""
     ruleset = ruleset or render_rules(policy, pins)
     results = []
@@ -103,7 +103,7 @@ def run_policy_tests(
         verdicts = {decide(ruleset, Packet(a, test.port, test.protocol)) for a in addresses}
         # every address must agree with the expectation: one denied pin is a failed "allow"
         got = "allow" if verdicts == {"allow"} else ("audit" if "audit" in verdicts else "deny")
-        results.append(TestResult(test, got, tuple(map(str, addresses))))
+        results.append(PolicyTestResult(test, got, tuple(map(str, addresses))))
     return results
 
 
