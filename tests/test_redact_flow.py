@@ -94,7 +94,7 @@ def test_planted_values_are_masked_or_pseudonymised_everywhere(topo, tmp_path):
         for value in planted:
             assert value not in text, (section, value)
     destinations = [g["destination"] for g in report["attempts_by_destination"]]
-    assert "dns/[EMAIL]:53" in destinations and "dns/[PHONE]:53" in destinations, destinations
+    assert "[EMAIL]:53/dns" in destinations and "[PHONE]:53/dns" in destinations, destinations
     assert set(re.findall(r"u_[0-9a-f]{24}", json.dumps(report))) <= pseudonyms
 
     # 3. the bundle (flows, logs) and the daemon's log: masked, and the key never exported
