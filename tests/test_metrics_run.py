@@ -90,4 +90,5 @@ def test_metrics_of_a_running_sentinel_move_with_real_traffic(topo, tmp_path):
     topo.run("app", "iptables-nft", "-F", "SENTINEL-OUT")
     s.wait_event("tamper", timeout=10)
     assert wait_for(lambda: scrape(topo)["sentinel_rules_in_sync"] == 1.0, 10)
+    assert not s.find("unregistered_event_kind")  # every kind emitted is registered
     assert s.stop() == 0

@@ -64,6 +64,7 @@ def test_planted_values_are_masked_or_pseudonymised_everywhere(topo, tmp_path):
     assert json.loads(out.stdout.strip().splitlines()[-1])["result"] == "SecurityError"
     s.wait_event("egress_attempt", layer="guard", dst_port=443)
     assert len(s.events("egress_attempt", layer="dns")) == 4
+    assert not s.find("unregistered_event_kind")  # every kind emitted is registered
     assert s.stop() == 0
 
     planted = (SECRET, EMAIL_NAME, "bob.jones@example.net", PHONE_NAME, USER_ID)
