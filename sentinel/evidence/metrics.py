@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from sentinel.store.events import LAYERS, Event
 from sentinel.store.kinds import is_attempt
@@ -22,15 +24,90 @@ PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "dns", "other")
 OTHER = "other"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-REQUESTS = Counter("sentinel_request_count", "Requests handled", ["component"], registry=REGISTRY)
-ERRORS = Counter("sentinel_error_count", "Errors", ["component"], registry=REGISTRY)
-LATENCY = Histogram(
-    "sentinel_latency_seconds",
-    "Latency of one unit of work",
-    ["component"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-    registry=REGISTRY,
-)
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class _Work:
+    """One component's requests, errors and latency histogram as plain numbers under one lock:
+    the resolver counts every query, and prometheus_client's labelled Counter/Histogram cost
+    ~15 us a query there (measured), against ~1 us for this. Exposed at scrape time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests = self.errors = self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+
+    def record(self, seconds: float | None, error: bool = False, request: bool = True) -> None:
+        index = bisect_left(LATENCY_BUCKETS, seconds) if seconds is not None else 0
+        with self.lock:
+            self.requests += request
+            self.errors += error
+            if seconds is not None:
+                self.count += 1
+                self.total += seconds
+                self.buckets[index] += 1
+
+
+_WORK = {name: _Work() for name in COMPONENTS}
+
+
+class _Labelled:
+    """`.labels(component).inc()` / `.observe(s)` over `_WORK`, the prometheus_client shape."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def labels(self, name: str) -> _Bound:
+        return _Bound(_WORK[component(name)] if component(name) in _WORK else _Work(), self.what)
+
+
+class _Bound:
+    def __init__(self, work: _Work, what: str) -> None:
+        self.work, self.what = work, what
+
+    def inc(self, amount: int = 1) -> None:
+        with self.work.lock:
+            if self.what == "requests":
+                self.work.requests += amount
+            else:
+                self.work.errors += amount
+
+    def observe(self, seconds: float) -> None:
+        self.work.record(seconds, request=False)
+
+
+REQUESTS, ERRORS, LATENCY = _Labelled("requests"), _Labelled("errors"), _Labelled("latency")
+
+
+class _WorkCollector:
+    def collect(self):
+        requests = CounterMetricFamily(
+            "sentinel_request_count", "Requests handled", labels=["component"]
+        )
+        errors = CounterMetricFamily("sentinel_error_count", "Errors", labels=["component"])
+        latency = HistogramMetricFamily(
+            "sentinel_latency_seconds", "Latency of one unit of work", labels=["component"]
+        )
+        for name, work in _WORK.items():
+            with work.lock:
+                n, e, count, total = work.requests, work.errors, work.count, work.total
+                buckets = list(work.buckets)
+            if not (n or e or count):
+                continue
+            requests.add_metric([name], n)
+            errors.add_metric([name], e)
+            cumulative, running = [], 0
+            for bound, hits in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+                running += hits
+                cumulative.append((floatToGoString(bound), running))
+            latency.add_metric([name], cumulative, total)
+        yield requests
+        yield errors
+        yield latency
+
+
+REGISTRY.register(_WorkCollector())
 QUEUE_DEPTH = Gauge("sentinel_queue_depth", "Items waiting", ["component"], registry=REGISTRY)
 CACHE_HIT_RATE = Gauge(
     "sentinel_cache_hit_rate", "Cache hits / lookups (0..1)", ["component"], registry=REGISTRY
@@ -126,38 +203,32 @@ class _Hits:
 
 _HITS = _Hits()
 CACHE_HIT_RATE.labels("resolver").set_function(_HITS.rate)
-_RESOLVER = ("resolver",)
+
+
+_RESOLVER_WORK = _WORK["resolver"]
 
 
 def observe_query(seconds: float, cache_hit: bool, failed: bool = False) -> None:
-    """One DNS query answered by the resolver (hot path: a few microseconds)."""
-    REQUESTS.labels(*_RESOLVER).inc()
-    LATENCY.labels(*_RESOLVER).observe(seconds)
+    """One DNS query answered by the resolver (hot path: about a microsecond)."""
+    _RESOLVER_WORK.record(seconds, error=failed)
     _HITS.lookups += 1  # under the GIL; a lost increment only nudges a ratio
     if cache_hit:
         _HITS.hits += 1
-    if failed:
-        ERRORS.labels(*_RESOLVER).inc()
 
 
 def observe_apply(seconds: float, ok: bool) -> None:
-    REQUESTS.labels("apply").inc()
-    LATENCY.labels("apply").observe(seconds)
-    if not ok:
-        ERRORS.labels("apply").inc()
+    _WORK["apply"].record(seconds, error=not ok)
 
 
 def observe_delivery(sink: str, seconds: float, outcome: str) -> None:
     """One delivery attempt of an alert to a sink (the dispatcher's workers)."""
-    REQUESTS.labels("alerts").inc()
-    LATENCY.labels("alerts").observe(seconds)
+    _WORK["alerts"].record(seconds, error=outcome != "ok")
     SINK_LATENCY.labels(_one_of(sink, SINKS), _one_of(outcome, OUTCOMES)).observe(seconds)
-    if outcome != "ok":
-        ERRORS.labels("alerts").inc()
 
 
 def observe_error(name: str) -> None:
-    ERRORS.labels(component(name)).inc()
+    if component(name) in _WORK:
+        _WORK[component(name)].record(None, error=True, request=False)
 
 
 def watch_alerts(depth: Callable[[], int]) -> None:
