@@ -67,8 +67,10 @@ def test_metrics_of_a_running_sentinel_move_with_real_traffic(topo, tmp_path):
     values = wait_for(settled, 10)
     assert values, by_layer(scrape(topo))
     resolver = 'component="resolver"'
-    assert values[f"sentinel_request_count_total{{{resolver}}}"] >= 5
-    assert values[f"sentinel_latency_seconds_count{{{resolver}}}"] >= 5
+    requests = values[f"sentinel_request_count_total{{{resolver}}}"]
+    assert requests >= 7  # 5 answered for postgres, 2 refused
+    timed = values[f"sentinel_latency_seconds_count{{{resolver}}}"]
+    assert 3 <= timed < requests  # the full-path queries are timed; cache hits only counted
     assert 0.0 < values[f"sentinel_cache_hit_rate{{{resolver}}}"] < 1.0
     assert values['sentinel_request_count_total{component="apply"}'] >= 1  # the start-up apply
     assert values['sentinel_latency_seconds_count{component="apply"}'] >= 1

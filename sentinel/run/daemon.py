@@ -374,6 +374,7 @@ class Daemon:
             upstream,
         )
         self.resolver.start()
+        metrics.watch_resolver(self.resolver)
 
     def _apply(self, policy: Policy, reason: str) -> None:
         """Full apply (one atomic commit per table and family), then state."""
