@@ -30,8 +30,8 @@ from sentinel.enforce.nflog_socket import Malformed, NflogSocket
 from sentinel.enforce.snapshot import applied_info, kernel_snapshot
 from sentinel.store.events import Event
 
-# packet attributes
-NFULA_PACKET_HDR, NFULA_MARK, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 1, 3, 9, 10, 12
+# packet attributes (linux/netfilter/nfnetlink_log.h: 2 is the mark, 3 the timestamp)
+NFULA_PACKET_HDR, NFULA_MARK, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 1, 2, 9, 10, 12
 CANARY_PREFIX = "canary-"  # verdict prefix for the sentinel's own canary probes (by mark)
 PREFIX_VERDICT = {"sentinel:deny": "blocked", "sentinel:audit": "audited"}
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}

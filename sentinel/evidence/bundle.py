@@ -115,3 +115,15 @@ def _logs(state: Path) -> dict[str, str]:
             text = path.read_text(errors="replace")
             out[f"logs/{path.name}"] = redact_text(text)
     return out
+
+
+def verify(directory: Path) -> list[str]:
+    """Names whose hash does not match the manifest (empty = the bundle verifies); used by
+    `policy suggest --from-bundle`, which refuses a bundle that was changed."""
+    bad = []
+    for line in (directory / MANIFEST).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = directory / name
+        if not path.is_file() or _sha256(path) != digest:
+            bad.append(name)
+    return bad

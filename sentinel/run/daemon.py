@@ -122,7 +122,7 @@ class Daemon:
         self.ctx = Context(policy, self.policy_path, self.backend, sinks=[self.log_sink])
         upstream = self._upstream(policy)
         self.ctx.pins = PinManager(
-            policy.dns, upstream, policy.hostnames, self.ctx.emit, self._pins_changed
+            policy.dns, upstream, policy.hostnames, self._emit_or_hold, self._pins_changed
         )
         self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
         self._apply(policy, reason="start")
@@ -212,6 +212,14 @@ class Daemon:
                 log.exception("pin_refresh_failed")
                 delay = 1.0
             self.stopping.wait(min(delay, 1.0))
+
+    def _emit_or_hold(self, event: Event) -> None:
+        """The first pin resolutions happen before the store is up: they wait in `early`
+        (the store keeps them, e.g. the TTL `sentinel explain` shows)."""
+        if self.ctx.services:
+            self.ctx.emit(event)
+        else:
+            self.early.append(event)
 
     def _pins_changed(self, pins: dict[str, list[IPAddress]]) -> None:
         """Called by the pin manager before an answer is released: sets only, no iptables."""
