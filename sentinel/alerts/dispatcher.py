@@ -13,6 +13,7 @@ through a real 30 s breaker or 5 min window.
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import threading
@@ -32,7 +33,8 @@ from sentinel.alerts.model import RESOLVE, TEST, Alert, dedup_key_for
 from sentinel.alerts.outbox import FILENAME, Outbox, Row
 from sentinel.alerts.ratelimit import TokenBucket
 from sentinel.alerts.registry import build_sinks
-from sentinel.alerts.router import Router
+from sentinel.alerts.router import Router, export_state, restore_state
+from sentinel.evidence import metrics
 from sentinel.policy.load import Policy
 from sentinel.redact import redact_text
 from sentinel.store.events import Event
@@ -82,6 +84,7 @@ class _SinkWorker:
                 pause = self.step()
             except Exception as exc:  # a bug must not kill alerting for good
                 log.error("alert_worker_error", sink=self.name, error=redact_text(repr(exc)))
+                metrics.observe_error("alerts")
                 pause = owner.tick
             if pause:
                 self.wake.wait(pause)  # set by _enqueue and stop(): new work ends the wait
@@ -113,7 +116,10 @@ class _SinkWorker:
             owner.outbox.failed(row)
             log.error("alert_render_error", sink=self.name, error=redact_text(repr(exc)))
             return
+        started = time.perf_counter()
         result = post(owner.client, self.sink.url, body, headers)
+        outcome = {OK: "ok", REJECTED: "rejected"}.get(result.outcome, "retry")
+        metrics.observe_delivery(self.name, time.perf_counter() - started, outcome)
         self.last = result
         fields = {"sink": self.name, "alert_id": row.alert.id, "status": result.status}
         if result.outcome == OK:
@@ -181,8 +187,12 @@ class AlertDispatcher:
         self.sinks, self.problems = build_sinks(policy.alerts, environ)
         pd = next((s for s in policy.alerts.sinks if s.kind == "pagerduty"), None)
         resolve_after = float(pd.options.get("resolve_after", 0.0)) if pd else 0.0
-        self.router = Router(policy.alerts.dedup_window, digest_windows, resolve_after)
+        windows = digest_windows or dict(policy.alerts.digest_windows)
+        self.router = Router(policy.alerts.dedup_window, windows, resolve_after)
         self.outbox = Outbox(Path(state_dir) / FILENAME, outbox_rows, outbox_max_age, clock)
+        self._restore_router()
+        self._saved_sig: tuple = self._router_sig()
+        self._saved_at = float("-inf")
         self.client = make_client(policy.mark if mark == -1 else mark, timeout)
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
@@ -276,6 +286,9 @@ class AlertDispatcher:
             "outbox_degraded": self.outbox.degraded,  # in memory: lost on restart
         }
 
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
     def latencies(self) -> list[float]:
         """Seconds from alert creation to the sink's 2xx, for recent deliveries (bench)."""
         with self._lock:
@@ -288,11 +301,13 @@ class AlertDispatcher:
                 self._drain(final=False)
             except Exception as exc:
                 log.error("alert_router_error", error=redact_text(repr(exc)))
+                metrics.observe_error("alerts")
                 self._stopping.wait(self.tick)
         self._drain(final=True)
 
     def _drain(self, final: bool) -> None:
         alerts: list[Alert] = []
+        depth = self._queue.qsize()  # the backlog this round starts from (drained below)
         try:
             first = self._queue.get(timeout=0 if final else self.tick)
         except queue.Empty:
@@ -306,11 +321,47 @@ class AlertDispatcher:
                 except queue.Empty:
                     break
         now = self.clock()
-        alerts += self.router.flush(now) if final else self.router.tick(now)
-        self._saturation(now)
+        if final:
+            still_open = dict(self.router.windows)  # incidents stay open across a restart
+            alerts += self.router.flush(now)
+        else:
+            alerts += self.router.tick(now)
+        self._saturation(now, depth)
         self._settle_overflow()
         for alert in alerts:
             self._enqueue(alert)
+        if final:
+            self._save_router(export_state(self.router, still_open))
+        elif self._router_sig() != self._saved_sig and time.monotonic() - self._saved_at >= 1.0:
+            self._save_router(export_state(self.router))
+
+    # --- incidents and digests survive restarts (kept in the outbox database) --------------
+    def _router_sig(self) -> tuple:
+        r = self.router
+        stats = (r.stats.events, r.stats.rollups, r.stats.resolves, r.stats.digests)
+        return (*stats, len(r.windows), len(r.digests))
+
+    def _save_router(self, state: dict[str, Any]) -> None:
+        self._saved_sig, self._saved_at = self._router_sig(), time.monotonic()
+        try:
+            self.outbox.save_state("router", json.dumps(state, default=str))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop alerting
+            log.error("alert_state_save_failed", error=redact_text(repr(exc)))
+
+    def _restore_router(self) -> None:
+        try:
+            text = self.outbox.load_state("router")
+            if text:
+                restore_state(self.router, json.loads(text))
+        except Exception as exc:  # noqa: BLE001 - an unreadable state starts empty, and says so
+            log.error("alert_state_restore_failed", error=redact_text(repr(exc)))
+            return
+        if self.router.windows or self.router.digests:
+            log.info(
+                "alert_state_restored",
+                incidents=len(self.router.windows),
+                digests=len(self.router.digests),
+            )
 
     def _enqueue(self, alert: Alert) -> None:
         if alert.severity == TEST:
@@ -332,8 +383,8 @@ class AlertDispatcher:
         for name in self.workers:
             self.outbox.add_dropped(name, n)
 
-    def _saturation(self, now: float) -> None:
-        depth, size = self._queue.qsize(), self._queue.maxsize
+    def _saturation(self, now: float, depth: int) -> None:
+        size = self._queue.maxsize
         if size and depth >= SATURATION * size and now - self._last_saturation > _SATURATION_EVERY:
             self._last_saturation = now
             event = Event(

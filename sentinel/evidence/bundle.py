@@ -61,6 +61,8 @@ def _flows(report: dict[str, Any], store: Path) -> tuple[str, str]:
     """(every attempt/alarm event of the window, redacted; the monitor's kernel counter
     readings, which hold only counters and hashes) as JSON lines."""
     window = report["window"]
+    if not store.exists():  # nothing recorded; nothing is created either
+        return "", ""
     conn = ev.connect(store, readonly=True)
     try:
         rows = ev.query(conn, window["since"], window["until"])

@@ -103,10 +103,12 @@ def run_report(
     echo: Echo,
 ) -> None:
     from sentinel.evidence import report as rep
+    from sentinel.redact import use_key
     from sentinel.store.state import state_dir
 
     fmt = check_format(fmt)
     window = rep.parse_window(last, since, until)
+    use_key(state_dir(), create=False)  # read-only: the daemon's key, never a new file
     data = rep.build_report(window)
     if fmt == "json":
         echo(report_json(data))

@@ -23,13 +23,13 @@ from sentinel.durations import parse_duration
 from sentinel.errors import BadInput, SentinelError
 from sentinel.store import events as ev
 from sentinel.store.events import Event, destination_text
+from sentinel.store.kinds import is_attempt
 
 TEN_MINUTES = 600.0
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
 GUARD_INTERVAL = 5.0  # the guard's default heartbeat interval, when its events do not say
 JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
 MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete
-ATTEMPT_KINDS = ("egress_attempt", "dns_refused", "connect_blocked", "connect_audited")
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,7 @@ def parse_window(
 
 # --- attempts -------------------------------------------------------------------------------
 def _is_attempt(e: Event) -> bool:
-    return (
-        e.layer in ("netfilter", "dns", "guard")
-        and e.verdict in ("blocked", "audited")
-        and (e.kind in ATTEMPT_KINDS or e.layer == "netfilter")
-    )
+    return is_attempt(e.layer, e.kind, e.verdict)
 
 
 def join_attempts(events: list[Event]) -> list[dict[str, Any]]:
@@ -415,23 +411,45 @@ def completeness(
     }
 
 
-def _canary() -> dict[str, Any] | None:
-    """The last round of bypass canaries (`canary:` in the policy), if any ran."""
+def _canary(inside: list[Event] | None = None) -> dict[str, Any] | None:
+    """Bypass canaries (`canary:` in the policy): the probes recorded inside the window (the
+    store's canary_result/canary_escaped events), and the last round from canary.json with the
+    service's error count. Without events (`inside` None) only the last round."""
     from sentinel.store.state import read_json
 
     try:
         last = read_json("canary.json")
     except SentinelError:
         return {"error": "canary.json unreadable"}
-    if not last:
+    if inside is None:
+        if not last:
+            return None
+        outcomes = Counter(r.get("outcome") for r in last.get("results", []))
+        return {
+            "last_run": _iso(last.get("ts", 0)),
+            "outcomes": dict(outcomes),
+            "escaped": outcomes.get("escaped", 0),
+            "results": last.get("results", []),
+        }
+    probes = [e for e in inside if e.kind in ("canary_result", "canary_escaped")]
+    if not probes and not last:
         return None
-    outcomes = Counter(r.get("outcome") for r in last.get("results", []))
-    return {
-        "last_run": _iso(last.get("ts", 0)),
-        "outcomes": dict(outcomes),
+    outcomes = Counter(str(e.detail.get("outcome")) for e in probes)
+    out: dict[str, Any] = {
+        "probes_in_window": len(probes),
+        "outcomes": dict(sorted(outcomes.items())),
         "escaped": outcomes.get("escaped", 0),
-        "results": last.get("results", []),
+        "escaped_probes": [
+            {"time": _iso(e.ts), "target": f"{e.dst_ip}:{e.dst_port}", "protocol": e.protocol}
+            for e in probes
+            if e.kind == "canary_escaped"
+        ][:MAX_LISTED],
     }
+    if last:
+        out["last_run"] = _iso(last.get("ts", 0))
+        out["results"] = last.get("results", [])
+        out["errors"] = (last.get("stats") or {}).get("errors", 0)
+    return out
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -446,9 +464,12 @@ def build_report(
     applied = read_json(APPLIED) if applied is None else applied
     kernel = kernel_facts(applied) if kernel is None else kernel
     path = store or ev.db_path()
-    if not path.exists():
-        ev.connect(path).close()  # an empty store is evidence of nothing watching, not an error
-    conn = ev.connect(path, readonly=True)
+    alerts = _alert_summary(path.parent)  # first: a damaged outbox fails before any work
+    if path.exists():
+        conn = ev.connect(path, readonly=True)  # mode=ro: the evidence is never changed
+    else:  # no store is evidence of nothing watching, not an error; and nothing is created
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        ev.migrate(conn)
     try:
         events = ev.query(conn, min(window.since, window.until - TEN_MINUTES), window.until)
         events = ev.last_before(conn, "kernel_counters", window.since) + events
@@ -457,18 +478,16 @@ def build_report(
     finally:
         conn.close()
     report = assemble(window, events, shed, check, kernel, applied)
-    report["alerts"] = _alert_summary(path.parent)
+    report["alerts"] = alerts
     return report
 
 
 def _alert_summary(state: Path) -> dict[str, Any]:
-    """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...)."""
-    try:
-        from sentinel.alerts.outbox import read_summary
+    """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...), read
+    with `mode=ro`; an unreadable outbox is an error (exit 2), never set aside or replaced."""
+    from sentinel.alerts.outbox import read_summary
 
-        return {"sinks": read_summary(state)}
-    except Exception as exc:  # noqa: BLE001 - the evidence must not fail on the alert outbox
-        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"sinks": read_summary(state)}
 
 
 def assemble(
@@ -520,7 +539,7 @@ def assemble(
         "attempts_total": len(attempts),
         "attempts_by_layer": dict(sorted(layers.items())),
         "attempts_by_protocol": _count(a["protocol"] or "?" for a in attempts),
-        "attempts_by_destination": by_destination(attempts),
+        "attempts_by_destination": redact_obj(by_destination(attempts)),  # as `attempts`
         "attempts": redact_obj([{**a, "time": _iso(a["ts"])} for a in attempts[-MAX_LISTED:]]),
         "attempts_listed": min(len(attempts), MAX_LISTED),
         "netflow": netflow(kernel, applied, counted),
@@ -530,7 +549,7 @@ def assemble(
         "shed_by_layer": shed,
         "monitor_loss": loss,
         "guard": guard,
-        "canary": _canary(),
+        "canary": _canary(inside),
         "coverage": "complete" if not problems else "partial",
         "coverage_detail": {
             "problems": problems,
@@ -627,7 +646,12 @@ def merge_results(path: Path, report: dict[str, Any]) -> None:
         raise BadInput(f"--results {path}: the top level is not a JSON object")
     section = data.get("sentinel") if isinstance(data.get("sentinel"), dict) else {}
     data["sentinel"] = {**section, **results_section(report)}
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
+    if not path.parent.is_dir():  # a mistyped directory is bad input, not created silently
+        raise BadInput(f"--results {path}: cannot write (no directory {path.parent})")
+    try:
+        write_atomic(path, json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise BadInput(f"--results {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def render_table(report: dict[str, Any]) -> list[Any]:

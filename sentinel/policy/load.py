@@ -74,6 +74,7 @@ class AlertSettings:
     sinks: tuple[SinkSettings, ...] = ()
     routing: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (severity, sink kinds)
     dedup_window: float = 300.0
+    digest_windows: tuple[tuple[str, float], ...] = (("P2", 900.0), ("P3", 3600.0))
 
     def sinks_for(self, severity: str) -> tuple[str, ...]:
         return dict(self.routing).get(severity, ())
@@ -311,11 +312,17 @@ class _Checker:
         return out
 
     def alerts(self, value: Any) -> AlertSettings:
-        data = self.mapping(value, "alerts", {*SINKS, "routing", "dedup_window"})
+        keys = {*SINKS, "routing", "dedup_window", "digest_window"}
+        data = self.mapping(value, "alerts", keys)
         sinks = tuple(s for kind in SINKS if kind in data if (s := self.sink(kind, data[kind])))
         routing = self.routing(data.get("routing"), {s.kind for s in sinks})
         window = self.duration("alerts.dedup_window", data.get("dedup_window"), 300.0)
-        return AlertSettings(sinks=sinks, routing=routing, dedup_window=window)
+        digest = self.mapping(data.get("digest_window") or {}, "alerts.digest_window", {"P2", "P3"})
+        windows = tuple(
+            (sev, self.duration(f"alerts.digest_window.{sev}", digest.get(sev), default))
+            for sev, default in AlertSettings.digest_windows
+        )
+        return AlertSettings(sinks, routing, window, windows)
 
     def sink(self, kind: str, value: Any) -> SinkSettings | None:
         env_keys, option_keys = _SINK_KEYS[kind]

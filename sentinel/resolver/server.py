@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
 from sentinel.resolver.answers import answer_summary
@@ -130,6 +131,7 @@ class PinningResolver:
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
         self._stopping = threading.Event()
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
+        self.cache_hits = 0  # answered from the template cache (not timed: see metrics)
         self._malformed_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -184,6 +186,7 @@ class PinningResolver:
             cached = self._cached(wire)
             if cached is not None:
                 sock.sendto(cached, peer)
+                self.cache_hits += 1  # the hot path: one increment, read at scrape time
                 continue
             try:
                 self._pool.submit(self._answer_udp, sock, wire, peer)
@@ -244,12 +247,16 @@ class PinningResolver:
     def safe_handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
         """handle(), but an internal failure (e.g. the kernel refused a pin) is a SERVFAIL:
         the answer is never released without its rule, and the client is not left waiting."""
+        started = time.perf_counter()
         try:
-            return self.handle(wire, src_port, transport)
+            reply = self.handle(wire, src_port, transport)
         except Exception:  # noqa: BLE001
             log.exception("dns_query_failed", transport=transport)
+            metrics.observe_query(time.perf_counter() - started, failed=True)
             q = parse_query(wire)
             return response(q, SERVFAIL) if q else None
+        metrics.observe_query(time.perf_counter() - started)
+        return reply
 
     def stats(self) -> dict[str, int]:
         return {"malformed": self.malformed}

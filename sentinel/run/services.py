@@ -54,6 +54,9 @@ class MetricsService:
             self.metrics.watch_store(self.ctx.services["store"])
         if "monitor" in self.ctx.services:
             self.metrics.watch_monitor(self.ctx.services["monitor"])
+        if "alerts" in self.ctx.services:
+            alerts = self.ctx.services["alerts"]  # its dispatcher is swapped on reload
+            self.metrics.watch_alerts(lambda: alerts.dispatcher.queue_depth())
         self.metrics.serve(self.ctx.policy.monitor.metrics_port)  # port 0: off
 
     def stop(self) -> None:

@@ -18,11 +18,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from sentinel.errors import SentinelError
+from sentinel.errors import EXIT_BAD_INPUT, EXIT_VIOLATION, SentinelError
 
 LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
 VERDICTS = ("blocked", "audited", "info")
@@ -69,6 +70,22 @@ class Event:
         return asdict(self)
 
 
+def redact_event(event: Event) -> Event:
+    """The event as it may be stored: secrets, e-mails, phones masked and user ids hashed in
+    its free-text fields (name, executable, stack, detail). Addresses, ports and ids stay."""
+    from sentinel.redact import redact_obj, redact_text
+
+    if not (event.dst_name or event.exe or event.stack or event.detail):
+        return event  # a kernel sighting: nothing free-text to redact (the hot path)
+    return replace(
+        event,
+        dst_name=redact_text(event.dst_name) if event.dst_name else event.dst_name,
+        exe=redact_text(event.exe) if event.exe else event.exe,
+        stack=redact_text(event.stack) if event.stack else event.stack,
+        detail=redact_obj(event.detail) if event.detail else event.detail,
+    )
+
+
 COLUMNS = tuple(f.name for f in fields(Event))
 
 # Index i holds the script that takes the schema from version i to i + 1.
@@ -95,20 +112,32 @@ def db_path(directory: Path | None = None) -> Path:
     return (directory or state_dir()) / DB_NAME
 
 
+def readonly_uri(path: Path) -> str:
+    """A `mode=ro` URI that never creates, migrates or changes anything. Without a -wal file
+    (the writer closed cleanly) the file is also `immutable`, so SQLite does not leave -wal
+    and -shm files behind; with one (a writer is running, or was killed) they already exist."""
+    wal = path.with_name(path.name + "-wal")
+    return f"file:{quote(str(path))}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+
+
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with the schema migrated (writers) or checked (readers)."""
+    """A connection with the schema migrated (writers) or checked (readers). A reader never
+    creates a missing store; a damaged one is an error with exit code 2."""
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=10)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
             migrate(conn)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
-        raise SentinelError(f"cannot open event store {path}: {exc}") from None
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+        code = EXIT_BAD_INPUT if readonly else EXIT_VIOLATION
+        raise SentinelError(f"cannot open event store {path}: {exc}", code) from None
     if version > SCHEMA_VERSION:
         conn.close()
         raise SentinelError(
@@ -254,9 +283,9 @@ class EventStore:
         return self
 
     def put(self, event: Event) -> bool:
-        """Queue an event; False (and counted) when the queue is full. Never blocks."""
+        """Queue an event, redacted; False (and counted) when the queue is full. Never blocks."""
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(redact_event(event))
         except queue.Full:
             with self._lock:
                 self._shed[event.layer] = self._shed.get(event.layer, 0) + 1
