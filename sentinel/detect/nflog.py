@@ -76,6 +76,7 @@ class Flow:
     dst_port: int | None = None
     icmp_type: int | None = None
     icmp_id: int | None = None
+    link: str | None = None  # logged by the netdev egress table: "netdev", "arp", "frame"
 
 
 # --- parsing (pure) ---------------------------------------------------------------------
@@ -165,7 +166,9 @@ def _transport(family: int, proto: int, src: str, dst: str, rest: bytes) -> Flow
 def flow_event(flow: Flow, verdict: str, now: float, seq: int | None = None) -> Event:
     detail: dict[str, Any] = {}
     if flow.icmp_type is not None:
-        detail["icmp_type"] = flow.icmp_type
+        detail["arp_op" if flow.link == "arp" else "icmp_type"] = flow.icmp_type
+    if flow.link:
+        detail["link_layer"] = flow.link  # logged by the netdev egress table
     canary = verdict.startswith(CANARY_PREFIX)  # our own probe: recorded, never an attempt
     return Event(
         layer="canary" if canary else "netfilter",
@@ -448,7 +451,12 @@ class Monitor:
             if verdict is None:  # someone else's NFLOG rule in our group
                 self.counts["foreign"] += 1
                 return
-            flow = parse_ip(packet.payload)
+            if packet.family == 5:  # NFPROTO_NETDEV: the netdev egress table, an Ethernet frame
+                from sentinel.detect.l2 import parse_frame
+
+                flow = parse_frame(packet.payload)
+            else:
+                flow = parse_ip(packet.payload)
             if packet.mark == CANARY_MARK:
                 verdict = CANARY_PREFIX + verdict
         except (Malformed, struct.error, ValueError):
@@ -494,10 +502,7 @@ def kernel_snapshot(backend: str | None = None) -> dict[str, Any]:
 
     applied = _applied_info()
     state = netfilter.read_state(backend or applied.get("backend") or netfilter.DEFAULT_BACKEND)
-    nflog = {"4": 0, "6": 0}
-    for (family, line), (packets, _bytes) in state.counters.items():
-        if "-j NFLOG" in line:
-            nflog[str(family)] += packets
+    nflog = {str(family): n for family, n in state.nflog_packets().items()}
     busy = sorted(
         ((entry, pb) for (_set, entry), pb in state.set_counters.items() if pb[0]),
         key=lambda item: -item[1][0],

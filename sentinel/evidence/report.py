@@ -295,10 +295,7 @@ def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
         state = netfilter.read_state(backend)
     except SentinelError as exc:
         return {"error": exc.message, "present": False}
-    nflog = {4: 0, 6: 0}
-    for (family, line), (packets, _bytes) in state.counters.items():
-        if "-j NFLOG" in line:
-            nflog[family] += packets
+    nflog = state.nflog_packets()
     return {
         "present": state.present,
         "sha256": state.sha256() if state.present else None,
@@ -504,6 +501,8 @@ def assemble(
     expected = (applied or {}).get("ruleset_sha256")
     in_sync = bool(expected) and kernel.get("sha256") == expected
     problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
+    if check.get("unaccounted_packets"):  # logged by the kernel, never stored as an event
+        problems.append(f"{check['unaccounted_packets']} NFLOG packet(s) not accounted for")
     layers = Counter(layer for a in attempts for layer in a["layers"])
     snapshots = [e for e in events if e.kind == "kernel_counters"]
     counted = window_counters(snapshots, window, kernel, applied)

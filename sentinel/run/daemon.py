@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sentinel.enforce import netfilter
+from sentinel.enforce.netdev import read_link
 from sentinel.enforce.render import Ruleset, render_rules
 from sentinel.errors import SentinelError
 from sentinel.log import correlation, get_logger
@@ -192,7 +193,7 @@ class Daemon:
         with self.kernel:
             if self.expected is None:
                 return  # start-up: the first full apply follows
-            new = render_rules(self.ctx.policy, pins)
+            new = render_rules(self.ctx.policy, pins, self.expected.link)
             try:
                 netfilter.update_sets(self.expected, new)
             except SentinelError as exc:
@@ -210,6 +211,9 @@ class Daemon:
         with self.kernel:
             if self.expected is None:
                 return False
+            link = read_link()
+            if link != self.expected.link:  # an interface or address came or went
+                self.expected = render_rules(self.ctx.policy, self.ctx.pins.pins(), link)  # type: ignore
             state = netfilter.read_state(self.backend)
             found, want = state.sha256(), self.expected.sha256()
             if found == want:
@@ -241,6 +245,14 @@ class Daemon:
             policy = load_policy(self.policy_path)
             if policy.sha256 == self.ctx.policy.sha256:
                 return
+            if policy.nflog_group != self.ctx.policy.nflog_group:
+                # the monitor holds the old group's socket: new rules logging elsewhere would
+                # make every attempt invisible. Refused whole; a restart takes the new group.
+                raise SentinelError(
+                    f"nflog_group cannot change on reload ({self.ctx.policy.nflog_group} -> "
+                    f"{policy.nflog_group}): the monitor is bound to group "
+                    f"{self.ctx.policy.nflog_group}; restart `sentinel run` to change it"
+                )
             self._apply(policy, reason="reload")
         except (PolicyError, SentinelError) as exc:
             self.ctx.emit(
@@ -301,7 +313,7 @@ class Daemon:
         assert self.ctx.pins is not None
         with self.kernel:
             pins = self.ctx.pins.pins()
-            ruleset = prepare_ruleset(policy, pins, pending_ok=True)
+            ruleset = prepare_ruleset(policy, pins, pending_ok=True, link=read_link())
             self._snapshot_counters()
             state = netfilter.apply(ruleset, self.backend)
             if state.sha256() != ruleset.sha256():
@@ -413,6 +425,13 @@ def _drift(expected: Ruleset, state: Any) -> dict[str, Any]:
         if want != have:
             out[f"v{family}_missing"] = sorted(want - have)[:20]
             out[f"v{family}_extra"] = sorted(have - want)[:20]
+    if expected.netdev != getattr(state, "netdev", ""):
+        want, have = set(expected.netdev.splitlines()), set(state.netdev.splitlines())
+        out["netdev_missing"], out["netdev_extra"] = (
+            sorted(want - have)[:20],
+            sorted(have - want)[:20],
+        )
+        out["link"] = {"devices": list(expected.link.devices)}
     want_sets = {s.name: set(s.entries) for s in expected.sets}
     have_sets = {s.name: set(s.entries) for s in state.sets}
     for name in sorted(set(want_sets) | set(have_sets)):
