@@ -464,6 +464,9 @@ def build_report(
         conn.close()
     report = assemble(window, events, shed, check, kernel, applied)
     report["alerts"] = _alert_summary(path.parent)
+    from sentinel.evidence.caps import summary
+
+    report["capabilities"] = summary()  # who could send what netfilter never sees
     return report
 
 
@@ -642,6 +645,13 @@ def merge_results(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _holders(caps: dict[str, Any] | None) -> str:
+    if not caps:
+        return "not scanned"
+    held = [f"{h['pid']} {h['name']} ({', '.join(h['caps'])})" for h in caps["holders"][:5]]
+    return "; ".join(held) or f"none of {caps['processes_visible']} visible"
+
+
 def render_table(report: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
@@ -660,6 +670,7 @@ def render_table(report: dict[str, Any]) -> list[Any]:
         ("unaccounted packets", report["unaccounted_packets"]),
         ("shed events", report["shed_events"]),
         ("guard", report["guard"]["status"]),
+        ("raw/admin-capable processes", _holders(report.get("capabilities"))),
     ):
         summary.add_row(key, str(value))
     dest = Table(
