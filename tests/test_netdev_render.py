@@ -72,12 +72,12 @@ def test_neighbour_discovery_only_as_the_kernel_sends_it():
         x for x in render_rules(mem0(), PINS).save_text(6).splitlines() if "--icmpv6-type" in x
     ]
     assert lines == [
-        "-A SENTINEL-OUT -d ff02::2/128 -p ipv6-icmp -m owner ! --socket-exists -m icmp6"
+        "-A SENTINEL-OUT -d ff02::2/128 -p ipv6-icmp -m owner ! --uid-owner 0-4294967294 -m icmp6"
         " --icmpv6-type 133 -m hl --hl-eq 255 -m length --length 0:64 -j ACCEPT",
-        "-A SENTINEL-OUT -p ipv6-icmp -m owner ! --socket-exists -m icmp6 --icmpv6-type 135"
+        "-A SENTINEL-OUT -p ipv6-icmp -m owner ! --uid-owner 0-4294967294 -m icmp6 --icmpv6-type 135"
         " -m hl --hl-eq 255 -m length --length 0:96 -j ACCEPT",
-        "-A SENTINEL-OUT -p ipv6-icmp -m owner ! --socket-exists -m icmp6 --icmpv6-type 136"
+        "-A SENTINEL-OUT -p ipv6-icmp -m owner ! --uid-owner 0-4294967294 -m icmp6 --icmpv6-type 136"
         " -m hl --hl-eq 255 -m length --length 0:96 -j ACCEPT",
-        "-A SENTINEL-OUT -d ff02::16/128 -p ipv6-icmp -m owner ! --socket-exists -m icmp6"
+        "-A SENTINEL-OUT -d ff02::16/128 -p ipv6-icmp -m owner ! --uid-owner 0-4294967294 -m icmp6"
         " --icmpv6-type 143 -m hl --hl-eq 1 -m length --length 0:216 -j ACCEPT",
     ]

@@ -63,7 +63,7 @@ def test_v4_ruleset_is_exactly_the_expected_text(mem0):
 def test_v6_has_neighbour_discovery_and_v6_reject(mem0):
     text = render_rules(mem0, PINS).save_text(6)
     assert (
-        "-A SENTINEL-OUT -p ipv6-icmp -m owner ! --socket-exists -m icmp6 --icmpv6-type 135"
+        "-A SENTINEL-OUT -p ipv6-icmp -m owner ! --uid-owner 0-4294967294 -m icmp6 --icmpv6-type 135"
         " -m hl --hl-eq 255 -m length --length 0:96 -j ACCEPT"
     ) in text
     assert "--reject-with icmp6-port-unreachable" in text

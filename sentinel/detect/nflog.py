@@ -76,7 +76,8 @@ class Flow:
     dst_port: int | None = None
     icmp_type: int | None = None
     icmp_id: int | None = None
-    link: str | None = None  # logged by the netdev egress table: "netdev", "arp", "frame"
+    link: str | None = None  # logged by the netdev egress table: "netdev", "arp", "frame", "mld"
+    groups: tuple[int, tuple[str, ...]] | None = None  # an MLD report: (records, groups seen)
 
 
 # --- parsing (pure) ---------------------------------------------------------------------
@@ -169,6 +170,8 @@ def flow_event(flow: Flow, verdict: str, now: float, seq: int | None = None) -> 
         detail["arp_op" if flow.link == "arp" else "icmp_type"] = flow.icmp_type
     if flow.link:
         detail["link_layer"] = flow.link  # logged by the netdev egress table
+    if flow.groups:
+        detail["records"], detail["groups"] = flow.groups[0], list(flow.groups[1])
     canary = verdict.startswith(CANARY_PREFIX)  # our own probe: recorded, never an attempt
     return Event(
         layer="canary" if canary else "netfilter",

@@ -61,7 +61,7 @@ class Rule:
         if self.dport is not None:
             out += ["-m", self.proto or "", "--dport", str(self.dport)]
         if self.kernel_only:
-            out += ["-m", "owner", "!", "--socket-exists"]
+            out += ["-m", "owner", "!", "--uid-owner", "0-4294967294"]
         if self.icmp6_type is not None:
             out += ["-m", "icmp6", "--icmpv6-type", str(self.icmp6_type)]
         if self.hop_limit is not None:
