@@ -158,7 +158,10 @@ def test_audit_to_enforce_stops_open_tcp_and_udp_flows_and_counts_them(upstream,
 def test_flows_opened_before_the_sentinel_started_stop_when_it_does(upstream, tmp_path):
     topo = upstream
     sink = Sink(topo, "outside", PORT, tmp_path)
-    client = flows(topo, OUTSIDE, PORT)  # conntrack already holds both flows
+    # conntrack already in use in the app's namespace, as Docker's DNAT for its resolver does
+    dnat = ("-d", "127.0.0.11/32", "-p", "udp", "--dport", "53", "-j", "DNAT")
+    topo.run("app", "iptables-nft", "-t", "nat", "-A", "OUTPUT", *dnat, "--to", "127.0.0.11:53053")
+    client = flows(topo, OUTSIDE, PORT)  # conntrack holds both flows as established
     flowing(sink)
     started = time.time()
     s = start(topo, tmp_path, policy_text())
