@@ -217,6 +217,11 @@ for group in sys.argv[1:]:
         out.append("joined")
     except OSError as exc:
         out.append(exc.errno)
+v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # IGMP: the same channel over IPv4
+for group in ("239.84.79.80", "239.83.69.67"):  # "TOP", "SEC"
+    mreq = socket.inet_aton(group) + socket.inet_aton("198.18.0.10")
+    v4.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    out.append("joined4")
 time.sleep(3)  # the kernel sends each report, then repeats it (robustness 2)
 print(json.dumps(out))
 """
@@ -232,10 +237,13 @@ def test_unprivileged_mld_joins_carry_nothing_out_and_are_counted(topo, tmp_path
     hexes = [f"hex:{c.hex()}" for c in CHUNKS]
     cap = Capture(topo, tmp_path, *hexes, "hex:ff0200000000000000000001ff123456")
     joined = topo.run("app", *NOBODY, *NO_CAPS, PYTHON, "-I", "-c", JOIN, *GROUPS, timeout=30)
-    assert json.loads(joined.stdout) == ["joined"] * 5, joined.stderr
+    assert json.loads(joined.stdout) == ["joined"] * 5 + ["joined4"] * 2, joined.stderr
     seen = cap.stop()
     assert sum(seen["found"].values()) == 0, seen
     assert seen["icmpv6_types"].get("143", 0) == 0, seen
+    assert seen["by_ethertype"].get("0x0800", 0) == 0, seen  # no IGMP report either
+    igmp = s.wait_event("egress_attempt", protocol="ip-2", dst_ip="224.0.0.22")
+    assert igmp["verdict"] == "blocked" and "link_layer" not in igmp["detail"]  # iptables
 
     def mld() -> list[dict]:
         return [e for e in s.events("egress_attempt") if e["detail"].get("link_layer") == "mld"]
@@ -246,3 +254,35 @@ def test_unprivileged_mld_joins_carry_nothing_out_and_are_counted(topo, tmp_path
     assert {g for e in got for g in e["detail"]["groups"]} <= set(GROUPS)
     assert {e["verdict"] for e in got} == {"blocked"}
     assert all(e["detail"]["icmp_type"] == 143 and e["dst_port"] is None for e in got)
+
+
+# --- CAP_NET_RAW alone sets SO_MARK (Linux >= 5.17): a known limit, made visible -------------
+MARKED = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x5E47)  # the sentinel's exemption mark
+s.settimeout(3)
+try:
+    s.connect((sys.argv[1], 443))
+    out = "connected"
+except OSError as exc:
+    out = type(exc).__name__
+print(json.dumps(out), flush=True)
+time.sleep(30)
+"""
+
+
+def test_cap_net_raw_alone_forges_the_mark_and_status_names_the_holder(topo, tmp_path):
+    start(topo, tmp_path)
+    only_raw = ("setpriv", "--bounding-set=-all,+net_raw", "--inh-caps=-all")
+    proc = topo.spawn("app", *only_raw, PYTHON, "-I", "-c", MARKED, "198.18.5.5")
+    try:
+        line = proc.stdout.readline()
+        # Known limit (docs/hardening.md): accepted as the sentinel's own traffic
+        assert json.loads(line) == "connected", proc.stderr.read() if not line else line
+        assert topo.outside_packets() > 0
+        holders = wait_for(lambda: _status(topo)["capabilities"]["holders"], 5)
+        assert [(h["pid"], h["caps"]) for h in holders] == [(proc.pid, ["CAP_NET_RAW"])]
+    finally:
+        proc.kill()
+        proc.wait()

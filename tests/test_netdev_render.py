@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from sentinel.enforce.render import Link, render_rules
-from sentinel.policy.decide import prepare_ruleset
+from sentinel.enforce.render import Link, held_after_pin_change, render_rules
+from sentinel.policy.decide import Packet, decide, prepare_ruleset
 from sentinel.policy.load import load_policy
 
 PINS = {"postgres": [ipaddress.ip_address("198.18.0.2")]}
@@ -81,3 +81,24 @@ def test_neighbour_discovery_only_as_the_kernel_sends_it():
         "-A SENTINEL-OUT -d ff02::16/128 -p ipv6-icmp -m owner ! --uid-owner 0-4294967294 -m icmp6"
         " --icmpv6-type 143 -m hl --hl-eq 1 -m length --length 0:216 -j ACCEPT",
     ]
+
+
+def test_a_pin_move_holds_the_retired_address_for_open_flows_until_a_full_apply():
+    policy = mem0()
+    old = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
+    moved = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.99")]})
+    held = held_after_pin_change(old, moved)
+    assert held == ["198.18.0.2,tcp:5432"]
+    new = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.99")]}, held=held)
+    sets = {s.name: s.entries for s in new.sets}
+    assert sets["sentinel-held4"] == ("198.18.0.2,tcp:5432",)
+    assert sets["sentinel-allow4"] == ("198.18.0.99,tcp:5432",)
+    # established only: a new connection to the retired address is denied
+    assert (
+        "-A SENTINEL-OUT -m set --match-set sentinel-held4 dst,dst -m conntrack --ctstate "
+        "ESTABLISHED -j ACCEPT"
+    ) in new.save_text(4)
+    assert decide(new, Packet(ipaddress.ip_address("198.18.0.2"), 5432, "tcp")) == "deny"
+    # moving back allows it again (and it is no longer merely held)
+    back = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
+    assert held_after_pin_change(new, back) == ["198.18.0.99,tcp:5432"]

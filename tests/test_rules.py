@@ -38,6 +38,7 @@ EXPECTED_V4 = """\
 -A SENTINEL-OUT -d 127.0.0.1/32 -p udp -m udp --dport 5300 -j ACCEPT
 -A SENTINEL-OUT -d 127.0.0.1/32 -p tcp -m tcp --dport 5300 -j ACCEPT
 -A SENTINEL-OUT -m set --match-set sentinel-allow4 dst,dst -j ACCEPT
+-A SENTINEL-OUT -m set --match-set sentinel-held4 dst,dst -m conntrack --ctstate ESTABLISHED -j ACCEPT
 -A SENTINEL-OUT -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j ACCEPT
 -A SENTINEL-OUT -j SENTINEL-DENY
 COMMIT
@@ -90,6 +91,8 @@ def test_cidr_and_literal_entries_need_no_pins():
     assert sets == {
         "sentinel-allow4": ("10.20.0.0/16,tcp:443",),
         "sentinel-allow6": ("2001:db8::7,udp:53",),
+        "sentinel-held4": (),
+        "sentinel-held6": (),
     }
 
 

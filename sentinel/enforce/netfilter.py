@@ -19,7 +19,7 @@ from sentinel.enforce.render import (
     CHAIN_DENY,
     CHAIN_DNS,
     CHAIN_OUT,
-    SET_NAME,
+    OUR_SETS,
     IpSet,
     Ruleset,
     canonical_lines,
@@ -344,7 +344,7 @@ def _counters(saved: str, family: int) -> dict[tuple[int, str], tuple[int, int]]
 def _read_sets() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]]]:
     names = set(_run(["ipset", "list", "-n"]).split())
     sets, counters = [], {}
-    for family, name in SET_NAME.items():
+    for family, name in OUR_SETS:
         if name not in names:
             continue
         entries = []
@@ -373,7 +373,7 @@ def teardown(backend: str | None = None, created_tables: list[str] | None = None
             if name == "nft":
                 _drop_empty_tables(tool, family, created_tables or [])
     names = set(_run(["ipset", "list", "-n"]).split())
-    ours = [n for s in SET_NAME.values() for n in (s, _staging(s)) if n in names]
+    ours = [n for _f, s in OUR_SETS for n in (s, _staging(s)) if n in names]
     if ours:
         _run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in ours))
     netdev = read_netdev()[0]

@@ -19,6 +19,10 @@ CHAIN_OUT = "SENTINEL-OUT"
 CHAIN_DENY = "SENTINEL-DENY"
 CHAIN_DNS = "SENTINEL-DNS"
 SET_NAME = {4: "sentinel-allow4", 6: "sentinel-allow6"}
+# Addresses a DNS pin move retired from a name still allowlisted: open flows to them go on
+# (established only), new ones do not. Emptied by every full apply (start, reload, mode).
+HELD_SET = {4: "sentinel-held4", 6: "sentinel-held6"}
+OUR_SETS = ((4, SET_NAME[4]), (6, SET_NAME[6]), (4, HELD_SET[4]), (6, HELD_SET[6]))
 DOCKER_DNS = "127.0.0.11/32"  # Docker's embedded resolver: reachable only by the sentinel
 # Neighbour discovery as the kernel sends it (RFC 4861: hop limit 255; no user socket, so a raw
 # ICMPv6 socket cannot use these rules to carry data): type -> (destination, max IPv6 length)
@@ -185,9 +189,12 @@ def ruleset_hash(v4_text: str, v6_text: str, sets: Iterable[IpSet], netdev: str 
     return h.hexdigest()
 
 
-def render_rules(policy: Policy, pins: Pins, link: Link | None = None) -> Ruleset:
+def render_rules(
+    policy: Policy, pins: Pins, link: Link | None = None, held: Iterable[str] = ()
+) -> Ruleset:
     """Pure: the complete ruleset for both families. Hosts without pins get no entries.
-    `link` (read by `netfilter.read_link`) adds the netdev egress table; without it, none."""
+    `link` (read by `netfilter.read_link`) adds the netdev egress table; without it, none.
+    `held`: set entries ("ip,proto:port") retired by pin moves, kept for established flows."""
     rules = [(f, r) for f in (4, 6) for r in _filter_rules(policy, f) + _nat_rules(policy, f)]
     hooks = tuple(
         Hook(f, t, "OUTPUT", c)
@@ -195,7 +202,7 @@ def render_rules(policy: Policy, pins: Pins, link: Link | None = None) -> Rulese
         for t, c in (("filter", CHAIN_OUT), ("nat", CHAIN_DNS))
     )
     link = link or Link()
-    sets = _sets(policy, pins)
+    sets = _sets(policy, pins) + _held_sets(held)
     netdev = render_netdev(policy, link)
     return Ruleset(policy.mode, policy.sha256, tuple(rules), sets, hooks, netdev, link)
 
@@ -267,6 +274,7 @@ def _filter_rules(policy: Policy, family: int) -> list[Rule]:
     out += [
         # Before conntrack so the set's per-entry counters see every packet ("netflow").
         Rule("filter", CHAIN_OUT, "ACCEPT", match_set=SET_NAME[family]),
+        Rule("filter", CHAIN_OUT, "ACCEPT", match_set=HELD_SET[family], ctstate="ESTABLISHED"),
         Rule("filter", CHAIN_OUT, "ACCEPT", ctstate="RELATED,ESTABLISHED", ctdir=ctdir),
         Rule("filter", CHAIN_OUT, CHAIN_DENY),
     ]
@@ -337,6 +345,28 @@ def _sets(policy: Policy, pins: Pins) -> tuple[IpSet, ...]:
             for port in allow.ports:
                 entries[net.version].add(f"{_net_text(net)},{allow.protocol}:{port}")
     return tuple(IpSet(SET_NAME[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
+
+
+def _held_sets(held: Iterable[str]) -> tuple[IpSet, ...]:
+    entries: dict[int, set[str]] = {4: set(), 6: set()}
+    for entry in held:
+        entries[6 if ":" in entry.partition(",")[0] else 4].add(entry)
+    return tuple(IpSet(HELD_SET[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
+
+
+def held_after_pin_change(old: Ruleset, new: Ruleset) -> list[str]:
+    """Pure: what the held sets hold once `old` becomes `new` through a pin change: what
+    was held or allowed before and is not allowed now."""
+
+    def entries(r: Ruleset, names: dict[int, str]) -> set[str]:
+        return {e for s in r.sets if s.name in names.values() for e in s.entries}
+
+    allowed = entries(new, SET_NAME)
+    return sorted((entries(old, HELD_SET) | entries(old, SET_NAME)) - allowed)
+
+
+def held_entries(ruleset: Ruleset) -> list[str]:
+    return sorted(e for s in ruleset.sets if s.name in HELD_SET.values() for e in s.entries)
 
 
 def _networks(allow: Allow, pins: Pins) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -40,7 +40,7 @@ def write_bundle(
 ) -> Path:
     """Write the bundle into `directory` (created; existing files of ours overwritten)."""
     from sentinel.enforce.netfilter import BACKENDS, DEFAULT_BACKEND
-    from sentinel.enforce.render import SET_NAME
+    from sentinel.enforce.render import OUR_SETS
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def write_bundle(
     files["iptables-save-v4.txt"] = _tool_output([f"{tools[4]}-save", "-c"])
     files["iptables-save-v6.txt"] = _tool_output([f"{tools[6]}-save", "-c"])
     files["ipset-save.txt"] = "".join(
-        _tool_output(["ipset", "save", name]) for name in SET_NAME.values()
+        _tool_output(["ipset", "save", name]) for _family, name in OUR_SETS
     )
     files["flows.jsonl"], files["kernel-counters.jsonl"] = _flows(
         report, store or ev.db_path(state)

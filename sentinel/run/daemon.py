@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from sentinel.enforce import netfilter
 from sentinel.enforce.netdev import read_link
-from sentinel.enforce.render import Ruleset, render_rules
+from sentinel.enforce.render import Ruleset, held_after_pin_change, held_entries, render_rules
 from sentinel.errors import SentinelError
 from sentinel.log import correlation, get_logger
 from sentinel.policy.decide import prepare_ruleset
@@ -194,6 +194,10 @@ class Daemon:
             if self.expected is None:
                 return  # start-up: the first full apply follows
             new = render_rules(self.ctx.policy, pins, self.expected.link)
+            # addresses a move retired stay allowed for the flows already open to them
+            new = render_rules(
+                self.ctx.policy, pins, self.expected.link, held_after_pin_change(self.expected, new)
+            )
             try:
                 netfilter.update_sets(self.expected, new)
             except SentinelError as exc:
@@ -213,7 +217,8 @@ class Daemon:
                 return False
             link = read_link()
             if link != self.expected.link:  # an interface or address came or went
-                self.expected = render_rules(self.ctx.policy, self.ctx.pins.pins(), link)  # type: ignore
+                held = held_entries(self.expected)
+                self.expected = render_rules(self.ctx.policy, self.ctx.pins.pins(), link, held)  # type: ignore
             state = netfilter.read_state(self.backend)
             found, want = state.sha256(), self.expected.sha256()
             if found == want:
