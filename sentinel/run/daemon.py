@@ -32,6 +32,7 @@ from sentinel.store.events import Event
 from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 
 DAEMON_STATE = "daemon.json"
+EARLY_SERVICES = ("store", "monitor")  # started before the first apply (see run)
 QUIET_KINDS = ("monitor_heartbeat", "kernel_counters", "guard_heartbeat", "canary_result")
 log = get_logger("daemon")
 
@@ -118,7 +119,21 @@ class Daemon:
             policy.dns, upstream, policy.hostnames, self.ctx.emit, self._pins_changed
         )
         self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
-        self._apply(policy, reason="start")
+        early: Exception | None = None
+        try:
+            # the store and the monitor first: the first packets the new rules log (say, of a
+            # flow opened before we started) are read, not only counted by the kernel
+            self._start_services(EARLY_SERVICES)
+        except Exception as exc:  # noqa: BLE001 - raised below, once the deny is in force
+            early = exc
+        try:
+            self._apply(policy, reason="start")  # fail closed even if they did not start
+        except BaseException:
+            self._stop_services()
+            raise
+        if early is not None:
+            self._stop_services()
+            raise early
         self._install_signals()
         try:
             self._start_parts(policy, upstream)
@@ -153,12 +168,25 @@ class Daemon:
         self._thread(self._refresher, "pin-refresher")
         self.watcher = PolicyWatcher(self.policy_path, self.reload)
         self.watcher.start()
-        for name, factory in self.factories.items():
+        self._start_services(tuple(self.factories))
+
+    def _start_services(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            factory = self.factories.get(name)
+            if factory is None or name in self.ctx.services:
+                continue
             service = factory(self.ctx)
             service.start()
             self.services.append((name, service))
             self.ctx.services[name] = service
             log.info("service_started", service=name)
+
+    def _stop_services(self) -> None:
+        for name, service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("service_stop_failed", service=name)
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -401,11 +429,7 @@ class Daemon:
         self.stopping.set()
         if self.ready_file is not None:  # an app (re)starting now must wait for a new sentinel
             self.ready_file.unlink(missing_ok=True)
-        for name, service in reversed(self.services):
-            try:
-                service.stop()
-            except Exception:  # noqa: BLE001
-                log.exception("service_stop_failed", service=name)
+        self._stop_services()
         if self.watcher:
             self.watcher.stop()
         if self.resolver:
