@@ -286,3 +286,28 @@ def test_cap_net_raw_alone_forges_the_mark_and_status_names_the_holder(topo, tmp
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- 3b. the reports the namespace needs still leave ----------------------------------------
+QUERY = r"""
+import socket, struct
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, 54, b"\x00\x00\x05\x02\x00\x00\x01\x00")  # HBH router alert
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+# MLDv2 general query: max response 500 ms, no group, no sources, QRV 2, QQIC 125
+query = struct.pack("!BBHHH16sBBH", 130, 0, 0, 500, 0, b"\0" * 16, 2, 125, 0)
+s.sendto(query, ("ff02::1", 0, 0, socket.if_nametoindex("eth0")))
+print("sent")
+"""
+
+
+def test_the_namespaces_own_solicited_node_reports_still_leave(topo, tmp_path):
+    s = start(topo, tmp_path)
+    cap = Capture(topo, tmp_path)
+    # a querier on the link: the app's kernel answers with the groups it has joined, which
+    # are only the solicited-node groups of its own addresses (fe80::..., 2001:db8::10)
+    assert topo.run("outside", PYTHON, "-c", QUERY).stdout.strip() == "sent"
+    time.sleep(2)
+    seen = cap.stop()
+    assert seen["icmpv6_types"].get("143", 0) >= 1, seen
+    assert not [e for e in s.events("egress_attempt") if e["detail"].get("link_layer") == "mld"]
