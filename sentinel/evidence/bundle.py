@@ -53,6 +53,7 @@ def write_bundle(
     files["ipset-save.txt"] = "".join(
         _tool_output(["ipset", "save", name]) for _family, name in OUR_SETS
     )
+    files["nft-netdev.txt"] = _tool_output(["nft", "list", "table", "netdev", "sentinel"])
     files["flows.jsonl"], files["kernel-counters.jsonl"] = _flows(
         report, store or ev.db_path(state)
     )
