@@ -1,4 +1,4 @@
-"""Apply a Ruleset to the kernel; read back what the kernel has. The only privileged module.
+"""Apply a Ruleset to the kernel; read back what the kernel has (iptables and ipset runs).
 
 Backend: `iptables-restore --noflush` documents (one atomic commit per table and family) plus
 `ipset restore` with a swap. python-iptables was the first choice, but building an NFLOG target
@@ -56,17 +56,6 @@ class KernelState:
 
     def sha256(self) -> str:
         return ruleset_hash(self.text.get(4, ""), self.text.get(6, ""), self.sets, self.netdev)
-
-    def nflog_packets(self) -> dict[int, int]:
-        """Packets the kernel logged to NFLOG per family: the NFLOG rules of both families
-        plus the netdev table's log rules (ARP and other non-IP frames count as family 4)."""
-        out = {4: 0, 6: 0}
-        for (family, line), (packets, _bytes) in self.counters.items():
-            if "-j NFLOG" in line:
-                out[family] += packets
-        for family, packets in self.netdev_counters.items():
-            out[family] += packets
-        return out
 
 
 _INIT_NET_INO = 0xEFFFFFF9  # init_net's fixed inode on kernels that reserve one
@@ -425,3 +414,22 @@ def update_sets(old: Ruleset, new: Ruleset) -> None:
         dels += [f"del {s.name} {e}" for e in sorted(current - set(s.entries))]
     if adds or dels:
         _run(["ipset", "-exist", "restore"], "\n".join(adds + dels) + "\n")
+
+
+def evidence_text(backend: str = DEFAULT_BACKEND) -> dict[str, str]:
+    """The kernel's own words for the evidence bundle: `iptables-save -c` per family and
+    `ipset save` of our sets. Read-only; a tool that fails leaves a comment saying so."""
+
+    def output(cmd: list[str]) -> str:
+        try:
+            return _run(cmd)
+        except SentinelError as exc:
+            return f"# {exc.message}\n"
+
+    tools = BACKENDS.get(backend, BACKENDS[DEFAULT_BACKEND])
+    return {
+        "iptables-save-v4.txt": output([f"{tools[4]}-save", "-c"]),
+        "iptables-save-v6.txt": output([f"{tools[6]}-save", "-c"]),
+        "ipset-save.txt": "".join(output(["ipset", "save", name]) for _f, name in OUR_SETS),
+        "nft-netdev.txt": output(["nft", "list", "table", "netdev", NETDEV_TABLE]),
+    }
