@@ -155,7 +155,7 @@ def test_dockerfile_static():
     base = next(line for line in instructions if line.startswith("FROM "))
     assert re.match(r"FROM python:3\.1\d-slim", base), base
     install = next(line for line in instructions if "apt-get install" in line)
-    for pkg in ("iptables", "ipset", "iproute2"):
+    for pkg in ("iptables", "nftables", "ipset", "iproute2"):
         assert pkg in install, pkg
     assert "libpcap" not in install  # the monitor reads netlink; nothing uses libpcap
     assert "--no-install-recommends" in install

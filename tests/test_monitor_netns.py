@@ -205,6 +205,7 @@ def test_enforce_every_attempt_one_event_and_evidence(topo, state_dir, tmp_path)
         "iptables-save-v4.txt",
         "iptables-save-v6.txt",
         "ipset-save.txt",
+        "nft-netdev.txt",
         "flows.jsonl",
         "policy.yaml",
         "logs",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.enforce import netfilter
-from sentinel.enforce.render import SET_NAME
+from sentinel.enforce.render import OUR_SETS, SET_NAME
 from sentinel.errors import SentinelError
 from sentinel.policy.decide import prepare_ruleset
 from sentinel.policy.load import load_policy
@@ -59,6 +59,9 @@ class FakeKernel:
             return ""
         raise AssertionError(f"unexpected command {cmd}")
 
+    def netdev(self, text: str, current: str) -> None:
+        assert text == current == "", "no netdev table in these rulesets"
+
     def argv(self) -> list[list[str]]:
         return [cmd for cmd, _ in self.calls]
 
@@ -74,11 +77,14 @@ def ruleset():
 def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     monkeypatch.setattr(netfilter, "_run", kernel.run)
     monkeypatch.setattr(netfilter, "ensure_not_root_netns", lambda: None)
+    # the netdev table (nft) is absent here: these rulesets have no link (test_l2_netns.py)
+    monkeypatch.setattr(netfilter, "read_netdev", lambda: ("", {}))
+    monkeypatch.setattr(netfilter, "apply_netdev", kernel.netdev)
     return kernel
 
 
 READ_STATE = [[f"{V4}-save", "-c"], [f"{V6}-save", "-c"], ["ipset", "list", "-n"]]
-READ_SETS = [["ipset", "save", SET_NAME[4]], ["ipset", "save", SET_NAME[6]]]
+READ_SETS = [["ipset", "save", name] for _family, name in OUR_SETS]
 RESTORE = ["--noflush", "--wait"]
 
 
@@ -193,7 +199,7 @@ def test_teardown_removes_only_ours(monkeypatch):
         "COMMIT",
     ]
     assert ":INPUT" not in doc4 and "-F OUTPUT" not in doc4  # built-in chains untouched
-    assert kernel.stdin_of("ipset")[-1] == f"destroy {SET_NAME[4]}\ndestroy {SET_NAME[6]}\n"
+    assert kernel.stdin_of("ipset")[-1] == "".join(f"destroy {n}\n" for _f, n in OUR_SETS)
     assert not any(cmd[0] == "nft" for cmd in kernel.argv())  # no table was ours to delete
 
 
@@ -201,5 +207,5 @@ def test_read_state_parses_the_recorded_kernel(monkeypatch, ruleset):
     install(monkeypatch, FakeKernel(applied=True))
     state = netfilter.read_state()
     assert state.sha256() == ruleset.sha256()
-    assert {s.name for s in state.sets} == set(SET_NAME.values())
+    assert {s.name for s in state.sets} == {name for _family, name in OUR_SETS}
     assert state.set_counters[(SET_NAME[4], "198.18.0.10,tcp:5432")] == (0, 0)

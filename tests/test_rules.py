@@ -38,7 +38,8 @@ EXPECTED_V4 = """\
 -A SENTINEL-OUT -d 127.0.0.1/32 -p udp -m udp --dport 5300 -j ACCEPT
 -A SENTINEL-OUT -d 127.0.0.1/32 -p tcp -m tcp --dport 5300 -j ACCEPT
 -A SENTINEL-OUT -m set --match-set sentinel-allow4 dst,dst -j ACCEPT
--A SENTINEL-OUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A SENTINEL-OUT -m set --match-set sentinel-held4 dst,dst -m conntrack --ctstate ESTABLISHED -j ACCEPT
+-A SENTINEL-OUT -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j ACCEPT
 -A SENTINEL-OUT -j SENTINEL-DENY
 COMMIT
 *nat
@@ -62,7 +63,10 @@ def test_v4_ruleset_is_exactly_the_expected_text(mem0):
 
 def test_v6_has_neighbour_discovery_and_v6_reject(mem0):
     text = render_rules(mem0, PINS).save_text(6)
-    assert "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT" in text
+    assert (
+        "-A SENTINEL-OUT -p ipv6-icmp -m owner ! --uid-owner 0-4294967294 -m icmp6 --icmpv6-type 135"
+        " -m hl --hl-eq 255 -m length --length 0:96 -j ACCEPT"
+    ) in text
     assert "--reject-with icmp6-port-unreachable" in text
     assert "127.0.0.11" not in text
 
@@ -87,6 +91,8 @@ def test_cidr_and_literal_entries_need_no_pins():
     assert sets == {
         "sentinel-allow4": ("10.20.0.0/16,tcp:443",),
         "sentinel-allow6": ("2001:db8::7,udp:53",),
+        "sentinel-held4": (),
+        "sentinel-held6": (),
     }
 
 

@@ -58,6 +58,8 @@ class Flow:
     dst_port: int | None = None
     icmp_type: int | None = None
     icmp_id: int | None = None
+    link: str | None = None  # logged by the netdev egress table: "netdev", "arp", "frame", "mld"
+    groups: tuple[int, tuple[str, ...]] | None = None  # an MLD report: (records, groups seen)
 
 
 # --- parsing (pure) ---------------------------------------------------------------------
@@ -154,7 +156,11 @@ def _transport(family: int, proto: int, src: str, dst: str, rest: bytes) -> Flow
 def flow_event(flow: Flow, verdict: str, now: float, seq: int | None = None) -> Event:
     detail: dict[str, Any] = {}
     if flow.icmp_type is not None:
-        detail["icmp_type"] = flow.icmp_type
+        detail["arp_op" if flow.link == "arp" else "icmp_type"] = flow.icmp_type
+    if flow.link:
+        detail["link_layer"] = flow.link  # logged by the netdev egress table
+    if flow.groups:
+        detail["records"], detail["groups"] = flow.groups[0], list(flow.groups[1])
     canary = verdict.startswith(CANARY_PREFIX)  # our own probe: recorded, never an attempt
     return Event(
         layer="canary" if canary else "netfilter",
@@ -369,7 +375,12 @@ class Monitor:
             if verdict is None:  # someone else's NFLOG rule in our group
                 self.counts["foreign"] += 1
                 return None
-            flow = parse_ip(packet.payload)
+            if packet.family == 5:  # NFPROTO_NETDEV: the netdev egress table, an Ethernet frame
+                from sentinel.detect.l2 import parse_frame  # l2 builds on this module's parser
+
+                flow = parse_frame(packet.payload)
+            else:
+                flow = parse_ip(packet.payload)
             if packet.mark == CANARY_MARK:
                 verdict = CANARY_PREFIX + verdict
         except (Malformed, struct.error, ValueError):

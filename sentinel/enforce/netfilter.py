@@ -14,11 +14,12 @@ import re
 import subprocess
 from dataclasses import dataclass, field, replace
 
+from sentinel.enforce.netdev import NETDEV_TABLE, apply_netdev, read_netdev
 from sentinel.enforce.render import (
     CHAIN_DENY,
     CHAIN_DNS,
     CHAIN_OUT,
-    SET_NAME,
+    OUR_SETS,
     IpSet,
     Ruleset,
     canonical_lines,
@@ -46,13 +47,15 @@ class KernelState:
     set_counters: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     created_tables: list[str] = field(default_factory=list)  # "6/nat": absent before our apply
     rules_replaced: bool = True  # False: the rules were already in force, only sets changed
+    netdev: str = ""  # our netdev table as Ruleset.netdev renders it
+    netdev_counters: dict[int, int] = field(default_factory=dict)  # logged frames per family
 
     @property
     def present(self) -> bool:
-        return any(t.strip() for t in self.text.values()) or bool(self.sets)
+        return any(t.strip() for t in self.text.values()) or bool(self.sets) or bool(self.netdev)
 
     def sha256(self) -> str:
-        return ruleset_hash(self.text.get(4, ""), self.text.get(6, ""), self.sets)
+        return ruleset_hash(self.text.get(4, ""), self.text.get(6, ""), self.sets, self.netdev)
 
 
 _INIT_NET_INO = 0xEFFFFFF9  # init_net's fixed inode on kernels that reserve one
@@ -122,15 +125,23 @@ def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
 
 def _same_rules(current: KernelState, ruleset: Ruleset) -> bool:
     names = {s.name for s in ruleset.sets}
-    return {s.name for s in current.sets} == names and all(
-        current.text.get(f) == ruleset.save_text(f) for f in (4, 6)
+    return (
+        {s.name for s in current.sets} == names
+        and all(current.text.get(f) == ruleset.save_text(f) for f in (4, 6))
+        and current.netdev == ruleset.netdev
     )
 
 
 def _apply_all(ruleset: Ruleset, backend: str) -> KernelState:
     tools = BACKENDS[backend]
     before = {f: _save(tools[f]) for f in (4, 6)}
-    created = _stage_sets(ruleset)
+    netdev_before = read_netdev()[0]
+    apply_netdev(ruleset.netdev, netdev_before)  # first: a kernel without it changes nothing
+    try:
+        created = _stage_sets(ruleset)
+    except SentinelError:
+        apply_netdev(netdev_before, ruleset.netdev)
+        raise
     done: list[int] = []
     try:
         for family in (4, 6):
@@ -141,6 +152,7 @@ def _apply_all(ruleset: Ruleset, backend: str) -> KernelState:
             done.append(family)
     except SentinelError:
         _rollback(ruleset, tools, before, done, created)
+        apply_netdev(netdev_before, ruleset.netdev)
         raise
     _run(["ipset", "restore"], "".join(f"destroy {_staging(s.name)}\n" for s in ruleset.sets))
     state = read_state(backend)
@@ -305,6 +317,7 @@ def read_state(backend: str = DEFAULT_BACKEND) -> KernelState:
         state.text[family] = "\n".join(parts) + "\n" if parts else ""
         state.counters.update(_counters(saved, family))
     state.sets, state.set_counters = _read_sets()
+    state.netdev, state.netdev_counters = read_netdev()
     return state
 
 
@@ -320,7 +333,7 @@ def _counters(saved: str, family: int) -> dict[tuple[int, str], tuple[int, int]]
 def _read_sets() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]]]:
     names = set(_run(["ipset", "list", "-n"]).split())
     sets, counters = [], {}
-    for family, name in SET_NAME.items():
+    for family, name in OUR_SETS:
         if name not in names:
             continue
         entries = []
@@ -349,10 +362,13 @@ def teardown(backend: str | None = None, created_tables: list[str] | None = None
             if name == "nft":
                 _drop_empty_tables(tool, family, created_tables or [])
     names = set(_run(["ipset", "list", "-n"]).split())
-    ours = [n for s in SET_NAME.values() for n in (s, _staging(s)) if n in names]
+    ours = [n for _f, s in OUR_SETS for n in (s, _staging(s)) if n in names]
     if ours:
         _run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in ours))
-    return found or bool(ours)
+    netdev = read_netdev()[0]
+    if netdev:
+        _run(["nft", "delete", "table", "netdev", NETDEV_TABLE])
+    return found or bool(ours) or bool(netdev)
 
 
 def _drop_empty_tables(tool: str, family: int, created: list[str]) -> None:
@@ -414,5 +430,6 @@ def evidence_text(backend: str = DEFAULT_BACKEND) -> dict[str, str]:
     return {
         "iptables-save-v4.txt": output([f"{tools[4]}-save", "-c"]),
         "iptables-save-v6.txt": output([f"{tools[6]}-save", "-c"]),
-        "ipset-save.txt": "".join(output(["ipset", "save", name]) for name in SET_NAME.values()),
+        "ipset-save.txt": "".join(output(["ipset", "save", name]) for _f, name in OUR_SETS),
+        "nft-netdev.txt": output(["nft", "list", "table", "netdev", NETDEV_TABLE]),
     }

@@ -21,8 +21,16 @@ CHAIN_OUT = "SENTINEL-OUT"
 CHAIN_DENY = "SENTINEL-DENY"
 CHAIN_DNS = "SENTINEL-DNS"
 SET_NAME = {4: "sentinel-allow4", 6: "sentinel-allow6"}
+# Addresses a DNS pin move retired from a name still allowlisted: open flows to them go on
+# (established only), new ones do not. Emptied by every full apply (start, reload, mode).
+HELD_SET = {4: "sentinel-held4", 6: "sentinel-held6"}
+OUR_SETS = ((4, SET_NAME[4]), (6, SET_NAME[6]), (4, HELD_SET[4]), (6, HELD_SET[6]))
 DOCKER_DNS = "127.0.0.11/32"  # Docker's embedded resolver: reachable only by the sentinel
-ICMP6_NDP = (133, 135, 136, 143)  # router/neighbour solicitation, advert, MLDv2 report
+# Neighbour discovery as the kernel sends it (RFC 4861: hop limit 255; no user socket, so a raw
+# ICMPv6 socket cannot use these rules to carry data): type -> (destination, max IPv6 length)
+ICMP6_ND = {133: ("ff02::2/128", 64), 135: (None, 96), 136: (None, 96)}
+MLD2_REPORT, MLD_MAX_LEN = 143, 40 + 8 + 8 + 20 * 8  # the kernel's own reports: hop limit 1
+NETDEV_TABLE = "sentinel"  # `table netdev sentinel`: the layer AF_PACKET frames also pass
 NFLOG_PREFIX = {"enforce": "sentinel:deny", "audit": "sentinel:audit"}
 Pins = Mapping[str, Iterable["IPAddress"]]
 
@@ -42,6 +50,10 @@ class Rule:
     match_set: str | None = None
     mark: int | None = None
     ctstate: str | None = None
+    ctdir: str | None = None
+    kernel_only: bool = False  # no user-space socket: the kernel's own ND/MLD
+    hop_limit: int | None = None
+    max_len: int | None = None
     target_args: tuple[str, ...] = ()
 
     def args(self) -> list[str]:
@@ -54,14 +66,22 @@ class Rule:
             out += ["-p", self.proto]
         if self.dport is not None:
             out += ["-m", self.proto or "", "--dport", str(self.dport)]
+        if self.kernel_only:
+            out += ["-m", "owner", "!", "--uid-owner", "0-4294967294"]
         if self.icmp6_type is not None:
             out += ["-m", "icmp6", "--icmpv6-type", str(self.icmp6_type)]
+        if self.hop_limit is not None:
+            out += ["-m", "hl", "--hl-eq", str(self.hop_limit)]
+        if self.max_len is not None:
+            out += ["-m", "length", "--length", f"0:{self.max_len}"]
         if self.match_set:
             out += ["-m", "set", "--match-set", self.match_set, "dst,dst"]
         if self.mark is not None:
             out += ["-m", "mark", "--mark", hex(self.mark)]
         if self.ctstate:
             out += ["-m", "conntrack", "--ctstate", self.ctstate]
+        if self.ctdir:
+            out += ["--ctdir", self.ctdir]
         return [*out, "-j", self.target, *self.target_args]
 
     def save_line(self) -> str:
@@ -94,12 +114,23 @@ class Hook:
 
 
 @dataclass(frozen=True)
+class Link:
+    """What the netdev layer is rendered for: the namespace's interfaces other than lo, and
+    its own IPv6 addresses (whose solicited-node groups are the only MLD reports let out)."""
+
+    devices: tuple[str, ...] = ()
+    v6_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Ruleset:
     mode: str
     policy_sha256: str
     rules: tuple[tuple[int, Rule], ...]  # (family, rule)
     sets: tuple[IpSet, ...]
     hooks: tuple[Hook, ...]
+    netdev: str = ""  # `table netdev sentinel`, as `nft list` prints it (no counters, no indent)
+    link: Link = Link()
 
     def chains(self, family: int, table: str) -> list[str]:
         return list(
@@ -133,10 +164,11 @@ class Ruleset:
             f"# sentinel ruleset {self.sha256()} mode={self.mode} policy={self.policy_sha256}\n"
             f"# ipset\n{self.ipset_text()}# iptables (IPv4)\n{self.save_text(4)}"
             f"# ip6tables (IPv6)\n{self.save_text(6)}"
+            "# nft (netdev egress: frames that skip the IP stack)\n" + (self.netdev or "(none)\n")
         )
 
     def sha256(self) -> str:
-        return ruleset_hash(self.save_text(4), self.save_text(6), self.sets)
+        return ruleset_hash(self.save_text(4), self.save_text(6), self.sets, self.netdev)
 
 
 def canonical_lines(chains: Iterable[str], hooks: Iterable[str], rules: Iterable[str]) -> list[str]:
@@ -148,10 +180,10 @@ def canonical_lines(chains: Iterable[str], hooks: Iterable[str], rules: Iterable
     return [f":{c} - [0:0]" for c in chains] + list(hooks) + by_chain
 
 
-def ruleset_hash(v4_text: str, v6_text: str, sets: Iterable[IpSet]) -> str:
-    """Hash of what matters: rules per family and set contents (order-free)."""
+def ruleset_hash(v4_text: str, v6_text: str, sets: Iterable[IpSet], netdev: str = "") -> str:
+    """Hash of what matters: rules per family, set contents (order-free), the netdev table."""
     h = hashlib.sha256()
-    for part in (v4_text, "\0", v6_text):
+    for part in (v4_text, "\0", v6_text, *(("\0netdev\0", netdev) if netdev else ())):
         h.update(part.encode())
     for s in sorted(sets, key=lambda s: s.name):
         h.update(f"\0{s.name}\0".encode())
@@ -159,15 +191,68 @@ def ruleset_hash(v4_text: str, v6_text: str, sets: Iterable[IpSet]) -> str:
     return h.hexdigest()
 
 
-def render_rules(policy: Policy, pins: Pins) -> Ruleset:
-    """Pure: the complete ruleset for both families. Hosts without pins get no entries."""
+def render_rules(
+    policy: Policy, pins: Pins, link: Link | None = None, held: Iterable[str] = ()
+) -> Ruleset:
+    """Pure: the complete ruleset for both families. Hosts without pins get no entries.
+    `link` (read by `netfilter.read_link`) adds the netdev egress table; without it, none.
+    `held`: set entries ("ip,proto:port") retired by pin moves, kept for established flows."""
     rules = [(f, r) for f in (4, 6) for r in _filter_rules(policy, f) + _nat_rules(policy, f)]
     hooks = tuple(
         Hook(f, t, "OUTPUT", c)
         for f in (4, 6)
         for t, c in (("filter", CHAIN_OUT), ("nat", CHAIN_DNS))
     )
-    return Ruleset(policy.mode, policy.sha256, tuple(rules), _sets(policy, pins), hooks)
+    link = link or Link()
+    sets = _sets(policy, pins) + _held_sets(held)
+    netdev = render_netdev(policy, link)
+    return Ruleset(policy.mode, policy.sha256, tuple(rules), sets, hooks, netdev, link)
+
+
+MLD_TYPES = "mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report"
+SOLICITED_PREFIX = "0xff0200000000000000000001ff"  # ff02::1:ff00:0/104 (+ aux len, sources 0)
+
+
+def render_netdev(policy: Policy, link: Link) -> str:
+    """Pure: `table netdev sentinel` with an egress chain on every interface but lo, in the
+    text `nft list table` prints. Frames leave the stack with a route attached; a frame
+    without one that a user-space socket owns (AF_PACKET) is logged to the NFLOG group and
+    dropped (audit: logged, let through), and so is every MLD report but one naming only the
+    namespace's own solicited-node groups (IPV6_JOIN_GROUP needs no privilege)."""
+    if not link.devices:
+        return ""
+    devices = sorted(link.devices)
+    hook = (
+        f'device "{devices[0]}"' if len(devices) == 1 else f"devices = {{ {', '.join(devices)} }}"
+    )
+    verdict = "drop" if policy.mode == "enforce" else "accept"
+    log = f'counter log prefix "{NFLOG_PREFIX[policy.mode]}" group {policy.nflog_group} {verdict}'
+    lines = [
+        f"table netdev {NETDEV_TABLE} {{",
+        "chain egress {",
+        f"type filter hook egress {hook} priority filter; policy accept;",
+    ]
+    own = sorted({int(ipaddress.IPv6Address(a)) & 0xFFFFFF for a in link.v6_addresses})
+    if own:
+        groups = (
+            f"0x{own[0]:x}" if len(own) == 1 else "{ " + ", ".join(f"0x{g:x}" for g in own) + " }"
+        )
+        for n in (1, 2):  # one report names one group, or two (a link-local and a global)
+            records = " ".join(
+                f"@th,{64 + 160 * i},8 {{ 0x2, 0x3, 0x4 }} @th,{72 + 160 * i},128 "
+                f"{SOLICITED_PREFIX} @th,{200 + 160 * i},24 {groups}"
+                for i in range(n)
+            )
+            lines.append(f"icmpv6 type mld2-listener-report @th,48,16 0x{n:x} {records} accept")
+    lines += [
+        f"icmpv6 type {{ {MLD_TYPES} }} {log}",
+        "meta rtclassid 0-4294967295 accept",  # a route is attached: it passed the IP stack
+        f"ether type ip6 meta skuid 0-4294967295 {log}",
+        f"meta skuid 0-4294967295 {log}",  # IPv4, ARP and any other ethertype
+        "}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _filter_rules(policy: Policy, family: int) -> list[Rule]:
@@ -183,13 +268,16 @@ def _filter_rules(policy: Policy, family: int) -> list[Rule]:
         for p in ("udp", "tcp")
     ]
     if family == 6:  # neighbour discovery, or allowlisted IPv6 upstreams are unreachable
-        out += [
-            Rule("filter", CHAIN_OUT, "ACCEPT", proto="ipv6-icmp", icmp6_type=t) for t in ICMP6_NDP
-        ]
+        out += _nd_rules()
+    # Enforce: an established flow the app opened is allowed only while its destination is
+    # (the set rule above), so a reload, a switch from audit, or a flow opened before the
+    # sentinel started cannot keep a connection open; replies to inbound flows pass.
+    ctdir = "REPLY" if policy.mode == "enforce" else None
     out += [
         # Before conntrack so the set's per-entry counters see every packet ("netflow").
         Rule("filter", CHAIN_OUT, "ACCEPT", match_set=SET_NAME[family]),
-        Rule("filter", CHAIN_OUT, "ACCEPT", ctstate="RELATED,ESTABLISHED"),
+        Rule("filter", CHAIN_OUT, "ACCEPT", match_set=HELD_SET[family], ctstate="ESTABLISHED"),
+        Rule("filter", CHAIN_OUT, "ACCEPT", ctstate="RELATED,ESTABLISHED", ctdir=ctdir),
         Rule("filter", CHAIN_OUT, CHAIN_DENY),
     ]
     prefix = NFLOG_PREFIX[policy.mode]
@@ -203,6 +291,42 @@ def _filter_rules(policy: Policy, family: int) -> list[Rule]:
             "filter", CHAIN_DENY, "REJECT", proto="tcp", target_args=("--reject-with", "tcp-reset")
         ),
         Rule("filter", CHAIN_DENY, "REJECT", target_args=("--reject-with", unreachable)),
+    ]
+
+
+def _nft_set(items: list[str]) -> str:
+    return "{ " + ", ".join(items) + " }"
+
+
+def _nd_rules() -> list[Rule]:
+    """ND and MLD only as the kernel sends them: no user socket, RFC hop limits, short; MLD
+    report contents (which groups) are checked in the netdev table (`render_netdev`)."""
+    out = [
+        Rule(
+            "filter",
+            CHAIN_OUT,
+            "ACCEPT",
+            dst=dst,
+            proto="ipv6-icmp",
+            kernel_only=True,
+            icmp6_type=kind,
+            hop_limit=255,
+            max_len=max_len,
+        )
+        for kind, (dst, max_len) in ICMP6_ND.items()
+    ]
+    return out + [
+        Rule(
+            "filter",
+            CHAIN_OUT,
+            "ACCEPT",
+            dst="ff02::16/128",
+            proto="ipv6-icmp",
+            kernel_only=True,
+            icmp6_type=MLD2_REPORT,
+            hop_limit=1,
+            max_len=MLD_MAX_LEN,
+        )
     ]
 
 
@@ -224,6 +348,28 @@ def _sets(policy: Policy, pins: Pins) -> tuple[IpSet, ...]:
             for port in allow.ports:
                 family.add(f"{text},{allow.protocol}:{port}")
     return tuple(IpSet(SET_NAME[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
+
+
+def _held_sets(held: Iterable[str]) -> tuple[IpSet, ...]:
+    entries: dict[int, set[str]] = {4: set(), 6: set()}
+    for entry in held:
+        entries[6 if ":" in entry.partition(",")[0] else 4].add(entry)
+    return tuple(IpSet(HELD_SET[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
+
+
+def held_after_pin_change(old: Ruleset, new: Ruleset) -> list[str]:
+    """Pure: what the held sets hold once `old` becomes `new` through a pin change: what
+    was held or allowed before and is not allowed now."""
+
+    def entries(r: Ruleset, names: dict[int, str]) -> set[str]:
+        return {e for s in r.sets if s.name in names.values() for e in s.entries}
+
+    allowed = entries(new, SET_NAME)
+    return sorted((entries(old, HELD_SET) | entries(old, SET_NAME)) - allowed)
+
+
+def held_entries(ruleset: Ruleset) -> list[str]:
+    return sorted(e for s in ruleset.sets if s.name in HELD_SET.values() for e in s.entries)
 
 
 def _networks(allow: Allow, pins: Pins) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -10,11 +10,14 @@ from sentinel.enforce.netfilter import KernelState
 
 
 def nflog_packets(state: KernelState) -> dict[int, int]:
-    """Packets the NFLOG rules logged, per family (the one place they are summed)."""
+    """Packets the kernel logged to NFLOG, per family (the one place they are summed): the
+    iptables NFLOG rules plus the netdev table's log rules (ARP and non-IP frames: family 4)."""
     nflog = {4: 0, 6: 0}
     for (family, line), (packets, _bytes) in state.counters.items():
         if "-j NFLOG" in line:
             nflog[family] += packets
+    for family, packets in state.netdev_counters.items():
+        nflog[family] += packets
     return nflog
 
 

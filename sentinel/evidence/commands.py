@@ -42,7 +42,14 @@ def status_data() -> dict:
         "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
         "pins": (applied or {}).get("pins", {}),
         "guard": guard_status(),
+        "capabilities": caps_summary(),
     }
+
+
+def caps_summary() -> dict:
+    from sentinel.evidence.caps import summary
+
+    return summary()
 
 
 def guard_status() -> dict:

@@ -479,6 +479,9 @@ def build_report(
         conn.close()
     report = assemble(window, events, shed, check, kernel, applied)
     report["alerts"] = alerts
+    from sentinel.evidence.caps import summary
+
+    report["capabilities"] = summary()  # who could send what netfilter never sees
     return report
 
 
@@ -514,6 +517,8 @@ def assemble(
     expected = (applied or {}).get("ruleset_sha256")
     in_sync = bool(expected) and kernel.get("sha256") == expected
     problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
+    if check.get("unaccounted_packets"):  # logged by the kernel, never stored as an event
+        problems.append(f"{check['unaccounted_packets']} NFLOG packet(s) not accounted for")
     layers = Counter(layer for a in attempts for layer in a["layers"])
     snapshots = [e for e in events if e.kind == "kernel_counters"]
     counted = window_counters(snapshots, window, kernel, applied)
@@ -654,6 +659,13 @@ def merge_results(path: Path, report: dict[str, Any]) -> None:
         raise BadInput(f"--results {path}: cannot write ({exc.strerror or exc})") from None
 
 
+def _holders(caps: dict[str, Any] | None) -> str:
+    if not caps:
+        return "not scanned"
+    held = [f"{h['pid']} {h['name']} ({', '.join(h['caps'])})" for h in caps["holders"][:5]]
+    return "; ".join(held) or f"none of {caps['processes_visible']} visible"
+
+
 def render_table(report: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
@@ -672,6 +684,7 @@ def render_table(report: dict[str, Any]) -> list[Any]:
         ("unaccounted packets", report["unaccounted_packets"]),
         ("shed events", report["shed_events"]),
         ("guard", report["guard"]["status"]),
+        ("raw/admin-capable processes", _holders(report.get("capabilities"))),
     ):
         summary.add_row(key, str(value))
     dest = Table(

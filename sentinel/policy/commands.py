@@ -83,7 +83,9 @@ def run_apply(
     pins.update(static)
     for name in missing:
         echo(f"warning: {name!r} did not resolve; it stays denied until it does", err=True)
-    ruleset = prepare_ruleset(policy, pins)
+    from sentinel.enforce.netdev import read_link
+
+    ruleset = prepare_ruleset(policy, pins, link=read_link())
     if dry_run:
         echo(ruleset.text(), nl=False)
         return

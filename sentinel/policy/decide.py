@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from sentinel.enforce.render import CHAIN_OUT, Pins, Rule, Ruleset, render_rules
+from sentinel.enforce.render import CHAIN_OUT, Link, Pins, Rule, Ruleset, render_rules
 from sentinel.errors import SentinelError
 from sentinel.policy.load import IPAddress, Policy, PolicyTest
 
@@ -137,11 +137,13 @@ def _test_addresses(policy: Policy, pins: Pins, host: str) -> list[IPAddress]:
     return list(pins.get(host, ()))
 
 
-def prepare_ruleset(policy: Policy, pins: Pins, pending_ok: bool = False) -> Ruleset:
+def prepare_ruleset(
+    policy: Policy, pins: Pins, pending_ok: bool = False, link: Link | None = None
+) -> Ruleset:
     """Render and run the policy's own tests: a policy whose tests fail is never applied.
     With `pending_ok` (the daemon, whose DNS pins arrive later) a test that fails only because
     its name has no pin yet is tolerated: that name simply stays denied (fail closed)."""
-    ruleset = render_rules(policy, pins)
+    ruleset = render_rules(policy, pins, link)
     failed = [
         r
         for r in run_policy_tests(policy, pins, ruleset)

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from sentinel.atomic import write_atomic
 from sentinel.enforce import netfilter
-from sentinel.enforce.render import Ruleset, render_rules
+from sentinel.enforce.netdev import read_link
+from sentinel.enforce.render import Ruleset, held_after_pin_change, held_entries, render_rules
 from sentinel.errors import BadInput, SentinelError
 from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
@@ -36,6 +37,7 @@ from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 
 DAEMON_STATE = "daemon.json"
 REPAIR_RETRY = 2.0  # seconds between repair attempts while a tamper repair keeps failing
+EARLY_SERVICES = ("store", "monitor")  # started before the first apply (see run)
 log = get_logger("daemon")
 
 
@@ -125,7 +127,21 @@ class Daemon:
             policy.dns, upstream, policy.hostnames, self._emit_or_hold, self._pins_changed
         )
         self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
-        self._apply(policy, reason="start")
+        early: Exception | None = None
+        try:
+            # the store and the monitor first: the first packets the new rules log (say, of a
+            # flow opened before we started) are read, not only counted by the kernel
+            self._start_services(EARLY_SERVICES)
+        except Exception as exc:  # noqa: BLE001 - raised below, once the deny is in force
+            early = exc
+        try:
+            self._apply(policy, reason="start")  # fail closed even if they did not start
+        except BaseException:
+            self._stop_services()
+            raise
+        if early is not None:
+            self._stop_services()
+            raise early
         self._install_signals()
         try:
             self._start_parts(policy, upstream)
@@ -160,12 +176,25 @@ class Daemon:
         self._thread(self._refresher, "pin-refresher")
         self.watcher = PolicyWatcher(self.policy_path, self.reload)
         self.watcher.start()
-        for name, factory in self.factories.items():
+        self._start_services(tuple(self.factories))
+
+    def _start_services(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            factory = self.factories.get(name)
+            if factory is None or name in self.ctx.services:
+                continue
             service = factory(self.ctx)
             service.start()
             self.services.append((name, service))
             self.ctx.services[name] = service
             log.info("service_started", service=name)
+
+    def _stop_services(self) -> None:
+        for name, service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("service_stop_failed", service=name)
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -226,7 +255,11 @@ class Daemon:
         with self.kernel:
             if self.expected is None:
                 return  # start-up: the first full apply follows
-            new = render_rules(self.ctx.policy, pins)
+            new = render_rules(self.ctx.policy, pins, self.expected.link)
+            # addresses a move retired stay allowed for the flows already open to them
+            new = render_rules(
+                self.ctx.policy, pins, self.expected.link, held_after_pin_change(self.expected, new)
+            )
             try:
                 netfilter.update_sets(self.expected, new)
             except SentinelError as exc:
@@ -249,6 +282,11 @@ class Daemon:
         with self.kernel:
             if self.expected is None:
                 return False
+            link = read_link()
+            if link != self.expected.link:  # an interface or address came or went
+                held = held_entries(self.expected)
+                pins = self.ctx.pins.pins()  # type: ignore[union-attr]
+                self.expected = render_rules(self.ctx.policy, pins, link, held)
             want = self.expected.sha256()
             try:
                 state = netfilter.read_state(self.backend)
@@ -328,6 +366,14 @@ class Daemon:
             policy = load_policy(self.policy_path)
             if policy.sha256 == self.ctx.policy.sha256:
                 return
+            if policy.nflog_group != self.ctx.policy.nflog_group:
+                # the monitor holds the old group's socket: new rules logging elsewhere would
+                # make every attempt invisible. Refused whole; a restart takes the new group.
+                raise SentinelError(
+                    f"nflog_group cannot change on reload ({self.ctx.policy.nflog_group} -> "
+                    f"{policy.nflog_group}): the monitor is bound to group "
+                    f"{self.ctx.policy.nflog_group}; restart `sentinel run` to change it"
+                )
             self._apply(policy, reason="reload")
         except (PolicyError, SentinelError) as exc:
             self.ctx.emit(
@@ -389,7 +435,7 @@ class Daemon:
         assert self.ctx.pins is not None
         with self.kernel:
             pins = self.ctx.pins.pins()
-            ruleset = prepare_ruleset(policy, pins, pending_ok=True)
+            ruleset = prepare_ruleset(policy, pins, pending_ok=True, link=read_link())
             self._snapshot_counters()
             started = time.perf_counter()
             try:
@@ -493,11 +539,7 @@ class Daemon:
         self.stopping.set()
         if self.ready_file is not None:  # an app (re)starting now must wait for a new sentinel
             self.ready_file.unlink(missing_ok=True)
-        for name, service in reversed(self.services):
-            try:
-                service.stop()
-            except Exception:  # noqa: BLE001
-                log.exception("service_stop_failed", service=name)
+        self._stop_services()
         if self.watcher:
             self.watcher.stop()
         if self.resolver:
@@ -522,6 +564,13 @@ def _drift(expected: Ruleset, state: Any) -> dict[str, Any]:
         if want != have:
             out[f"v{family}_missing"] = sorted(want - have)[:20]
             out[f"v{family}_extra"] = sorted(have - want)[:20]
+    if expected.netdev != getattr(state, "netdev", ""):
+        want, have = set(expected.netdev.splitlines()), set(state.netdev.splitlines())
+        out["netdev_missing"], out["netdev_extra"] = (
+            sorted(want - have)[:20],
+            sorted(have - want)[:20],
+        )
+        out["link"] = {"devices": list(expected.link.devices)}
     want_sets = {s.name: set(s.entries) for s in expected.sets}
     have_sets = {s.name: set(s.entries) for s in state.sets}
     for name in sorted(set(want_sets) | set(have_sets)):

@@ -1,0 +1,84 @@
+"""The netdev egress table (`table netdev sentinel`): apply, read back, and the link facts it
+is rendered for. Called only by `netfilter.apply`/`read_state`/`teardown`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+
+from sentinel.enforce.render import NETDEV_TABLE, Link
+from sentinel.errors import SentinelError
+
+__all__ = ["NETDEV_TABLE", "apply_netdev", "read_link", "read_netdev"]
+_NFT_COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
+
+
+def run(cmd: list[str], stdin: str) -> None:
+    try:
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SentinelError(f"{cmd[0]} not found: install nftables") from None
+    except subprocess.TimeoutExpired:
+        raise SentinelError(f"{cmd[0]} did not finish in 60 s") from None
+    if done.returncode != 0:
+        raise SentinelError(
+            f"nft could not load the netdev egress table: {done.stderr.strip() or done.returncode}"
+        )
+
+
+def read_link() -> Link:
+    """This namespace's interfaces other than lo, and its IPv6 addresses (for the netdev
+    layer). Read from /sys and /proc: no tool, no privilege."""
+    try:
+        devices = sorted(d for d in os.listdir("/sys/class/net") if d != "lo")
+    except OSError:
+        devices = []
+    addresses = set()
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 6 and parts[5] in devices:
+                    addresses.add(str(ipaddress.IPv6Address(bytes.fromhex(parts[0]))))
+    except OSError:
+        pass
+    return Link(tuple(devices), tuple(sorted(addresses)))
+
+
+def apply_netdev(text: str, current: str) -> None:
+    """Replace our netdev table in one nft transaction (or delete it when `text` is empty)."""
+    if text == current:
+        return
+    doc = f"table netdev {NETDEV_TABLE}\ndelete table netdev {NETDEV_TABLE}\n"
+    run(["nft", "-f", "-"], doc + text)
+
+
+def read_netdev() -> tuple[str, dict[int, int]]:
+    """Our netdev table in Ruleset.netdev's form (unindented, counters blanked), and the
+    packets its log rules counted per family."""
+    try:
+        done = subprocess.run(
+            ["nft", "list", "table", "netdev", NETDEV_TABLE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except FileNotFoundError:  # no nft: no table of ours can be there (apply would have failed)
+        return "", {}
+    except subprocess.TimeoutExpired:
+        raise SentinelError("nft did not finish in 60 s") from None
+    if done.returncode != 0:
+        return "", {}  # no such table
+    lines, counted = [], {4: 0, 6: 0}
+    for raw in done.stdout.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _NFT_COUNTER.search(line)
+        if match and " log " in line:
+            family = 6 if "icmpv6" in line or "ether type ip6" in line else 4
+            counted[family] += int(match.group(1))
+        lines.append(_NFT_COUNTER.sub("counter", line))
+    return "\n".join(lines) + "\n", counted
