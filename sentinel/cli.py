@@ -16,7 +16,6 @@ from sentinel.enforce import netfilter
 from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
 from sentinel.policy.decide import placeholder_pins, prepare_ruleset, run_policy_tests
 from sentinel.policy.load import Policy, load_policy
-from sentinel.resolver.system import system_pins
 from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -104,10 +103,13 @@ def apply(
     policy = load_policy(_policy_path(policy_file))
     backend = _backend(backend)
     static = _static_pins(policy, pin or [])
-    pins, missing = system_pins(policy, skip=set(static))
-    pins.update(static)
-    for name in missing:
-        typer.echo(f"warning: {name!r} did not resolve; it stays denied until it does", err=True)
+    from sentinel.resolver.oneshot import resolve_pins  # the same marked upstream as `run`
+
+    applied = read_json(APPLIED)
+    resolved = resolve_pins(policy, set(static), applied if applied and "pins" in applied else None)
+    pins = {**resolved.pins, **static}
+    for line in resolved.warnings:
+        typer.echo(f"warning: {line}", err=True)
     ruleset = prepare_ruleset(policy, pins)
     if dry_run:
         typer.echo(ruleset.text(), nl=False)
@@ -115,7 +117,15 @@ def apply(
     state = netfilter.apply(ruleset, backend)
     if state.sha256() != ruleset.sha256():
         raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(policy, ruleset, backend, pins, state.created_tables, full=state.rules_replaced)
+    record_applied(
+        policy,
+        ruleset,
+        backend,
+        pins,
+        state.created_tables,
+        full=state.rules_replaced,
+        pins_valid_until=resolved.valid_until,
+    )
     from sentinel.guard.compile import write_allowlist  # the in-process guard reads the same pins
     from sentinel.store.state import state_dir
 

@@ -116,7 +116,18 @@ class Daemon:
         self.ctx.pins = PinManager(
             policy.dns, upstream, policy.hostnames, self.ctx.emit, self._pins_changed
         )
+        try:  # a restart keeps what is applied for names that fail now, until the grace
+            adopted = self.ctx.pins.adopt(read_json(APPLIED))
+        except SentinelError as exc:
+            adopted = []
+            log.warning("applied_state_unreadable", error=exc.message)
         self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
+        self.ctx.pins.expire()
+        for name in adopted:
+            pin = self.ctx.pins.pin(name)
+            if pin is not None and pin.failing and pin.addresses:
+                kept = [str(a) for a in pin.addresses]
+                log.warning("kept_applied_pins", name=name, addresses=kept, error=pin.error)
         self._apply(policy, reason="start")
         self._install_signals()
         try:
@@ -341,7 +352,10 @@ class Daemon:
         self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str], full: bool = True
     ) -> None:
         try:
-            record_applied(policy, ruleset, self.backend, pins, created, full=full)
+            valid = self.ctx.pins.valid_until() if self.ctx.pins else None
+            record_applied(
+                policy, ruleset, self.backend, pins, created, full=full, pins_valid_until=valid
+            )
         except SentinelError as exc:
             # the kernel already holds the new rules: a full or read-only state dir must not
             # turn that into a "rejected" reload; `status` shows the stale state as drift
