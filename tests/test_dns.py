@@ -358,3 +358,35 @@ def test_adopted_applied_pins_are_kept_while_the_name_fails_until_the_grace(worl
     clock.now += 3 + 10 + 0.5  # validity + stale_grace
     pins.tick()
     assert "postgres" not in pins.current() and "pins_expired" in kinds(events)
+
+
+# --- attempts, not packets (issue 12) --------------------------------------------------------
+def test_refusals_of_one_name_within_the_fold_window_are_one_attempt(world):
+    pins, _, upstream, clock, events, _ = world
+    wall = Clock()
+    resolver = PinningResolver(pins, events.append, port=0, fold_window=2.0)
+    resolver.folder.clock = wall
+    for qtype in ("A", "AAAA", "A", "AAAA"):  # one getaddrinfo: A + AAAA, each retried by glibc
+        assert ask(resolver, "api.openai.com", qtype).rcode() == dns.rcode.REFUSED
+        wall.now += 0.5
+    attempts = [e for e in events if e.kind == "egress_attempt"]
+    assert len(attempts) == 1 and attempts[0].last_ts is None  # emitted at the first query
+    wall.now += 1.0  # still within 2 s of the last query: nothing closes yet
+    assert resolver.folder.flush() == 0
+    wall.now += 1.1
+    assert resolver.folder.flush() == 1
+    update = events[-1]
+    assert update.id == attempts[0].id and update.packets == 4  # same attempt, its query count
+    assert update.detail["queries"] == 4 and update.detail["qtypes"] == ["A", "AAAA"]
+    assert update.last_ts == 1000.0 + 1.5
+    ask(resolver, "api.openai.com")  # a new lookup after the window is a new attempt
+    assert len([e for e in events if e.kind == "egress_attempt" and e.last_ts is None]) == 2
+
+
+def test_a_single_refusal_has_no_update_and_other_names_do_not_fold(world):
+    pins, _, _, _, events, _ = world
+    resolver = PinningResolver(pins, events.append, port=0, fold_window=2.0)
+    ask(resolver, "a.example")
+    ask(resolver, "b.example")
+    assert [e.dst_name for e in events if e.kind == "egress_attempt"] == ["a.example", "b.example"]
+    assert resolver.folder.flush(everything=True) == 0  # single queries need no update

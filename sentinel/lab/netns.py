@@ -40,6 +40,7 @@ class Topology:
     prefix: str = field(default_factory=lambda: f"sn{secrets.token_hex(3)}")
     procs: list[subprocess.Popen] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    dns_servers: list = field(default_factory=list)
 
     def ns(self, host: str) -> str:
         return f"{self.prefix}-{host}"
@@ -211,32 +212,44 @@ class Topology:
             sh("ip", "netns", "del", name, check=False)
         shutil.rmtree(Path("/etc/netns") / self.ns("app"), ignore_errors=True)
         self.created.clear()
+        for server in self.dns_servers:
+            server.close()
+        self.dns_servers.clear()
 
-    # --- test DNS server (issue 4) ----------------------------------------------------
+    # --- the DNS upstream (issues 4, 12) ---------------------------------------------
     def start_dns_server(
-        self, records: dict, directory: Path, ttl: int = 5, port: int = 53
+        self, records: dict, directory: Path, ttl: int = 5, port: int = 53, kind: str | None = None
     ) -> subprocess.Popen:
         """A real DNS server in the `dns` namespace (198.18.0.53, 2001:db8::53) answering
-        `records` ({name: {"A": [...], "AAAA": [...]} or {"CNAME": target}}); its records
-        file lives in `directory` (the caller's tmp dir, so it is cleaned up with it)."""
-        self.dns_records_path = Path(directory) / f"{self.prefix}-dns.json"
-        self.set_dns_records(records, ttl)
-        proc = self.spawn(
-            "dns", PYTHON, str(HELPERS / "dnsserver.py"), str(self.dns_records_path), str(port)
-        )
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", f"dns server did not start: {line!r}"
-        self.dns_proc = proc
-        return proc
+        `records` ({name: {"A": [...], "AAAA": [...]} or {"CNAME": target}}). `kind`: dnsmasq
+        (default, or $SENTINEL_TEST_UPSTREAM), unbound, drop-aaaa, servfail-aaaa, truncate, or
+        test (our own server); see sentinel/lab/upstreams.py. `directory` is kept for callers
+        of the old signature; each server keeps its files in a private directory."""
+        from sentinel.lab.upstreams import start_upstream
+
+        kind = kind or os.environ.get("SENTINEL_TEST_UPSTREAM") or "dnsmasq"
+        self.dns_server = start_upstream(self, kind, records, ttl, port)
+        self.dns_servers.append(self.dns_server)
+        self.dns_proc = self.dns_server.proc
+        return self.dns_proc
 
     def set_dns_records(self, records: dict, ttl: int = 5) -> None:
-        """Change the test DNS server's answers (atomic rewrite; it re-reads on change)."""
-        tmp = self.dns_records_path.with_suffix(".tmp")
+        """Change the upstream's answers while it runs."""
+        server = getattr(self, "dns_server", None)
+        if server is not None:
+            server.set_records(records, ttl)
+            self.dns_proc = server.proc
+            return
+        tmp = self.dns_records_path.with_suffix(".tmp")  # a caller's own tools/dnsserver.py
         tmp.write_text(json.dumps({"ttl": ttl, "records": records}))
         os.replace(tmp, self.dns_records_path)
 
     def stop_dns_server(self) -> None:
-        """Upstream down: stop the test DNS server (by pid)."""
+        """Upstream down: stop the DNS server (by pid)."""
+        server = getattr(self, "dns_server", None)
+        if server is not None:
+            server.stop()
+            return
         proc = getattr(self, "dns_proc", None)
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
+from sentinel.resolver.fold import RefusalFolder
 from sentinel.resolver.pins import PinManager, Upstream, normalize
 from sentinel.store.events import Event
 
@@ -34,6 +35,8 @@ MAX_TCP_CLIENTS = 64
 MAX_CACHE = 10_000
 MAX_NAME = 255  # RFC 1035: a name is at most 255 octets on the wire
 MALFORMED_LOGGED = 100  # log each of the first 100 malformed queries, then every 1000th
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # the kernel's drop count on each datagram
+HOUSEKEEPING = 0.5  # seconds between fold flushes and drop-counter readings
 log = get_logger("dns")
 
 
@@ -118,6 +121,7 @@ class PinningResolver:
         mode: str = "enforce",
         upstream: Upstream | None = None,
         addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+        fold_window: float = 2.0,
     ) -> None:
         self.pins, self.emit, self.port = pins, emit, port
         self.refuse_rcode = NXDOMAIN if refuse_with == "nxdomain" else REFUSED
@@ -130,6 +134,12 @@ class PinningResolver:
         self._stopping = threading.Event()
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
         self._malformed_lock = threading.Lock()
+        self.folder = RefusalFolder(fold_window, self._emit)
+        # queries that never reached us: the UDP sockets' kernel drop counters (SO_RXQ_OVFL,
+        # cumulative per socket) and TCP connections closed at the MAX_TCP_CLIENTS cap
+        self.udp_dropped: dict[int, int] = {}
+        self.tcp_refused = 0
+        self._reported = {"udp_dropped": 0, "tcp_refused": 0}
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +147,7 @@ class PinningResolver:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             try:
                 udp = socket.socket(family, socket.SOCK_DGRAM)
+                udp.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
                 udp.bind((address, self.port))
                 tcp = socket.socket(family, socket.SOCK_STREAM)
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -150,6 +161,9 @@ class PinningResolver:
             self._socks += [udp, tcp]
             self._thread(self._serve_udp, udp)
             self._thread(self._serve_tcp, tcp)
+        housekeeping = threading.Thread(target=self._housekeeping, daemon=True, name="dns-fold")
+        housekeeping.start()
+        self._threads.append(housekeeping)
         log.info("dns_listening", addresses=list(self.addresses), port=self.port)
 
     def _thread(self, target: Callable, sock: socket.socket) -> None:
@@ -168,6 +182,8 @@ class PinningResolver:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for t in self._threads:
             t.join(timeout=2)
+        self.folder.flush(everything=True)  # open attempts get their final query counts
+        self.report_drops()
 
     def invalidate(self) -> None:
         """Pins changed: cached answers are rebuilt on the next query."""
@@ -175,11 +191,17 @@ class PinningResolver:
 
     # --- serving --------------------------------------------------------------------
     def _serve_udp(self, sock: socket.socket) -> None:
+        space = socket.CMSG_SPACE(4)
+        key = sock.fileno()
         while not self._stopping.is_set():
             try:
-                wire, peer = sock.recvfrom(4096)
+                wire, ancdata, _flags, peer = sock.recvmsg(4096, space)
             except OSError:
                 return
+            if ancdata:  # only present once the socket has dropped something
+                for level, kind, data in ancdata:
+                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+                        self.udp_dropped[key] = struct.unpack("I", data[:4])[0]
             cached = self._cached(wire)
             if cached is not None:
                 sock.sendto(cached, peer)
@@ -209,6 +231,7 @@ class PinningResolver:
                 return
             if not self._tcp_slots.acquire(blocking=False):
                 conn.close()
+                self.tcp_refused += 1  # one thread accepts: no lock needed
                 continue
             threading.Thread(target=self._tcp_client, args=(conn, peer), daemon=True).start()
 
@@ -251,7 +274,40 @@ class PinningResolver:
             return response(q, SERVFAIL) if q else None
 
     def stats(self) -> dict[str, int]:
-        return {"malformed": self.malformed}
+        return {
+            "malformed": self.malformed,
+            "udp_dropped": sum(self.udp_dropped.values()),
+            "tcp_refused": self.tcp_refused,
+            "folded": self.folder.folded,
+        }
+
+    def _housekeeping(self) -> None:
+        while not self._stopping.wait(HOUSEKEEPING):
+            try:
+                self.folder.flush()
+                self.report_drops()
+            except Exception:  # noqa: BLE001 - bookkeeping must outlive one bad round
+                log.exception("dns_housekeeping_failed")
+
+    def report_drops(self) -> None:
+        """Queries lost before we could see them: one `dns_dropped` event per increase (the
+        report sums them under coverage and marks coverage partial), and the metric."""
+        now = {"udp_dropped": sum(self.udp_dropped.values()), "tcp_refused": self.tcp_refused}
+        delta = {k: now[k] - self._reported[k] for k in now}
+        if not any(v > 0 for v in delta.values()):
+            return
+        self._reported = now
+        for reason, count in delta.items():
+            if count > 0:
+                _DROPPED.labels(reason=reason).inc(count)
+        detail = {**delta, "totals": now, "tcp_cap": MAX_TCP_CLIENTS}
+        event = Event(layer="dns", kind="dns_dropped", verdict="info", detail=detail)
+        log.warning("dns_dropped", **delta)
+        self._emit(event)
+
+    def _emit(self, event: Event) -> None:
+        with correlation(event.id):
+            self.emit(event)
 
     def _count_malformed(self, wire: bytes, transport: str) -> None:
         with self._malformed_lock:  # the UDP pool and TCP threads count concurrently
@@ -302,8 +358,8 @@ class PinningResolver:
             src_port=src_port,
             detail={"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport},
         )
-        with correlation(event.id):
-            self.emit(event)
+        if self.folder.refused(event):  # later refusals of this name fold into this attempt
+            self._emit(event)
         if audit:
             try:
                 return self.upstream.forward(q.wire)  # type: ignore[union-attr]
@@ -323,6 +379,23 @@ def _malformed_counter():  # noqa: ANN202
 
 
 _MALFORMED = _malformed_counter()
+
+
+def _dropped_counter():  # noqa: ANN202
+    from prometheus_client import Counter
+
+    from sentinel.evidence.metrics import REGISTRY
+
+    return Counter(
+        "sentinel_dns_dropped",
+        "DNS queries lost before the resolver saw them (udp_dropped: receive buffer full; "
+        "tcp_refused: connection cap)",
+        ["reason"],
+        registry=REGISTRY,
+    )
+
+
+_DROPPED = _dropped_counter()
 
 
 def _qtype_text(qtype: int) -> str:

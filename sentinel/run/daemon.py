@@ -293,6 +293,7 @@ class Daemon:
         else:
             self.resolver.mode, self.resolver.upstream = policy.mode, upstream
             self.resolver.refuse_rcode = 3 if policy.dns.refuse_with == "nxdomain" else 5
+            self.resolver.folder.window = policy.monitor.fold_window
             self.resolver.invalidate()
 
     def _start_resolver(self, policy: Policy, upstream: Upstream) -> None:
@@ -304,6 +305,7 @@ class Daemon:
             policy.dns.refuse_with,
             policy.mode,
             upstream,
+            fold_window=policy.monitor.fold_window,
         )
         self.resolver.start()
 
