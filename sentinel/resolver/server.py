@@ -14,6 +14,7 @@ templates with the id patched in; dnspython is used for the upstream side (pinni
 from __future__ import annotations
 
 import math
+import os
 import socket
 import struct
 import threading
@@ -138,6 +139,7 @@ class PinningResolver:
         # queries that never reached us: the UDP sockets' kernel drop counters (SO_RXQ_OVFL,
         # cumulative per socket) and TCP connections closed at the MAX_TCP_CLIENTS cap
         self.udp_dropped: dict[int, int] = {}
+        self._udp_inodes: dict[int, int] = {}  # socket inode -> key in udp_dropped
         self.tcp_refused = 0
         self._reported = {"udp_dropped": 0, "tcp_refused": 0}
 
@@ -159,6 +161,7 @@ class PinningResolver:
                     continue
                 raise
             self._socks += [udp, tcp]
+            self._udp_inodes[os.fstat(udp.fileno()).st_ino] = udp.fileno()
             self._thread(self._serve_udp, udp)
             self._thread(self._serve_tcp, tcp)
         housekeeping = threading.Thread(target=self._housekeeping, daemon=True, name="dns-fold")
@@ -289,9 +292,25 @@ class PinningResolver:
             except Exception:  # noqa: BLE001 - bookkeeping must outlive one bad round
                 log.exception("dns_housekeeping_failed")
 
+    def _read_socket_drops(self) -> None:
+        """The sockets' live kernel drop counters (the `drops` column of /proc/net/udp{,6},
+        this namespace): SO_RXQ_OVFL only tells on the next datagram read, so drops at the very
+        end of a burst would show only when another query comes."""
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                lines = open(table).read().splitlines()[1:]  # noqa: SIM115 - read at once
+            except OSError:
+                continue
+            for line in lines:
+                cols = line.split()
+                key = self._udp_inodes.get(int(cols[9])) if len(cols) > 12 else None
+                if key is not None:
+                    self.udp_dropped[key] = max(self.udp_dropped.get(key, 0), int(cols[-1]))
+
     def report_drops(self) -> None:
         """Queries lost before we could see them: one `dns_dropped` event per increase (the
         report sums them under coverage and marks coverage partial), and the metric."""
+        self._read_socket_drops()
         now = {"udp_dropped": sum(self.udp_dropped.values()), "tcp_refused": self.tcp_refused}
         delta = {k: now[k] - self._reported[k] for k in now}
         if not any(v > 0 for v in delta.values()):

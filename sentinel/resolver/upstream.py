@@ -97,6 +97,9 @@ class Upstream:
                 )
             if reply.flags & dns.flags.TC:
                 with self._socket(socket.SOCK_STREAM) as tcp:
+                    tcp.settimeout(self.timeout)  # dnspython wants a connected socket
+                    tcp.connect((self.address, self.port))
+                    tcp.setblocking(False)
                     reply = dns.query.tcp(
                         q, self.address, timeout=self.timeout, port=self.port, sock=tcp
                     )
