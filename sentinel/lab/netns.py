@@ -60,6 +60,8 @@ class Topology:
             for i, host in enumerate(hosts):
                 self._add_host(host, i)
             self._write_etc()
+            if "dns" in hosts:  # the DNS upstream is a real server from the start
+                self.start_dns_server(self.default_records(), None, ttl=60)
             for host in hosts:
                 if HOSTS[host][1]:
                     self.start_listener(host)
@@ -100,6 +102,14 @@ class Topology:
             self.ip(host, "-6", "addr", "add", "2001:db8::5/64", "dev", "eth0", "nodad")
         if host == "app":  # a route for 198.18.5.0/24 via the outside host, like a default route
             self.ip(host, "route", "add", "198.18.5.0/24", "via", self.v4("outside"))
+
+    def default_records(self) -> dict:
+        """What the upstream answers until a test starts its own: the three upstreams, the
+        same addresses as the app's /etc/hosts."""
+        return {
+            host: {"A": [self.v4(host)], "AAAA": [self.v6(host)]}
+            for host in ("postgres", "neo4j", "ollama")
+        }
 
     def _write_etc(self) -> None:
         """`ip netns exec` bind-mounts /etc/netns/NAME/* over /etc: names for the app."""
@@ -218,14 +228,23 @@ class Topology:
 
     # --- the DNS upstream (issues 4, 12) ---------------------------------------------
     def start_dns_server(
-        self, records: dict, directory: Path, ttl: int = 5, port: int = 53, kind: str | None = None
+        self,
+        records: dict,
+        directory: Path | None,
+        ttl: int = 5,
+        port: int = 53,
+        kind: str | None = None,
     ) -> subprocess.Popen:
         """A real DNS server in the `dns` namespace (198.18.0.53, 2001:db8::53) answering
         `records` ({name: {"A": [...], "AAAA": [...]} or {"CNAME": target}}). `kind`: dnsmasq
         (default, or $SENTINEL_TEST_UPSTREAM), unbound, drop-aaaa, servfail-aaaa, truncate, or
-        test (our own server); see sentinel/lab/upstreams.py. `directory` is kept for callers
-        of the old signature; each server keeps its files in a private directory."""
+        test (our own server); see sentinel/lab/upstreams.py. It replaces the one running
+        (build() starts a dnsmasq with `default_records()`). `directory` is kept for callers of
+        the old signature; each server keeps its files in a private directory."""
         from sentinel.lab.upstreams import start_upstream
+
+        if getattr(self, "dns_server", None) is not None:
+            self.dns_server.close()
 
         kind = kind or os.environ.get("SENTINEL_TEST_UPSTREAM") or "dnsmasq"
         self.dns_server = start_upstream(self, kind, records, ttl, port)

@@ -14,7 +14,6 @@ templates with the id patched in; dnspython is used for the upstream side (pinni
 from __future__ import annotations
 
 import math
-import os
 import socket
 import struct
 import threading
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
+from sentinel.resolver.drops import DropCounter
 from sentinel.resolver.fold import RefusalFolder
 from sentinel.resolver.pins import PinManager, Upstream, normalize
 from sentinel.store.events import Event
@@ -36,7 +36,6 @@ MAX_TCP_CLIENTS = 64
 MAX_CACHE = 10_000
 MAX_NAME = 255  # RFC 1035: a name is at most 255 octets on the wire
 MALFORMED_LOGGED = 100  # log each of the first 100 malformed queries, then every 1000th
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # the kernel's drop count on each datagram
 HOUSEKEEPING = 0.5  # seconds between fold flushes and drop-counter readings
 log = get_logger("dns")
 
@@ -136,12 +135,7 @@ class PinningResolver:
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
         self._malformed_lock = threading.Lock()
         self.folder = RefusalFolder(fold_window, self._emit)
-        # queries that never reached us: the UDP sockets' kernel drop counters (SO_RXQ_OVFL,
-        # cumulative per socket) and TCP connections closed at the MAX_TCP_CLIENTS cap
-        self.udp_dropped: dict[int, int] = {}
-        self._udp_inodes: dict[int, int] = {}  # socket inode -> key in udp_dropped
-        self.tcp_refused = 0
-        self._reported = {"udp_dropped": 0, "tcp_refused": 0}
+        self.drops = DropCounter(self._emit, MAX_TCP_CLIENTS)  # queries that never reached us
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -149,7 +143,6 @@ class PinningResolver:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             try:
                 udp = socket.socket(family, socket.SOCK_DGRAM)
-                udp.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
                 udp.bind((address, self.port))
                 tcp = socket.socket(family, socket.SOCK_STREAM)
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -161,7 +154,7 @@ class PinningResolver:
                     continue
                 raise
             self._socks += [udp, tcp]
-            self._udp_inodes[os.fstat(udp.fileno()).st_ino] = udp.fileno()
+            self.drops.watch(udp)
             self._thread(self._serve_udp, udp)
             self._thread(self._serve_tcp, tcp)
         housekeeping = threading.Thread(target=self._housekeeping, daemon=True, name="dns-fold")
@@ -186,7 +179,7 @@ class PinningResolver:
         for t in self._threads:
             t.join(timeout=2)
         self.folder.flush(everything=True)  # open attempts get their final query counts
-        self.report_drops()
+        self.drops.report()
 
     def invalidate(self) -> None:
         """Pins changed: cached answers are rebuilt on the next query."""
@@ -202,9 +195,7 @@ class PinningResolver:
             except OSError:
                 return
             if ancdata:  # only present once the socket has dropped something
-                for level, kind, data in ancdata:
-                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
-                        self.udp_dropped[key] = struct.unpack("I", data[:4])[0]
+                self.drops.seen(key, ancdata)
             cached = self._cached(wire)
             if cached is not None:
                 sock.sendto(cached, peer)
@@ -234,7 +225,7 @@ class PinningResolver:
                 return
             if not self._tcp_slots.acquire(blocking=False):
                 conn.close()
-                self.tcp_refused += 1  # one thread accepts: no lock needed
+                self.drops.tcp_refused += 1  # one thread accepts: no lock needed
                 continue
             threading.Thread(target=self._tcp_client, args=(conn, peer), daemon=True).start()
 
@@ -279,8 +270,7 @@ class PinningResolver:
     def stats(self) -> dict[str, int]:
         return {
             "malformed": self.malformed,
-            "udp_dropped": sum(self.udp_dropped.values()),
-            "tcp_refused": self.tcp_refused,
+            **self.drops.totals(),
             "folded": self.folder.folded,
         }
 
@@ -288,41 +278,9 @@ class PinningResolver:
         while not self._stopping.wait(HOUSEKEEPING):
             try:
                 self.folder.flush()
-                self.report_drops()
+                self.drops.report()
             except Exception:  # noqa: BLE001 - bookkeeping must outlive one bad round
                 log.exception("dns_housekeeping_failed")
-
-    def _read_socket_drops(self) -> None:
-        """The sockets' live kernel drop counters (the `drops` column of /proc/net/udp{,6},
-        this namespace): SO_RXQ_OVFL only tells on the next datagram read, so drops at the very
-        end of a burst would show only when another query comes."""
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
-            try:
-                lines = open(table).read().splitlines()[1:]  # noqa: SIM115 - read at once
-            except OSError:
-                continue
-            for line in lines:
-                cols = line.split()
-                key = self._udp_inodes.get(int(cols[9])) if len(cols) > 12 else None
-                if key is not None:
-                    self.udp_dropped[key] = max(self.udp_dropped.get(key, 0), int(cols[-1]))
-
-    def report_drops(self) -> None:
-        """Queries lost before we could see them: one `dns_dropped` event per increase (the
-        report sums them under coverage and marks coverage partial), and the metric."""
-        self._read_socket_drops()
-        now = {"udp_dropped": sum(self.udp_dropped.values()), "tcp_refused": self.tcp_refused}
-        delta = {k: now[k] - self._reported[k] for k in now}
-        if not any(v > 0 for v in delta.values()):
-            return
-        self._reported = now
-        for reason, count in delta.items():
-            if count > 0:
-                _DROPPED.labels(reason=reason).inc(count)
-        detail = {**delta, "totals": now, "tcp_cap": MAX_TCP_CLIENTS}
-        event = Event(layer="dns", kind="dns_dropped", verdict="info", detail=detail)
-        log.warning("dns_dropped", **delta)
-        self._emit(event)
 
     def _emit(self, event: Event) -> None:
         with correlation(event.id):
@@ -398,23 +356,6 @@ def _malformed_counter():  # noqa: ANN202
 
 
 _MALFORMED = _malformed_counter()
-
-
-def _dropped_counter():  # noqa: ANN202
-    from prometheus_client import Counter
-
-    from sentinel.evidence.metrics import REGISTRY
-
-    return Counter(
-        "sentinel_dns_dropped",
-        "DNS queries lost before the resolver saw them (udp_dropped: receive buffer full; "
-        "tcp_refused: connection cap)",
-        ["reason"],
-        registry=REGISTRY,
-    )
-
-
-_DROPPED = _dropped_counter()
 
 
 def _qtype_text(qtype: int) -> str:

@@ -80,6 +80,10 @@ class Upstream:
         sock = socket.socket(family, kind)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
+        except PermissionError:
+            # no CAP_NET_ADMIN (an unprivileged `apply --dry-run`): ask unmarked; that reaches
+            # the upstream wherever our redirect is not in force (a daemon answers where it is)
+            pass
         except OSError:
             sock.close()
             raise
