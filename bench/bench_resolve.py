@@ -58,10 +58,10 @@ def inner(args: argparse.Namespace) -> None:
             assert len(res.addresses) == 2 and not res.failed, (name, res)
         return time.perf_counter() - t0
 
-    def concurrent(todo: list[str]) -> float:
+    def concurrent(todo: list[str], label: str) -> float:
         pins = PinManager(settings, upstream, todo, lambda _e: None, lambda _p: None)
         t0 = time.perf_counter()
-        pins.refresh_all()
+        pins.refresh_all(batch=label == "startup")  # as `run` and `apply` start
         elapsed = time.perf_counter() - t0
         got = pins.pins()
         assert len(got) == len(todo) and all(len(v) == 2 for v in got.values()), len(got)
@@ -73,7 +73,7 @@ def inner(args: argparse.Namespace) -> None:
         seq, con = [], []
         for _ in range(args.runs):  # alternate, so drift hits both alike
             seq.append(sequential(todo))
-            con.append(concurrent(todo))
+            con.append(concurrent(todo, label))
         s, c = statistics.median(seq), statistics.median(con)
         out[label] = {
             "names": count,
@@ -87,8 +87,26 @@ def inner(args: argparse.Namespace) -> None:
 
 
 # --- outside -------------------------------------------------------------------------------
+READY = """
+import sys, time, dns.message, dns.query
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    try:
+        r = dns.query.udp(dns.message.make_query("svc0.internal.", "A"), "127.0.0.1", timeout=0.3)
+        if r.answer:
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.1)
+sys.exit(1)
+"""
+
+
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    if check and out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:6])}... failed:\n{out.stderr[-3000:]}")
+    return out
 
 
 def main() -> None:
@@ -122,7 +140,9 @@ def main() -> None:
              "--local-ttl=300", "--cache-size=10000"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        time.sleep(0.5)
+        ready = sh("ip", "netns", "exec", ns, PYTHON, "-c", READY, check=False)
+        if ready.returncode != 0:
+            raise SystemExit(f"dnsmasq did not answer: {ready.stderr[-500:]}")
         base = [PYTHON, __file__, "--inner", "--names", str(args.names)]
         base += ["--refresh", str(args.refresh), "--runs", str(args.runs)]
         result = {"loopback": json.loads(sh("ip", "netns", "exec", ns, *base).stdout)}

@@ -317,12 +317,13 @@ def test_a_type_that_starts_failing_keeps_its_last_addresses_until_the_grace(wor
     pins.tick()
     assert pins.pins()["postgres"] == [ip("198.18.0.2"), ip("2001:db8::2")]  # not narrowed
     assert [r.address for r in ask(resolver, "postgres", "AAAA").answer[0]] == ["2001:db8::2"]
-    assert next(e for e in events if e.kind == "dns_type_failing").detail["kept"] == ["2001:db8::2"]
+    failing = [e for e in events if e.kind == "dns_type_failing" and e.dst_name == "postgres"]
+    assert failing[0].detail["kept"] == ["2001:db8::2"]
     clock.now += 10.1  # past the AAAA answer's end + stale_grace (10 s)
     pins.tick()
     assert pins.pins()["postgres"] == [ip("198.18.0.2")]
     assert pushes[-1]["postgres"] == [ip("198.18.0.2")]
-    expired = [e for e in events if e.kind == "pins_expired"]
+    expired = [e for e in events if e.kind == "pins_expired" and e.dst_name == "postgres"]
     assert expired and expired[-1].detail == {"qtype": "AAAA", "addresses": ["2001:db8::2"]}
     assert not ask(resolver, "postgres", "AAAA").answer
 
@@ -390,3 +391,47 @@ def test_a_single_refusal_has_no_update_and_other_names_do_not_fold(world):
     ask(resolver, "b.example")
     assert [e.dst_name for e in events if e.kind == "egress_attempt"] == ["a.example", "b.example"]
     assert resolver.folder.flush(everything=True) == 0  # single queries need no update
+
+
+# --- the pipelined start-up path's own wire parser (resolver/bulk.py) --------------------------
+def test_bulk_parser_reads_what_dnspython_writes_and_rejects_what_is_not_ours():
+    from sentinel.resolver.bulk import parse_reply, question_wire
+    from sentinel.resolver.upstream import Answer
+
+    q = dns.message.make_query("Models.Internal.", "A")
+    reply = dns.message.make_response(q)
+    cname = dns.rrset.from_text("models.internal.", 60, "IN", "CNAME", "graph.internal.")
+    reply.answer.append(cname)
+    reply.answer.append(
+        dns.rrset.from_text_list("graph.internal.", 30, "IN", "A", ["198.18.0.3", "198.18.0.4"])
+    )
+    wire = reply.to_wire()  # dnspython compresses the repeated names
+    question = question_wire("models.internal", 1)
+    flags, parsed = parse_reply(wire, q.id, question)
+    assert flags & 0x8000 and parsed == Answer.from_message(dns.message.from_wire(wire))
+    ttl, addresses = parsed.records[("graph.internal", 1)]
+    assert ttl == 30 and sorted(addresses) == [ip("198.18.0.3"), ip("198.18.0.4")]
+    assert parsed.records[("models.internal", 5)] == (60, ["graph.internal"])
+    assert parse_reply(wire, (q.id + 1) % 65536, question) is None  # another id
+    assert parse_reply(wire, q.id, question_wire("other.internal", 1)) is None  # another question
+    assert parse_reply(q.to_wire(), q.id, question) is None  # a query, not a reply
+    assert parse_reply(wire[:-3], q.id, question) is None  # cut short
+    pointer_loop = wire[: 12 + len(question)] + b"\xc0" + bytes([12 + len(question)]) + b"\0" * 10
+    assert parse_reply(pointer_loop, q.id, question) is None  # never raises, never loops
+
+
+def test_bulk_parser_never_raises_on_mutated_replies():
+    import random
+
+    from sentinel.resolver.bulk import parse_reply, question_wire
+
+    q = dns.message.make_query("graph.internal.", "AAAA")
+    reply = dns.message.make_response(q)
+    reply.answer.append(dns.rrset.from_text("graph.internal.", 30, "IN", "AAAA", "2001:db8::3"))
+    wire, question = bytearray(reply.to_wire()), question_wire("graph.internal", 28)
+    rng = random.Random(12)
+    for _ in range(3000):  # bounded; flips bytes after the question (what a reply may vary)
+        mutated = bytearray(wire)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(12 + len(question), len(mutated))] = rng.randrange(256)
+        parse_reply(bytes(mutated[: rng.randint(12, len(mutated))]), q.id, question)

@@ -37,7 +37,7 @@ def resolve_pins(policy: Policy, skip: set[str], applied: dict | None) -> OneSho
     upstream = upstream_for(policy)
     manager = PinManager(policy.dns, upstream, names, lambda _e: None, lambda _p: None)
     manager.adopt(applied)
-    manager.refresh_all()
+    manager.refresh_all(batch=True)
     manager.expire()
     out = OneShot(pins=manager.current(), valid_until=manager.valid_until())
     grace = policy.dns.stale_grace

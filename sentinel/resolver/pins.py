@@ -74,6 +74,7 @@ class PinManager:
         self._pins: dict[str, Pin] = {normalize(n): Pin() for n in names}
         self._names = frozenset(self._pins)  # read on every query: no per-query set building
         self._commit = threading.Lock()  # orders on_change calls: the kernel gets the latest
+        self._batching, self._dirty = False, False
 
     # --- queries --------------------------------------------------------------------
     def names(self) -> frozenset[str]:
@@ -173,11 +174,38 @@ class PinManager:
             self._resolved(name, pin, res)
             return True
 
-    def refresh_all(self, names: Iterable[str] | None = None) -> None:
-        """Resolve many names in parallel (start-up, reload): one slow name does not add up."""
+    def refresh_all(self, names: Iterable[str] | None = None, batch: bool = False) -> None:
+        """Resolve many names in parallel (start-up, reload): one slow name does not add up.
+        `batch`: push the pins once at the end instead of per name (start-up only: no answer
+        may be released meanwhile, as none is before the first apply)."""
         todo = [normalize(n) for n in (self._pins if names is None else names)]
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(todo)))) as pool:
-            list(pool.map(self.refresh, todo))
+        self._batching, self._dirty = batch, False
+        try:
+            if len(todo) > 1 and isinstance(self.upstream, Upstream):
+                self._refresh_pipelined(todo)
+            else:
+                with ThreadPoolExecutor(max_workers=min(16, max(1, len(todo)))) as pool:
+                    list(pool.map(self.refresh, todo))
+        finally:
+            self._batching = False
+        if self._dirty:
+            self._push()
+
+    def _refresh_pipelined(self, todo: list[str]) -> None:
+        """Every question of every name over one socket (resolver/bulk.py); then each pin is
+        updated under its lock and pushed as `refresh` would (a query waiting on the lock gets
+        its answer only after the push)."""
+        from sentinel.resolver.bulk import resolve_many
+
+        for name, res in resolve_many(self.upstream, todo, self.settings).items():
+            pin = self._pins.get(name)
+            if pin is None:
+                continue  # dropped by a reload meanwhile
+            with pin.lock:
+                if isinstance(res, UpstreamError):
+                    self._failed(name, pin, str(res))
+                else:
+                    self._resolved(name, pin, res)
 
     def tick(self) -> float:
         """Refresh what is due, retire what is over; returns seconds until the next due item."""
@@ -352,6 +380,9 @@ class PinManager:
             self._push()
 
     def _push(self) -> None:
+        if self._batching:
+            self._dirty = True
+            return
         with self._commit:
             self.on_change(self.pins())
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -32,10 +35,12 @@ from sentinel.resolver.rebinding import rebinding_filter
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 MAX_CNAME_DEPTH = 8
+CNAME = int(dns.rdatatype.CNAME)
 TYPES = (("A", dns.rdatatype.A, 4), ("AAAA", dns.rdatatype.AAAA, 6))
 # the second type's chase runs here while the caller chases the first (never a pool worker
 # waiting on its own pool: refresh_all's pool is a different one)
 _TYPE_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dns-type")
+_LOCAL = threading.local()  # one marked UDP socket per thread and upstream, reused
 
 
 def resolv_conf_upstream(path: str = "/etc/resolv.conf") -> str:
@@ -90,27 +95,58 @@ class Upstream:
         sock.setblocking(False)  # dnspython requires it of sockets it is given (timeouts)
         return sock
 
+    def _udp(self) -> socket.socket:
+        socks = getattr(_LOCAL, "socks", None)
+        if socks is None:
+            socks = _LOCAL.socks = {}
+        key = (self.address, self.port, self.mark)
+        if key not in socks:
+            socks[key] = self._socket(socket.SOCK_DGRAM)
+        return socks[key]
+
+    def _drop_udp(self) -> None:
+        sock = getattr(_LOCAL, "socks", {}).pop((self.address, self.port, self.mark), None)
+        if sock is not None:
+            sock.close()
+
     def query(self, name: str, rdtype: int) -> dns.message.Message:
-        """One question; a truncated UDP answer is asked again over TCP (also marked)."""
+        """One question; a truncated UDP answer is asked again over TCP (also marked). The
+        thread's UDP socket is reused: a late answer to an earlier question is skipped (id and
+        question are checked), never taken for this one."""
         q = dns.message.make_query(name if name.endswith(".") else name + ".", rdtype)
         where = f"{self.address}:{self.port}"
         try:
-            with self._socket(socket.SOCK_DGRAM) as udp:
+            try:
                 reply = dns.query.udp(
-                    q, self.address, timeout=self.timeout, port=self.port, sock=udp
+                    q,
+                    self.address,
+                    timeout=self.timeout,
+                    port=self.port,
+                    sock=self._udp(),
+                    ignore_unexpected=True,
+                    ignore_errors=True,
                 )
+            except OSError:
+                self._drop_udp()  # a fresh socket next time
+                raise
             if reply.flags & dns.flags.TC:
-                with self._socket(socket.SOCK_STREAM) as tcp:
-                    tcp.settimeout(self.timeout)  # dnspython wants a connected socket
-                    tcp.connect((self.address, self.port))
-                    tcp.setblocking(False)
-                    reply = dns.query.tcp(
-                        q, self.address, timeout=self.timeout, port=self.port, sock=tcp
-                    )
+                reply = self.tcp(q)
         except (OSError, dns.exception.DNSException) as exc:
             raise UpstreamError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        return self.checked(reply)
+
+    def tcp(self, q: dns.message.Message) -> dns.message.Message:
+        """The question again over TCP (after a truncated UDP answer), on a marked socket."""
+        with self._socket(socket.SOCK_STREAM) as tcp:
+            tcp.settimeout(self.timeout)  # dnspython wants a connected socket
+            tcp.connect((self.address, self.port))
+            tcp.setblocking(False)
+            return dns.query.tcp(q, self.address, timeout=self.timeout, port=self.port, sock=tcp)
+
+    def checked(self, reply: dns.message.Message) -> dns.message.Message:
+        """An answer (NOERROR / NXDOMAIN), or UpstreamError naming the rcode."""
         if reply.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            raise UpstreamError(f"{where}: {dns.rcode.to_text(reply.rcode())}")
+            raise UpstreamError(f"{self.address}:{self.port}: {dns.rcode.to_text(reply.rcode())}")
         return reply
 
     def forward(self, wire: bytes) -> bytes:
@@ -143,34 +179,74 @@ class Resolution:
     failed: dict[str, str] = field(default_factory=dict)  # rdtype -> error (the others answered)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a chase needs of one reply: its rcode and its answer records by (owner, type)
+    (owner lower-case without the final dot; values are addresses, or CNAME targets)."""
+
+    rcode: int
+    records: dict[tuple[str, int], tuple[int, list[Any]]]
+
+    @classmethod
+    def from_message(cls, msg: dns.message.Message) -> Answer:
+        records: dict[tuple[str, int], tuple[int, list[Any]]] = {}
+        for rrset in msg.answer:
+            owner = rrset.name.to_text(omit_final_dot=True).lower()
+            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                values = [ipaddress.ip_address(r.address) for r in rrset]
+            elif rrset.rdtype == dns.rdatatype.CNAME:
+                values = [r.target.to_text(omit_final_dot=True).lower() for r in rrset]
+            else:
+                continue
+            add_record(records, (owner, int(rrset.rdtype)), rrset.ttl, values)
+        return cls(int(msg.rcode()), records)
+
+
+def add_record(records: dict, key: tuple[str, int], ttl: int, values: list) -> None:
+    old = records.get(key)
+    records[key] = (min(ttl, old[0]), old[1] + values) if old else (ttl, values)
+
+
+def chase_steps(name: str, rdtype: str) -> Generator[tuple[str, int], Answer, TypeAnswer]:
+    """One type's CNAME chain as a conversation: yields each question (name, type), is sent
+    each checked Answer, returns the addresses at the end of the chain. Several questions when
+    the upstream does not include the whole chain (dnsmasq and unbound for local data)."""
+    code = int(dns.rdatatype.from_text(rdtype))
+    target, chain, ttls = name.rstrip(".").lower(), [], []
+    for _ in range(MAX_CNAME_DEPTH):
+        reply = yield target, code
+        found = False
+        for _hop in range(MAX_CNAME_DEPTH):  # follow the chain inside this answer
+            hit = reply.records.get((target, code))
+            if hit is not None:
+                ttls.append(hit[0])
+                return TypeAnswer(rdtype, tuple(hit[1]), min(ttls), tuple(chain))
+            cname = reply.records.get((target, CNAME))
+            if cname is None:
+                break
+            ttls.append(cname[0])
+            target = cname[1][0]
+            chain.append(target)
+            found = True
+        if not found:  # no answer and no further CNAME: NODATA or NXDOMAIN
+            nx = reply.rcode == dns.rcode.NXDOMAIN
+            return TypeAnswer(rdtype, (), float(min(ttls, default=0)), tuple(chain), nx)
+    return TypeAnswer(rdtype, error=f"{name}: CNAME chain longer than {MAX_CNAME_DEPTH}")
+
+
 def chase(upstream: Upstream, name: str, rdtype: str) -> TypeAnswer:
-    """Follow one type's CNAME chain to its addresses (several queries when the upstream does
-    not include the whole chain, as dnsmasq and unbound do for local data)."""
-    code = dns.rdatatype.from_text(rdtype)
-    target, chain, ttls = dns.name.from_text(name), [], []
+    """Drive one type's chain with one blocking query at a time."""
+    steps = chase_steps(name, rdtype)
     try:
-        for _ in range(MAX_CNAME_DEPTH):
-            reply = upstream.query(target.to_text(), code)
-            found = False
-            for _hop in range(MAX_CNAME_DEPTH):  # follow the chain inside this answer
-                rrset = reply.get_rrset(reply.answer, target, 1, code)
-                if rrset is not None:
-                    ttls.append(rrset.ttl)
-                    addresses = tuple(ipaddress.ip_address(r.address) for r in rrset)
-                    return TypeAnswer(rdtype, addresses, min(ttls), tuple(chain))
-                cname = reply.get_rrset(reply.answer, target, 1, dns.rdatatype.CNAME)
-                if cname is None:
-                    break
-                ttls.append(cname.ttl)
-                target = cname[0].target
-                chain.append(target.to_text(omit_final_dot=True))
-                found = True
-            if not found:  # no answer and no further CNAME: NODATA or NXDOMAIN
-                nx = reply.rcode() == dns.rcode.NXDOMAIN
-                return TypeAnswer(rdtype, (), float(min(ttls, default=0)), tuple(chain), nx)
-        raise UpstreamError(f"{name}: CNAME chain longer than {MAX_CNAME_DEPTH}")
-    except UpstreamError as exc:
-        return TypeAnswer(rdtype, chain=tuple(chain), error=str(exc))
+        question = next(steps)
+        while True:
+            try:
+                reply = Answer.from_message(upstream.query(question[0] + ".", question[1]))
+            except UpstreamError as exc:
+                return TypeAnswer(rdtype, error=str(exc))
+            question = steps.send(reply)
+    except StopIteration as done:
+        return done.value
 
 
 def resolve(
@@ -183,6 +259,11 @@ def resolve(
         answers = [chase(upstream, name, "A"), second.result()]
     else:
         answers = [chase(upstream, name, rdtype) for rdtype, _, _ in TYPES]
+    return combine(name, answers, settings)
+
+
+def combine(name: str, answers: list[TypeAnswer], settings: DnsSettings) -> Resolution:
+    """The per-type outcomes of one name as one Resolution (UpstreamError when all failed)."""
     failed = {a.rdtype: a.error for a in answers if a.error is not None}
     answered = [a for a in answers if a.error is None]
     if not answered:

@@ -121,7 +121,7 @@ class Daemon:
         except SentinelError as exc:
             adopted = []
             log.warning("applied_state_unreadable", error=exc.message)
-        self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
+        self.ctx.pins.refresh_all(batch=True)  # marked sockets: with or without our rules
         self.ctx.pins.expire()
         for name in adopted:
             pin = self.ctx.pins.pin(name)
