@@ -50,6 +50,8 @@ class Pin:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def allowed(self) -> list[IPAddress]:
+        if not self.retiring:  # the common case: addresses are kept sorted
+            return list(self.addresses)
         return sorted({*self.addresses, *self.retiring}, key=lambda a: (a.version, int(a)))
 
 
