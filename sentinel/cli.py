@@ -21,8 +21,10 @@ from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 alert_app = typer.Typer(no_args_is_help=True, help="Alert sinks.")
 guard_app = typer.Typer(no_args_is_help=True, help="The in-process guard.")
+policy_app = typer.Typer(no_args_is_help=True, help="Policies: learn one from audited traffic.")
 app.add_typer(alert_app, name="alert")
 app.add_typer(guard_app, name="guard")
+app.add_typer(policy_app, name="policy")
 
 PolicyOpt = Annotated[
     Path | None, typer.Option("--policy", "-p", help="Policy file (default: $SENTINEL_POLICY)")
@@ -319,6 +321,72 @@ def report(
     reason = rep.violation(data)
     if reason:
         raise SentinelError(f"report: {reason}", EXIT_VIOLATION)
+
+
+@policy_app.command("suggest")
+def policy_suggest(
+    last: Annotated[str | None, typer.Option(help="window length ending now, e.g. 1h")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
+    from_bundle: Annotated[
+        Path | None, typer.Option(help="read an evidence bundle instead of the store")
+    ] = None,
+    diff: Annotated[
+        Path | None, typer.Option(help="print what would be added to / is unused in this policy")
+    ] = None,
+) -> None:
+    """A policy proposed from the audited and blocked attempts of a window (read-only)."""
+    from sentinel.evidence.report import parse_window
+    from sentinel.policy import observed
+    from sentinel.policy import suggest as learn
+    from sentinel.store.state import state_dir
+
+    existing = load_policy(diff) if diff is not None else None
+    if from_bundle is not None:
+        window = parse_window(last, since, until) if last or since or until else None
+        obs = observed.from_bundle(from_bundle, window)
+    else:
+        obs = observed.from_store(
+            parse_window(last or ("1h" if not since else None), since, until), state_dir()
+        )
+    suggestion = learn.suggest(obs)
+    if existing is None:
+        typer.echo(suggestion.text(), nl=False)
+    else:
+        from sentinel.policy.diff import render_diff
+
+        typer.echo(render_diff(suggestion, existing), nl=False)
+
+
+@app.command()
+def explain(
+    dest: Annotated[str, typer.Argument(help="HOST:PORT[/tcp|udp], e.g. api.openai.com:443")],
+    policy_file: PolicyOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="json or text")] = "text",
+    pin: Annotated[
+        list[str] | None, typer.Option(help="NAME=IP: what if the name were pinned here")
+    ] = None,
+) -> None:
+    """Which layer decides for DEST, the verdict and why (exit 0 allow, 1 deny, 2 bad input)."""
+    from sentinel.policy.explain import explain as explain_dest
+    from sentinel.policy.explain import parse_dest, render_text
+    from sentinel.store.events import db_path
+
+    if fmt not in ("json", "text"):
+        raise BadInput(f"--format: {fmt!r} is not one of: json, text")
+    target = parse_dest(dest)
+    applied = read_json(APPLIED) or {}
+    chosen = policy_file or os.environ.get("SENTINEL_POLICY") or applied.get("policy")
+    if not chosen:
+        raise BadInput("no policy: pass --policy FILE, set SENTINEL_POLICY, or apply one")
+    policy = load_policy(chosen)
+    if pin:
+        static = {k: [str(a) for a in v] for k, v in _static_pins(policy, pin).items()}
+        applied = {**applied, "pins": {**applied.get("pins", {}), **static}}
+    result = explain_dest(policy, target, applied, db_path(), _guard_status())
+    typer.echo(json.dumps(result, indent=2) if fmt == "json" else render_text(result), nl=False)
+    if result["verdict"] != "allow":
+        raise SentinelError(f"explain: {result['destination']} is not allowed", EXIT_VIOLATION)
 
 
 @alert_app.command("test")

@@ -393,6 +393,28 @@ def test_a_single_refusal_has_no_update_and_other_names_do_not_fold(world):
     assert resolver.folder.flush(everything=True) == 0  # single queries need no update
 
 
+def test_audit_mode_records_the_relayed_answer_with_cnames_for_policy_suggest(world):
+    pins, _, upstream, _, events, _ = world
+
+    def forward(wire: bytes) -> bytes:
+        reply = dns.message.make_response(dns.message.from_wire(wire))
+        reply.answer.append(dns.rrset.from_text("api.example.com.", 60, "IN", "CNAME", "edge.cdn."))
+        reply.answer.append(dns.rrset.from_text("edge.cdn.", 30, "IN", "A", "198.18.5.5"))
+        return reply.to_wire()
+
+    upstream.forward = forward
+    resolver = PinningResolver(pins, events.append, port=0, mode="audit", upstream=upstream)
+    ask(resolver, "api.example.com")
+    answer = events[-1].detail["answer"]
+    assert events[-1].dst_name == "api.example.com"
+    assert answer == {
+        "rcode": "NOERROR",
+        "addresses": ["198.18.5.5"],
+        "cnames": ["edge.cdn"],
+        "ttl": 30,
+    }
+
+
 # --- the pipelined start-up path's own wire parser (resolver/bulk.py) --------------------------
 def test_bulk_parser_reads_what_dnspython_writes_and_rejects_what_is_not_ours():
     from sentinel.resolver.bulk import parse_reply, question_wire

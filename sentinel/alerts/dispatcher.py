@@ -190,7 +190,6 @@ class AlertDispatcher:
         self._submitted = 0
         self._overflow = 0  # events dropped at submit(), not yet moved to the outbox counters
         self._overflow_total = 0
-        self._own_ids: set[str] = set()
         self._last_saturation = float("-inf")
         self._latencies: list[float] = []
         rates = rates or {}
@@ -214,10 +213,6 @@ class AlertDispatcher:
 
     def submit(self, event: Event) -> bool:
         """Queue an event for alerting. Never blocks; False (and counted) when the queue is full."""
-        with self._lock:
-            if event.id in self._own_ids:  # our own event, back from the daemon's bus: queued
-                self._own_ids.discard(event.id)
-                return True
         try:
             self._queue.put_nowait(event)
         except queue.Full:
@@ -350,15 +345,17 @@ class AlertDispatcher:
             self._own_event(event)
 
     def _own_event(self, event: Event) -> None:
-        """An event the dispatcher raises about itself: alerted, and handed to the daemon."""
-        self.submit(event)
-        if self.on_event is not None:
-            with self._lock:  # if the hook's bus hands it back to submit(), it is not doubled
-                self._own_ids.add(event.id)
-            try:
-                self.on_event(event)
-            except Exception as exc:  # the daemon's hook must not break alerting
-                log.error("alert_on_event_error", error=redact_text(repr(exc)))
+        """An event the dispatcher raises about itself. With a daemon hook it goes to the
+        daemon's bus only, which records it and hands it back to submit() like any other
+        event; without one (tests, `alert test`) it is submitted directly."""
+        if self.on_event is None:
+            self.submit(event)
+            return
+        try:
+            self.on_event(event)
+        except Exception as exc:  # the daemon's hook must not break alerting
+            log.error("alert_on_event_error", error=redact_text(repr(exc)))
+            self.submit(event)
 
     def _delivered(self, alert: Alert) -> None:
         with self._lock:
@@ -369,7 +366,7 @@ class AlertDispatcher:
 
 # --- `sentinel alert test` -----------------------------------------------------------------
 @dataclass(frozen=True)
-class TestResult:
+class SinkTestResult:
     sink: str
     ok: bool
     detail: str  # redacted
@@ -380,10 +377,12 @@ def send_test_alerts(
     environ: Mapping[str, str] | None = None,
     mark: int | None = -1,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-) -> list[TestResult]:
+) -> list[SinkTestResult]:
     """One direct test alert per configured sink (no outbox, no retries): what works now."""
     sinks, problems = build_sinks(policy.alerts, environ)
-    results = [TestResult(name, False, f"not configured: {msg}") for name, msg in problems.items()]
+    results = [
+        SinkTestResult(name, False, f"not configured: {msg}") for name, msg in problems.items()
+    ]
     if not sinks:
         return results
     now = time.time()
@@ -402,5 +401,5 @@ def send_test_alerts(
         for name, sink in sinks.items():
             body, headers = sink.render(alert, 0)
             result = post(client, sink.url, body, headers)
-            results.append(TestResult(name, result.outcome == OK, result.detail))
+            results.append(SinkTestResult(name, result.outcome == OK, result.detail))
     return sorted(results, key=lambda r: r.sink)

@@ -30,7 +30,7 @@ from sentinel.alerts.model import (
     severity_of,
 )
 from sentinel.redact import redact_obj, redact_text
-from sentinel.store.events import Event
+from sentinel.store.events import Event, destination_text
 
 DEFAULT_DIGEST_WINDOWS = {P2: 15 * 60.0, P3: 60 * 60.0}
 _MAX_SAMPLES = 10
@@ -312,12 +312,7 @@ class Router:
 
 
 def _destination(event: Event) -> str:
-    host = event.dst_name or event.dst_ip or "?"
-    if event.dst_ip and ":" in event.dst_ip and not event.dst_name:
-        host = f"[{host}]"
-    port = f":{event.dst_port}" if event.dst_port else ""
-    proto = f"/{event.protocol}" if event.protocol else ""
-    return f"{host}{port}{proto}"
+    return destination_text(event.dst_name, event.dst_ip, event.dst_port, event.protocol)
 
 
 def _process(event: Event) -> str:

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from sentinel.enforce.marks import marked_socket
 from sentinel.policy.load import CanarySettings, Policy
 from sentinel.store.events import Event
 from sentinel.store.state import write_json
 
 CANARY_MARK = 0x5E48
-SO_MARK = getattr(socket, "SO_MARK", 36)
 TIMEOUT = 1.0
 
 
@@ -34,8 +34,7 @@ class CanaryResult:
 
 
 def _socket(family: int, kind: int) -> socket.socket:
-    sock = socket.socket(family, kind)
-    sock.setsockopt(socket.SOL_SOCKET, SO_MARK, CANARY_MARK)
+    sock = marked_socket(family, kind, CANARY_MARK)
     sock.settimeout(TIMEOUT)
     return sock
 

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import re
 import sqlite3
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentinel.atomic import write_atomic
+from sentinel.durations import parse_duration
 from sentinel.errors import BadInput, SentinelError
 from sentinel.store import events as ev
-from sentinel.store.events import Event
+from sentinel.store.events import Event, destination_text
 
 TEN_MINUTES = 600.0
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
@@ -31,8 +30,6 @@ GUARD_INTERVAL = 5.0  # the guard's default heartbeat interval, when its events 
 JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
 MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete
 ATTEMPT_KINDS = ("egress_attempt", "dns_refused", "connect_blocked", "connect_audited")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -59,9 +56,8 @@ def _iso(ts: float) -> str:
 
 
 def parse_last(value: str) -> float:
-    match = _DURATION.match(value or "")
-    seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else 0.0
-    if not match or seconds <= 0:
+    seconds = parse_duration(value or "")
+    if not seconds:
         raise BadInput(f"--last: {value!r} is not a positive duration (examples: 90s, 10m, 1h, 7d)")
     return seconds
 
@@ -73,7 +69,7 @@ def parse_time(option: str, value: str, now: float) -> float:
         return float(text)
     except ValueError:
         pass
-    if _DURATION.match(text):
+    if parse_duration(text) is not None:
         return now - parse_last(text)
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -173,10 +169,7 @@ def left_the_host(a: dict[str, Any]) -> bool:
 
 
 def _destination(a: dict[str, Any]) -> str:
-    host = a["dst_name"] or a["dst_ip"] or "?"
-    host = f"[{host}]" if ":" in host else host
-    port = f":{a['dst_port']}" if a["dst_port"] is not None else ""
-    return f"{a['protocol'] or '?'}/{host}{port}"
+    return destination_text(a["dst_name"], a["dst_ip"], a["dst_port"], a["protocol"])
 
 
 def by_destination(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -289,16 +282,14 @@ def guard_status(beats: list[Event], window: Window) -> dict[str, Any]:
 def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
     """Hash, NFLOG counters per family and per-upstream set counters, read from the kernel."""
     from sentinel.enforce import netfilter
+    from sentinel.enforce.snapshot import nflog_packets
 
     backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
     try:
         state = netfilter.read_state(backend)
     except SentinelError as exc:
         return {"error": exc.message, "present": False}
-    nflog = {4: 0, 6: 0}
-    for (family, line), (packets, _bytes) in state.counters.items():
-        if "-j NFLOG" in line:
-            nflog[family] += packets
+    nflog = nflog_packets(state)
     return {
         "present": state.present,
         "sha256": state.sha256() if state.present else None,
@@ -655,11 +646,7 @@ def merge_results(path: Path, report: dict[str, Any]) -> None:
         raise BadInput(f"--results {path}: the top level is not a JSON object")
     section = data.get("sentinel") if isinstance(data.get("sentinel"), dict) else {}
     data["sentinel"] = {**section, **results_section(report)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def render_table(report: dict[str, Any]) -> list[Any]:

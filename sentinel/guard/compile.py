@@ -7,14 +7,12 @@ whenever pins change; guards in running apps re-read it within about half a seco
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sentinel.atomic import write_json_atomic
 from sentinel.errors import SentinelError
 from sentinel.guard import ALLOWLIST_FORMAT
 from sentinel.policy.load import Policy
@@ -69,16 +67,7 @@ def write_allowlist(
     path = allowlist_path(state_dir)
     data = compile_allowlist(policy, pins)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{ALLOWLIST_NAME}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(path, data, indent=1, mode=0o644)
     except OSError as exc:
         raise SentinelError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

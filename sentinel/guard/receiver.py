@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from sentinel.atomic import write_json_atomic
 from sentinel.store.events import Event
 from sentinel.store.state import state_dir as default_state_dir
 
@@ -274,7 +274,7 @@ class GuardReceiver:
             return
         self._last_status = now
         try:
-            _write_atomic(self.state_dir / PROCESSES_FILE, self.snapshot())
+            write_json_atomic(self.state_dir / PROCESSES_FILE, self.snapshot())
             self._write_failures = 0
         except Exception as exc:  # noqa: BLE001 - status is best effort
             self._write_failures += 1
@@ -297,14 +297,6 @@ def guard_processes(state_dir: str | Path | None = None, max_age: float = 10.0) 
         if now - float(data.get("written_at", 0)) > max_age:
             proc["guard_active"] = False  # the receiver itself stopped updating
     return data
-
-
-def _write_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sentinel.atomic import write_atomic
+
 HELPERS = Path(__file__).parent / "tools"
 PYTHON = sys.executable
 V4 = "198.18.0.{}"
@@ -259,9 +261,8 @@ class Topology:
             server.set_records(records, ttl)
             self.dns_proc = server.proc
             return
-        tmp = self.dns_records_path.with_suffix(".tmp")  # a caller's own tools/dnsserver.py
-        tmp.write_text(json.dumps({"ttl": ttl, "records": records}))
-        os.replace(tmp, self.dns_records_path)
+        # a caller's own tools/dnsserver.py: atomic rewrite, it re-reads on change
+        write_atomic(self.dns_records_path, json.dumps({"ttl": ttl, "records": records}), 0o644)
 
     def stop_dns_server(self) -> None:
         """Upstream down: stop the DNS server (by pid)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel.durations import parse_duration
 from sentinel.errors import BadInput
 from sentinel.policy.yamlsrc import Located, YamlSyntaxError, load_located
 
@@ -29,8 +30,6 @@ DEFAULT_NFLOG_GROUP = 1
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 # Keys that would put a secret into the file; the env-var form is the only one accepted.
 _SECRET_KEYS = {"webhook_url", "routing_key", "url", "hmac_secret", "secret", "token"}
 
@@ -449,18 +448,6 @@ _SINK_KEYS: dict[str, tuple[dict[str, bool], dict[str, Callable[[_Checker, str, 
     "pagerduty": ({"routing_key_env": True, "url_env": False}, {"resolve_after": _opt_duration}),
     "webhook": ({"url_env": True, "hmac_secret_env": False}, {}),
 }
-
-
-def parse_duration(value: Any) -> float | None:
-    """'30s' / '10m' / '1h' / '7d' / '250ms' / a number of seconds -> seconds (>= 0)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    match = _DURATION_RE.match(str(value).strip())
-    if not match:
-        return None
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _split_host_port(text: str) -> tuple[str, int] | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
+from sentinel.resolver.answers import answer_summary
 from sentinel.resolver.drops import DropCounter
 from sentinel.resolver.fold import RefusalFolder
 from sentinel.resolver.pins import PinManager, Upstream, normalize
@@ -325,6 +326,14 @@ class PinningResolver:
 
     def _refuse(self, q: Query, src_port: int, transport: str) -> bytes | None:
         audit = self.mode == "audit" and self.upstream is not None
+        detail = {"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport}
+        reply = response(q, self.refuse_rcode)
+        if audit:  # relayed; the answer is recorded before the app gets it (policy suggest)
+            try:
+                reply = self.upstream.forward(q.wire)  # type: ignore[union-attr]
+                detail["answer"] = answer_summary(reply)
+            except OSError:
+                reply = response(q, SERVFAIL)
         event = Event(
             layer="dns",
             kind="egress_attempt",
@@ -333,16 +342,11 @@ class PinningResolver:
             dst_name=q.name,
             dst_port=53,  # what the app asked for, before the redirect
             src_port=src_port,
-            detail={"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport},
+            detail=detail,
         )
         if self.folder.refused(event):  # later refusals of this name fold into this attempt
             self._emit(event)
-        if audit:
-            try:
-                return self.upstream.forward(q.wire)  # type: ignore[union-attr]
-            except OSError:
-                return response(q, SERVFAIL)
-        return response(q, self.refuse_rcode)
+        return reply
 
 
 def _malformed_counter():  # noqa: ANN202

@@ -29,11 +29,11 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from sentinel.enforce.marks import family_of, marked_socket
 from sentinel.errors import SentinelError
 from sentinel.policy.load import DnsSettings, IPAddress
 from sentinel.resolver.rebinding import rebinding_filter
 
-SO_MARK = getattr(socket, "SO_MARK", 36)
 MAX_CNAME_DEPTH = 8
 CNAME = int(dns.rdatatype.CNAME)
 TYPES = (("A", dns.rdatatype.A, 4), ("AAAA", dns.rdatatype.AAAA, 6))
@@ -81,17 +81,12 @@ class Upstream:
     timeout: float = 2.0
 
     def _socket(self, kind: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        sock = socket.socket(family, kind)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
+            sock = marked_socket(family_of(self.address), kind, self.mark)
         except PermissionError:
             # no CAP_NET_ADMIN (an unprivileged `apply --dry-run`): ask unmarked; that reaches
             # the upstream wherever our redirect is not in force (a daemon answers where it is)
-            pass
-        except OSError:
-            sock.close()
-            raise
+            sock = socket.socket(family_of(self.address), kind)
         sock.setblocking(False)  # dnspython requires it of sockets it is given (timeouts)
         return sock
 

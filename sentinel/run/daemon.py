@@ -2,9 +2,9 @@
 
 One `Daemon` owns the kernel: every change (start-up apply, pin update, reload, tamper repair)
 happens under one lock, against one `expected` ruleset. Other parts (NFLOG monitor, event
-store, alert dispatcher, guard receiver) plug in through `SERVICES`: name -> factory(context)
-returning an object with start()/stop(); they receive events by `context.add_sink(fn)` and
-report them with `context.emit(event)`.
+store, alert dispatcher, guard receiver) plug in through `run.services.SERVICES`: name ->
+factory(context) returning an object with start()/stop(); they receive events by
+`context.add_sink(fn)` and report them with `context.emit(event)`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sentinel.atomic import write_atomic
 from sentinel.enforce import netfilter
 from sentinel.enforce.render import Ruleset, render_rules
 from sentinel.errors import SentinelError
@@ -73,17 +74,13 @@ def log_sink(event: Event) -> None:
     log.info("event", event_id=event.id, **fields)
 
 
-# name -> factory(context); the lead wires in the monitor, store, alerts and guard receiver.
-SERVICES: dict[str, Callable[[Context], Service]] = {}
-
-
 class Daemon:
     def __init__(
         self,
         policy_path: Path,
         backend: str = netfilter.DEFAULT_BACKEND,
         teardown_on_exit: bool = False,
-        services: dict[str, Callable[[Context], Service]] | None = None,
+        services: dict[str, Callable[[Context], Service]] | None = None,  # run.services.SERVICES
         ready_file: Path | None = None,
     ) -> None:
         self.ready_file = Path(ready_file) if ready_file else None
@@ -91,7 +88,7 @@ class Daemon:
         self.early: list[Event] = []
         self.policy_path = Path(policy_path)
         self.backend, self.teardown_on_exit = backend, teardown_on_exit
-        self.factories = SERVICES if services is None else services
+        self.factories = services or {}
         self.stopping = threading.Event()
         self.kernel = threading.RLock()  # every kernel change and check happens under it
         self.expected: Ruleset | None = None
@@ -114,7 +111,7 @@ class Daemon:
         self.ctx = Context(policy, self.policy_path, self.backend, sinks=[self.log_sink])
         upstream = self._upstream(policy)
         self.ctx.pins = PinManager(
-            policy.dns, upstream, policy.hostnames, self.ctx.emit, self._pins_changed
+            policy.dns, upstream, policy.hostnames, self._emit_or_hold, self._pins_changed
         )
         try:  # a restart keeps what is applied for names that fail now, until the grace
             adopted = self.ctx.pins.adopt(read_json(APPLIED))
@@ -197,6 +194,14 @@ class Daemon:
                 log.exception("pin_refresh_failed")
                 delay = 1.0
             self.stopping.wait(min(delay, 1.0))
+
+    def _emit_or_hold(self, event: Event) -> None:
+        """The first pin resolutions happen before the store is up: they wait in `early`
+        (the store keeps them, e.g. the TTL `sentinel explain` shows)."""
+        if self.ctx.services:
+            self.ctx.emit(event)
+        else:
+            self.early.append(event)
 
     def _pins_changed(self, pins: dict[str, list[IPAddress]]) -> None:
         """Called by the pin manager before an answer is released: sets only, no iptables."""
@@ -335,7 +340,7 @@ class Daemon:
         yet, so the reading waits in `self.early` and is emitted once it is."""
         if self.ready and "monitor" not in self.ctx.services:
             return
-        from sentinel.detect.nflog import kernel_snapshot
+        from sentinel.enforce.snapshot import kernel_snapshot
 
         try:
             if not netfilter.read_state(self.backend).present:
@@ -390,9 +395,7 @@ class Daemon:
         self.ready = True
         self._write_daemon_state(self.ctx.policy)
         if self.ready_file is not None:
-            tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
-            tmp.write_text(os.readlink("/proc/self/ns/net") + "\n")
-            os.replace(tmp, self.ready_file)
+            write_atomic(self.ready_file, os.readlink("/proc/self/ns/net") + "\n", mode=0o644)
         log.info("ready", ready_file=str(self.ready_file) if self.ready_file else None)
 
     # --- shutdown -------------------------------------------------------------------

@@ -31,6 +31,18 @@ DEFAULT_QUEUE = 50_000
 DEFAULT_RETENTION = 7 * 86400.0
 
 
+def destination_text(
+    name: str | None, ip: str | None, port: int | None, protocol: str | None
+) -> str:
+    """The one way a destination is written (reports, alerts, explain): host:port/protocol,
+    an IPv6 literal in brackets, '?' for what is unknown."""
+    host = name or ip or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port_text = f":{port}" if port is not None else ""
+    return f"{host}{port_text}/{protocol or '?'}"
+
+
 @dataclass(frozen=True)
 class Event:
     layer: str  # one of LAYERS
@@ -55,13 +67,8 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Event:
-        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
-
 
 COLUMNS = tuple(f.name for f in fields(Event))
-_FIELDS = frozenset(COLUMNS)
 
 # Index i holds the script that takes the schema from version i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -325,7 +332,7 @@ class EventStore:
 
 
 def store_service(ctx: Any) -> EventStore:
-    """Factory for `daemon.SERVICES`: the store subscribes to the context's event bus."""
+    """Factory for `run.services.SERVICES`: the store subscribes to the context's event bus."""
     store = EventStore(db_path(), retention=ctx.policy.monitor.retention)
     ctx.add_sink(store.put)
     return store
