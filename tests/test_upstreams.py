@@ -191,7 +191,7 @@ def test_one_getaddrinfo_of_a_refused_name_is_one_attempt_in_report_and_metrics(
     data = wait_for(folded, 15, interval=0.5)
     assert data, report()
     assert data["blocked_attempts_last_10m"] == 1 and data["attempts_total"] == 1
-    assert data["attempts_by_destination"][0]["destination"] == "dns/telemetry.example.com:53"
+    assert "telemetry.example.com:53" in data["attempts_by_destination"][0]["destination"]
     scraped = topo.run("app", PYTHON, "-c", METRICS, "9464").stdout.strip()
     assert float(scraped) == 1.0, scraped
     assert s.stop() == 0

@@ -344,7 +344,9 @@ class PinningResolver:
             src_port=src_port,
             detail=detail,
         )
-        if self.folder.refused(event):  # later refusals of this name fold into this attempt
+        # later refusals of this name fold into this attempt; a relayed (audit) query is not a
+        # refusal: each keeps its own event, which carries its own answer (policy suggest)
+        if audit or self.folder.refused(event):
             self._emit(event)
         return reply
 
