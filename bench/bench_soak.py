@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from sentinel.lab.netns import HELPERS, PYTHON, Topology
+from sentinel.lab.netns import PYTHON, Topology
 
 RECORDS = {
     "postgres": {"A": ["198.18.0.2"]},
@@ -173,16 +173,9 @@ def soak(minutes: float, rate: int, allowed: int) -> dict:
 
 
 def dns_server(topo: Topology, work: Path, seconds: float) -> None:
-    """topo.start_dns_server, but living as long as the soak (its default is 600 s: past that
-    the upstream is down and allowed names fail closed, which is not what we measure)."""
-    topo.dns_records_path = work / f"{topo.prefix}-dns.json"
-    topo.set_dns_records(RECORDS, ttl=30)
-    proc = topo.spawn(
-        "dns", PYTHON, str(HELPERS / "dnsserver.py"), str(topo.dns_records_path), "53",
-        "--seconds", str(seconds),
-    )  # fmt: skip
-    assert proc.stdout.readline().strip() == "ready", "dns server did not start"
-    topo.dns_proc = proc
+    """The soak's upstream: a real dnsmasq (the topology's default kind), which has no time
+    limit of its own, so it outlives the soak."""
+    topo.start_dns_server(RECORDS, work, ttl=30)
 
 
 def long_listeners(topo: Topology, seconds: float) -> None:

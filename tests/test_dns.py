@@ -27,11 +27,14 @@ class FakeUpstream:
 
     def __init__(self, records: dict, ttl: int = 60) -> None:
         self.records, self.ttl, self.down, self.asked = records, ttl, False, []
+        self.fail: dict[int, str] = {}  # rdtype -> error, like dnsmasq's REFUSED for AAAA
 
     def query(self, name: str, rdtype: int) -> dns.message.Message:
         self.asked.append((name, int(rdtype)))
         if self.down:
             raise UpstreamError("timeout")
+        if int(rdtype) in self.fail:
+            raise UpstreamError(self.fail[int(rdtype)])
         reply = dns.message.make_response(dns.message.make_query(name, rdtype))
         entry = self.records.get(name.rstrip("."))
         if entry is None:
@@ -251,6 +254,145 @@ def test_audit_mode_relays_other_names_and_records_them_as_audited(world):
     assert events[-1].kind == "egress_attempt" and events[-1].verdict == "audited"
 
 
+# --- per record type (issue 12) --------------------------------------------------------------
+def test_a_type_that_fails_keeps_the_other_and_is_answered_from_the_pin_at_once(world):
+    pins, resolver, upstream, clock, events, pushes = world
+    upstream.fail = {28: "198.18.0.53:53: REFUSED"}  # dnsmasq: A-only name, AAAA REFUSED
+    reply = ask(resolver, "postgres")
+    assert [r.address for r in reply.answer[0]] == ["198.18.0.2"]
+    assert pushes[-1]["postgres"] == [ip("198.18.0.2")]
+    asked = len(upstream.asked)
+    aaaa = ask(resolver, "postgres", "AAAA")
+    assert aaaa.rcode() == dns.rcode.NOERROR and not aaaa.answer  # NODATA from the pin
+    assert len(upstream.asked) == asked  # ...without asking the upstream again
+    failing = [e for e in events if e.kind == "dns_type_failing" and e.dst_name == "postgres"]
+    assert len(failing) == 1 and failing[0].detail["qtype"] == "AAAA"
+    assert "REFUSED" in failing[0].detail["error"] and failing[0].verdict == "info"
+    assert "dns_upstream_failing" not in kinds(events)  # the name is not failing
+    clock.now += 60
+    pins.tick()  # the next refresh fails the same way: still one event for the episode
+    assert [e.dst_name for e in events if e.kind == "dns_type_failing"].count("postgres") == 1
+    upstream.fail = {}
+    clock.now += 60
+    pins.tick()
+    assert "dns_type_recovered" in kinds(events)
+    assert pins.pins()["postgres"] == [ip("198.18.0.2"), ip("2001:db8::2")]
+
+
+def test_the_failing_type_is_counted_in_the_metrics(world):
+    from sentinel.evidence.metrics import REGISTRY
+
+    pins, resolver, upstream, *_ = world
+    before = REGISTRY.get_sample_value("sentinel_dns_type_failures_total", {"qtype": "AAAA"})
+    upstream.fail = {28: "SERVFAIL"}
+    pins.refresh("postgres")
+    after = REGISTRY.get_sample_value("sentinel_dns_type_failures_total", {"qtype": "AAAA"})
+    assert after == (before or 0) + 1
+
+
+def test_a_and_aaaa_are_asked_in_parallel(world):
+    import threading
+
+    pins, _, upstream, *_ = world
+    started = {1: threading.Event(), 28: threading.Event()}
+    plain = upstream.query
+
+    def query(name, rdtype):  # noqa: ANN001, ANN202 - each type waits until the other started
+        started[int(rdtype)].set()
+        if not started[28 if int(rdtype) == 1 else 1].wait(5):
+            raise UpstreamError("the other type was not asked meanwhile")
+        return plain(name, rdtype)
+
+    upstream.query = query
+    assert pins.refresh("postgres")
+    assert pins.pins()["postgres"] == [ip("198.18.0.2"), ip("2001:db8::2")]
+
+
+def test_a_type_that_starts_failing_keeps_its_last_addresses_until_the_grace(world):
+    pins, resolver, upstream, clock, events, pushes = world
+    upstream.ttl = 5
+    pins.refresh("postgres")
+    upstream.fail = {28: "timeout"}  # a middlebox starts dropping AAAA
+    clock.now += 5
+    pins.tick()
+    assert pins.pins()["postgres"] == [ip("198.18.0.2"), ip("2001:db8::2")]  # not narrowed
+    assert [r.address for r in ask(resolver, "postgres", "AAAA").answer[0]] == ["2001:db8::2"]
+    failing = [e for e in events if e.kind == "dns_type_failing" and e.dst_name == "postgres"]
+    assert failing[0].detail["kept"] == ["2001:db8::2"]
+    clock.now += 10.1  # past the AAAA answer's end + stale_grace (10 s)
+    pins.tick()
+    assert pins.pins()["postgres"] == [ip("198.18.0.2")]
+    assert pushes[-1]["postgres"] == [ip("198.18.0.2")]
+    expired = [e for e in events if e.kind == "pins_expired" and e.dst_name == "postgres"]
+    assert expired and expired[-1].detail == {"qtype": "AAAA", "addresses": ["2001:db8::2"]}
+    assert not ask(resolver, "postgres", "AAAA").answer
+
+
+def test_a_pin_is_refreshed_at_80_percent_of_its_ttl():
+    clock, upstream = Clock(), FakeUpstream(RECORDS, ttl=3600)
+    settings = DnsSettings(min_ttl=5, max_ttl=3600, stale_grace=10)
+    pins = PinManager(settings, upstream, ["postgres"], [].append, [].append, clock=clock)
+    pins.refresh("postgres")
+    asked = len(upstream.asked)
+    start = clock.now
+    clock.now = start + 0.8 * 3600 - 1
+    pins.tick()
+    assert len(upstream.asked) == asked  # 2879 s: not yet
+    clock.now = start + 0.8 * 3600
+    pins.tick()
+    assert len(upstream.asked) == asked + 2  # 2880 s = 80 % of 3600: A and AAAA again
+
+
+def test_adopted_applied_pins_are_kept_while_the_name_fails_until_the_grace(world):
+    import time as wall
+
+    pins, resolver, upstream, clock, events, _ = world
+    upstream.down = True
+    applied = {
+        "pins": {"postgres": ["198.18.0.2", "2001:db8::2"]},
+        "pins_valid_until": {"postgres": {"A": wall.time() + 3, "AAAA": wall.time() + 3}},
+    }
+    assert pins.adopt(applied) == ["postgres"]
+    pins.refresh_all()
+    pins.expire()
+    assert pins.current()["postgres"] == [ip("198.18.0.2"), ip("2001:db8::2")]
+    clock.now += 3 + 10 + 0.5  # validity + stale_grace
+    pins.tick()
+    assert "postgres" not in pins.current() and "pins_expired" in kinds(events)
+
+
+# --- attempts, not packets (issue 12) --------------------------------------------------------
+def test_refusals_of_one_name_within_the_fold_window_are_one_attempt(world):
+    pins, _, upstream, clock, events, _ = world
+    wall = Clock()
+    resolver = PinningResolver(pins, events.append, port=0, fold_window=2.0)
+    resolver.folder.clock = wall
+    for qtype in ("A", "AAAA", "A", "AAAA"):  # one getaddrinfo: A + AAAA, each retried by glibc
+        assert ask(resolver, "api.openai.com", qtype).rcode() == dns.rcode.REFUSED
+        wall.now += 0.5
+    attempts = [e for e in events if e.kind == "egress_attempt"]
+    assert len(attempts) == 1 and attempts[0].last_ts is None  # emitted at the first query
+    wall.now += 1.0  # still within 2 s of the last query: nothing closes yet
+    assert resolver.folder.flush() == 0
+    wall.now += 1.1
+    assert resolver.folder.flush() == 1
+    update = events[-1]
+    assert update.id == attempts[0].id and update.packets == 4  # same attempt, its query count
+    assert update.detail["queries"] == 4 and update.detail["qtypes"] == ["A", "AAAA"]
+    assert update.last_ts == 1000.0 + 1.5
+    ask(resolver, "api.openai.com")  # a new lookup after the window is a new attempt
+    assert len([e for e in events if e.kind == "egress_attempt" and e.last_ts is None]) == 2
+
+
+def test_a_single_refusal_has_no_update_and_other_names_do_not_fold(world):
+    pins, _, _, _, events, _ = world
+    resolver = PinningResolver(pins, events.append, port=0, fold_window=2.0)
+    ask(resolver, "a.example")
+    ask(resolver, "b.example")
+    assert [e.dst_name for e in events if e.kind == "egress_attempt"] == ["a.example", "b.example"]
+    assert resolver.folder.flush(everything=True) == 0  # single queries need no update
+
+
 def test_audit_mode_records_the_relayed_answer_with_cnames_for_policy_suggest(world):
     pins, _, upstream, _, events, _ = world
 
@@ -280,21 +422,38 @@ def test_bulk_parser_reads_what_dnspython_writes_and_rejects_what_is_not_ours():
 
     q = dns.message.make_query("Models.Internal.", "A")
     reply = dns.message.make_response(q)
-    reply.answer.append(
-        dns.rrset.from_text("models.internal.", 60, "IN", "CNAME", "graph.internal.")
-    )
+    cname = dns.rrset.from_text("models.internal.", 60, "IN", "CNAME", "graph.internal.")
+    reply.answer.append(cname)
     reply.answer.append(
         dns.rrset.from_text_list("graph.internal.", 30, "IN", "A", ["198.18.0.3", "198.18.0.4"])
     )
     wire = reply.to_wire()  # dnspython compresses the repeated names
     question = question_wire("models.internal", 1)
     flags, parsed = parse_reply(wire, q.id, question)
-    assert parsed == Answer.from_message(dns.message.from_wire(wire))
-    assert parsed.records[("graph.internal", 1)] == (30, [ip("198.18.0.3"), ip("198.18.0.4")])
+    assert flags & 0x8000 and parsed == Answer.from_message(dns.message.from_wire(wire))
+    ttl, addresses = parsed.records[("graph.internal", 1)]
+    assert ttl == 30 and sorted(addresses) == [ip("198.18.0.3"), ip("198.18.0.4")]
     assert parsed.records[("models.internal", 5)] == (60, ["graph.internal"])
     assert parse_reply(wire, (q.id + 1) % 65536, question) is None  # another id
     assert parse_reply(wire, q.id, question_wire("other.internal", 1)) is None  # another question
     assert parse_reply(q.to_wire(), q.id, question) is None  # a query, not a reply
-    loop = wire[:12] + question + b"\xc0\x0c" + wire[12 + len(question) + 2 :]
-    assert parse_reply(wire[: len(wire) - 3], q.id, question) is None  # cut short
-    assert parse_reply(loop[:-1], q.id, question) is None or True  # never raises
+    assert parse_reply(wire[:-3], q.id, question) is None  # cut short
+    pointer_loop = wire[: 12 + len(question)] + b"\xc0" + bytes([12 + len(question)]) + b"\0" * 10
+    assert parse_reply(pointer_loop, q.id, question) is None  # never raises, never loops
+
+
+def test_bulk_parser_never_raises_on_mutated_replies():
+    import random
+
+    from sentinel.resolver.bulk import parse_reply, question_wire
+
+    q = dns.message.make_query("graph.internal.", "AAAA")
+    reply = dns.message.make_response(q)
+    reply.answer.append(dns.rrset.from_text("graph.internal.", 30, "IN", "AAAA", "2001:db8::3"))
+    wire, question = bytearray(reply.to_wire()), question_wire("graph.internal", 28)
+    rng = random.Random(12)
+    for _ in range(3000):  # bounded; flips bytes after the question (what a reply may vary)
+        mutated = bytearray(wire)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(12 + len(question), len(mutated))] = rng.randrange(256)
+        parse_reply(bytes(mutated[: rng.randint(12, len(mutated))]), q.id, question)

@@ -519,6 +519,13 @@ def assemble(
     problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
     if check.get("unaccounted_packets"):  # logged by the kernel, never stored as an event
         problems.append(f"{check['unaccounted_packets']} NFLOG packet(s) not accounted for")
+    drops = resolver_drops(inside)
+    if drops["udp_dropped"] or drops["tcp_refused"]:
+        problems.append(
+            f"{drops['udp_dropped'] + drops['tcp_refused']} DNS query(ies) lost before the "
+            f"resolver saw them ({drops['udp_dropped']} UDP receive-buffer drops, "
+            f"{drops['tcp_refused']} TCP connections refused at the cap)"
+        )
     layers = Counter(layer for a in attempts for layer in a["layers"])
     snapshots = [e for e in events if e.kind == "kernel_counters"]
     counted = window_counters(snapshots, window, kernel, applied)
@@ -561,6 +568,7 @@ def assemble(
             "monitor_heartbeats": len(monitor_beats),
             "monitor_gaps": gaps,
             "guard_gaps": guard["gaps"],
+            "resolver_drops": drops,
             "rulesets_in_force": rulesets_in_force(monitor_beats),
             "ruleset_changes": max(0, len(rulesets_in_force(monitor_beats)) - 1),
             "window_counters": {
@@ -574,6 +582,17 @@ def assemble(
             },
         },
     }
+
+
+def resolver_drops(events: list[Event]) -> dict[str, int]:
+    """DNS queries the resolver never saw (its `dns_dropped` events: per-increase deltas of the
+    UDP sockets' SO_RXQ_OVFL counters and of TCP connections refused at the cap)."""
+    out = {"udp_dropped": 0, "tcp_refused": 0}
+    for e in events:
+        if e.layer == "dns" and e.kind == "dns_dropped":
+            for key in out:
+                out[key] += int(e.detail.get(key, 0) or 0)
+    return out
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -190,7 +190,9 @@ class Lab:
         }
         for name in (OPENAI, TELEMETRY):  # "the internet": all of it is the outside host
             records[name] = {"A": [OUTSIDE4], "AAAA": [OUTSIDE6]}
-        self.topo.start_dns_server(records, self.state, ttl=60)
+        # a real resolver nobody here wrote (Debian's dnsmasq), as most deployments have
+        self.topo.start_dns_server(records, self.state, ttl=60, kind="dnsmasq")
+        self.facts["dns_upstream"] = "dnsmasq"
         self.facts["namespaces_prefix"] = self.topo.prefix
 
     def control(self) -> None:

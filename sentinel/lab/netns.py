@@ -42,6 +42,7 @@ class Topology:
     prefix: str = field(default_factory=lambda: f"sn{secrets.token_hex(3)}")
     procs: list[subprocess.Popen] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    dns_servers: list = field(default_factory=list)
 
     def ns(self, host: str) -> str:
         return f"{self.prefix}-{host}"
@@ -61,6 +62,8 @@ class Topology:
             for i, host in enumerate(hosts):
                 self._add_host(host, i)
             self._write_etc()
+            if "dns" in hosts:  # the DNS upstream is a real server from the start
+                self.start_dns_server(self.default_records(), None, ttl=60)
             for host in hosts:
                 if HOSTS[host][1]:
                     self.start_listener(host)
@@ -101,6 +104,14 @@ class Topology:
             self.ip(host, "-6", "addr", "add", "2001:db8::5/64", "dev", "eth0", "nodad")
         if host == "app":  # a route for 198.18.5.0/24 via the outside host, like a default route
             self.ip(host, "route", "add", "198.18.5.0/24", "via", self.v4("outside"))
+
+    def default_records(self) -> dict:
+        """What the upstream answers until a test starts its own: the three upstreams, the
+        same addresses as the app's /etc/hosts."""
+        return {
+            host: {"A": [self.v4(host)], "AAAA": [self.v6(host)]}
+            for host in ("postgres", "neo4j", "ollama")
+        }
 
     def _write_etc(self) -> None:
         """`ip netns exec` bind-mounts /etc/netns/NAME/* over /etc: names for the app."""
@@ -213,30 +224,52 @@ class Topology:
             sh("ip", "netns", "del", name, check=False)
         shutil.rmtree(Path("/etc/netns") / self.ns("app"), ignore_errors=True)
         self.created.clear()
+        for server in self.dns_servers:
+            server.close()
+        self.dns_servers.clear()
 
-    # --- test DNS server (issue 4) ----------------------------------------------------
+    # --- the DNS upstream (issues 4, 12) ---------------------------------------------
     def start_dns_server(
-        self, records: dict, directory: Path, ttl: int = 5, port: int = 53
+        self,
+        records: dict,
+        directory: Path | None,
+        ttl: int = 5,
+        port: int = 53,
+        kind: str | None = None,
     ) -> subprocess.Popen:
         """A real DNS server in the `dns` namespace (198.18.0.53, 2001:db8::53) answering
-        `records` ({name: {"A": [...], "AAAA": [...]} or {"CNAME": target}}); its records
-        file lives in `directory` (the caller's tmp dir, so it is cleaned up with it)."""
-        self.dns_records_path = Path(directory) / f"{self.prefix}-dns.json"
-        self.set_dns_records(records, ttl)
-        proc = self.spawn(
-            "dns", PYTHON, str(HELPERS / "dnsserver.py"), str(self.dns_records_path), str(port)
-        )
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", f"dns server did not start: {line!r}"
-        self.dns_proc = proc
-        return proc
+        `records` ({name: {"A": [...], "AAAA": [...]} or {"CNAME": target}}). `kind`: dnsmasq
+        (default, or $SENTINEL_TEST_UPSTREAM), unbound, drop-aaaa, servfail-aaaa, truncate, or
+        test (our own server); see sentinel/lab/upstreams.py. It replaces the one running
+        (build() starts a dnsmasq with `default_records()`). `directory` is kept for callers of
+        the old signature; each server keeps its files in a private directory."""
+        from sentinel.lab.upstreams import start_upstream
+
+        if getattr(self, "dns_server", None) is not None:
+            self.dns_server.close()
+
+        kind = kind or os.environ.get("SENTINEL_TEST_UPSTREAM") or "dnsmasq"
+        self.dns_server = start_upstream(self, kind, records, ttl, port)
+        self.dns_servers.append(self.dns_server)
+        self.dns_proc = self.dns_server.proc
+        return self.dns_proc
 
     def set_dns_records(self, records: dict, ttl: int = 5) -> None:
-        """Change the test DNS server's answers (atomic rewrite; it re-reads on change)."""
+        """Change the upstream's answers while it runs."""
+        server = getattr(self, "dns_server", None)
+        if server is not None:
+            server.set_records(records, ttl)
+            self.dns_proc = server.proc
+            return
+        # a caller's own tools/dnsserver.py: atomic rewrite, it re-reads on change
         write_atomic(self.dns_records_path, json.dumps({"ttl": ttl, "records": records}), 0o644)
 
     def stop_dns_server(self) -> None:
-        """Upstream down: stop the test DNS server (by pid)."""
+        """Upstream down: stop the DNS server (by pid)."""
+        server = getattr(self, "dns_server", None)
+        if server is not None:
+            server.stop()
+            return
         proc = getattr(self, "dns_proc", None)
         if proc is not None and proc.poll() is None:
             proc.kill()

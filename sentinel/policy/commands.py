@@ -73,18 +73,18 @@ def run_check(file: Path, echo: Echo) -> None:
 def run_apply(
     policy_file: Path | None, dry_run: bool, backend: str, pin: list[str], echo: Echo
 ) -> None:
-    from sentinel.resolver.system import system_pins
-    from sentinel.store.state import record_applied
+    from sentinel.enforce.netdev import read_link
+    from sentinel.resolver.oneshot import resolve_pins  # the same marked upstream as `run`
+    from sentinel.store.state import APPLIED, read_json, record_applied
 
     policy = load_policy(policy_path(policy_file))
     backend = check_backend(backend)
     static = static_pins(policy, pin)
-    pins, missing = system_pins(policy, skip=set(static))
-    pins.update(static)
-    for name in missing:
-        echo(f"warning: {name!r} did not resolve; it stays denied until it does", err=True)
-    from sentinel.enforce.netdev import read_link
-
+    applied = read_json(APPLIED)
+    resolved = resolve_pins(policy, set(static), applied if applied and "pins" in applied else None)
+    pins = {**resolved.pins, **static}
+    for line in resolved.warnings:
+        echo(f"warning: {line}", err=True)
     ruleset = prepare_ruleset(policy, pins, link=read_link())
     if dry_run:
         echo(ruleset.text(), nl=False)
@@ -92,7 +92,15 @@ def run_apply(
     state = netfilter.apply(ruleset, backend)
     if state.sha256() != ruleset.sha256():
         raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(policy, ruleset, backend, pins, state.created_tables, full=state.rules_replaced)
+    record_applied(
+        policy,
+        ruleset,
+        backend,
+        pins,
+        state.created_tables,
+        full=state.rules_replaced,
+        pins_valid_until=resolved.valid_until,
+    )
     from sentinel.guard.compile import write_allowlist  # the in-process guard reads the same pins
     from sentinel.store.state import state_dir
 

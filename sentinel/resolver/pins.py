@@ -11,199 +11,26 @@ gets the addresses, so an answer is never released ahead of the rule that allows
 from __future__ import annotations
 
 import ipaddress
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-
-from sentinel.enforce.marks import family_of, marked_socket
-from sentinel.errors import SentinelError
 from sentinel.policy.load import DnsSettings, IPAddress
+from sentinel.resolver.rebinding import is_external, normalize, rebinding_filter  # noqa: F401
+from sentinel.resolver.upstream import (  # noqa: F401 - re-exported for callers and tests
+    TYPES,
+    Resolution,
+    Upstream,
+    UpstreamError,
+    parse_upstream,
+    resolv_conf_upstream,
+    resolve,
+)
 from sentinel.store.events import Event
 
-MAX_CNAME_DEPTH = 8
-# Answers that are never pinned, for any name: they would point the app at itself, at the
-# node's link-local services (169.254.169.254 is the cloud metadata endpoint) or nowhere.
-_NEVER = [
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "224.0.0.0/4",
-        "255.255.255.255/32",
-        "::/128",
-        "::1/128",
-        "fe80::/10",
-        "ff00::/8",
-        "::ffff:0:0/96",
-    )
-]
-# Internal ranges: fine for internal names (compose services), DNS rebinding for external ones.
-_INTERNAL = [
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
-]
-_INTERNAL_SUFFIXES = (
-    ".local",
-    ".internal",
-    ".lan",
-    ".home.arpa",
-    ".localdomain",
-    ".svc",
-    ".cluster.local",
-    ".svc.cluster.local",
-)
-
-
-def normalize(name: str) -> str:
-    return name.strip().rstrip(".").lower()
-
-
-def is_external(name: str) -> bool:
-    """Single-label names (compose services) and private suffixes are internal; FQDNs are not."""
-    name = normalize(name)
-    return "." in name and not name.endswith(_INTERNAL_SUFFIXES)
-
-
-def rebinding_filter(name: str, addresses: Iterable[IPAddress]) -> tuple[list, list]:
-    """(kept, dropped): see docs/dns.md, "DNS rebinding"."""
-    kept, dropped = [], []
-    external = is_external(name)
-    for a in addresses:
-        bad = any(a in n for n in _NEVER if n.version == a.version) or (
-            external and any(a in n for n in _INTERNAL if n.version == a.version)
-        )
-        (dropped if bad else kept).append(a)
-    return kept, dropped
-
-
-def resolv_conf_upstream(path: str = "/etc/resolv.conf") -> str:
-    """The first nameserver of resolv.conf, read once at start-up (`upstream: auto`)."""
-    try:
-        for line in Path(path).read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver":
-                return parts[1].split("%")[0]
-    except OSError as exc:
-        raise SentinelError(f"dns.upstream auto: cannot read {path}: {exc.strerror}") from None
-    raise SentinelError(f"dns.upstream auto: no nameserver in {path}")
-
-
-def parse_upstream(setting: str) -> tuple[str, int]:
-    if setting == "auto":
-        return resolv_conf_upstream(), 53
-    try:
-        ipaddress.ip_address(setting)
-        return setting, 53
-    except ValueError:
-        host, _, port = setting.rpartition(":")
-        return host.strip("[]"), int(port)
-
-
-class UpstreamError(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """The real resolver. Every socket carries the sentinel's mark, which exempts it from the
-    app's DNS redirect and deny (the app cannot set a mark without CAP_NET_ADMIN)."""
-
-    address: str
-    port: int = 53
-    mark: int = 0x5E47
-    timeout: float = 2.0
-
-    def _socket(self, kind: int) -> socket.socket:
-        sock = marked_socket(family_of(self.address), kind, self.mark)
-        sock.setblocking(False)  # dnspython requires it of sockets it is given (timeouts)
-        return sock
-
-    def query(self, name: str, rdtype: int) -> dns.message.Message:
-        q = dns.message.make_query(name if name.endswith(".") else name + ".", rdtype)
-        try:
-            with self._socket(socket.SOCK_DGRAM) as udp, self._socket(socket.SOCK_STREAM) as tcp:
-                reply, _ = dns.query.udp_with_fallback(
-                    q,
-                    self.address,
-                    timeout=self.timeout,
-                    port=self.port,
-                    udp_sock=udp,
-                    tcp_sock=tcp,
-                )
-        except (OSError, dns.exception.DNSException) as exc:
-            raise UpstreamError(f"{self.address}:{self.port}: {type(exc).__name__}: {exc}") from exc
-        if reply.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            raise UpstreamError(f"{self.address}:{self.port}: {dns.rcode.to_text(reply.rcode())}")
-        return reply
-
-    def forward(self, wire: bytes) -> bytes:
-        """Relay a raw query (audit mode only)."""
-        with self._socket(socket.SOCK_DGRAM) as udp:
-            udp.settimeout(self.timeout)  # blocking with a timeout: plain socket calls here
-            udp.sendto(wire, (self.address, self.port))
-            return udp.recvfrom(65535)[0]
-
-
-@dataclass(frozen=True)
-class Resolution:
-    addresses: tuple[IPAddress, ...]
-    ttl: float  # clamped
-    cnames: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()  # rebinding filter
-    nxdomain: bool = False
-
-
-def _chase(upstream: Upstream, name: str, rdtype: int) -> tuple[list, list[str], float, bool]:
-    """Addresses of one type at the end of the CNAME chain, the chain, min TTL, NXDOMAIN."""
-    target, chain, ttls = dns.name.from_text(name), [], []
-    for _ in range(MAX_CNAME_DEPTH):
-        reply = upstream.query(target.to_text(), rdtype)
-        found = False
-        for _hop in range(MAX_CNAME_DEPTH):  # follow the chain inside this answer
-            rrset = reply.get_rrset(reply.answer, target, 1, rdtype)
-            if rrset is not None:
-                ttls.append(rrset.ttl)
-                return [ipaddress.ip_address(r.address) for r in rrset], chain, min(ttls), False
-            cname = reply.get_rrset(reply.answer, target, 1, dns.rdatatype.CNAME)
-            if cname is None:
-                break
-            ttls.append(cname.ttl)
-            target = cname[0].target
-            chain.append(target.to_text(omit_final_dot=True))
-            found = True
-        if not found:  # no answer and no further CNAME: NODATA or NXDOMAIN
-            nx = reply.rcode() == dns.rcode.NXDOMAIN
-            return [], chain, float(min(ttls, default=0)), nx
-    raise UpstreamError(f"{name}: CNAME chain longer than {MAX_CNAME_DEPTH}")
-
-
-def resolve(upstream: Upstream, name: str, settings: DnsSettings) -> Resolution:
-    """A and AAAA through the upstream, CNAMEs followed, rebinding filtered, TTL clamped."""
-    v4, chain4, ttl4, nx4 = _chase(upstream, name, dns.rdatatype.A)
-    v6, chain6, ttl6, nx6 = _chase(upstream, name, dns.rdatatype.AAAA)
-    kept, dropped = rebinding_filter(name, [*v4, *v6])
-    ttls = [t for t, found in ((ttl4, v4), (ttl6, v6)) if found] or [settings.min_ttl]
-    ttl = min(max(min(ttls), settings.min_ttl), settings.max_ttl)
-    return Resolution(
-        addresses=tuple(sorted(set(kept), key=lambda a: (a.version, int(a)))),
-        ttl=ttl,
-        cnames=tuple(dict.fromkeys([*chain4, *chain6])),
-        dropped=tuple(str(a) for a in sorted(set(dropped), key=lambda a: (a.version, int(a)))),
-        nxdomain=nx4 and nx6,
-    )
+REFRESH_AT = 0.8  # a pin is refreshed at 80 % of its (clamped) TTL
 
 
 @dataclass
@@ -215,11 +42,16 @@ class Pin:
     retiring: dict[IPAddress, float] = field(default_factory=dict)  # address -> allowed until
     resolved: bool = False
     nxdomain: bool = False
-    failing: bool = False
+    failing: bool = False  # every type failed on the last try
     stale: bool = False
+    error: str = ""  # why the last try failed (every type)
+    failing_types: dict[str, str] = field(default_factory=dict)  # rdtype -> error, others ok
+    valid_until: dict[int, float] = field(default_factory=dict)  # family -> end of last answer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def allowed(self) -> list[IPAddress]:
+        if not self.retiring:  # the common case: addresses are kept sorted
+            return list(self.addresses)
         return sorted({*self.addresses, *self.retiring}, key=lambda a: (a.version, int(a)))
 
 
@@ -244,6 +76,7 @@ class PinManager:
         self._pins: dict[str, Pin] = {normalize(n): Pin() for n in names}
         self._names = frozenset(self._pins)  # read on every query: no per-query set building
         self._commit = threading.Lock()  # orders on_change calls: the kernel gets the latest
+        self._batching, self._dirty = False, False
 
     # --- queries --------------------------------------------------------------------
     def names(self) -> frozenset[str]:
@@ -251,6 +84,51 @@ class PinManager:
 
     def pins(self) -> dict[str, list[IPAddress]]:
         return {name: pin.allowed() for name, pin in self._pins.items() if pin.allowed()}
+
+    def current(self) -> dict[str, list[IPAddress]]:
+        """The addresses each name is pinned to now, without the retiring ones (a one-shot
+        apply: it neither keeps an old answer beyond its grace nor widens the new one)."""
+        return {n: list(p.addresses) for n, p in self._pins.items() if p.addresses}
+
+    def pin(self, name: str) -> Pin | None:
+        return self._pins.get(normalize(name))
+
+    def valid_until(self) -> dict[str, dict[str, float]]:
+        """Per name and type, the wall-clock end of the last good answer (for applied.json:
+        a later apply or start keeps these addresses while a lookup fails, until the grace)."""
+        offset = time.time() - self.clock()
+        out: dict[str, dict[str, float]] = {}
+        for name, pin in self._pins.items():
+            for rdtype, _, family in TYPES:
+                if any(a.version == family for a in pin.addresses) and family in pin.valid_until:
+                    out.setdefault(name, {})[rdtype] = round(pin.valid_until[family] + offset, 3)
+        return out
+
+    def adopt(self, applied: dict | None) -> list[str]:
+        """Start from what is applied now (applied.json `pins` + `pins_valid_until`): names that
+        then fail to resolve keep those addresses until `stale_grace` past their validity,
+        exactly as in a running daemon. Returns the names adopted."""
+        if not applied:
+            return []
+        offset = self.clock() - time.time()
+        adopted = []
+        for name, until in (applied.get("pins_valid_until") or {}).items():
+            pin = self._pins.get(normalize(name))
+            addresses = [ipaddress.ip_address(a) for a in (applied.get("pins") or {}).get(name, [])]
+            if pin is None or pin.resolved or not addresses:
+                continue
+            families = {rdtype: family for rdtype, _, family in TYPES}
+            keep = [
+                a for a in addresses if any(families[t] == a.version for t in until)
+            ]  # only the types that came with a validity
+            if not keep:
+                continue
+            pin.addresses = tuple(sorted(set(keep), key=lambda a: (a.version, int(a))))
+            pin.valid_until = {families[t]: float(u) + offset for t, u in until.items()}
+            pin.expires = min(pin.valid_until.values())
+            pin.ttl, pin.refresh_at, pin.resolved = self.settings.min_ttl, 0.0, True
+            adopted.append(normalize(name))
+        return adopted
 
     def lookup(self, name: str) -> tuple[tuple[IPAddress, ...], float, bool] | None:
         """(addresses, TTL to answer with, nxdomain) for an allowlisted name, pin in force;
@@ -298,11 +176,38 @@ class PinManager:
             self._resolved(name, pin, res)
             return True
 
-    def refresh_all(self, names: Iterable[str] | None = None) -> None:
-        """Resolve many names in parallel (start-up, reload): one slow name does not add up."""
+    def refresh_all(self, names: Iterable[str] | None = None, batch: bool = False) -> None:
+        """Resolve many names in parallel (start-up, reload): one slow name does not add up.
+        `batch`: push the pins once at the end instead of per name (start-up only: no answer
+        may be released meanwhile, as none is before the first apply)."""
         todo = [normalize(n) for n in (self._pins if names is None else names)]
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(todo)))) as pool:
-            list(pool.map(self.refresh, todo))
+        self._batching, self._dirty = batch, False
+        try:
+            if len(todo) > 1 and isinstance(self.upstream, Upstream):
+                self._refresh_pipelined(todo)
+            else:
+                with ThreadPoolExecutor(max_workers=min(16, max(1, len(todo)))) as pool:
+                    list(pool.map(self.refresh, todo))
+        finally:
+            self._batching = False
+        if self._dirty:
+            self._push()
+
+    def _refresh_pipelined(self, todo: list[str]) -> None:
+        """Every question of every name over one socket (resolver/bulk.py); then each pin is
+        updated under its lock and pushed as `refresh` would (a query waiting on the lock gets
+        its answer only after the push)."""
+        from sentinel.resolver.bulk import resolve_many
+
+        for name, res in resolve_many(self.upstream, todo, self.settings).items():
+            pin = self._pins.get(name)
+            if pin is None:
+                continue  # dropped by a reload meanwhile
+            with pin.lock:
+                if isinstance(res, UpstreamError):
+                    self._failed(name, pin, str(res))
+                else:
+                    self._resolved(name, pin, res)
 
     def tick(self) -> float:
         """Refresh what is due, retire what is over; returns seconds until the next due item."""
@@ -314,6 +219,12 @@ class PinManager:
         due = [p.refresh_at for p in self._pins.values()]
         due += [t for p in self._pins.values() for t in p.retiring.values()]
         due += [p.expires + self.settings.stale_grace for p in self._pins.values() if p.stale]
+        due += [
+            until + self.settings.stale_grace
+            for p in self._pins.values()
+            for rdtype, _, family in TYPES
+            if rdtype in p.failing_types and (until := p.valid_until.get(family)) is not None
+        ]
         return max(0.05, min(due, default=now + 1.0) - self.clock())
 
     def _resolved(self, name: str, pin: Pin, res: Resolution) -> None:
@@ -331,13 +242,15 @@ class PinManager:
         if pin.failing or pin.stale:
             self.emit(_event("dns_upstream_recovered", name, "info"))
         old = set(pin.addresses)
-        new = set(res.addresses)
-        for address in old - new:
+        kept, over = self._per_type(name, pin, res, now)
+        new = set(res.addresses) | set(kept)
+        for address in old - new - set(over):  # a type past its grace does not retire again
             pin.retiring[address] = now + self.settings.stale_grace
         for address in new:
             pin.retiring.pop(address, None)
-        pin.addresses, pin.ttl, pin.nxdomain = res.addresses, res.ttl, res.nxdomain
-        pin.expires, pin.refresh_at = now + res.ttl, now + max(0.8 * res.ttl, res.ttl - 30)
+        pin.addresses = tuple(sorted(new, key=lambda a: (a.version, int(a))))
+        pin.ttl, pin.nxdomain = res.ttl, res.nxdomain
+        pin.expires, pin.refresh_at = now + res.ttl, now + REFRESH_AT * res.ttl
         pin.resolved, pin.failing, pin.stale = True, False, False
         if old != new:
             started = self.clock()
@@ -356,9 +269,57 @@ class PinManager:
                 )
             )
 
+    def _per_type(
+        self, name: str, pin: Pin, res: Resolution, now: float
+    ) -> tuple[list[IPAddress], list[IPAddress]]:
+        """One type failed while another answered: keep that type's last good addresses until
+        its grace ends (a failed lookup is not a change), record the episode once, count it.
+        Returns (addresses kept, addresses whose grace is over). The app's query for that type
+        is answered from the pin at once (its addresses, or NODATA), never by waiting on the
+        upstream again."""
+        kept: list[IPAddress] = []
+        over: list[IPAddress] = []
+        for rdtype, _, family in TYPES:
+            error = res.failed.get(rdtype)
+            if error is None:
+                pin.valid_until[family] = now + res.ttl
+                if pin.failing_types.pop(rdtype, None) is not None:
+                    self.emit(_event("dns_type_recovered", name, "info", qtype=rdtype))
+                continue
+            _TYPE_FAILURES.labels(qtype=rdtype).inc()
+            old = [a for a in pin.addresses if a.version == family]
+            if old and now < pin.valid_until.get(family, now) + self.settings.stale_grace:
+                kept += old
+            elif old:
+                over += old
+                self.emit(
+                    _event(
+                        "pins_expired",
+                        name,
+                        "blocked",
+                        qtype=rdtype,
+                        addresses=[str(a) for a in old],
+                    )
+                )
+            if rdtype not in pin.failing_types:
+                self.emit(
+                    _event(
+                        "dns_type_failing",
+                        name,
+                        "info",
+                        qtype=rdtype,
+                        error=error,
+                        kept=[str(a) for a in kept if a.version == family],
+                        upstream=f"{self.upstream.address}:{self.upstream.port}",
+                    )
+                )
+            pin.failing_types[rdtype] = error
+        return kept, over
+
     def _failed(self, name: str, pin: Pin, error: str) -> None:
         now = self.clock()
         pin.refresh_at = now + min(5.0, max(0.5, pin.ttl / 4 if pin.ttl else 1.0))
+        pin.error = error
         if not pin.failing:
             pin.failing = True
             self.emit(
@@ -370,6 +331,10 @@ class PinManager:
                     upstream=f"{self.upstream.address}:{self.upstream.port}",
                 )
             )
+
+    def expire(self) -> None:
+        """Retire what is over now (the refresher does this on every tick)."""
+        self._expire(self.clock())
 
     def _expire(self, now: float) -> None:
         changed = False
@@ -389,6 +354,22 @@ class PinManager:
                         fail_closed_in_s=self.settings.stale_grace,
                     )
                 )
+            for rdtype, _, family in TYPES:
+                until = pin.valid_until.get(family)
+                old = [a for a in pin.addresses if a.version == family]
+                if rdtype in pin.failing_types and old and until is not None:
+                    if now >= until + self.settings.stale_grace:  # that type's grace is over
+                        pin.addresses = tuple(a for a in pin.addresses if a.version != family)
+                        self.emit(
+                            _event(
+                                "pins_expired",
+                                name,
+                                "blocked",
+                                qtype=rdtype,
+                                addresses=[str(a) for a in old],
+                            )
+                        )
+                        changed = True
             if pin.stale and now >= pin.expires + self.settings.stale_grace:
                 self.emit(
                     _event(
@@ -401,8 +382,27 @@ class PinManager:
             self._push()
 
     def _push(self) -> None:
+        if self._batching:
+            self._dirty = True
+            return
         with self._commit:
             self.on_change(self.pins())
+
+
+def _type_failures_counter():  # noqa: ANN202 - a prometheus Counter
+    from prometheus_client import Counter
+
+    from sentinel.evidence.metrics import REGISTRY
+
+    return Counter(
+        "sentinel_dns_type_failures",
+        "Upstream lookups of one record type that failed while another type answered",
+        ["qtype"],
+        registry=REGISTRY,
+    )
+
+
+_TYPE_FAILURES = _type_failures_counter()
 
 
 def _event(kind: str, name: str, verdict: str, **detail: object) -> Event:

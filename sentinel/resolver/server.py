@@ -26,6 +26,8 @@ from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
 from sentinel.resolver.answers import answer_summary
+from sentinel.resolver.drops import DropCounter
+from sentinel.resolver.fold import RefusalFolder
 from sentinel.resolver.pins import PinManager, Upstream, normalize
 from sentinel.store.events import Event
 
@@ -36,6 +38,7 @@ MAX_TCP_CLIENTS = 64
 MAX_CACHE = 10_000
 MAX_NAME = 255  # RFC 1035: a name is at most 255 octets on the wire
 MALFORMED_LOGGED = 100  # log each of the first 100 malformed queries, then every 1000th
+HOUSEKEEPING = 0.5  # seconds between fold flushes and drop-counter readings
 log = get_logger("dns")
 
 
@@ -120,6 +123,7 @@ class PinningResolver:
         mode: str = "enforce",
         upstream: Upstream | None = None,
         addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+        fold_window: float = 2.0,
     ) -> None:
         self.pins, self.emit, self.port = pins, emit, port
         self.refuse_rcode = NXDOMAIN if refuse_with == "nxdomain" else REFUSED
@@ -133,6 +137,8 @@ class PinningResolver:
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
         self.cache_hits = 0  # answered from the template cache (not timed: see metrics)
         self._malformed_lock = threading.Lock()
+        self.folder = RefusalFolder(fold_window, self._emit)
+        self.drops = DropCounter(self._emit, MAX_TCP_CLIENTS)  # queries that never reached us
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -151,8 +157,12 @@ class PinningResolver:
                     continue
                 raise
             self._socks += [udp, tcp]
+            self.drops.watch(udp)
             self._thread(self._serve_udp, udp)
             self._thread(self._serve_tcp, tcp)
+        housekeeping = threading.Thread(target=self._housekeeping, daemon=True, name="dns-fold")
+        housekeeping.start()
+        self._threads.append(housekeeping)
         log.info("dns_listening", addresses=list(self.addresses), port=self.port)
 
     def _thread(self, target: Callable, sock: socket.socket) -> None:
@@ -171,6 +181,8 @@ class PinningResolver:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for t in self._threads:
             t.join(timeout=2)
+        self.folder.flush(everything=True)  # open attempts get their final query counts
+        self.drops.report()
 
     def invalidate(self) -> None:
         """Pins changed: cached answers are rebuilt on the next query."""
@@ -178,11 +190,15 @@ class PinningResolver:
 
     # --- serving --------------------------------------------------------------------
     def _serve_udp(self, sock: socket.socket) -> None:
+        space = socket.CMSG_SPACE(4)
+        key = sock.fileno()
         while not self._stopping.is_set():
             try:
-                wire, peer = sock.recvfrom(4096)
+                wire, ancdata, _flags, peer = sock.recvmsg(4096, space)
             except OSError:
                 return
+            if ancdata:  # only present once the socket has dropped something
+                self.drops.seen(key, ancdata)
             cached = self._cached(wire)
             if cached is not None:
                 sock.sendto(cached, peer)
@@ -213,6 +229,7 @@ class PinningResolver:
                 return
             if not self._tcp_slots.acquire(blocking=False):
                 conn.close()
+                self.drops.tcp_refused += 1  # one thread accepts: no lock needed
                 continue
             threading.Thread(target=self._tcp_client, args=(conn, peer), daemon=True).start()
 
@@ -259,7 +276,23 @@ class PinningResolver:
         return reply
 
     def stats(self) -> dict[str, int]:
-        return {"malformed": self.malformed}
+        return {
+            "malformed": self.malformed,
+            **self.drops.totals(),
+            "folded": self.folder.folded,
+        }
+
+    def _housekeeping(self) -> None:
+        while not self._stopping.wait(HOUSEKEEPING):
+            try:
+                self.folder.flush()
+                self.drops.report()
+            except Exception:  # noqa: BLE001 - bookkeeping must outlive one bad round
+                log.exception("dns_housekeeping_failed")
+
+    def _emit(self, event: Event) -> None:
+        with correlation(event.id):
+            self.emit(event)
 
     def _count_malformed(self, wire: bytes, transport: str) -> None:
         with self._malformed_lock:  # the UDP pool and TCP threads count concurrently
@@ -318,8 +351,10 @@ class PinningResolver:
             src_port=src_port,
             detail=detail,
         )
-        with correlation(event.id):
-            self.emit(event)
+        # later refusals of this name fold into this attempt; a relayed (audit) query is not a
+        # refusal: each keeps its own event, which carries its own answer (policy suggest)
+        if audit or self.folder.refused(event):
+            self._emit(event)
         return reply
 
 

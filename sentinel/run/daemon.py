@@ -126,7 +126,18 @@ class Daemon:
         self.ctx.pins = PinManager(
             policy.dns, upstream, policy.hostnames, self._emit_or_hold, self._pins_changed
         )
-        self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
+        try:  # a restart keeps what is applied for names that fail now, until the grace
+            adopted = self.ctx.pins.adopt(read_json(APPLIED))
+        except SentinelError as exc:
+            adopted = []
+            log.warning("applied_state_unreadable", error=exc.message)
+        self.ctx.pins.refresh_all(batch=True)  # marked sockets: with or without our rules
+        self.ctx.pins.expire()
+        for name in adopted:
+            pin = self.ctx.pins.pin(name)
+            if pin is not None and pin.failing and pin.addresses:
+                kept = [str(a) for a in pin.addresses]
+                log.warning("kept_applied_pins", name=name, addresses=kept, error=pin.error)
         early: Exception | None = None
         try:
             # the store and the monitor first: the first packets the new rules log (say, of a
@@ -415,6 +426,7 @@ class Daemon:
         else:
             self.resolver.mode, self.resolver.upstream = policy.mode, upstream
             self.resolver.refuse_rcode = 3 if policy.dns.refuse_with == "nxdomain" else 5
+            self.resolver.folder.window = policy.monitor.fold_window
             self.resolver.invalidate()
 
     def _start_resolver(self, policy: Policy, upstream: Upstream) -> None:
@@ -426,6 +438,7 @@ class Daemon:
             policy.dns.refuse_with,
             policy.mode,
             upstream,
+            fold_window=policy.monitor.fold_window,
         )
         self.resolver.start()
         metrics.watch_resolver(self.resolver)
@@ -482,7 +495,10 @@ class Daemon:
         self, policy: Policy, ruleset: Ruleset, pins: dict, created: list[str], full: bool = True
     ) -> None:
         try:
-            record_applied(policy, ruleset, self.backend, pins, created, full=full)
+            valid = self.ctx.pins.valid_until() if self.ctx.pins else None
+            record_applied(
+                policy, ruleset, self.backend, pins, created, full=full, pins_valid_until=valid
+            )
         except SentinelError as exc:
             # the kernel already holds the new rules: a full or read-only state dir must not
             # turn that into a "rejected" reload; `status` shows the stale state as drift

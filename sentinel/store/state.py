@@ -50,10 +50,16 @@ def record_applied(
     pins: dict,
     created_tables: list[str],
     full: bool = True,
+    pins_valid_until: dict | None = None,
 ) -> None:
     """State for `status`, the report and teardown. `full=False` (a pin change: sets only)
-    keeps `applied_at`, the moment the kernel's rule counters were last reset."""
+    keeps `applied_at`, the moment the kernel's rule counters were last reset.
+    `pins_valid_until` (name -> type -> epoch, the end of each pin's last good answer) lets a
+    later apply keep a pin whose lookup fails, until `stale_grace` past it."""
     previous = read_json(APPLIED) or {}
+    if pins_valid_until is None:
+        pins_valid_until = previous.get("pins_valid_until", {})
+    pins_valid_until = {k: v for k, v in pins_valid_until.items() if k in pins}
     write_json(
         APPLIED,
         {
@@ -66,6 +72,7 @@ def record_applied(
             "policy_sha256": policy.sha256,
             "ruleset_sha256": ruleset.sha256(),
             "pins": {k: [str(a) for a in v] for k, v in pins.items()},
+            "pins_valid_until": pins_valid_until,
             "ruleset_text": ruleset.text(),
         },
     )

@@ -6,6 +6,11 @@ RECORDS.json: {"ttl": 5, "records": {"postgres": {"A": ["198.18.0.2"], "AAAA": [
 "www.example.test": {"CNAME": "postgres"}}}. The file is re-read when its mtime changes, so a
 test changes an answer by rewriting it. Unknown names get NXDOMAIN. Listens on UDP and TCP,
 IPv4 and IPv6 (dual-stack). Prints "ready" when listening; exits after --seconds.
+
+--broken MODE makes it misbehave the way real servers and middleboxes do:
+  drop-aaaa      AAAA questions are never answered (UDP or TCP)
+  servfail-aaaa  AAAA questions get SERVFAIL
+  truncate       every UDP answer is truncated (TC, no records): the client must use TCP
 """
 
 import argparse
@@ -40,9 +45,21 @@ class Records:
             return self.data
 
 
-def answer(records: Records, wire: bytes) -> bytes:
+BROKEN = ("drop-aaaa", "servfail-aaaa", "truncate")
+
+
+def answer(records: Records, wire: bytes, broken: str = "", udp: bool = False) -> bytes | None:
     query = dns.message.from_wire(wire)
     reply = dns.message.make_response(query)
+    aaaa = query.question[0].rdtype == dns.rdatatype.AAAA
+    if broken == "drop-aaaa" and aaaa:
+        return None
+    if broken == "servfail-aaaa" and aaaa:
+        reply.set_rcode(dns.rcode.SERVFAIL)
+        return reply.to_wire()
+    if broken == "truncate" and udp:
+        reply.flags |= dns.flags.TC
+        return reply.to_wire()
     reply.flags |= dns.flags.AA
     data = records.current()
     ttl = int(data.get("ttl", 5))
@@ -68,7 +85,7 @@ def answer(records: Records, wire: bytes) -> bytes:
     return reply.to_wire()
 
 
-def serve_tcp(records: Records, conn: socket.socket) -> None:
+def serve_tcp(records: Records, conn: socket.socket, broken: str) -> None:
     conn.settimeout(5)
     try:
         while True:
@@ -82,7 +99,9 @@ def serve_tcp(records: Records, conn: socket.socket) -> None:
                 if not chunk:
                     return
                 wire += chunk
-            out = answer(records, wire)
+            out = answer(records, wire, broken)
+            if out is None:
+                continue
             conn.sendall(len(out).to_bytes(2, "big") + out)
     except OSError:
         pass
@@ -95,6 +114,7 @@ def main() -> None:
     parser.add_argument("records")
     parser.add_argument("port", type=int)
     parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--broken", choices=BROKEN, default="")
     args = parser.parse_args()
     records = Records(args.records)
     sel = selectors.DefaultSelector()
@@ -115,12 +135,15 @@ def main() -> None:
             if key.data == "udp":
                 wire, peer = udp.recvfrom(4096)
                 try:
-                    udp.sendto(answer(records, wire), peer)
+                    out = answer(records, wire, args.broken, udp=True)
+                    if out is not None:
+                        udp.sendto(out, peer)
                 except Exception:  # a malformed query must not stop the test server
                     continue
             else:
                 conn, _ = tcp.accept()
-                threading.Thread(target=serve_tcp, args=(records, conn), daemon=True).start()
+                client = (records, conn, args.broken)
+                threading.Thread(target=serve_tcp, args=client, daemon=True).start()
 
 
 if __name__ == "__main__":
