@@ -29,6 +29,7 @@ import dns.rdatatype
 
 from sentinel.errors import SentinelError
 from sentinel.policy.load import DnsSettings, IPAddress
+from sentinel.resolver.loops import own_query
 from sentinel.store.events import Event
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -136,7 +137,11 @@ class Upstream:
     def query(self, name: str, rdtype: int) -> dns.message.Message:
         q = dns.message.make_query(name if name.endswith(".") else name + ".", rdtype)
         try:
-            with self._socket(socket.SOCK_DGRAM) as udp, self._socket(socket.SOCK_STREAM) as tcp:
+            with (
+                own_query(q.to_wire()),
+                self._socket(socket.SOCK_DGRAM) as udp,
+                self._socket(socket.SOCK_STREAM) as tcp,
+            ):
                 reply, _ = dns.query.udp_with_fallback(
                     q,
                     self.address,
@@ -153,7 +158,7 @@ class Upstream:
 
     def forward(self, wire: bytes) -> bytes:
         """Relay a raw query (audit mode only)."""
-        with self._socket(socket.SOCK_DGRAM) as udp:
+        with own_query(wire), self._socket(socket.SOCK_DGRAM) as udp:
             udp.settimeout(self.timeout)  # blocking with a timeout: plain socket calls here
             udp.sendto(wire, (self.address, self.port))
             return udp.recvfrom(65535)[0]

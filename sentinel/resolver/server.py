@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
+from sentinel.resolver import loops
 from sentinel.resolver.pins import PinManager, Upstream, normalize
 from sentinel.store.events import Event
 
@@ -129,6 +130,7 @@ class PinningResolver:
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
         self._stopping = threading.Event()
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
+        self.loops = 0  # our own upstream queries handed back to us (loops.py): see stats()
         self._malformed_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -251,7 +253,23 @@ class PinningResolver:
             return response(q, SERVFAIL) if q else None
 
     def stats(self) -> dict[str, int]:
-        return {"malformed": self.malformed}
+        return {"malformed": self.malformed, "upstream_loops": self.loops}
+
+    def _count_loop(self, q: Query, transport: str) -> bytes:
+        with self._malformed_lock:
+            self.loops += 1
+            count = self.loops
+        if count == 1 or count % 1000 == 0:
+            log.warning(
+                "dns_upstream_loop",
+                name=q.name,
+                transport=transport,
+                loops=count,
+                hint="the upstream forwards from the app's namespace back into the redirect "
+                "(Docker's 127.0.0.11 does for names outside its network): set dns.upstream "
+                "to a resolver address for names that are not container names",
+            )
+        return response(q, SERVFAIL)
 
     def _count_malformed(self, wire: bytes, transport: str) -> None:
         with self._malformed_lock:  # the UDP pool and TCP threads count concurrently
@@ -268,6 +286,8 @@ class PinningResolver:
             return refused_response(wire, FORMERR)
         if wire[2] & 0x78:  # opcode other than QUERY
             return response(q, NOTIMP)
+        if loops.is_own(wire):  # our own upstream query, handed back: never relay, never count
+            return self._count_loop(q, transport)
         if q.qclass != IN or q.name not in self.pins.names():
             return self._refuse(q, src_port, transport)
         if q.qtype not in (A, AAAA):
