@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -39,13 +40,26 @@ def _missing() -> str | None:
     ):
         if not shutil.which(tool):
             return f"needs {tool}"
+    if not os.path.exists("/usr/lib/postgresql/15/bin/pg_config"):
+        return "needs postgresql-server-dev-15"
     if not images.PGVECTOR.exists():
         return f"needs the pgvector source at {images.PGVECTOR}"
     return None
 
 
+def _attached():
+    """SENTINEL_E2E_ATTACH=FILE: use a stack already up (docs/deploy.md, by hand); FILE is the
+    JSON that tests/e2e/dev.py writes. Nothing is started or torn down then."""
+    path = os.environ.get("SENTINEL_E2E_ATTACH")
+    return json.loads(pathlib.Path(path).read_text()) if path else None
+
+
 @pytest.fixture(scope="session")
 def engine():
+    info = _attached()
+    if info:
+        yield Engine.attach(info["ns"], pathlib.Path(info["sock"]))
+        return
     reason = _missing()
     if reason:
         unavailable(f"e2e: {reason}")
@@ -69,6 +83,10 @@ def artifacts():
 
 @pytest.fixture(scope="session")
 def stack(engine, artifacts):
+    info = _attached()
+    if info:
+        yield Stack(engine, pathlib.Path(info["work"]))
+        return
     images.build_images(engine)
     work = pathlib.Path(tempfile.mkdtemp(prefix="e2e-stack-"))
     st = Stack(engine, work)

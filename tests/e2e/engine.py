@@ -81,6 +81,16 @@ class Engine:
         self.env.pop("DOCKER_CONTEXT", None)
         self.ns_created = False
 
+    @classmethod
+    def attach(cls, ns: str, sock: pathlib.Path) -> Engine:
+        """An engine someone else started (and will stop)."""
+        eng = cls.__new__(cls)
+        eng.ns, eng.sock = ns, sock
+        eng.env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+        eng.env.pop("DOCKER_CONTEXT", None)
+        eng.ns_created, eng.proc = False, None
+        return eng
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Engine:
         for tool in ("dockerd", "containerd", "runc", "ip"):
