@@ -48,6 +48,9 @@ def _http(stack, method: str, path: str, body: dict | None = None) -> dict:
 
 
 def _count(stack) -> int:
+    # mem0 creates its collection's table on the first write: before that the count is 0
+    if stack.psql("SELECT to_regclass('public.memories') IS NOT NULL") != "t":
+        return 0
     return int(stack.psql("SELECT count(*) FROM memories"))
 
 
