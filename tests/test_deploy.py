@@ -151,7 +151,7 @@ def test_sentinel_writes_ready_only_once_everything_is_up():
 
 def test_mem0_runs_without_capabilities():
     # required: with CAP_NET_RAW an app can send AF_PACKET frames netfilter never sees
-    # (docs/hardening.md); tests/e2e/test_c_faults.py shows both sides under a real engine
+    # (docs/deploy.md); tests/e2e/test_c_faults.py shows both sides under a real engine
     assert compose()["services"]["mem0"]["cap_drop"] == ["ALL"]
     assert "cap_add" not in compose()["services"]["mem0"]
 

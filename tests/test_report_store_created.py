@@ -22,7 +22,8 @@ def _store(tmp_path, beats_from: float, until: float):
 
 def _report(path, now):
     applied = {**APPLIED, "applied_at": now - 30}
-    return rep.build_report(rep.Window(now - 600, now), path, applied=applied, kernel=KERNEL)
+    kernel = {**KERNEL, "nflog_packets": {4: 0, 6: 0}}  # nothing blocked: all accounted
+    return rep.build_report(rep.Window(now - 600, now), path, applied=applied, kernel=kernel)
 
 
 def test_time_before_the_store_existed_is_not_a_gap(tmp_path):
@@ -71,3 +72,16 @@ def test_stores_without_the_marker_are_judged_as_before(tmp_path):
     conn.close()
     report = _report(path, now + 60)
     assert report["coverage"] == "partial"  # ~9 min before the first heartbeat: unvouched
+
+
+def test_unaccounted_kernel_packets_make_coverage_partial():
+    # seen under a real engine: a SIGKILLed sentinel restarted within one heartbeat gap; the 5
+    # packets blocked meanwhile were in the kernel's NFLOG counters only
+    from tests.test_report import NOW
+
+    beats = [beat(t) for t in range(int(NOW - 60), int(NOW), 5)]
+    window = rep.Window(NOW - 60, NOW)
+    for unaccounted, coverage in ((0, "complete"), (5, "partial")):
+        check = {"checked": True, "unaccounted_packets": unaccounted}
+        report = rep.assemble(window, beats, {}, check, KERNEL, APPLIED)
+        assert report["coverage"] == coverage, report["coverage_detail"]["problems"]

@@ -510,6 +510,8 @@ def assemble(
     problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
     if not monitor_beats:
         problems.append("no monitor heartbeat in the window")
+    if check.get("unaccounted_packets"):  # e.g. blocked while no sentinel read NFLOG
+        problems.append(f"{check['unaccounted_packets']} blocked packet(s) the store never saw")
     layers = Counter(layer for a in attempts for layer in a["layers"])
     snapshots = [e for e in events if e.kind == "kernel_counters"]
     counted = window_counters(snapshots, window, kernel, applied)

@@ -266,6 +266,7 @@ def build_images(engine) -> dict[str, str]:
         },
     )
     tags["postgres"] = "sentinel-e2e-postgres:local"
+    engine.docker("image", "prune", "-f")  # layers of images rebuilt since: the cache stays lean
     return tags
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from e2e.harness import OUTSIDE_IP
+from e2e.harness import OUTSIDE_IP, ROOT
 
 FRAME = r"""
 import socket, struct, sys
@@ -146,3 +146,77 @@ def test_restarted_mem0_waits_for_the_rules_again(stack):
     assert status.returncode == 0, status.stdout
     out = stack.exec("mem0", "python", "-I", "-c", CONNECT, OUTSIDE_IP, "2").stdout.split()
     assert out == ["blocked", "2"], out
+
+
+LOOKUP = r"""
+import socket, sys
+try:
+    socket.getaddrinfo(sys.argv[1], 443, socket.AF_INET)
+    print("resolved")
+except OSError as e:
+    print("failed", e.errno)
+"""
+
+
+def test_audit_mode_behind_dockers_resolver_does_not_loop(stack):
+    """One app lookup of an external name in audit mode: Docker forwards sentinel's relay from
+    mem0's namespace straight back into the redirect. Before loops.py that looped ~100 times
+    in 12 s, each turn counted as an attempt; now it ends at once and counts the app's queries."""
+    policy = (ROOT / "policies/mem0.yaml").read_text().replace("mode: enforce", "mode: audit", 1)
+    path = stack.workdir / "audit.yaml"
+    path.write_text(policy)
+    mem0, name = stack.container("mem0"), "api.mem0.ai"
+    stack.compose("stop", "-t", "5", "sentinel")
+    docker = stack.engine.docker
+    try:
+        docker(
+            "run",
+            "-d",
+            "--name",
+            "e2e-audit",
+            "--network",
+            f"container:{mem0}",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-add",
+            "NET_RAW",
+            "-v",
+            f"{path}:/etc/sentinel/policy.yaml:ro",
+            "--entrypoint",
+            "sentinel",
+            "sentinel:local",
+            "run",
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if docker("exec", "e2e-audit", "sentinel", "status", check=False).returncode == 0:
+                break
+            time.sleep(1)
+        started = time.monotonic()
+        out = stack.exec("mem0", "python", "-I", "-c", LOOKUP, name).stdout.strip()
+        took = time.monotonic() - started
+        time.sleep(2)
+        report = json.loads(
+            docker(
+                "exec",
+                "e2e-audit",
+                "sentinel",
+                "report",
+                "--last",
+                "5m",
+                "--format",
+                "json",
+                check=False,
+            ).stdout
+        )
+        logs = docker("logs", "e2e-audit", check=False)
+    finally:
+        docker("rm", "-f", "e2e-audit", check=False)
+        stack.compose("start", "sentinel")
+    dns = [d for d in report["attempts_by_destination"] if d["destination"] == f"dns/{name}:53"]
+    assert out.startswith("failed"), out  # SERVFAIL: under Docker's 127.0.0.11 (docs/deploy.md)
+    assert took < 10, took
+    assert dns and dns[0]["attempts"] <= 4, dns  # the app's own queries (glibc retries once)
+    assert "dns_upstream_loop" in logs.stdout + logs.stderr
+    assert stack.wait_healthy(("sentinel", "mem0")) == {"sentinel": "healthy", "mem0": "healthy"}
+    print(f"audit lookup: {dns[0]['attempts']} attempt(s), {took:.2f} s")
