@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import sys
@@ -14,16 +13,22 @@ import typer
 
 from sentinel.enforce import netfilter
 from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
-from sentinel.policy.decide import placeholder_pins, prepare_ruleset, run_policy_tests
-from sentinel.policy.load import Policy, load_policy
-from sentinel.resolver.system import system_pins
-from sentinel.store.state import APPLIED, read_json, record_applied, write_json
+from sentinel.evidence.commands import guard_status as _guard_status  # noqa: F401 - re-export
+from sentinel.evidence.commands import run_report, run_status, status_data  # noqa: F401
+from sentinel.policy.commands import check_backend as _backend
+from sentinel.policy.commands import policy_path as _policy_path
+from sentinel.policy.commands import run_apply, run_check
+from sentinel.policy.commands import static_pins as _static_pins
+from sentinel.policy.load import load_policy
+from sentinel.store.state import APPLIED, read_json, write_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 alert_app = typer.Typer(no_args_is_help=True, help="Alert sinks.")
 guard_app = typer.Typer(no_args_is_help=True, help="The in-process guard.")
+policy_app = typer.Typer(no_args_is_help=True, help="Policies: learn one from audited traffic.")
 app.add_typer(alert_app, name="alert")
 app.add_typer(guard_app, name="guard")
+app.add_typer(policy_app, name="policy")
 
 PolicyOpt = Annotated[
     Path | None, typer.Option("--policy", "-p", help="Policy file (default: $SENTINEL_POLICY)")
@@ -32,63 +37,10 @@ BackendOpt = Annotated[str, typer.Option(help="netfilter backend: nft or legacy"
 FormatOpt = Annotated[str, typer.Option("--format", help="json or table")]
 
 
-def _policy_path(path: Path | None) -> Path:
-    chosen = path or (
-        Path(os.environ["SENTINEL_POLICY"]) if os.environ.get("SENTINEL_POLICY") else None
-    )
-    if chosen is None:
-        raise BadInput("no policy: pass --policy FILE or set SENTINEL_POLICY")
-    return chosen
-
-
-def _backend(name: str) -> str:
-    if name not in netfilter.BACKENDS:
-        raise BadInput(f"--backend: {name!r} is not one of: {', '.join(netfilter.BACKENDS)}")
-    return name
-
-
-def _static_pins(policy: Policy, specs: list[str]) -> dict[str, list]:
-    pins: dict[str, list] = {}
-    for spec in specs:
-        name, _, ip = spec.partition("=")
-        if name not in policy.hostnames:
-            raise BadInput(f"--pin {spec}: {name!r} is not an allowlisted host name")
-        try:
-            pins.setdefault(name, []).append(ipaddress.ip_address(ip))
-        except ValueError:
-            raise BadInput(f"--pin {spec}: {ip!r} is not an IP address") from None
-    return pins
-
-
-def _format(name: str) -> str:
-    if name not in ("json", "table"):
-        raise BadInput(f"--format: {name!r} is not one of: json, table")
-    return name
-
-
-def _echo_tests(policy: Policy, pins: dict) -> bool:
-    results = run_policy_tests(policy, pins)
-    for r in results:
-        mark = "ok  " if r.passed else "FAIL"
-        where = ", ".join(r.addresses) or "no address"
-        typer.echo(
-            f"{mark} {policy.source}:{r.test.line}: {r.test.protocol} {r.test.to} "
-            f"expect {r.test.expect}, got {r.got} ({where})"
-        )
-    return all(r.passed for r in results)
-
-
 @app.command()
 def check(file: Path) -> None:
     """Validate a policy and run its own tests (exit 2 on bad input, 1 on failed tests)."""
-    policy = load_policy(file)
-    passed = _echo_tests(policy, placeholder_pins(policy))
-    if not passed:
-        raise SentinelError(f"{file}: policy tests failed", EXIT_VIOLATION)
-    typer.echo(
-        f"{file}: valid, mode={policy.mode}, {len(policy.allow)} allow entries, "
-        f"{len(policy.tests)} tests passed"
-    )
+    run_check(file, typer.echo)
 
 
 @app.command()
@@ -101,81 +53,13 @@ def apply(
     pin: Annotated[list[str] | None, typer.Option(help="NAME=IP: a static pin, skips DNS")] = None,
 ) -> None:
     """Apply the policy once (atomic per table and family)."""
-    policy = load_policy(_policy_path(policy_file))
-    backend = _backend(backend)
-    static = _static_pins(policy, pin or [])
-    pins, missing = system_pins(policy, skip=set(static))
-    pins.update(static)
-    for name in missing:
-        typer.echo(f"warning: {name!r} did not resolve; it stays denied until it does", err=True)
-    ruleset = prepare_ruleset(policy, pins)
-    if dry_run:
-        typer.echo(ruleset.text(), nl=False)
-        return
-    state = netfilter.apply(ruleset, backend)
-    if state.sha256() != ruleset.sha256():
-        raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(policy, ruleset, backend, pins, state.created_tables, full=state.rules_replaced)
-    from sentinel.guard.compile import write_allowlist  # the in-process guard reads the same pins
-    from sentinel.store.state import state_dir
-
-    write_allowlist(policy, pins, state_dir())
-    typer.echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
-
-
-def status_data() -> dict:
-    applied = read_json(APPLIED)
-    if applied and "ruleset_sha256" not in applied:  # torn down since
-        applied = None
-    backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
-    kernel = netfilter.read_state(backend)
-    expected = (applied or {}).get("ruleset_sha256")
-    return {
-        "applied": applied is not None,
-        "mode": (applied or {}).get("mode"),
-        "backend": backend,
-        "policy": (applied or {}).get("policy"),
-        "policy_sha256": (applied or {}).get("policy_sha256"),
-        "ruleset_sha256_expected": expected,
-        "ruleset_sha256_kernel": kernel.sha256() if kernel.present else None,
-        "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
-        "pins": (applied or {}).get("pins", {}),
-        "guard": _guard_status(),
-    }
-
-
-def _guard_status() -> dict:
-    """guard_active per guarded process, from what the guard receiver last wrote."""
-    from sentinel.guard.receiver import guard_processes
-    from sentinel.store.state import state_dir
-
-    procs = guard_processes(state_dir()).get("processes", {})
-    return {
-        "processes": len(procs),
-        "active": sum(bool(p.get("guard_active")) for p in procs.values()),
-        "per_process": {
-            pid: {k: p.get(k) for k in ("exe", "mode", "guard_active", "fail_closed")}
-            for pid, p in procs.items()
-        },
-    }
+    run_apply(policy_file, dry_run, backend, pin or [], typer.echo)
 
 
 @app.command()
 def status(fmt: FormatOpt = "table") -> None:
     """Mode, policy hash, expected vs kernel ruleset hash (exit 1 when they differ)."""
-    fmt = _format(fmt)  # arguments first: bad input never reaches the kernel
-    data = status_data()
-    if fmt == "json":
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        for key, value in data.items():
-            typer.echo(f"{key:26} {value}")
-    if not data["in_sync"]:
-        raise SentinelError(
-            "kernel rules do not match the applied ruleset"
-            if data["applied"]
-            else "nothing applied (no state in the state directory)"
-        )
+    run_status(fmt, typer.echo)
 
 
 @app.command()
@@ -288,29 +172,92 @@ def report(
     bundle: Annotated[Path | None, typer.Option(help="write an evidence bundle here")] = None,
 ) -> None:
     """Evidence for a window (default last 10m); exit 1 on external calls or ruleset drift."""
-    from sentinel.evidence import report as rep  # local: only this command needs it
+    run_report(last, since, until, fmt, results, bundle, typer.echo)
+
+
+@policy_app.command("suggest")
+def policy_suggest(
+    last: Annotated[str | None, typer.Option(help="window length ending now, e.g. 1h")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
+    from_bundle: Annotated[
+        Path | None, typer.Option(help="read an evidence bundle instead of the store")
+    ] = None,
+    diff: Annotated[
+        Path | None, typer.Option(help="print what would be added to / is unused in this policy")
+    ] = None,
+) -> None:
+    """A policy proposed from the audited and blocked attempts of a window (read-only)."""
+    from sentinel.evidence.report import parse_window
+    from sentinel.policy import observed
+    from sentinel.policy import suggest as learn
     from sentinel.store.state import state_dir
 
-    fmt = _format(fmt)
-    window = rep.parse_window(last, since, until)
-    data = rep.build_report(window)
-    if fmt == "json":
-        typer.echo(json.dumps(data, indent=2, default=str))
+    existing = load_policy(diff) if diff is not None else None
+    if from_bundle is not None:
+        window = parse_window(last, since, until) if last or since or until else None
+        obs = observed.from_bundle(from_bundle, window)
     else:
-        from rich.console import Console
+        obs = observed.from_store(
+            parse_window(last or ("1h" if not since else None), since, until), state_dir()
+        )
+    suggestion = learn.suggest(obs)
+    if existing is None:
+        typer.echo(suggestion.text(), nl=False)
+    else:
+        from sentinel.policy.diff import render_diff
 
-        console = Console(width=max(100, Console().width))
-        for table in rep.render_table(data):
-            console.print(table)
-    if results is not None:
-        rep.merge_results(results, data)
-    if bundle is not None:
-        from sentinel.evidence.bundle import write_bundle
+        typer.echo(render_diff(suggestion, existing), nl=False)
 
-        write_bundle(bundle, data, state_dir())
-    reason = rep.violation(data)
-    if reason:
-        raise SentinelError(f"report: {reason}", EXIT_VIOLATION)
+
+@app.command()
+def explain(
+    dest: Annotated[str, typer.Argument(help="HOST:PORT[/tcp|udp], e.g. api.openai.com:443")],
+    policy_file: PolicyOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="json or text")] = "text",
+    pin: Annotated[
+        list[str] | None, typer.Option(help="NAME=IP: what if the name were pinned here")
+    ] = None,
+) -> None:
+    """Which layer decides for DEST, the verdict and why (exit 0 allow, 1 deny, 2 bad input)."""
+    from sentinel.policy.explain import explain as explain_dest
+    from sentinel.policy.explain import parse_dest, render_text
+    from sentinel.store.events import db_path
+
+    if fmt not in ("json", "text"):
+        raise BadInput(f"--format: {fmt!r} is not one of: json, text")
+    target = parse_dest(dest)
+    applied = read_json(APPLIED) or {}
+    chosen = policy_file or os.environ.get("SENTINEL_POLICY") or applied.get("policy")
+    if not chosen:
+        raise BadInput("no policy: pass --policy FILE, set SENTINEL_POLICY, or apply one")
+    policy = load_policy(chosen)
+    if pin:
+        static = {k: [str(a) for a in v] for k, v in _static_pins(policy, pin).items()}
+        applied = {**applied, "pins": {**applied.get("pins", {}), **static}}
+    result = explain_dest(policy, target, applied, db_path(), _guard_status())
+    typer.echo(json.dumps(result, indent=2) if fmt == "json" else render_text(result), nl=False)
+    if result["verdict"] != "allow":
+        raise SentinelError(f"explain: {result['destination']} is not allowed", EXIT_VIOLATION)
+
+
+@app.command()
+def capture(
+    count: Annotated[int | None, typer.Option(help="stop after this many packets")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="live packets until stopped (default: recent ones)")
+    ] = False,
+    pcap: Annotated[
+        Path | None, typer.Option(help="also write a pcap here (link type 239, NFLOG)")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+) -> None:
+    """Logged packets from the running monitor's feed, dissected by scapy (root only)."""
+    from sentinel.evidence.capture import run_capture  # local: scapy only for this command
+    from sentinel.store.state import state_dir
+
+    err = lambda line: typer.echo(line, err=True)  # noqa: E731
+    run_capture(state_dir(), count, follow, pcap, fmt, sys.stdout, err)
 
 
 @alert_app.command("test")
@@ -334,10 +281,21 @@ def guard_path_cmd(
     pth: Annotated[
         bool, typer.Option("--pth", help="print the site-packages loader files instead")
     ] = False,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="byte-compile the guard first (see docs/guard.md)")
+    ] = False,
+    python: Annotated[
+        str | None, typer.Option(help="with --compile: the app's interpreter (default: this one)")
+    ] = None,
 ) -> None:
     """Print the directory to put on the app's PYTHONPATH (it holds sitecustomize.py)."""
     from sentinel.guard import guard_path, pth_files
 
+    if compile_:
+        from sentinel.guard.bytecode import compile_guard
+
+        for pyc in compile_guard(python=python):
+            typer.echo(f"compiled {pyc}", err=True)
     if pth:
         for path in pth_files():
             typer.echo(str(path))

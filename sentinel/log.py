@@ -99,7 +99,9 @@ def configure(
 def get_logger(component: str) -> Any:
     if not _configured:
         configure()
-    return structlog.get_logger().bind(component=component)
+    # a lazy proxy, not .bind(): module-level loggers are made at import, before `configure`
+    # (the state-dir log file of `sentinel run`); a bound logger would keep the old output
+    return structlog.get_logger(component=component)
 
 
 @contextmanager

@@ -8,15 +8,20 @@ is removed even when it has no recognisable shape.
 API: `redact_text(str) -> str`, `redact_obj(obj) -> obj` (dicts/lists/tuples, recursively; values
 under secret-looking keys are replaced whole), `hash_user_id(value, key) -> str` (stable keyed
 pseudonym: the same id and key always give the same token, without the key it cannot be
-reversed or brute-forced from a list of ids).
+reversed or brute-forced from a list of ids). `user_id`/`userId`/`uid` values, as dict keys
+or as `key=value`/`"key": "value"` text, are replaced by that pseudonym everywhere redaction
+runs; the key comes from `use_key` (env var or a file in the state dir, never exported).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
+import secrets
 import threading
+from pathlib import Path
 from typing import Any
 
 MASK = "[REDACTED]"
@@ -102,8 +107,22 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?<![\w.])\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w.])"), PHONE_MASK),
 ]
 
+# user ids: `user_id=42`, `"userId": "abc"`, `uid: 7` become a stable keyed pseudonym u_<hex>
+_USER_ID_KEY_RE = re.compile(r"^(?:user[_-]?id|userid|uid)$", re.IGNORECASE)
+_USER_ID_TEXT_RE = re.compile(
+    r"(?P<k>(?<![A-Za-z0-9])(?:user[_-]?id|userid|uid)[\"']?\s*[:=]\s*)"
+    # quoted: the whole quoted value; bare: up to a separator (a dot, slash or colon ends it,
+    # so `user_id=42.example.org` and `user_id=42/app.py` both give 42's pseudonym)
+    r"(?:(?P<q>[\"'])(?P<qv>[^\"'\n]+)(?P=q)|(?P<v>[^\s,;&\"'}\]./:]+))",
+    re.IGNORECASE,
+)
+_PSEUDONYM_RE = re.compile(r"^u_[0-9a-f]{24}$")
+KEY_ENV = "SENTINEL_REDACT_KEY"
+KEY_FILE = "redact.key"
+
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
+_user_key: bytes | None = None
 
 
 def add_secret(value: str | None) -> None:
@@ -117,13 +136,61 @@ def add_secret(value: str | None) -> None:
             _secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
 
 
+def use_key(state_dir: Path | None, create: bool) -> None:
+    """Set the user-id hashing key: $SENTINEL_REDACT_KEY, else `redact.key` in the state dir
+    (generated there once, mode 0600, when `create`; the daemon does, evidence commands only
+    read it). Without either, a key for this process only: pseudonyms are still stable within
+    one output, and nothing is written. The key is never logged, reported or bundled."""
+    global _user_key
+    env = os.environ.get(KEY_ENV)
+    if env:
+        _user_key = env.encode()
+        return
+    path = state_dir / KEY_FILE if state_dir else None
+    try:
+        if path is not None and path.exists():
+            _user_key = path.read_bytes().strip() or None
+        elif path is not None and create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_hex(32).encode()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key + b"\n")
+            _user_key = key
+    except OSError:
+        _user_key = None  # unreadable/unwritable: the per-process key below
+    if _user_key is None:
+        _user_key = secrets.token_hex(32).encode()
+
+
+def _pseudonym(value: str) -> str:
+    global _user_key
+    if _PSEUDONYM_RE.match(value):
+        return value  # already hashed (an event redacted before it was stored)
+    if _user_key is None:
+        _user_key = secrets.token_hex(32).encode()
+    return hash_user_id(value, _user_key)
+
+
+def _user_ids(text: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m["q"]:
+            return f"{m['k']}{m['q']}{_pseudonym(m['qv'])}{m['q']}"
+        return f"{m['k']}{_pseudonym(m['v'])}"
+
+    return _USER_ID_TEXT_RE.sub(sub, text)
+
+
 def redact_text(text: str) -> str:
-    """The text with registered secrets, secret-shaped strings, e-mails and phones masked."""
+    """The text with registered secrets, secret-shaped strings, e-mails and phones masked,
+    and user ids replaced by their keyed pseudonym."""
     if not text:
         return text
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    if "id" in text.lower():
+        text = _user_ids(text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -133,6 +200,8 @@ def redact_obj(obj: Any, key: str = "") -> Any:
     """A redacted copy of plain data: dict values under secret-looking keys are masked whole.
     Our own SHA-256 digests under hash keys (`policy_sha256`, a tamper event's `expected`)
     survive: evidence needs them, and a 64-hex value elsewhere is still masked."""
+    if isinstance(obj, (str, int)) and not isinstance(obj, bool) and _USER_ID_KEY_RE.match(key):
+        return _pseudonym(str(obj))
     if isinstance(obj, str):
         return obj if _is_our_digest(key, obj) else redact_text(obj)
     if isinstance(obj, dict):

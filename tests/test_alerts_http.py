@@ -11,7 +11,8 @@ import dns.rrset
 import pytest
 
 from sentinel.alerts import http as alert_http
-from sentinel.alerts.http import SO_MARK, make_client, post, resolve_marked
+from sentinel.alerts.http import make_client, post, resolve_marked
+from sentinel.enforce.marks import SO_MARK
 from sentinel.lab.alertreceiver import Receiver
 from sentinel.redact import add_secret
 

@@ -170,6 +170,7 @@ def test_dockerfile_static():
     assert "--no-install-recommends" in install
     assert re.search(r'HEALTHCHECK .*\n?.*CMD \["sentinel", "status"\]', text)
     assert 'ENTRYPOINT ["sentinel"]' in text
+    assert any("sentinel guard path --compile" in line for line in instructions)  # guard bytecode
     # Deliberately NOT set: in a container's own namespace the root-netns check already passes,
     # and with host networking refusing is correct (see docs/deploy.md).
     assert not any("SENTINEL_ALLOW_ROOT_NETNS" in line for line in instructions)
@@ -183,7 +184,11 @@ def test_pod_example_validates_and_uses_native_sidecar():
     assert sidecar["restartPolicy"] == "Always"
     caps = sidecar["securityContext"]["capabilities"]
     assert set(caps["add"]) == {"NET_ADMIN", "NET_RAW"} and caps["drop"] == ["ALL"]
-    assert sidecar["startupProbe"]["exec"]["command"] == ["sentinel", "status"]
+    # the compose gate's readiness: the ready file holds this namespace's id, and status passes
+    probe = sidecar["startupProbe"]["exec"]["command"]
+    assert probe[:2] == ["sh", "-c"] and "readlink /proc/self/ns/net" in probe[2]
+    assert "/var/lib/sentinel/ready" in probe[2] and probe[2].endswith("sentinel status")
+    assert sidecar["args"] == ["run", "--ready-file", "/var/lib/sentinel/ready"]
     app = pod["spec"]["containers"][0]
     assert "NET_ADMIN" not in str(app["securityContext"])
     env = {e["name"]: e["value"] for e in app["env"]}

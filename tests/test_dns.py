@@ -249,3 +249,52 @@ def test_audit_mode_relays_other_names_and_records_them_as_audited(world):
     reply = ask(resolver, "api.openai.com")
     assert [r.address for r in reply.answer[0]] == ["198.18.5.5"] and relayed
     assert events[-1].kind == "egress_attempt" and events[-1].verdict == "audited"
+
+
+def test_audit_mode_records_the_relayed_answer_with_cnames_for_policy_suggest(world):
+    pins, _, upstream, _, events, _ = world
+
+    def forward(wire: bytes) -> bytes:
+        reply = dns.message.make_response(dns.message.from_wire(wire))
+        reply.answer.append(dns.rrset.from_text("api.example.com.", 60, "IN", "CNAME", "edge.cdn."))
+        reply.answer.append(dns.rrset.from_text("edge.cdn.", 30, "IN", "A", "198.18.5.5"))
+        return reply.to_wire()
+
+    upstream.forward = forward
+    resolver = PinningResolver(pins, events.append, port=0, mode="audit", upstream=upstream)
+    ask(resolver, "api.example.com")
+    answer = events[-1].detail["answer"]
+    assert events[-1].dst_name == "api.example.com"
+    assert answer == {
+        "rcode": "NOERROR",
+        "addresses": ["198.18.5.5"],
+        "cnames": ["edge.cdn"],
+        "ttl": 30,
+    }
+
+
+# --- the pipelined start-up path's own wire parser (resolver/bulk.py) --------------------------
+def test_bulk_parser_reads_what_dnspython_writes_and_rejects_what_is_not_ours():
+    from sentinel.resolver.bulk import parse_reply, question_wire
+    from sentinel.resolver.upstream import Answer
+
+    q = dns.message.make_query("Models.Internal.", "A")
+    reply = dns.message.make_response(q)
+    reply.answer.append(
+        dns.rrset.from_text("models.internal.", 60, "IN", "CNAME", "graph.internal.")
+    )
+    reply.answer.append(
+        dns.rrset.from_text_list("graph.internal.", 30, "IN", "A", ["198.18.0.3", "198.18.0.4"])
+    )
+    wire = reply.to_wire()  # dnspython compresses the repeated names
+    question = question_wire("models.internal", 1)
+    flags, parsed = parse_reply(wire, q.id, question)
+    assert parsed == Answer.from_message(dns.message.from_wire(wire))
+    assert parsed.records[("graph.internal", 1)] == (30, [ip("198.18.0.3"), ip("198.18.0.4")])
+    assert parsed.records[("models.internal", 5)] == (60, ["graph.internal"])
+    assert parse_reply(wire, (q.id + 1) % 65536, question) is None  # another id
+    assert parse_reply(wire, q.id, question_wire("other.internal", 1)) is None  # another question
+    assert parse_reply(q.to_wire(), q.id, question) is None  # a query, not a reply
+    loop = wire[:12] + question + b"\xc0\x0c" + wire[12 + len(question) + 2 :]
+    assert parse_reply(wire[: len(wire) - 3], q.id, question) is None  # cut short
+    assert parse_reply(loop[:-1], q.id, question) is None or True  # never raises

@@ -86,6 +86,36 @@ def test_retention_prunes_old_rows(tmp_path):
     assert len(ev.query(conn, 0, now + 1)) == 1
 
 
+def test_prune_with_a_limit_removes_the_oldest_first(tmp_path):
+    conn = ev.connect(tmp_path / "e.db")
+    now = time.time()
+    ev.write_events(conn, [_attempt(ts=now - 100 - i) for i in range(5)], {})
+    assert ev.prune(conn, retention=50, now=now, limit=2) == 2
+    left = sorted(e.ts for e in ev.query(conn, 0, now + 1))
+    assert left == sorted(now - 100 - i for i in range(3))  # the two oldest went first
+
+
+def test_store_prunes_a_big_backlog_in_chunks_and_keeps_new_events(tmp_path):
+    path = tmp_path / "e.db"
+    conn = ev.connect(path)
+    now = time.time()
+    old = [_attempt(ts=now - 1000 - i * 0.001) for i in range(ev.PRUNE_CHUNK * 2 + 7)]
+    ev.write_events(conn, old, {})
+    conn.close()
+    store = ev.EventStore(path, retention=500).start()
+    fresh = [_attempt(ts=now) for _ in range(50)]
+    for e in fresh:
+        assert store.put(e)
+    deadline = time.monotonic() + 60
+    reader = ev.connect(path, readonly=True)
+    while time.monotonic() < deadline:  # chunks follow each other without the 60 s pause
+        if reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == len(fresh):
+            break
+        time.sleep(0.05)
+    store.stop()
+    assert {e.id for e in ev.query(reader, 0, now + 1)} == {e.id for e in fresh}
+
+
 def test_failed_transaction_rolls_back(tmp_path):
     conn = ev.connect(tmp_path / "e.db")
     with pytest.raises(RuntimeError), ev.transaction(conn):

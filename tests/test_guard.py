@@ -164,20 +164,31 @@ def armed(tmp_path, state_dir):
 def test_compile_allowlist_entries_and_hash():
     policy = parse_policy(POLICY, "p.yaml")
     doc = compile_allowlist(policy, PINS)
-    assert doc["format"] == "sentinel-guard-allowlist/1"
+    assert doc["format"] == "sentinel-guard-allowlist/2"
     assert doc["policy_sha256"] == policy.sha256 and doc["mode"] == "enforce"
-    api, metrics, lan = doc["entries"]
+    assert doc["entry_count"] == 3
+    api, metrics = doc["entries"]
     assert api == {
         "name": "api",
         "host": "api.test",
-        "cidr": None,
         "ports": [8080],
         "protocol": "tcp",
         "addresses": ["198.18.0.2", "2001:db8::2"],
     }
     assert metrics["addresses"] == ["198.18.9.9"] and metrics["protocol"] == "udp"
-    assert lan["cidr"] == "198.18.7.0/24" and lan["addresses"] == []
+    lan = {"protocol": "tcp", "ports": [443], "family": 4, "prefix": 24, "networks": "c6120700"}
+    assert doc["nets"] == [lan]  # 198.18.7.0/24: one packed network in its group's blob
     assert compile_allowlist(policy, {})["entries"][0]["addresses"] == []  # unpinned: denied
+
+
+def test_allowlist_records_the_stat_of_the_policy_file_it_hashed(tmp_path):
+    path = write_policy(tmp_path)
+    st = path.stat()
+    assert compile_allowlist(load_policy(path), PINS)["policy_stat"] == [st.st_size, st.st_mtime_ns]
+    assert compile_allowlist(parse_policy(POLICY, "p.yaml"), PINS)["policy_stat"] is None
+    policy = load_policy(path)
+    path.write_text(POLICY + "# edited after loading\n")  # the file no longer holds those bytes
+    assert compile_allowlist(policy, PINS)["policy_stat"] is None
 
 
 def test_write_allowlist_is_atomic_and_world_readable(tmp_path):

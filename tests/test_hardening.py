@@ -230,7 +230,8 @@ def test_policy_deleted_then_garbage_keeps_rules_and_good_policy_is_picked_up(to
     policy = tmp_path / "policy.yaml"
     before = _status(topo)["ruleset_sha256_kernel"]
     policy.unlink()
-    time.sleep(3)  # past the watcher's 2 s poll: whatever it does with a missing file is done
+    # the watcher notices (and says so) at its next poll; nothing else may happen
+    assert wait_for(lambda: s.find("policy_missing"), 10), s.log()
     assert s.proc.poll() is None, s.log()
     status = _status(topo)
     assert status["in_sync"] and status["ruleset_sha256_kernel"] == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -149,6 +150,20 @@ def test_lab_end_to_end(tmp_path):
     ):
         assert (evidence / name).exists(), name
     assert "SENTINEL-OUT" in (evidence / "iptables-save-v4.txt").read_text()
+    # `sentinel capture` ran beside the workload: every netfilter attempt once, same event ids
+    capture = results["lab"]["capture"]
+    assert capture["status"] == "ok" and capture["dropped"] == 0, capture
+    lines = [json.loads(x) for x in (evidence / "capture.jsonl").read_text().splitlines()]
+    shown = [x["event_id"] for x in lines if x["type"] == "packet" and x["layer"] == "netfilter"]
+    with sqlite3.connect(tmp_path / "state" / "events.db") as conn:
+        stored = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM events WHERE layer = 'netfilter' AND kind = 'egress_attempt'"
+            )
+        ]
+    assert stored and sorted(set(shown)) == sorted(stored), (shown, stored)
+    assert capture["packets"] == len(lines) - 1 and (evidence / "capture.pcap").stat().st_size > 24
 
 
 @pytest.mark.netns

@@ -17,10 +17,10 @@ from sentinel.detect.nflog import (
     Flow,
     Folder,
     Monitor,
-    _attr,
     parse_ip,
     parse_nflog,
 )
+from sentinel.enforce.nflog_socket import _attr
 from sentinel.policy.load import MonitorSettings
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sentinel.evidence.report import GAP_FACTOR
 from sentinel.lab.netns import PYTHON
 
 pytestmark = pytest.mark.netns
@@ -112,6 +113,27 @@ def wait_for(predicate, timeout=15.0):
             return value
         time.sleep(0.1)
     return predicate()
+
+
+def _details(state_dir, kind: str) -> list[tuple[float, dict]]:
+    with sqlite3.connect(state_dir / "events.db") as conn:
+        rows = conn.execute("SELECT ts, detail FROM events WHERE kind = ? ORDER BY ts", (kind,))
+        return [(ts, json.loads(detail or "{}")) for ts, detail in rows.fetchall()]
+
+
+def wait_past_gap(state_dir) -> None:
+    """Until the last stored monitor heartbeat is older than the report's gap threshold."""
+    ts, detail = _details(state_dir, "monitor_heartbeat")[-1]
+    threshold = GAP_FACTOR * float(detail["interval"])
+    assert wait_for(lambda: time.time() - ts > threshold + 0.1, timeout=threshold + 10)
+
+
+def postgres_packets_in_a_reading(state_dir) -> int:
+    readings = _details(state_dir, "kernel_counters")
+    return max(
+        (pb[0] for _ts, d in readings for e, pb in d.get("sets", {}).items() if ":5432" in e),
+        default=0,
+    )
 
 
 def report(topo, *args) -> tuple[int, dict | str]:
@@ -239,7 +261,7 @@ def test_sigkill_and_restart_still_accounts_for_attempts(topo, state_dir):
     proc.kill()
     proc.wait(timeout=10)
     attempt(topo, SCRIPTED[2:5])  # nobody is listening
-    time.sleep(1.5)  # long enough that the missing heartbeats are a gap
+    wait_past_gap(state_dir)  # the missing heartbeats are a gap by the report's own rule
     proc, _ = start_monitor(topo, "policies/mem0.yaml")
     attempt(topo, SCRIPTED[5:6])
     assert wait_for(lambda: len(stored(state_dir)) == 3)
@@ -261,7 +283,8 @@ def test_netflow_counts_across_a_reapply(topo, state_dir, tmp_path):
     assert topo.sentinel("apply", "--policy", "policies/mem0.yaml", *PINS).returncode == 0
     proc, since = start_monitor(topo, "policies/mem0.yaml")
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
-    time.sleep(1.2)  # at least one kernel reading holds the first connection's packets
+    # at least one kernel reading holds the first connection's packets
+    assert wait_for(lambda: postgres_packets_in_a_reading(state_dir) > 0)
     code, first = report(topo, "--since", str(since))
     before = next(r for r in first["netflow"] if r["upstream"] == "postgres")
     assert before["packets"] == before["packets_since_apply"] > 0

@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
+from sentinel.durations import parse_duration
 from sentinel.errors import EXIT_BAD_INPUT
-from sentinel.policy.load import PolicyError, load_policy, parse_duration, parse_policy
+from sentinel.policy.load import PolicyError, load_policy, parse_policy
 
 GOOD = """\
 version: 1

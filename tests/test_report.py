@@ -172,7 +172,7 @@ def test_table_renders():
     for table in rep.render_table(_report([beat(NOW - 1), attempt(NOW - 2)])):
         console.print(table)
     text = console.export_text()
-    assert "tcp/198.18.5.5:443" in text and "coverage" in text
+    assert "198.18.5.5:443/tcp" in text and "coverage" in text
 
 
 def test_counter_increase_across_resets():

@@ -425,7 +425,7 @@ def test_ready_file_says_everything_is_up_and_goes_away_on_stop(upstream, tmp_pa
     daemon = json.loads((Path(os.environ["SENTINEL_STATE_DIR"]) / "daemon.json").read_text())
     assert daemon["ready"] is True
     assert daemon["services"] == sorted(
-        ["store", "monitor", "guard", "alerts", "canary", "metrics"]
+        ["store", "monitor", "capture_feed", "guard", "alerts", "canary", "metrics"]
     )
     assert (Path(os.environ["SENTINEL_STATE_DIR"]) / "guard" / "allowlist.json").exists()
     assert s.stop() == 0

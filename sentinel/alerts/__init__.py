@@ -1,22 +1,33 @@
-"""Alerting: P1/P2/P3 routing, dedup and roll-ups, a persisted outbox, PagerDuty/Slack/webhook."""
+"""Alerting: P1/P2/P3 routing, dedup and roll-ups, a persisted outbox, PagerDuty/Slack/webhook.
 
-from sentinel.alerts.breaker import BreakerSettings, CircuitBreaker
-from sentinel.alerts.dispatcher import AlertDispatcher, Backoff, TestResult, send_test_alerts
-from sentinel.alerts.model import SEVERITY_BY_KIND, Alert, severity_of
-from sentinel.alerts.outbox import read_summary
-from sentinel.alerts.registry import SINK_TYPES, build_sinks
+The names below are imported on first use (PEP 562), so `sentinel report`, which only reads the
+outbox, does not import the HTTP client and the sinks.
+"""
 
-__all__ = [
-    "SEVERITY_BY_KIND",
-    "SINK_TYPES",
-    "Alert",
-    "AlertDispatcher",
-    "Backoff",
-    "BreakerSettings",
-    "CircuitBreaker",
-    "TestResult",
-    "build_sinks",
-    "read_summary",
-    "send_test_alerts",
-    "severity_of",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "BreakerSettings": "breaker",
+    "CircuitBreaker": "breaker",
+    "AlertDispatcher": "dispatcher",
+    "Backoff": "dispatcher",
+    "SinkTestResult": "dispatcher",
+    "send_test_alerts": "dispatcher",
+    "SEVERITY_BY_KIND": "model",
+    "Alert": "model",
+    "severity_of": "model",
+    "read_summary": "outbox",
+    "SINK_TYPES": "registry",
+    "build_sinks": "registry",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'sentinel.alerts' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sentinel.alerts.{_WHERE[name]}"), name)

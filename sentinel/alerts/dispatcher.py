@@ -13,6 +13,7 @@ through a real 30 s breaker or 5 min window.
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import threading
@@ -32,7 +33,8 @@ from sentinel.alerts.model import RESOLVE, TEST, Alert, dedup_key_for
 from sentinel.alerts.outbox import FILENAME, Outbox, Row
 from sentinel.alerts.ratelimit import TokenBucket
 from sentinel.alerts.registry import build_sinks
-from sentinel.alerts.router import Router
+from sentinel.alerts.router import Router, export_state, restore_state
+from sentinel.evidence import metrics
 from sentinel.policy.load import Policy
 from sentinel.redact import redact_text
 from sentinel.store.events import Event
@@ -82,6 +84,7 @@ class _SinkWorker:
                 pause = self.step()
             except Exception as exc:  # a bug must not kill alerting for good
                 log.error("alert_worker_error", sink=self.name, error=redact_text(repr(exc)))
+                metrics.observe_error("alerts")
                 pause = owner.tick
             if pause:
                 self.wake.wait(pause)  # set by _enqueue and stop(): new work ends the wait
@@ -113,7 +116,10 @@ class _SinkWorker:
             owner.outbox.failed(row)
             log.error("alert_render_error", sink=self.name, error=redact_text(repr(exc)))
             return
+        started = time.perf_counter()
         result = post(owner.client, self.sink.url, body, headers)
+        outcome = {OK: "ok", REJECTED: "rejected"}.get(result.outcome, "retry")
+        metrics.observe_delivery(self.name, time.perf_counter() - started, outcome)
         self.last = result
         fields = {"sink": self.name, "alert_id": row.alert.id, "status": result.status}
         if result.outcome == OK:
@@ -181,8 +187,12 @@ class AlertDispatcher:
         self.sinks, self.problems = build_sinks(policy.alerts, environ)
         pd = next((s for s in policy.alerts.sinks if s.kind == "pagerduty"), None)
         resolve_after = float(pd.options.get("resolve_after", 0.0)) if pd else 0.0
-        self.router = Router(policy.alerts.dedup_window, digest_windows, resolve_after)
+        windows = digest_windows or dict(policy.alerts.digest_windows)
+        self.router = Router(policy.alerts.dedup_window, windows, resolve_after)
         self.outbox = Outbox(Path(state_dir) / FILENAME, outbox_rows, outbox_max_age, clock)
+        self._restore_router()
+        self._saved_sig: tuple = self._router_sig()
+        self._saved_at = float("-inf")
         self.client = make_client(policy.mark if mark == -1 else mark, timeout)
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
@@ -190,7 +200,6 @@ class AlertDispatcher:
         self._submitted = 0
         self._overflow = 0  # events dropped at submit(), not yet moved to the outbox counters
         self._overflow_total = 0
-        self._own_ids: set[str] = set()
         self._last_saturation = float("-inf")
         self._latencies: list[float] = []
         rates = rates or {}
@@ -214,10 +223,6 @@ class AlertDispatcher:
 
     def submit(self, event: Event) -> bool:
         """Queue an event for alerting. Never blocks; False (and counted) when the queue is full."""
-        with self._lock:
-            if event.id in self._own_ids:  # our own event, back from the daemon's bus: queued
-                self._own_ids.discard(event.id)
-                return True
         try:
             self._queue.put_nowait(event)
         except queue.Full:
@@ -281,6 +286,9 @@ class AlertDispatcher:
             "outbox_degraded": self.outbox.degraded,  # in memory: lost on restart
         }
 
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
     def latencies(self) -> list[float]:
         """Seconds from alert creation to the sink's 2xx, for recent deliveries (bench)."""
         with self._lock:
@@ -293,11 +301,13 @@ class AlertDispatcher:
                 self._drain(final=False)
             except Exception as exc:
                 log.error("alert_router_error", error=redact_text(repr(exc)))
+                metrics.observe_error("alerts")
                 self._stopping.wait(self.tick)
         self._drain(final=True)
 
     def _drain(self, final: bool) -> None:
         alerts: list[Alert] = []
+        depth = self._queue.qsize()  # the backlog this round starts from (drained below)
         try:
             first = self._queue.get(timeout=0 if final else self.tick)
         except queue.Empty:
@@ -311,11 +321,47 @@ class AlertDispatcher:
                 except queue.Empty:
                     break
         now = self.clock()
-        alerts += self.router.flush(now) if final else self.router.tick(now)
-        self._saturation(now)
+        if final:
+            still_open = dict(self.router.windows)  # incidents stay open across a restart
+            alerts += self.router.flush(now)
+        else:
+            alerts += self.router.tick(now)
+        self._saturation(now, depth)
         self._settle_overflow()
         for alert in alerts:
             self._enqueue(alert)
+        if final:
+            self._save_router(export_state(self.router, still_open))
+        elif self._router_sig() != self._saved_sig and time.monotonic() - self._saved_at >= 1.0:
+            self._save_router(export_state(self.router))
+
+    # --- incidents and digests survive restarts (kept in the outbox database) --------------
+    def _router_sig(self) -> tuple:
+        r = self.router
+        stats = (r.stats.events, r.stats.rollups, r.stats.resolves, r.stats.digests)
+        return (*stats, len(r.windows), len(r.digests))
+
+    def _save_router(self, state: dict[str, Any]) -> None:
+        self._saved_sig, self._saved_at = self._router_sig(), time.monotonic()
+        try:
+            self.outbox.save_state("router", json.dumps(state, default=str))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop alerting
+            log.error("alert_state_save_failed", error=redact_text(repr(exc)))
+
+    def _restore_router(self) -> None:
+        try:
+            text = self.outbox.load_state("router")
+            if text:
+                restore_state(self.router, json.loads(text))
+        except Exception as exc:  # noqa: BLE001 - an unreadable state starts empty, and says so
+            log.error("alert_state_restore_failed", error=redact_text(repr(exc)))
+            return
+        if self.router.windows or self.router.digests:
+            log.info(
+                "alert_state_restored",
+                incidents=len(self.router.windows),
+                digests=len(self.router.digests),
+            )
 
     def _enqueue(self, alert: Alert) -> None:
         if alert.severity == TEST:
@@ -337,8 +383,8 @@ class AlertDispatcher:
         for name in self.workers:
             self.outbox.add_dropped(name, n)
 
-    def _saturation(self, now: float) -> None:
-        depth, size = self._queue.qsize(), self._queue.maxsize
+    def _saturation(self, now: float, depth: int) -> None:
+        size = self._queue.maxsize
         if size and depth >= SATURATION * size and now - self._last_saturation > _SATURATION_EVERY:
             self._last_saturation = now
             event = Event(
@@ -350,15 +396,17 @@ class AlertDispatcher:
             self._own_event(event)
 
     def _own_event(self, event: Event) -> None:
-        """An event the dispatcher raises about itself: alerted, and handed to the daemon."""
-        self.submit(event)
-        if self.on_event is not None:
-            with self._lock:  # if the hook's bus hands it back to submit(), it is not doubled
-                self._own_ids.add(event.id)
-            try:
-                self.on_event(event)
-            except Exception as exc:  # the daemon's hook must not break alerting
-                log.error("alert_on_event_error", error=redact_text(repr(exc)))
+        """An event the dispatcher raises about itself. With a daemon hook it goes to the
+        daemon's bus only, which records it and hands it back to submit() like any other
+        event; without one (tests, `alert test`) it is submitted directly."""
+        if self.on_event is None:
+            self.submit(event)
+            return
+        try:
+            self.on_event(event)
+        except Exception as exc:  # the daemon's hook must not break alerting
+            log.error("alert_on_event_error", error=redact_text(repr(exc)))
+            self.submit(event)
 
     def _delivered(self, alert: Alert) -> None:
         with self._lock:
@@ -369,7 +417,7 @@ class AlertDispatcher:
 
 # --- `sentinel alert test` -----------------------------------------------------------------
 @dataclass(frozen=True)
-class TestResult:
+class SinkTestResult:
     sink: str
     ok: bool
     detail: str  # redacted
@@ -380,10 +428,12 @@ def send_test_alerts(
     environ: Mapping[str, str] | None = None,
     mark: int | None = -1,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-) -> list[TestResult]:
+) -> list[SinkTestResult]:
     """One direct test alert per configured sink (no outbox, no retries): what works now."""
     sinks, problems = build_sinks(policy.alerts, environ)
-    results = [TestResult(name, False, f"not configured: {msg}") for name, msg in problems.items()]
+    results = [
+        SinkTestResult(name, False, f"not configured: {msg}") for name, msg in problems.items()
+    ]
     if not sinks:
         return results
     now = time.time()
@@ -402,5 +452,5 @@ def send_test_alerts(
         for name, sink in sinks.items():
             body, headers = sink.render(alert, 0)
             result = post(client, sink.url, body, headers)
-            results.append(TestResult(name, result.outcome == OK, result.detail))
+            results.append(SinkTestResult(name, result.outcome == OK, result.detail))
     return sorted(results, key=lambda r: r.sink)

@@ -28,9 +28,9 @@ import httpcore
 import httpx
 from httpcore._backends.sync import SyncStream  # httpcore's own stream over a plain socket
 
+from sentinel.enforce.marks import family_of, marked_socket
 from sentinel.redact import redact_text
 
-SO_MARK = getattr(socket, "SO_MARK", 36)  # Linux value; older Pythons lack the constant
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 MAX_RETRY_AFTER = 900.0  # a Retry-After beyond 15 min is capped: alerts must not stall forever
 
@@ -93,10 +93,8 @@ class MarkedBackend(httpcore.SyncBackend):
     def _connect(
         self, address: str, port: int, timeout: float | None, local: str | None
     ) -> socket.socket:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = marked_socket(family_of(address), socket.SOCK_STREAM, self.mark)  # before the SYN
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)  # before the SYN
             sock.settimeout(timeout)
             if local:
                 sock.bind((local, 0))
@@ -140,9 +138,7 @@ def _query_marked(
 ) -> list[str]:
     query = dns.message.make_query(host, rdtype)
     for server, port in nameservers:
-        family = socket.AF_INET6 if ":" in server else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        with marked_socket(family_of(server), socket.SOCK_DGRAM, mark) as sock:
             try:
                 reply = dns.query.udp(query, server, port=port, timeout=timeout, sock=sock)
             except (dns.exception.DNSException, OSError):

@@ -1,7 +1,7 @@
 """The alert: what the router makes of one or many events, and what every sink renders.
 
 Severities: P1 goes out at once; P2 and P3 are grouped into digests. The mapping from event
-kind to severity lives here so the daemon, the router and the docs agree on one table.
+kind to severity lives in sentinel.store.kinds, the one table of event kinds.
 """
 
 from __future__ import annotations
@@ -13,31 +13,18 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-P1, P2, P3 = "P1", "P2", "P3"
+from sentinel.store.kinds import ATTEMPT_KINDS, P1, P2, P3
+from sentinel.store.kinds import SEVERITY_BY_KIND as SEVERITY_BY_KIND  # re-exported
+from sentinel.store.kinds import severity_of as severity_of  # re-exported
+
+__all__ = ["P1", "P2", "P3", "SEVERITY_BY_KIND", "severity_of"]
 TEST = "TEST"  # `sentinel alert test`: sent at once, to every configured sink
 
-# event kind -> severity. `dns_refused` is the DNS layer's name for an egress attempt.
-SEVERITY_BY_KIND: dict[str, str] = {
-    "egress_attempt": P1,
-    "dns_refused": P1,
-    "tamper": P1,
-    "guard_fail_closed": P1,
-    "monitor_lost": P1,
-    "dns_upstream_failing": P2,
-    "stale_pins": P2,
-    "reload_rejected": P2,
-    "sink_degraded": P2,
-    "queue_saturation": P3,
-}
-EGRESS_KINDS = frozenset({"egress_attempt", "dns_refused"})
+# event kind -> severity: one table for every producer, the router, the report and the docs
+EGRESS_KINDS = ATTEMPT_KINDS  # `dns_refused` is the DNS layer's older name for an egress attempt
 PRIORITY = {TEST: 0, P1: 1, P2: 2, P3: 3}  # outbox order and eviction order (highest first)
 
 TRIGGER, RESOLVE = "trigger", "resolve"
-
-
-def severity_of(kind: str) -> str | None:
-    """The severity of an event kind, or None for kinds that never alert (pin_changed, ...)."""
-    return SEVERITY_BY_KIND.get(kind)
 
 
 def dedup_key_for(parts: tuple[str, ...]) -> str:

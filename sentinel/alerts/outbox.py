@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from sentinel.alerts.model import PRIORITY, Alert
 from sentinel.errors import SentinelError
+from sentinel.lazylog import get_logger
 
-log = structlog.get_logger("sentinel.alerts.outbox")
+log = get_logger("sentinel.alerts.outbox")  # `report` reads the outbox: no structlog import
 
 FILENAME = "alerts.db"
 
@@ -42,6 +41,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_head ON outbox (sink, priority, id);
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+    # v2: the router's open incidents (dedup key, last seen) and open digests, so resolves
+    # and digests still go out after a restart, an alert reload or a SIGKILL
+    """
+    CREATE TABLE router_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, saved REAL NOT NULL);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -135,6 +139,7 @@ class Outbox:
                 conn.execute("ATTACH DATABASE ? AS disk", (f"file:{self.path}?mode=ro",))
                 conn.execute("INSERT INTO outbox SELECT * FROM disk.outbox")
                 conn.execute("INSERT INTO counters SELECT * FROM disk.counters")
+                conn.execute("INSERT INTO router_state SELECT * FROM disk.router_state")
                 conn.execute("DETACH DATABASE disk")
             except sqlite3.Error as exc:  # unreadable too: start empty, and say so
                 reason += f"; pending rows not copied: {exc}"
@@ -233,6 +238,24 @@ class Outbox:
                 self._count_dropped(sink, n)
         return n
 
+    @_degradable
+    def save_state(self, name: str, value: str) -> None:
+        """The router's open incidents/digests (JSON), replaced whole."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(
+                "INSERT INTO router_state (name, value, saved) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value, saved = excluded.saved",
+                (name, value, self.clock()),
+            )
+
+    def load_state(self, name: str) -> str | None:
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT value FROM router_state WHERE name = ?", (name,)
+            ).fetchone()
+        return found[0] if found else None
+
     # --- reading ---------------------------------------------------------------------------
     @_degradable
     def head(self, sink: str) -> Row | None:
@@ -293,20 +316,38 @@ class Outbox:
 
 def read_summary(state_dir: str | Path) -> dict[str, dict[str, int]]:
     """Per-sink counters (sent, failed, retries, dropped, unreported, pending) from the outbox
-    in a state directory, for reports made outside the daemon; {} when there is none."""
+    in a state directory, for reports made outside the daemon; {} when there is none.
+
+    Read-only (`mode=ro`): nothing is created, migrated or set aside. A damaged outbox raises
+    a SentinelError with exit code 2 naming the file; the file stays as it is."""
+    from sentinel.errors import EXIT_BAD_INPUT
+    from sentinel.store.events import readonly_uri
+
     path = Path(state_dir) / FILENAME
     if not path.exists():
         return {}
-    box = Outbox(path)
     try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise SentinelError(f"alert outbox {path} is unreadable: {exc}", EXIT_BAD_INPUT) from None
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise SentinelError(
+                f"alert outbox {path} has schema v{found}, newer than this sentinel",
+                EXIT_BAD_INPUT,
+            )
         out: dict[str, dict[str, int]] = {}
-        for name, value in box.counters().items():
+        if found == 0:
+            return out  # created but never migrated: nothing in it
+        for name, value in conn.execute("SELECT name, value FROM counters").fetchall():
             counter, _, sink = name.partition(":")
             out.setdefault(sink, {})[counter] = value
-        with box._lock:
-            rows = box._conn.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
+        rows = conn.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
         for sink, n in rows:
             out.setdefault(sink, {})["pending"] = n
         return out
+    except sqlite3.Error as exc:
+        raise SentinelError(f"alert outbox {path} is unreadable: {exc}", EXIT_BAD_INPUT) from None
     finally:
-        box.close()
+        conn.close()

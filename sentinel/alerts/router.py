@@ -30,7 +30,7 @@ from sentinel.alerts.model import (
     severity_of,
 )
 from sentinel.redact import redact_obj, redact_text
-from sentinel.store.events import Event
+from sentinel.store.events import Event, destination_text
 
 DEFAULT_DIGEST_WINDOWS = {P2: 15 * 60.0, P3: 60 * 60.0}
 _MAX_SAMPLES = 10
@@ -311,13 +311,80 @@ class Router:
         )
 
 
+# --- persistence (the dispatcher keeps these in the outbox database) ----------------------
+def export_state(router: Router, windows: dict | None = None) -> dict[str, Any]:
+    """Open incidents (dedup key, last seen, counts) and open digests, as plain JSON data."""
+    windows = router.windows if windows is None else windows
+    incidents = [
+        {
+            "key": list(key),
+            "dedup_key": w.dedup_key,
+            "kind": w.kind,
+            "layer": w.layer,
+            "destination": w.destination,
+            "process": w.process,
+            "correlation_id": w.correlation_id,
+            "started": w.started,
+            "last_seen": w.last_seen,
+            "first_ts": w.first_ts,
+            "suppressed": w.suppressed,
+            "total": w.total,
+            "last_event_id": w.last_event_id,
+        }
+        for key, w in windows.items()
+    ]
+    digests = [
+        {
+            "severity": d.severity,
+            "opened": d.opened,
+            "correlation_id": d.correlation_id,
+            "counts": dict(d.counts),
+            "samples": d.samples,
+            "last_ts": d.last_ts,
+        }
+        for d in router.digests.values()
+    ]
+    return {"incidents": incidents, "digests": digests}
+
+
+def restore_state(router: Router, state: dict[str, Any]) -> None:
+    """Put back what `export_state` saved: quiet incidents are resolved after `resolve_after`
+    as if no restart had happened, and open digests go out when their window ends."""
+    for item in state.get("incidents", []):
+        key = tuple(item["key"])
+        if key in router.windows:
+            continue
+        router.windows[key] = _Window(
+            dedup_key=item["dedup_key"],
+            kind=item["kind"],
+            layer=item["layer"],
+            destination=item["destination"],
+            process=item["process"],
+            correlation_id=item["correlation_id"],
+            started=float(item["started"]),
+            last_seen=float(item["last_seen"]),
+            first_ts=float(item["first_ts"]),
+            suppressed=int(item.get("suppressed", 0)),
+            total=int(item.get("total", 1)),
+            last_event_id=item.get("last_event_id", ""),
+        )
+        if key[3] != "*":
+            router._per_process[key[:3]] += 1
+    for item in state.get("digests", []):
+        if item["severity"] in router.digests:
+            continue
+        router.digests[item["severity"]] = _Digest(
+            severity=item["severity"],
+            opened=float(item["opened"]),
+            correlation_id=item["correlation_id"],
+            counts=Counter(item.get("counts", {})),
+            samples=list(item.get("samples", []))[:_MAX_SAMPLES],
+            last_ts=float(item.get("last_ts", 0.0)),
+        )
+
+
 def _destination(event: Event) -> str:
-    host = event.dst_name or event.dst_ip or "?"
-    if event.dst_ip and ":" in event.dst_ip and not event.dst_name:
-        host = f"[{host}]"
-    port = f":{event.dst_port}" if event.dst_port else ""
-    proto = f"/{event.protocol}" if event.protocol else ""
-    return f"{host}{port}{proto}"
+    return destination_text(event.dst_name, event.dst_ip, event.dst_port, event.protocol)
 
 
 def _process(event: Event) -> str:

@@ -1,4 +1,4 @@
-"""The alert dispatcher as a `sentinel run` service (daemon.SERVICES contract).
+"""The alert dispatcher as a `sentinel run` service (run.services.SERVICES contract).
 
     from sentinel.alerts.service import alerts_service
     SERVICES["alerts"] = alerts_service

@@ -15,13 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from sentinel.enforce.marks import marked_socket
+from sentinel.log import get_logger
 from sentinel.policy.load import CanarySettings, Policy
 from sentinel.store.events import Event
 from sentinel.store.state import write_json
 
 CANARY_MARK = 0x5E48
-SO_MARK = getattr(socket, "SO_MARK", 36)
 TIMEOUT = 1.0
+log = get_logger("canary")
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,7 @@ class CanaryResult:
 
 
 def _socket(family: int, kind: int) -> socket.socket:
-    sock = socket.socket(family, kind)
-    sock.setsockopt(socket.SOL_SOCKET, SO_MARK, CANARY_MARK)
+    sock = marked_socket(family, kind, CANARY_MARK)
     sock.settimeout(TIMEOUT)
     return sock
 
@@ -100,13 +101,19 @@ def result_events(results: list[CanaryResult]) -> list[Event]:
 
 
 class CanaryService:
-    """Runs a round every `canary.interval` in a thread; writes canary.json for the report."""
+    """Runs a round every `canary.interval` in a thread; writes canary.json for the report.
+
+    A round that raises (a full state dir, a socket error) is logged, counted in `stats()` and
+    in canary.json, and reported as one `canary_failed` event per streak of failures; the
+    thread goes on with the next round."""
 
     def __init__(self, policy: Policy, emit: Callable[[Event], None]) -> None:
         self.settings = policy.canary
         self.emit = emit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="canary", daemon=True)
+        self.counts = {"rounds": 0, "errors": 0, "escaped": 0}
+        self._failing = 0  # failed rounds in a row
 
     @property
     def enabled(self) -> bool:
@@ -121,14 +128,43 @@ class CanaryService:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, "failing": self._failing}
+
     def run_once(self) -> list[CanaryResult]:
         results = run_canaries(self.settings)
-        write_json("canary.json", {"ts": time.time(), "results": [asdict(r) for r in results]})
-        for event in result_events(results):
+        self.counts["rounds"] += 1
+        self.counts["escaped"] += sum(r.outcome == "escaped" for r in results)
+        for event in result_events(results):  # an escape pages even when the write fails
             self.emit(event)
+        stats = {**self.counts, "failing": 0}  # written only by a round that worked
+        write_json(
+            "canary.json",
+            {"ts": time.time(), "results": [asdict(r) for r in results], "stats": stats},
+        )
         return results
+
+    def safe_round(self) -> None:
+        try:
+            self.run_once()
+        except Exception as exc:  # noqa: BLE001 - the canary must outlive one bad round
+            self.counts["errors"] += 1
+            self._failing += 1
+            error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+            log.error("canary_round_failed", error=error, failing=self._failing)
+            if self._failing == 1:
+                self.emit(
+                    Event(
+                        layer="canary",
+                        kind="canary_failed",
+                        verdict="info",
+                        detail={"error": error, "message": error, "errors": self.counts["errors"]},
+                    )
+                )
+            return
+        self._failing = 0
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.run_once()
+            self.safe_round()
             self._stop.wait(self.settings.interval)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import socket
 import struct
 import threading
 import time
@@ -27,33 +26,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sentinel.detect.canary import CANARY_MARK
+from sentinel.enforce.nflog_socket import Malformed, NflogSocket
+from sentinel.enforce.snapshot import applied_info, kernel_snapshot
 from sentinel.store.events import Event
 
-NETLINK_NETFILTER = 12
-SO_RCVBUFFORCE = 33
-NFNL_SUBSYS_ULOG = 4
-NFULNL_MSG_PACKET = 0
-NFULNL_MSG_CONFIG = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 1
-NLM_F_ACK = 4
-# config attributes and values (linux/netfilter/nfnetlink_log.h)
-NFULA_CFG_CMD, NFULA_CFG_MODE, NFULA_CFG_TIMEOUT, NFULA_CFG_QTHRESH, NFULA_CFG_FLAGS = 1, 2, 4, 5, 6
-NFULNL_CFG_CMD_BIND, NFULNL_CFG_CMD_UNBIND = 1, 2
-NFULNL_COPY_PACKET = 2
-NFULNL_CFG_F_SEQ = 1
-# packet attributes
-NFULA_PACKET_HDR, NFULA_MARK, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 1, 3, 9, 10, 12
+# packet attributes (linux/netfilter/nfnetlink_log.h: 2 is the mark, 3 the timestamp)
+NFULA_PACKET_HDR, NFULA_MARK, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 1, 2, 9, 10, 12
 CANARY_PREFIX = "canary-"  # verdict prefix for the sentinel's own canary probes (by mark)
-COPY_RANGE = 128  # IPv6 + extension headers + TCP ports fit; we never need payload bytes
 PREFIX_VERDICT = {"sentinel:deny": "blocked", "sentinel:audit": "audited"}
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 _V6_EXT = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH (fragment: 44)
-
-
-class Malformed(ValueError):
-    """An NFLOG message or IP packet we cannot read: counted, never fatal."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +105,10 @@ def _parse_v4(p: bytes) -> Flow:
     ihl = (p[0] & 0x0F) * 4
     if ihl < 20 or len(p) < ihl:
         raise Malformed("bad IPv4 header length")
+    total = struct.unpack_from("!H", p, 2)[0]
+    if total < ihl:
+        raise Malformed("IPv4 total length shorter than the header")
+    p = p[:total]  # bytes past the packet's own length are not its ports (found by scapy)
     frag_offset = struct.unpack_from("!H", p, 6)[0] & 0x1FFF
     src, dst = str(ipaddress.IPv4Address(p[12:16])), str(ipaddress.IPv4Address(p[16:20]))
     return _transport(4, p[9], src, dst, p[ihl:] if frag_offset == 0 else b"")
@@ -133,6 +119,9 @@ def _parse_v6(p: bytes) -> Flow:
         raise Malformed("short IPv6 header")
     src, dst = str(ipaddress.IPv6Address(p[8:24])), str(ipaddress.IPv6Address(p[24:40]))
     nxt, offset = p[6], 40
+    payload_length = struct.unpack_from("!H", p, 4)[0]
+    if payload_length or nxt != 0:  # 0 after a hop-by-hop header: a jumbogram (RFC 2675)
+        p = p[: 40 + payload_length]
     for _ in range(8):  # bounded walk over extension headers
         if nxt == 44:  # fragment header: ports only in the first fragment
             if len(p) < offset + 8:
@@ -232,92 +221,16 @@ class Folder:
     def __len__(self) -> int:
         return len(self._open)
 
+    def event_id(self, flow: Flow, verdict: str) -> str | None:
+        """The id of the open event a packet of this flow was folded into."""
+        current = self._open.get((flow, verdict))
+        return current.event.id if current is not None else None
+
     @staticmethod
     def _close(current: _Open) -> Event | None:
         if current.packets == 1:
             return None
         return replace(current.event, packets=current.packets, last_ts=current.last)
-
-
-# --- the kernel side --------------------------------------------------------------------
-def _attr(kind: int, value: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(value), kind) + value
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def _config_msg(group: int, seq: int, *attrs: bytes) -> bytes:
-    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, group) + b"".join(attrs)
-    kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
-
-
-class NflogSocket:
-    """One NFLOG group on a netlink socket: bind, configure, read packets."""
-
-    def __init__(self, group: int, rcvbuf: int = 16 << 20) -> None:
-        self.group = group
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            try:  # as root, past net.core.rmem_max: a flood must not overflow us
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-            except PermissionError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((0, 0))
-            self._seq = 0
-            self._request(_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])))
-            self._request(
-                _attr(NFULA_CFG_MODE, struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)),
-                _attr(NFULA_CFG_FLAGS, struct.pack("!H", NFULNL_CFG_F_SEQ)),
-                _attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)),
-                _attr(NFULA_CFG_TIMEOUT, struct.pack("!I", 5)),  # 1/100 s
-            )
-        except OSError:
-            self.sock.close()
-            raise
-        self._buf = bytearray(1 << 18)
-
-    def _request(self, *attrs: bytes) -> None:
-        self._seq += 1
-        self.sock.send(_config_msg(self.group, self._seq, *attrs))
-        deadline = time.monotonic() + 5
-        self.sock.settimeout(5)
-        while time.monotonic() < deadline:
-            data = self.sock.recv(65536)
-            for kind, _flags, seq, body in iter_nlmsgs(data):
-                if kind == NLMSG_ERROR and seq == self._seq:
-                    code = -struct.unpack_from("=i", body, 0)[0]
-                    if code:
-                        raise OSError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
-                    return
-        raise OSError(errno.ETIMEDOUT, "no answer from nfnetlink_log")
-
-    def recv(self, timeout: float) -> list[bytes]:
-        """Message bodies of NFLOG packets; raises OSError(ENOBUFS) when the kernel dropped."""
-        self.sock.settimeout(timeout)
-        try:
-            n = self.sock.recv_into(self._buf)
-        except TimeoutError:
-            return []
-        packet_kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
-        view = memoryview(self._buf)[:n]
-        return [bytes(body) for kind, _f, _s, body in iter_nlmsgs(view) if kind == packet_kind]
-
-    def close(self) -> None:
-        try:
-            self.sock.send(_config_msg(self.group, 0, _attr(NFULA_CFG_CMD, b"\x02")))
-        except OSError:
-            pass
-        self.sock.close()
-
-
-def iter_nlmsgs(data: bytes | memoryview):
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind, flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        if length < 16 or offset + length > len(data):
-            raise Malformed(f"netlink message length {length}")
-        yield kind, flags, seq, data[offset + 16 : offset + length]
-        offset += (length + 3) & ~3
 
 
 # --- the monitor ------------------------------------------------------------------------
@@ -342,7 +255,7 @@ class Monitor:
         self.emit = emit
         self.update = update or emit
         self.heartbeat = heartbeat
-        self.info = info or _applied_info
+        self.info = info or applied_info
         self.snapshot = snapshot or kernel_snapshot
         self.snapshot_every = snapshot_every
         self.counts = {
@@ -365,6 +278,8 @@ class Monitor:
         self._snapper: threading.Thread | None = None
         self._next_seq: int | None = None
         self.started_at = 0.0
+        # the capture feed (detect/feed.py): (message, time, event id or None), never blocks
+        self.tap: Callable[[bytes, float, str | None], None] | None = None
 
     def start(self) -> Monitor:
         """Binds the group (raises OSError if that fails) and starts the reader thread."""
@@ -440,6 +355,12 @@ class Monitor:
 
     def handle(self, body: bytes, now: float) -> None:
         """One NFLOG message -> at most one new event. Never raises on bad input."""
+        event_id = self._handle(body, now)
+        if self.tap is not None:
+            self.tap(body, now, event_id)
+
+    def _handle(self, body: bytes, now: float) -> str | None:
+        """The event id the message went to (new or folded), None if it made none."""
         self.counts["messages"] += 1
         try:
             packet = parse_nflog(body)
@@ -447,22 +368,23 @@ class Monitor:
             verdict = PREFIX_VERDICT.get(packet.prefix)
             if verdict is None:  # someone else's NFLOG rule in our group
                 self.counts["foreign"] += 1
-                return
+                return None
             flow = parse_ip(packet.payload)
             if packet.mark == CANARY_MARK:
                 verdict = CANARY_PREFIX + verdict
         except (Malformed, struct.error, ValueError):
             self.counts["malformed"] += 1
-            return
+            return None
         self.counts["packets"] += 1
         event, evicted = self.folder.feed(flow, verdict, now)
         for update in evicted:
             self.update(update)
         if event is None:
             self.counts["folded"] += 1
-            return
+            return self.folder.event_id(flow, verdict)
         self.counts["events"] += 1
         self.emit(event)
+        return event.id
 
     def _check_seq(self, seq: int | None) -> None:
         if seq is None:
@@ -483,44 +405,6 @@ class Monitor:
             "stats": self.stats(),
         }
         self.emit(Event(layer="sentinel", kind="monitor_heartbeat", verdict="info", detail=detail))
-
-
-MAX_SET_ENTRIES = 1000  # per snapshot: entries with traffic, busiest first
-
-
-def kernel_snapshot(backend: str | None = None) -> dict[str, Any]:
-    """NFLOG packets per family and per-entry set counters (entries with traffic only)."""
-    from sentinel.enforce import netfilter
-
-    applied = _applied_info()
-    state = netfilter.read_state(backend or applied.get("backend") or netfilter.DEFAULT_BACKEND)
-    nflog = {"4": 0, "6": 0}
-    for (family, line), (packets, _bytes) in state.counters.items():
-        if "-j NFLOG" in line:
-            nflog[str(family)] += packets
-    busy = sorted(
-        ((entry, pb) for (_set, entry), pb in state.set_counters.items() if pb[0]),
-        key=lambda item: -item[1][0],
-    )
-    return {
-        "ruleset_sha256": state.sha256() if state.present else None,
-        "applied_at": applied.get("applied_at"),  # counters restart at every apply
-        "nflog": nflog,
-        "sets": {entry: list(pb) for entry, pb in busy[:MAX_SET_ENTRIES]},
-        "sets_truncated": len(busy) > MAX_SET_ENTRIES,
-    }
-
-
-def _applied_info() -> dict[str, Any]:
-    """What is in force right now, as `sentinel apply` recorded it (cheap: one small file)."""
-    from sentinel.store.state import APPLIED, read_json
-
-    try:
-        applied = read_json(APPLIED) or {}
-    except Exception:  # noqa: BLE001 - a heartbeat must never die on a bad state file
-        applied = {}
-    keys = ("ruleset_sha256", "policy_sha256", "mode", "applied_at", "backend")
-    return {k: applied.get(k) for k in keys}
 
 
 # --- standalone entry point (until `sentinel run` starts us) ----------------------------
@@ -567,6 +451,6 @@ if __name__ == "__main__":
 
 
 def monitor_service(ctx: Any) -> Monitor:
-    """Factory for `daemon.SERVICES`. Events and fold updates (same id, `last_ts` set) both go
+    """Factory for `run.services.SERVICES`. Events and fold updates (same id, `last_ts` set) both go
     to `ctx.emit`; sinks that must act once per attempt (alerts) skip events with `last_ts`."""
     return Monitor(ctx.policy, ctx.emit)

@@ -1,4 +1,4 @@
-"""Apply a Ruleset to the kernel; read back what the kernel has. The only privileged module.
+"""Apply a Ruleset to the kernel; read back what the kernel has (iptables and ipset runs).
 
 Backend: `iptables-restore --noflush` documents (one atomic commit per table and family) plus
 `ipset restore` with a swap. python-iptables was the first choice, but building an NFLOG target
@@ -398,3 +398,21 @@ def update_sets(old: Ruleset, new: Ruleset) -> None:
         dels += [f"del {s.name} {e}" for e in sorted(current - set(s.entries))]
     if adds or dels:
         _run(["ipset", "-exist", "restore"], "\n".join(adds + dels) + "\n")
+
+
+def evidence_text(backend: str = DEFAULT_BACKEND) -> dict[str, str]:
+    """The kernel's own words for the evidence bundle: `iptables-save -c` per family and
+    `ipset save` of our sets. Read-only; a tool that fails leaves a comment saying so."""
+
+    def output(cmd: list[str]) -> str:
+        try:
+            return _run(cmd)
+        except SentinelError as exc:
+            return f"# {exc.message}\n"
+
+    tools = BACKENDS.get(backend, BACKENDS[DEFAULT_BACKEND])
+    return {
+        "iptables-save-v4.txt": output([f"{tools[4]}-save", "-c"]),
+        "iptables-save-v6.txt": output([f"{tools[6]}-save", "-c"]),
+        "ipset-save.txt": "".join(output(["ipset", "save", name]) for name in SET_NAME.values()),
+    }

@@ -12,8 +12,10 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sentinel.policy.load import Allow, IPAddress, Policy
+if TYPE_CHECKING:  # `status` reads rules without loading the policy module (and PyYAML)
+    from sentinel.policy.load import Allow, IPAddress, Policy
 
 CHAIN_OUT = "SENTINEL-OUT"
 CHAIN_DENY = "SENTINEL-DENY"
@@ -22,7 +24,7 @@ SET_NAME = {4: "sentinel-allow4", 6: "sentinel-allow6"}
 DOCKER_DNS = "127.0.0.11/32"  # Docker's embedded resolver: reachable only by the sentinel
 ICMP6_NDP = (133, 135, 136, 143)  # router/neighbour solicitation, advert, MLDv2 report
 NFLOG_PREFIX = {"enforce": "sentinel:deny", "audit": "sentinel:audit"}
-Pins = Mapping[str, Iterable[IPAddress]]
+Pins = Mapping[str, Iterable["IPAddress"]]
 
 
 @dataclass(frozen=True)
@@ -218,8 +220,9 @@ def _sets(policy: Policy, pins: Pins) -> tuple[IpSet, ...]:
     entries: dict[int, set[str]] = {4: set(), 6: set()}
     for allow in policy.allow:
         for net in _networks(allow, pins):
+            text, family = _net_text(net), entries[net.version]
             for port in allow.ports:
-                entries[net.version].add(f"{_net_text(net)},{allow.protocol}:{port}")
+                family.add(f"{text},{allow.protocol}:{port}")
     return tuple(IpSet(SET_NAME[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
 
 

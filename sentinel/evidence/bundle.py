@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +24,18 @@ MANIFEST = "MANIFEST.sha256"
 _ENV_REF = re.compile(r"\b\w+_env\s*:\s*[A-Z_][A-Z0-9_]*")
 
 
-def _tool_output(cmd: list[str]) -> str:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"# {' '.join(cmd)} failed: {exc}\n"
-    if done.returncode != 0:
-        return f"# {' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}\n"
-    return done.stdout
-
-
 def write_bundle(
     directory: Path, report: dict[str, Any], state: Path, store: Path | None = None
 ) -> Path:
     """Write the bundle into `directory` (created; existing files of ours overwritten)."""
-    from sentinel.enforce.netfilter import BACKENDS, DEFAULT_BACKEND
-    from sentinel.enforce.render import SET_NAME
+    from sentinel.enforce.netfilter import DEFAULT_BACKEND, evidence_text
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SentinelError(f"--bundle {directory}: {exc.strerror or exc}") from None
     files: dict[str, str] = {"report.json": json.dumps(report, indent=2, default=str) + "\n"}
-    tools = BACKENDS.get(report.get("backend") or DEFAULT_BACKEND, BACKENDS[DEFAULT_BACKEND])
-    files["iptables-save-v4.txt"] = _tool_output([f"{tools[4]}-save", "-c"])
-    files["iptables-save-v6.txt"] = _tool_output([f"{tools[6]}-save", "-c"])
-    files["ipset-save.txt"] = "".join(
-        _tool_output(["ipset", "save", name]) for name in SET_NAME.values()
-    )
+    files.update(evidence_text(report.get("backend") or DEFAULT_BACKEND))
     files["flows.jsonl"], files["kernel-counters.jsonl"] = _flows(
         report, store or ev.db_path(state)
     )
@@ -78,6 +61,8 @@ def _flows(report: dict[str, Any], store: Path) -> tuple[str, str]:
     """(every attempt/alarm event of the window, redacted; the monitor's kernel counter
     readings, which hold only counters and hashes) as JSON lines."""
     window = report["window"]
+    if not store.exists():  # nothing recorded; nothing is created either
+        return "", ""
     conn = ev.connect(store, readonly=True)
     try:
         rows = ev.query(conn, window["since"], window["until"])
@@ -133,7 +118,8 @@ def _logs(state: Path) -> dict[str, str]:
 
 
 def verify(directory: Path) -> list[str]:
-    """Names whose hash does not match the manifest (empty list = the bundle verifies)."""
+    """Names whose hash does not match the manifest (empty = the bundle verifies); used by
+    `policy suggest --from-bundle`, which refuses a bundle that was changed."""
     bad = []
     for line in (directory / MANIFEST).read_text().splitlines():
         digest, _, name = line.partition("  ")

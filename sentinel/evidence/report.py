@@ -11,28 +11,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import re
 import sqlite3
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentinel.atomic import write_atomic
+from sentinel.durations import parse_duration
 from sentinel.errors import BadInput, SentinelError
 from sentinel.store import events as ev
-from sentinel.store.events import Event
+from sentinel.store.events import Event, destination_text
+from sentinel.store.kinds import is_attempt
 
 TEN_MINUTES = 600.0
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
 GUARD_INTERVAL = 5.0  # the guard's default heartbeat interval, when its events do not say
 JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
 MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete
-ATTEMPT_KINDS = ("egress_attempt", "dns_refused", "connect_blocked", "connect_audited")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -59,9 +56,8 @@ def _iso(ts: float) -> str:
 
 
 def parse_last(value: str) -> float:
-    match = _DURATION.match(value or "")
-    seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else 0.0
-    if not match or seconds <= 0:
+    seconds = parse_duration(value or "")
+    if not seconds:
         raise BadInput(f"--last: {value!r} is not a positive duration (examples: 90s, 10m, 1h, 7d)")
     return seconds
 
@@ -73,7 +69,7 @@ def parse_time(option: str, value: str, now: float) -> float:
         return float(text)
     except ValueError:
         pass
-    if _DURATION.match(text):
+    if parse_duration(text) is not None:
         return now - parse_last(text)
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -102,11 +98,7 @@ def parse_window(
 
 # --- attempts -------------------------------------------------------------------------------
 def _is_attempt(e: Event) -> bool:
-    return (
-        e.layer in ("netfilter", "dns", "guard")
-        and e.verdict in ("blocked", "audited")
-        and (e.kind in ATTEMPT_KINDS or e.layer == "netfilter")
-    )
+    return is_attempt(e.layer, e.kind, e.verdict)
 
 
 def join_attempts(events: list[Event]) -> list[dict[str, Any]]:
@@ -173,10 +165,7 @@ def left_the_host(a: dict[str, Any]) -> bool:
 
 
 def _destination(a: dict[str, Any]) -> str:
-    host = a["dst_name"] or a["dst_ip"] or "?"
-    host = f"[{host}]" if ":" in host else host
-    port = f":{a['dst_port']}" if a["dst_port"] is not None else ""
-    return f"{a['protocol'] or '?'}/{host}{port}"
+    return destination_text(a["dst_name"], a["dst_ip"], a["dst_port"], a["protocol"])
 
 
 def by_destination(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -289,16 +278,14 @@ def guard_status(beats: list[Event], window: Window) -> dict[str, Any]:
 def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
     """Hash, NFLOG counters per family and per-upstream set counters, read from the kernel."""
     from sentinel.enforce import netfilter
+    from sentinel.enforce.snapshot import nflog_packets
 
     backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
     try:
         state = netfilter.read_state(backend)
     except SentinelError as exc:
         return {"error": exc.message, "present": False}
-    nflog = {4: 0, 6: 0}
-    for (family, line), (packets, _bytes) in state.counters.items():
-        if "-j NFLOG" in line:
-            nflog[family] += packets
+    nflog = nflog_packets(state)
     return {
         "present": state.present,
         "sha256": state.sha256() if state.present else None,
@@ -424,23 +411,45 @@ def completeness(
     }
 
 
-def _canary() -> dict[str, Any] | None:
-    """The last round of bypass canaries (`canary:` in the policy), if any ran."""
+def _canary(inside: list[Event] | None = None) -> dict[str, Any] | None:
+    """Bypass canaries (`canary:` in the policy): the probes recorded inside the window (the
+    store's canary_result/canary_escaped events), and the last round from canary.json with the
+    service's error count. Without events (`inside` None) only the last round."""
     from sentinel.store.state import read_json
 
     try:
         last = read_json("canary.json")
     except SentinelError:
         return {"error": "canary.json unreadable"}
-    if not last:
+    if inside is None:
+        if not last:
+            return None
+        outcomes = Counter(r.get("outcome") for r in last.get("results", []))
+        return {
+            "last_run": _iso(last.get("ts", 0)),
+            "outcomes": dict(outcomes),
+            "escaped": outcomes.get("escaped", 0),
+            "results": last.get("results", []),
+        }
+    probes = [e for e in inside if e.kind in ("canary_result", "canary_escaped")]
+    if not probes and not last:
         return None
-    outcomes = Counter(r.get("outcome") for r in last.get("results", []))
-    return {
-        "last_run": _iso(last.get("ts", 0)),
-        "outcomes": dict(outcomes),
+    outcomes = Counter(str(e.detail.get("outcome")) for e in probes)
+    out: dict[str, Any] = {
+        "probes_in_window": len(probes),
+        "outcomes": dict(sorted(outcomes.items())),
         "escaped": outcomes.get("escaped", 0),
-        "results": last.get("results", []),
+        "escaped_probes": [
+            {"time": _iso(e.ts), "target": f"{e.dst_ip}:{e.dst_port}", "protocol": e.protocol}
+            for e in probes
+            if e.kind == "canary_escaped"
+        ][:MAX_LISTED],
     }
+    if last:
+        out["last_run"] = _iso(last.get("ts", 0))
+        out["results"] = last.get("results", [])
+        out["errors"] = (last.get("stats") or {}).get("errors", 0)
+    return out
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -455,9 +464,12 @@ def build_report(
     applied = read_json(APPLIED) if applied is None else applied
     kernel = kernel_facts(applied) if kernel is None else kernel
     path = store or ev.db_path()
-    if not path.exists():
-        ev.connect(path).close()  # an empty store is evidence of nothing watching, not an error
-    conn = ev.connect(path, readonly=True)
+    alerts = _alert_summary(path.parent)  # first: a damaged outbox fails before any work
+    if path.exists():
+        conn = ev.connect(path, readonly=True)  # mode=ro: the evidence is never changed
+    else:  # no store is evidence of nothing watching, not an error; and nothing is created
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        ev.migrate(conn)
     try:
         events = ev.query(conn, min(window.since, window.until - TEN_MINUTES), window.until)
         events = ev.last_before(conn, "kernel_counters", window.since) + events
@@ -467,18 +479,16 @@ def build_report(
     finally:
         conn.close()
     report = assemble(window, events, shed, check, kernel, applied, store_created=created)
-    report["alerts"] = _alert_summary(path.parent)
+    report["alerts"] = alerts
     return report
 
 
 def _alert_summary(state: Path) -> dict[str, Any]:
-    """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...)."""
-    try:
-        from sentinel.alerts.outbox import read_summary
+    """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...), read
+    with `mode=ro`; an unreadable outbox is an error (exit 2), never set aside or replaced."""
+    from sentinel.alerts.outbox import read_summary
 
-        return {"sinks": read_summary(state)}
-    except Exception as exc:  # noqa: BLE001 - the evidence must not fail on the alert outbox
-        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"sinks": read_summary(state)}
 
 
 def assemble(
@@ -537,7 +547,7 @@ def assemble(
         "attempts_total": len(attempts),
         "attempts_by_layer": dict(sorted(layers.items())),
         "attempts_by_protocol": _count(a["protocol"] or "?" for a in attempts),
-        "attempts_by_destination": by_destination(attempts),
+        "attempts_by_destination": redact_obj(by_destination(attempts)),  # as `attempts`
         "attempts": redact_obj([{**a, "time": _iso(a["ts"])} for a in attempts[-MAX_LISTED:]]),
         "attempts_listed": min(len(attempts), MAX_LISTED),
         "netflow": netflow(kernel, applied, counted),
@@ -547,7 +557,7 @@ def assemble(
         "shed_by_layer": shed,
         "monitor_loss": loss,
         "guard": guard,
-        "canary": _canary(),
+        "canary": _canary(inside),
         "coverage": "complete" if not problems else "partial",
         "coverage_detail": {
             "problems": problems,
@@ -646,11 +656,12 @@ def merge_results(path: Path, report: dict[str, Any]) -> None:
         raise BadInput(f"--results {path}: the top level is not a JSON object")
     section = data.get("sentinel") if isinstance(data.get("sentinel"), dict) else {}
     data["sentinel"] = {**section, **results_section(report)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    if not path.parent.is_dir():  # a mistyped directory is bad input, not created silently
+        raise BadInput(f"--results {path}: cannot write (no directory {path.parent})")
+    try:
+        write_atomic(path, json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise BadInput(f"--results {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def render_table(report: dict[str, Any]) -> list[Any]:

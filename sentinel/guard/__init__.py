@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 PYTHONPATH_DIR = HERE / "pythonpath"
 PTH_FILE = HERE / "sentinel_guard.pth"
 RUNTIME_FILE = PYTHONPATH_DIR / "sentinel_guard.py"
-ALLOWLIST_FORMAT = "sentinel-guard-allowlist/1"
+ALLOWLIST_FORMAT = "sentinel-guard-allowlist/2"
 
 
 def guard_path() -> Path:

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from sentinel.atomic import write_json_atomic
+from sentinel.lazylog import get_logger
 from sentinel.store.events import Event
 from sentinel.store.state import state_dir as default_state_dir
 
@@ -29,7 +28,9 @@ SOCKET_NAME = "guard.sock"
 PROCESSES_FILE = "guard_processes.json"
 MAX_DATAGRAM = 65536
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-log = structlog.get_logger("sentinel.guard")
+
+
+log = get_logger("sentinel.guard")  # structlog (and rich) only once something is logged
 
 
 @dataclass
@@ -274,7 +275,7 @@ class GuardReceiver:
             return
         self._last_status = now
         try:
-            _write_atomic(self.state_dir / PROCESSES_FILE, self.snapshot())
+            write_json_atomic(self.state_dir / PROCESSES_FILE, self.snapshot())
             self._write_failures = 0
         except Exception as exc:  # noqa: BLE001 - status is best effort
             self._write_failures += 1
@@ -297,14 +298,6 @@ def guard_processes(state_dir: str | Path | None = None, max_age: float = 10.0) 
         if now - float(data.get("written_at", 0)) > max_age:
             proc["guard_active"] = False  # the receiver itself stopped updating
     return data
-
-
-def _write_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:

@@ -130,7 +130,8 @@ class Receiver:
                 "at": rec.at,
                 "status": rec.status,
             }
-            print(json.dumps(line), flush=True)
+            with self._lock:  # handler threads print concurrently: one whole line each
+                print(json.dumps(line), flush=True)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self

@@ -32,6 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sentinel.lab.capture import LabCapture
 from sentinel.lab.netns import HELPERS, PYTHON, Topology
 from sentinel.policy.load import load_policy
 
@@ -665,11 +666,15 @@ def _run_steps(lab: Lab) -> int:
         lab.start_receiver()
     with lab.step(f"starting sentinel {' '.join(ENFORCER)} in the app namespace"):
         lab.start_sentinel()
+    capture = LabCapture(lab)
+    with lab.step("starting sentinel capture (live packet view from the monitor, pcap)"):
+        capture.start()
     title = f"running --app {lab.app_cmd!r}" if lab.app_cmd else "running the guarded workload"
     with lab.step(title):
         outcomes = lab.run_workload()
     with lab.step("collecting evidence"):
         rep = lab.settle(bool(lab.facts.get("guard_path")))
+        lab.facts["capture"] = capture.stop()
         lab.snapshot_kernel()
         results = write_results(lab, build_results(lab, outcomes, rep))
     summary(lab.console, results, lab.out)

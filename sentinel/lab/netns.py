@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sentinel.atomic import write_atomic
+
 HELPERS = Path(__file__).parent / "tools"
 PYTHON = sys.executable
 V4 = "198.18.0.{}"
@@ -231,9 +233,7 @@ class Topology:
 
     def set_dns_records(self, records: dict, ttl: int = 5) -> None:
         """Change the test DNS server's answers (atomic rewrite; it re-reads on change)."""
-        tmp = self.dns_records_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ttl": ttl, "records": records}))
-        os.replace(tmp, self.dns_records_path)
+        write_atomic(self.dns_records_path, json.dumps({"ttl": ttl, "records": records}), 0o644)
 
     def stop_dns_server(self) -> None:
         """Upstream down: stop the test DNS server (by pid)."""

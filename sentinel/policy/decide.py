@@ -25,24 +25,41 @@ class Packet:
     marked: bool = False  # carries the sentinel's own mark
 
 
+@dataclass(frozen=True)
+class Trace:
+    """Why `decide` said what it said: the rule that ended the walk (None: fell off our
+    chains), the chain it sits in, and the set entry when the rule matched an ipset."""
+
+    verdict: str
+    chain: str
+    rule: Rule | None = None
+    set_entry: str | None = None
+
+
 def decide(ruleset: Ruleset, packet: Packet) -> str:
     """'allow', 'deny' or 'audit' (logged and let through) for the first packet of a flow."""
+    return trace(ruleset, packet).verdict
+
+
+def trace(ruleset: Ruleset, packet: Packet) -> Trace:
+    """`decide` with its reason (`sentinel explain` shows it)."""
     family = packet.dst.version
     rules = [r for f, r in ruleset.rules if f == family and r.table == "filter"]
     return _walk(rules, CHAIN_OUT, packet, {s.name: set(s.entries) for s in ruleset.sets})
 
 
-def _walk(rules: list[Rule], chain: str, packet: Packet, sets: dict[str, set[str]]) -> str:
+def _walk(rules: list[Rule], chain: str, packet: Packet, sets: dict[str, set[str]]) -> Trace:
     for rule in (r for r in rules if r.chain == chain):
         if not _matches(rule, packet, sets):
             continue
+        entry = _set_entry(sets.get(rule.match_set, set()), packet) if rule.match_set else None
         if rule.target == "ACCEPT":
-            return "allow" if chain == CHAIN_OUT else "audit"
+            return Trace("allow" if chain == CHAIN_OUT else "audit", chain, rule, entry)
         if rule.target in ("REJECT", "DROP"):
-            return "deny"
+            return Trace("deny", chain, rule, entry)
         if rule.target not in ("NFLOG", "RETURN"):  # a jump into another of our chains
             return _walk(rules, rule.target, packet, sets)
-    return "allow"  # fell off our chains: the built-in policy (ACCEPT) applies
+    return Trace("allow", chain)  # fell off our chains: the built-in policy (ACCEPT) applies
 
 
 def _matches(rule: Rule, p: Packet, sets: dict[str, set[str]]) -> bool:
@@ -60,16 +77,16 @@ def _matches(rule: Rule, p: Packet, sets: dict[str, set[str]]) -> bool:
         return False
     if rule.icmp6_type is not None:
         return False  # tests describe connections, not neighbour discovery
-    return not rule.match_set or _in_set(sets.get(rule.match_set, set()), p)
+    return not rule.match_set or _set_entry(sets.get(rule.match_set, set()), p) is not None
 
 
-def _in_set(entries: set[str], p: Packet) -> bool:
+def _set_entry(entries: set[str], p: Packet) -> str | None:
     for entry in entries:
         net, _, proto_port = entry.partition(",")
         proto, _, port = proto_port.partition(":")
         if proto == p.proto and int(port) == p.port and p.dst in ipaddress.ip_network(net):
-            return True
-    return False
+            return entry
+    return None
 
 
 def placeholder_pins(policy: Policy) -> dict[str, list[IPAddress]]:
@@ -81,7 +98,7 @@ def placeholder_pins(policy: Policy) -> dict[str, list[IPAddress]]:
 
 
 @dataclass(frozen=True)
-class TestResult:
+class PolicyTestResult:
     test: PolicyTest
     got: str
     addresses: tuple[str, ...]
@@ -94,7 +111,7 @@ class TestResult:
 
 def run_policy_tests(
     policy: Policy, pins: Pins, ruleset: Ruleset | None = None
-) -> list[TestResult]:
+) -> list[PolicyTestResult]:
     """Evaluate every `tests:` entry; a name is checked at each of its pinned addresses."""
     ruleset = ruleset or render_rules(policy, pins)
     results = []
@@ -103,7 +120,7 @@ def run_policy_tests(
         verdicts = {decide(ruleset, Packet(a, test.port, test.protocol)) for a in addresses}
         # every address must agree with the expectation: one denied pin is a failed "allow"
         got = "allow" if verdicts == {"allow"} else ("audit" if "audit" in verdicts else "deny")
-        results.append(TestResult(test, got, tuple(map(str, addresses))))
+        results.append(PolicyTestResult(test, got, tuple(map(str, addresses))))
     return results
 
 

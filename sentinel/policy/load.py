@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel.durations import parse_duration
 from sentinel.errors import BadInput
+from sentinel.policy.netparse import fast_network
 from sentinel.policy.yamlsrc import Located, YamlSyntaxError, load_located
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -29,8 +31,6 @@ DEFAULT_NFLOG_GROUP = 1
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 # Keys that would put a secret into the file; the env-var form is the only one accepted.
 _SECRET_KEYS = {"webhook_url", "routing_key", "url", "hmac_secret", "secret", "token"}
 
@@ -74,6 +74,7 @@ class AlertSettings:
     sinks: tuple[SinkSettings, ...] = ()
     routing: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (severity, sink kinds)
     dedup_window: float = 300.0
+    digest_windows: tuple[tuple[str, float], ...] = (("P2", 900.0), ("P3", 3600.0))
 
     def sinks_for(self, severity: str) -> tuple[str, ...]:
         return dict(self.routing).get(severity, ())
@@ -267,7 +268,7 @@ class _Checker:
 
     def network(self, value: Any, path: str) -> IPNetwork | None:
         try:
-            return ipaddress.ip_network(str(value), strict=True)
+            return fast_network(value) or ipaddress.ip_network(str(value), strict=True)
         except ValueError as exc:
             self.bad(path, f"{value!r} is not a network: {exc}")
             return None
@@ -311,11 +312,17 @@ class _Checker:
         return out
 
     def alerts(self, value: Any) -> AlertSettings:
-        data = self.mapping(value, "alerts", {*SINKS, "routing", "dedup_window"})
+        keys = {*SINKS, "routing", "dedup_window", "digest_window"}
+        data = self.mapping(value, "alerts", keys)
         sinks = tuple(s for kind in SINKS if kind in data if (s := self.sink(kind, data[kind])))
         routing = self.routing(data.get("routing"), {s.kind for s in sinks})
         window = self.duration("alerts.dedup_window", data.get("dedup_window"), 300.0)
-        return AlertSettings(sinks=sinks, routing=routing, dedup_window=window)
+        digest = self.mapping(data.get("digest_window") or {}, "alerts.digest_window", {"P2", "P3"})
+        windows = tuple(
+            (sev, self.duration(f"alerts.digest_window.{sev}", digest.get(sev), default))
+            for sev, default in AlertSettings.digest_windows
+        )
+        return AlertSettings(sinks, routing, window, windows)
 
     def sink(self, kind: str, value: Any) -> SinkSettings | None:
         env_keys, option_keys = _SINK_KEYS[kind]
@@ -449,18 +456,6 @@ _SINK_KEYS: dict[str, tuple[dict[str, bool], dict[str, Callable[[_Checker, str, 
     "pagerduty": ({"routing_key_env": True, "url_env": False}, {"resolve_after": _opt_duration}),
     "webhook": ({"url_env": True, "hmac_secret_env": False}, {}),
 }
-
-
-def parse_duration(value: Any) -> float | None:
-    """'30s' / '10m' / '1h' / '7d' / '250ms' / a number of seconds -> seconds (>= 0)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    match = _DURATION_RE.match(str(value).strip())
-    if not match:
-        return None
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _split_host_port(text: str) -> tuple[str, int] | None:

@@ -35,6 +35,7 @@ class PolicyWatcher(FileSystemEventHandler):
     def __init__(self, path: Path, on_change: Callable[[], None], poll: float = 2.0) -> None:
         self.path = Path(path)
         self.on_change, self.poll_interval = on_change, poll
+        self._missing = False
         self.seen = content_hash(self.path)
         self._observer = Observer()
         self._timer: threading.Timer | None = None
@@ -76,6 +77,9 @@ class PolicyWatcher(FileSystemEventHandler):
         """Call on_change once per new content (never for a vanished or unchanged file)."""
         with self._lock:
             digest = content_hash(self.path)
+            if digest is None and not self._missing:  # say so once: the old policy stays
+                log.warning("policy_missing", path=str(self.path), kept=self.seen)
+            self._missing = digest is None
             if digest is None or digest == self.seen:
                 return
             self.seen = digest

@@ -27,12 +27,12 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from sentinel.enforce.marks import family_of, marked_socket
 from sentinel.errors import SentinelError
 from sentinel.policy.load import DnsSettings, IPAddress
 from sentinel.resolver.loops import own_query
 from sentinel.store.events import Event
 
-SO_MARK = getattr(socket, "SO_MARK", 36)
 MAX_CNAME_DEPTH = 8
 # Answers that are never pinned, for any name: they would point the app at itself, at the
 # node's link-local services (169.254.169.254 is the cloud metadata endpoint) or nowhere.
@@ -128,9 +128,7 @@ class Upstream:
     timeout: float = 2.0
 
     def _socket(self, kind: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        sock = socket.socket(family, kind)
-        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
+        sock = marked_socket(family_of(self.address), kind, self.mark)
         sock.setblocking(False)  # dnspython requires it of sockets it is given (timeouts)
         return sock
 

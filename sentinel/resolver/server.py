@@ -22,9 +22,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
 from sentinel.resolver import loops
+from sentinel.resolver.answers import answer_summary
 from sentinel.resolver.pins import PinManager, Upstream, normalize
 from sentinel.store.events import Event
 
@@ -131,6 +133,7 @@ class PinningResolver:
         self._stopping = threading.Event()
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
         self.loops = 0  # our own upstream queries handed back to us (loops.py): see stats()
+        self.cache_hits = 0  # answered from the template cache (not timed: see metrics)
         self._malformed_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -185,6 +188,7 @@ class PinningResolver:
             cached = self._cached(wire)
             if cached is not None:
                 sock.sendto(cached, peer)
+                self.cache_hits += 1  # the hot path: one increment, read at scrape time
                 continue
             try:
                 self._pool.submit(self._answer_udp, sock, wire, peer)
@@ -245,12 +249,16 @@ class PinningResolver:
     def safe_handle(self, wire: bytes, src_port: int, transport: str) -> bytes | None:
         """handle(), but an internal failure (e.g. the kernel refused a pin) is a SERVFAIL:
         the answer is never released without its rule, and the client is not left waiting."""
+        started = time.perf_counter()
         try:
-            return self.handle(wire, src_port, transport)
+            reply = self.handle(wire, src_port, transport)
         except Exception:  # noqa: BLE001
             log.exception("dns_query_failed", transport=transport)
+            metrics.observe_query(time.perf_counter() - started, failed=True)
             q = parse_query(wire)
             return response(q, SERVFAIL) if q else None
+        metrics.observe_query(time.perf_counter() - started)
+        return reply
 
     def stats(self) -> dict[str, int]:
         return {"malformed": self.malformed, "upstream_loops": self.loops}
@@ -312,6 +320,14 @@ class PinningResolver:
 
     def _refuse(self, q: Query, src_port: int, transport: str) -> bytes | None:
         audit = self.mode == "audit" and self.upstream is not None
+        detail = {"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport}
+        reply = response(q, self.refuse_rcode)
+        if audit:  # relayed; the answer is recorded before the app gets it (policy suggest)
+            try:
+                reply = self.upstream.forward(q.wire)  # type: ignore[union-attr]
+                detail["answer"] = answer_summary(reply)
+            except OSError:
+                reply = response(q, SERVFAIL)
         event = Event(
             layer="dns",
             kind="egress_attempt",
@@ -320,16 +336,11 @@ class PinningResolver:
             dst_name=q.name,
             dst_port=53,  # what the app asked for, before the redirect
             src_port=src_port,
-            detail={"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport},
+            detail=detail,
         )
         with correlation(event.id):
             self.emit(event)
-        if audit:
-            try:
-                return self.upstream.forward(q.wire)  # type: ignore[union-attr]
-            except OSError:
-                return response(q, SERVFAIL)
-        return response(q, self.refuse_rcode)
+        return reply
 
 
 def _malformed_counter():  # noqa: ANN202

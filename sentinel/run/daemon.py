@@ -2,9 +2,9 @@
 
 One `Daemon` owns the kernel: every change (start-up apply, pin update, reload, tamper repair)
 happens under one lock, against one `expected` ruleset. Other parts (NFLOG monitor, event
-store, alert dispatcher, guard receiver) plug in through `SERVICES`: name -> factory(context)
-returning an object with start()/stop(); they receive events by `context.add_sink(fn)` and
-report them with `context.emit(event)`.
+store, alert dispatcher, guard receiver) plug in through `run.services.SERVICES`: name ->
+factory(context) returning an object with start()/stop(); they receive events by
+`context.add_sink(fn)` and report them with `context.emit(event)`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sentinel.atomic import write_atomic
 from sentinel.enforce import netfilter
 from sentinel.enforce.render import Ruleset, render_rules
-from sentinel.errors import SentinelError
+from sentinel.errors import BadInput, SentinelError
+from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
 from sentinel.policy.decide import prepare_ruleset
 from sentinel.policy.load import IPAddress, Policy, PolicyError, load_policy
@@ -28,11 +30,13 @@ from sentinel.policy.watch import PolicyWatcher
 from sentinel.resolver.pins import PinManager, Upstream, parse_upstream
 from sentinel.resolver.server import PinningResolver
 from sentinel.run.orphan import EXIT_ORPHANED, OrphanWatch
+from sentinel.store import kinds
 from sentinel.store.events import Event
+from sentinel.store.kinds import QUIET_KINDS
 from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 
 DAEMON_STATE = "daemon.json"
-QUIET_KINDS = ("monitor_heartbeat", "kernel_counters", "guard_heartbeat", "canary_result")
+REPAIR_RETRY = 2.0  # seconds between repair attempts while a tamper repair keeps failing
 log = get_logger("daemon")
 
 
@@ -60,6 +64,8 @@ class Context:
 
     def emit(self, event: Event) -> None:
         """Fan an event out to every sink; a failing sink never stops the others."""
+        if not kinds.known(event.kind):  # sentinel.store.kinds is the one table of kinds
+            log.error("unregistered_event_kind", kind=event.kind, layer=event.layer)
         with correlation(event.id):
             for sink in list(self.sinks):
                 try:
@@ -74,17 +80,13 @@ def log_sink(event: Event) -> None:
     log.info("event", event_id=event.id, **fields)
 
 
-# name -> factory(context); the lead wires in the monitor, store, alerts and guard receiver.
-SERVICES: dict[str, Callable[[Context], Service]] = {}
-
-
 class Daemon:
     def __init__(
         self,
         policy_path: Path,
         backend: str = netfilter.DEFAULT_BACKEND,
         teardown_on_exit: bool = False,
-        services: dict[str, Callable[[Context], Service]] | None = None,
+        services: dict[str, Callable[[Context], Service]] | None = None,  # run.services.SERVICES
         ready_file: Path | None = None,
     ) -> None:
         self.ready_file = Path(ready_file) if ready_file else None
@@ -92,7 +94,7 @@ class Daemon:
         self.early: list[Event] = []
         self.policy_path = Path(policy_path)
         self.backend, self.teardown_on_exit = backend, teardown_on_exit
-        self.factories = SERVICES if services is None else services
+        self.factories = services or {}
         self.stopping = threading.Event()
         self.kernel = threading.RLock()  # every kernel change and check happens under it
         self.expected: Ruleset | None = None
@@ -101,6 +103,7 @@ class Daemon:
         self.services: list[tuple[str, Service]] = []
         self.threads: list[threading.Thread] = []
         self.auto_upstream: tuple[str, int] | None = None
+        self.repair_failures = 0  # failed tamper repairs in a row
 
     @staticmethod
     def log_sink(event: Event) -> None:
@@ -112,10 +115,15 @@ class Daemon:
     def run(self) -> int:
         netfilter.ensure_not_root_netns()
         policy = load_policy(self.policy_path)
+        self._check_ready_file()
+        from sentinel import redact
+        from sentinel.store.state import state_dir
+
+        redact.use_key(state_dir(), create=True)  # user-id pseudonyms stable across restarts
         self.ctx = Context(policy, self.policy_path, self.backend, sinks=[self.log_sink])
         upstream = self._upstream(policy)
         self.ctx.pins = PinManager(
-            policy.dns, upstream, policy.hostnames, self.ctx.emit, self._pins_changed
+            policy.dns, upstream, policy.hostnames, self._emit_or_hold, self._pins_changed
         )
         self.ctx.pins.refresh_all()  # marked sockets: works with or without our rules
         self._apply(policy, reason="start")
@@ -172,7 +180,7 @@ class Daemon:
     # --- steady state ---------------------------------------------------------------
     def _loop(self) -> int:
         watch = OrphanWatch() if self.ready_file is not None else None
-        while not self.stopping.wait(self.ctx.policy.monitor.tamper_interval):
+        while not self.stopping.wait(self._next_check()):
             if watch is not None and watch.orphaned():
                 log.error(
                     "app_namespace_gone",
@@ -182,9 +190,27 @@ class Daemon:
                 return EXIT_ORPHANED
             try:
                 self.tamper_check()
-            except SentinelError as exc:
-                log.error("tamper_check_failed", error=exc.message)
+            except Exception:  # noqa: BLE001 - the checker must outlive one bad round
+                log.exception("tamper_check_failed")
+                metrics.observe_error("apply")
+            self._coverage_check()
         return 0
+
+    def _next_check(self) -> float:
+        """The tamper interval; while a repair keeps failing, retry at least every 2 s."""
+        interval = self.ctx.policy.monitor.tamper_interval
+        return min(interval, REPAIR_RETRY) if self.repair_failures else interval
+
+    def _coverage_check(self) -> None:
+        """`sentinel_unaccounted_packets`: kernel NFLOG packets the store does not hold."""
+        if "store" not in self.ctx.services:
+            return
+        from sentinel.evidence.coverage import unaccounted_packets
+
+        try:
+            metrics.set_unaccounted(unaccounted_packets(self.backend))
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop the loop
+            log.exception("coverage_check_failed")
 
     def _refresher(self) -> None:
         assert self.ctx.pins is not None
@@ -195,6 +221,14 @@ class Daemon:
                 log.exception("pin_refresh_failed")
                 delay = 1.0
             self.stopping.wait(min(delay, 1.0))
+
+    def _emit_or_hold(self, event: Event) -> None:
+        """The first pin resolutions happen before the store is up: they wait in `early`
+        (the store keeps them, e.g. the TTL `sentinel explain` shows)."""
+        if self.ctx.services:
+            self.ctx.emit(event)
+        else:
+            self.early.append(event)
 
     def _pins_changed(self, pins: dict[str, list[IPAddress]]) -> None:
         """Called by the pin manager before an answer is released: sets only, no iptables."""
@@ -215,31 +249,84 @@ class Daemon:
         self._record(self.ctx.policy, new, pins, [], full=False)
 
     def tamper_check(self) -> bool:
-        """Compare the kernel with the expected ruleset; on drift re-apply and report."""
+        """Compare the kernel with the expected ruleset; on drift re-apply, re-check, report.
+
+        A repair that fails (the apply raises, or the kernel still differs when read again)
+        is a `tamper_unrepaired` P1 on the first failure of a streak; the check is retried
+        every REPAIR_RETRY seconds and the eventual repair is a `tamper` event that says how
+        many attempts it took."""
         with self.kernel:
             if self.expected is None:
                 return False
-            state = netfilter.read_state(self.backend)
-            found, want = state.sha256(), self.expected.sha256()
+            want = self.expected.sha256()
+            try:
+                state = netfilter.read_state(self.backend)
+            except SentinelError as exc:
+                return self._repair_failed(want, None, f"cannot read the kernel: {exc.message}", {})
+            found = state.sha256()
             if found == want:
+                metrics.set_rules_in_sync(True)
+                if self.repair_failures:  # put right from outside: still say it was repaired
+                    self._repaired(want, found, {"repaired_by": "outside"})
                 return False
+            metrics.set_rules_in_sync(False)
             detail = _drift(self.expected, state)
             self._snapshot_counters()
-            repaired = netfilter.apply(self.expected, self.backend)
-            self._record(
-                self.ctx.policy,
-                self.expected,
-                self.ctx.pins.pins(),  # type: ignore
-                repaired.created_tables,
-                full=repaired.rules_replaced,
+            error = None
+            try:
+                applied = netfilter.apply(self.expected, self.backend)
+            except SentinelError as exc:
+                applied, error = None, exc.message
+            try:
+                after: str | None = netfilter.read_state(self.backend).sha256()
+            except SentinelError as exc:
+                after, error = None, error or f"cannot read the kernel: {exc.message}"
+            if after != want:
+                return self._repair_failed(
+                    want, found, error or "the kernel still differs after re-applying", detail
+                )
+            metrics.set_rules_in_sync(True)
+            if applied is not None:
+                self._record(
+                    self.ctx.policy,
+                    self.expected,
+                    self.ctx.pins.pins(),  # type: ignore
+                    applied.created_tables,
+                    full=applied.rules_replaced,
+                )
+        self._repaired(want, found, detail)
+        return True
+
+    def _repaired(self, want: str, found: str, detail: dict[str, Any]) -> None:
+        failures, self.repair_failures = self.repair_failures, 0
+        detail = {"expected": want, "found": found, "repaired": True, **detail}
+        if failures:
+            detail["failed_attempts"] = failures
+        self.ctx.emit(Event(layer="tamper", kind="tamper", verdict="blocked", detail=detail))
+
+    def _repair_failed(
+        self, want: str, found: str | None, error: str, detail: dict[str, Any]
+    ) -> bool:
+        metrics.set_rules_in_sync(False)
+        metrics.observe_error("apply")
+        self.repair_failures += 1
+        log.error("tamper_repair_failed", error=error, attempt=self.repair_failures)
+        if self.repair_failures == 1:  # once per streak: the retries are counted, not paged
+            event = Event(
+                layer="tamper",
+                kind="tamper_unrepaired",
+                verdict="blocked",
+                detail={
+                    "expected": want,
+                    "found": found,
+                    "repaired": False,
+                    "error": error,
+                    "message": error,
+                    "retry_every_s": REPAIR_RETRY,
+                    **detail,
+                },
             )
-        event = Event(
-            layer="tamper",
-            kind="tamper",
-            verdict="blocked",
-            detail={"expected": want, "found": found, "repaired": True, **detail},
-        )
-        self.ctx.emit(event)
+            self.ctx.emit(event)
         return True
 
     # --- reload ---------------------------------------------------------------------
@@ -304,6 +391,7 @@ class Daemon:
             upstream,
         )
         self.resolver.start()
+        metrics.watch_resolver(self.resolver)
 
     def _apply(self, policy: Policy, reason: str) -> None:
         """Full apply (one atomic commit per table and family), then state."""
@@ -312,9 +400,16 @@ class Daemon:
             pins = self.ctx.pins.pins()
             ruleset = prepare_ruleset(policy, pins, pending_ok=True)
             self._snapshot_counters()
-            state = netfilter.apply(ruleset, self.backend)
-            if state.sha256() != ruleset.sha256():
-                raise SentinelError("applied, but the kernel does not hold the expected ruleset")
+            started = time.perf_counter()
+            try:
+                state = netfilter.apply(ruleset, self.backend)
+                if state.sha256() != ruleset.sha256():
+                    raise SentinelError("applied, but the kernel does not hold the ruleset")
+            except SentinelError:
+                metrics.observe_apply(time.perf_counter() - started, ok=False)
+                raise
+            metrics.observe_apply(time.perf_counter() - started, ok=True)
+            metrics.set_rules_in_sync(True)
             self.expected, self.ctx.policy = ruleset, policy
         self._record(policy, ruleset, pins, state.created_tables, full=state.rules_replaced)
         log.info(
@@ -331,7 +426,7 @@ class Daemon:
         yet, so the reading waits in `self.early` and is emitted once it is."""
         if self.ready and "monitor" not in self.ctx.services:
             return
-        from sentinel.detect.nflog import kernel_snapshot
+        from sentinel.enforce.snapshot import kernel_snapshot
 
         try:
             if not netfilter.read_state(self.backend).present:
@@ -376,6 +471,19 @@ class Daemon:
         except SentinelError as exc:  # bookkeeping only: the daemon goes on
             log.error("state_write_failed", error=exc.message)
 
+    def _check_ready_file(self) -> None:
+        """Before anything is applied: a stale ready file (a sentinel that was killed) goes,
+        and one that cannot be written is bad input, not a traceback after the apply."""
+        if self.ready_file is None:
+            return
+        probe = self.ready_file.with_name(self.ready_file.name + ".tmp")
+        try:
+            self.ready_file.unlink(missing_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise BadInput(f"--ready-file {self.ready_file}: {exc.strerror or exc}") from None
+
     def _signal_ready(self) -> None:
         """Everything is up (rules, resolver, monitor, guard receiver, alerts): say so, in
         daemon.json and, if asked, in a ready file holding this network namespace's id (the
@@ -383,9 +491,10 @@ class Daemon:
         self.ready = True
         self._write_daemon_state(self.ctx.policy)
         if self.ready_file is not None:
-            tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
-            tmp.write_text(os.readlink("/proc/self/ns/net") + "\n")
-            os.replace(tmp, self.ready_file)
+            try:
+                write_atomic(self.ready_file, os.readlink("/proc/self/ns/net") + "\n", mode=0o644)
+            except OSError as exc:  # checked at start; gone since: the gate stays shut
+                raise SentinelError(f"--ready-file {self.ready_file}: {exc}") from None
         log.info("ready", ready_file=str(self.ready_file) if self.ready_file else None)
 
     # --- shutdown -------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """What `sentinel run` starts besides the resolver, in start order (stopped in reverse).
 
 The store subscribes first so it sees every event the others emit; the monitor then starts
-reading NFLOG; the guard receiver and its allowlist follow the applied ruleset; alerts, canary
-and metrics come last. Each factory takes the daemon's Context and returns start()/stop().
+reading NFLOG (the capture feed hooks into it); the guard receiver and its allowlist follow the
+applied ruleset; alerts, canary and metrics come last. Each factory takes the daemon's Context
+and returns start()/stop().
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sentinel.detect.canary import CanaryService
+from sentinel.detect.feed import capture_feed_service
 from sentinel.detect.nflog import monitor_service
 from sentinel.guard.compile import write_allowlist
 from sentinel.guard.receiver import GuardReceiver
@@ -52,6 +54,9 @@ class MetricsService:
             self.metrics.watch_store(self.ctx.services["store"])
         if "monitor" in self.ctx.services:
             self.metrics.watch_monitor(self.ctx.services["monitor"])
+        if "alerts" in self.ctx.services:
+            alerts = self.ctx.services["alerts"]  # its dispatcher is swapped on reload
+            self.metrics.watch_alerts(lambda: alerts.dispatcher.queue_depth())
         self.metrics.serve(self.ctx.policy.monitor.metrics_port)  # port 0: off
 
     def stop(self) -> None:
@@ -71,6 +76,7 @@ def canary_service(ctx: Any) -> CanaryService:
 SERVICES = {
     "store": store_service,
     "monitor": monitor_service,
+    "capture_feed": capture_feed_service,  # `sentinel capture` reads the monitor through it
     "guard": GuardService,
     "alerts": alerts_service,
     "canary": canary_service,

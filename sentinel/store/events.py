@@ -10,6 +10,7 @@ update (the monitor folds retransmits and raises the packet count later); it rep
 from __future__ import annotations
 
 import json
+import operator
 import queue
 import sqlite3
 import threading
@@ -17,11 +18,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from sentinel.errors import SentinelError
+from sentinel.errors import EXIT_BAD_INPUT, EXIT_VIOLATION, SentinelError
 
 LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
 VERDICTS = ("blocked", "audited", "info")
@@ -30,6 +32,18 @@ SCHEMA_VERSION = 1
 STORE_CREATED = "store_created"  # one row, written when the store is made (see migrate)
 DEFAULT_QUEUE = 50_000
 DEFAULT_RETENTION = 7 * 86400.0
+
+
+def destination_text(
+    name: str | None, ip: str | None, port: int | None, protocol: str | None
+) -> str:
+    """The one way a destination is written (reports, alerts, explain): host:port/protocol,
+    an IPv6 literal in brackets, '?' for what is unknown."""
+    host = name or ip or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port_text = f":{port}" if port is not None else ""
+    return f"{host}{port_text}/{protocol or '?'}"
 
 
 @dataclass(frozen=True)
@@ -56,13 +70,24 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Event:
-        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+
+def redact_event(event: Event) -> Event:
+    """The event as it may be stored: secrets, e-mails, phones masked and user ids hashed in
+    its free-text fields (name, executable, stack, detail). Addresses, ports and ids stay."""
+    from sentinel.redact import redact_obj, redact_text
+
+    if not (event.dst_name or event.exe or event.stack or event.detail):
+        return event  # a kernel sighting: nothing free-text to redact (the hot path)
+    return replace(
+        event,
+        dst_name=redact_text(event.dst_name) if event.dst_name else event.dst_name,
+        exe=redact_text(event.exe) if event.exe else event.exe,
+        stack=redact_text(event.stack) if event.stack else event.stack,
+        detail=redact_obj(event.detail) if event.detail else event.detail,
+    )
 
 
 COLUMNS = tuple(f.name for f in fields(Event))
-_FIELDS = frozenset(COLUMNS)
 
 # Index i holds the script that takes the schema from version i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -88,20 +113,32 @@ def db_path(directory: Path | None = None) -> Path:
     return (directory or state_dir()) / DB_NAME
 
 
+def readonly_uri(path: Path) -> str:
+    """A `mode=ro` URI that never creates, migrates or changes anything. Without a -wal file
+    (the writer closed cleanly) the file is also `immutable`, so SQLite does not leave -wal
+    and -shm files behind; with one (a writer is running, or was killed) they already exist."""
+    wal = path.with_name(path.name + "-wal")
+    return f"file:{quote(str(path))}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+
+
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with the schema migrated (writers) or checked (readers)."""
+    """A connection with the schema migrated (writers) or checked (readers). A reader never
+    creates a missing store; a damaged one is an error with exit code 2."""
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=10)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
             migrate(conn)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
-        raise SentinelError(f"cannot open event store {path}: {exc}") from None
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+        code = EXIT_BAD_INPUT if readonly else EXIT_VIOLATION
+        raise SentinelError(f"cannot open event store {path}: {exc}", code) from None
     if version > SCHEMA_VERSION:
         conn.close()
         raise SentinelError(
@@ -147,14 +184,15 @@ def created_at(conn: sqlite3.Connection) -> float | None:
     return row[0] if row else None
 
 
+_VALUES = operator.attrgetter(*COLUMNS)  # one C call for every column (asdict deep-copies)
+_DETAIL = COLUMNS.index("detail")
+_encode = json.JSONEncoder(sort_keys=True, default=str).encode  # = json.dumps(..., same args)
+
+
 def _row(event: Event) -> tuple:
-    # getattr, not asdict: asdict deep-copies every field and dominates a large batch
-    return tuple(
-        json.dumps(event.detail, sort_keys=True, default=str)
-        if c == "detail"
-        else getattr(event, c)
-        for c in COLUMNS
-    )
+    values = list(_VALUES(event))
+    values[_DETAIL] = _encode(event.detail) if event.detail else "{}"
+    return tuple(values)
 
 
 _UPSERT = (
@@ -174,12 +212,25 @@ def write_events(conn: sqlite3.Connection, events: list[Event], shed: dict[str, 
         )
 
 
-def prune(conn: sqlite3.Connection, retention: float, now: float | None = None) -> int:
+PRUNE_CHUNK = 5000  # rows per prune transaction: new events commit between chunks
+
+
+def prune(
+    conn: sqlite3.Connection, retention: float, now: float | None = None, limit: int | None = None
+) -> int:
+    """Delete events older than the retention; at most `limit` (oldest first) when given."""
     cutoff = (now or time.time()) - retention
     with transaction(conn):
-        gone = conn.execute(
-            "DELETE FROM events WHERE ts < ? AND kind != ?", (cutoff, STORE_CREATED)
-        ).rowcount
+        if limit is None:
+            gone = conn.execute(
+                "DELETE FROM events WHERE ts < ? AND kind != ?", (cutoff, STORE_CREATED)
+            ).rowcount
+        else:
+            gone = conn.execute(
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ? "
+                "AND kind != ? ORDER BY ts LIMIT ?)",
+                (cutoff, STORE_CREATED, limit),
+            ).rowcount
         conn.execute("DELETE FROM shed WHERE ts < ?", (cutoff,))
     return gone
 
@@ -192,23 +243,22 @@ def query(
     if layer:
         sql += " AND layer = ?"
         args.append(layer)
-    out = []
-    for values in conn.execute(sql + " ORDER BY ts", args):
-        data = dict(zip(COLUMNS, values, strict=True))
-        data["detail"] = json.loads(data["detail"] or "{}")
-        out.append(Event(**data))
-    return out
+    return [_event(values) for values in conn.execute(sql + " ORDER BY ts", args)]
+
+
+def _event(values: tuple) -> Event:
+    """A row (COLUMNS order = the dataclass's field order) -> Event, detail decoded."""
+    row = list(values)
+    detail = row[_DETAIL]
+    row[_DETAIL] = json.loads(detail) if detail and detail != "{}" else {}
+    return Event(*row)
 
 
 def last_before(conn: sqlite3.Connection, kind: str, ts: float) -> list[Event]:
     """The latest event of `kind` before `ts` (a baseline reading), as a 0- or 1-item list."""
     sql = f"SELECT {', '.join(COLUMNS)} FROM events WHERE kind = ? AND ts < ? ORDER BY ts DESC"
     row = conn.execute(sql + " LIMIT 1", (kind, ts)).fetchone()
-    if row is None:
-        return []
-    data = dict(zip(COLUMNS, row, strict=True))
-    data["detail"] = json.loads(data["detail"] or "{}")
-    return [Event(**data)]
+    return [] if row is None else [_event(row)]
 
 
 def shed_counts(conn: sqlite3.Connection, since: float, until: float) -> dict[str, int]:
@@ -249,9 +299,9 @@ class EventStore:
         return self
 
     def put(self, event: Event) -> bool:
-        """Queue an event; False (and counted) when the queue is full. Never blocks."""
+        """Queue an event, redacted; False (and counted) when the queue is full. Never blocks."""
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(redact_event(event))
         except queue.Full:
             with self._lock:
                 self._shed[event.layer] = self._shed.get(event.layer, 0) + 1
@@ -304,11 +354,16 @@ class EventStore:
             self._commit(events)
             for _ in items:
                 self._queue.task_done()
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + 60
-                self._guard(lambda: prune(self._conn, self.retention))
+            if time.monotonic() >= next_prune:  # in chunks: a big prune never holds up events
+                next_prune = time.monotonic() + (0 if self._prune_chunk() else 60)
             if stop:
                 return
+
+    def _prune_chunk(self) -> bool:
+        """One chunk of retention pruning; True when there may be more to delete."""
+        gone: list[int] = []
+        self._guard(lambda: gone.append(prune(self._conn, self.retention, limit=PRUNE_CHUNK)))
+        return bool(gone) and gone[0] >= PRUNE_CHUNK
 
     def _commit(self, events: list[Event]) -> None:
         with self._lock:
@@ -341,7 +396,7 @@ class EventStore:
 
 
 def store_service(ctx: Any) -> EventStore:
-    """Factory for `daemon.SERVICES`: the store subscribes to the context's event bus."""
+    """Factory for `run.services.SERVICES`: the store subscribes to the context's event bus."""
     store = EventStore(db_path(), retention=ctx.policy.monitor.retention)
     ctx.add_sink(store.put)
     return store

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sentinel.atomic import write_json_atomic
 from sentinel.errors import SentinelError
 
 if TYPE_CHECKING:
@@ -27,11 +27,7 @@ def write_json(name: str, data: Any) -> Path:
     """Atomic write (temp file + rename) so a reader never sees half a file."""
     directory = state_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, directory / name)
+        write_json_atomic(directory / name, data, indent=2)
     except OSError as exc:
         raise SentinelError(f"cannot write {directory / name}: {exc.strerror or exc}") from None
     return directory / name

@@ -1,0 +1,35 @@
+"""Atomic file writes: a temp file in the same directory, then a rename, so a reader sees the
+old file or the new one, never half of either."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: str | Path, data: str | bytes, mode: int | None = None) -> Path:
+    """Write `data` to `path` atomically; `mode` (e.g. 0o644) where others must read it
+    (mkstemp's 0o600 otherwise). Parents are created; the temp file never outlives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(
+    path: str | Path, obj: Any, indent: int = 1, mode: int | None = None, newline: bool = False
+) -> Path:
+    text = json.dumps(obj, indent=indent, sort_keys=True) + ("\n" if newline else "")
+    return write_atomic(path, text, mode)

@@ -1,0 +1,205 @@
+"""Rootless tests of the exact commands and restore documents netfilter.py produces (as
+sshuttle's tests patch `ipt()`): `_run` is replaced by a fake kernel that answers with
+iptables-save / ipset outputs recorded from a real namespace (tests/data/netfilter) and records
+every argument list and stdin document. Real-kernel behaviour is covered by test_enforce.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sentinel.enforce import netfilter
+from sentinel.enforce.render import SET_NAME
+from sentinel.errors import SentinelError
+from sentinel.policy.decide import prepare_ruleset
+from sentinel.policy.load import load_policy
+
+DATA = Path(__file__).parent / "data" / "netfilter"
+PINS = {"postgres": ["198.18.0.10", "2001:db8::10"]}
+V4, V6 = "iptables-nft", "ip6tables-nft"
+
+
+class FakeKernel:
+    """Answers the commands netfilter.py runs. A family's tables read as the recorded applied
+    state once a restore for that family succeeded; `fail` names a command that fails."""
+
+    def __init__(self, applied: bool = False, fail: str | None = None) -> None:
+        self.applied = {4: applied, 6: applied}
+        self.sets = applied
+        self.fail = fail
+        self.calls: list[tuple[list[str], str | None]] = []
+
+    def run(self, cmd: list[str], stdin: str | None = None) -> str:
+        self.calls.append((cmd, stdin))
+        tool = cmd[0]
+        if tool == self.fail:
+            raise SentinelError(f"{' '.join(cmd)} failed: scripted refusal")
+        family = 6 if tool.startswith("ip6") else 4
+        if tool.endswith("-save"):
+            name = ("applied" if self.applied[family] else "empty") + f".v{family}"
+            return (DATA / name).read_text()
+        lines = (stdin or "").splitlines()
+        if tool.endswith("-restore"):
+            if "-I OUTPUT 1 -j SENTINEL-OUT" in lines:
+                self.applied[family] = True
+            elif "-X SENTINEL-OUT" in lines:
+                self.applied[family] = False
+            return ""
+        if cmd[:2] == ["ipset", "list"]:
+            return (DATA / "ipset-list").read_text() if self.sets else ""
+        if cmd[:2] == ["ipset", "save"]:
+            return (DATA / f"ipset-save.{cmd[2]}").read_text()
+        if cmd[:2] == ["ipset", "restore"] or cmd[:3] == ["ipset", "-exist", "restore"]:
+            if any(line.startswith("create ") for line in lines):
+                self.sets = True
+            if f"destroy {SET_NAME[4]}" in lines:
+                self.sets = False
+            return ""
+        raise AssertionError(f"unexpected command {cmd}")
+
+    def argv(self) -> list[list[str]]:
+        return [cmd for cmd, _ in self.calls]
+
+    def stdin_of(self, tool: str) -> list[str]:
+        return [doc for cmd, doc in self.calls if cmd[0] == tool and doc is not None]
+
+
+@pytest.fixture
+def ruleset():
+    return prepare_ruleset(load_policy(DATA / "policy.yaml"), PINS)
+
+
+def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
+    monkeypatch.setattr(netfilter, "_run", kernel.run)
+    monkeypatch.setattr(netfilter, "ensure_not_root_netns", lambda: None)
+    return kernel
+
+
+READ_STATE = [[f"{V4}-save", "-c"], [f"{V6}-save", "-c"], ["ipset", "list", "-n"]]
+READ_SETS = [["ipset", "save", SET_NAME[4]], ["ipset", "save", SET_NAME[6]]]
+RESTORE = ["--noflush", "--wait"]
+
+
+def expected_doc(ruleset, family: int) -> str:
+    """What a first apply must send for one family: per table our chains declared (which
+    flushes them), our hook inserted at position 1, our rules, one COMMIT."""
+    out = []
+    for table in ("filter", "nat"):
+        chains = ruleset.chains(family, table)
+        if not chains:
+            continue
+        out += [f"*{table}", *(f":{c} - [0:0]" for c in chains)]
+        out += [
+            f"-I {h.builtin} 1 -j {h.chain}"
+            for h in ruleset.hooks
+            if (h.family, h.table) == (family, table)
+        ]
+        out += [r.save_line() for f, r in ruleset.rules if f == family and r.table == table]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def test_first_apply_commands_and_documents(monkeypatch, ruleset):
+    kernel = install(monkeypatch, FakeKernel())
+    netfilter.apply(ruleset)
+    assert kernel.argv() == [
+        *READ_STATE,  # what is there (nothing of ours)
+        [f"{V4}-save"],
+        [f"{V6}-save"],
+        ["ipset", "list", "-n"],
+        ["ipset", "restore"],  # staged sets swapped in
+        [f"{V4}-restore", *RESTORE],
+        [f"{V6}-restore", *RESTORE],
+        ["ipset", "restore"],  # staging copies destroyed
+        *READ_STATE,
+        *READ_SETS,
+    ]
+    assert kernel.stdin_of(f"{V4}-restore") == [expected_doc(ruleset, 4)]
+    assert kernel.stdin_of(f"{V6}-restore") == [expected_doc(ruleset, 6)]
+    staged, cleanup = kernel.stdin_of("ipset")
+    for s in ruleset.sets:
+        assert f"{s.create_line()}\n{s.create_line(s.name + '-new')}\n" in staged
+        assert all(f"add {s.name}-new {e}\n" in staged for e in s.entries)
+        assert f"swap {s.name}-new {s.name}\n" in staged
+    assert cleanup == "".join(f"destroy {s.name}-new\n" for s in ruleset.sets)
+
+
+def test_reapply_of_the_same_rules_runs_no_restore(monkeypatch, ruleset):
+    kernel = install(monkeypatch, FakeKernel(applied=True))
+    state = netfilter.apply(ruleset)
+    assert state.rules_replaced is False
+    assert kernel.argv() == [*READ_STATE, *READ_SETS, *READ_STATE, *READ_SETS]
+    assert not any(cmd[0].endswith("-restore") or "restore" in cmd for cmd in kernel.argv())
+
+
+def test_reapply_that_moves_a_hook_deletes_the_old_jump_first(monkeypatch, ruleset):
+    """The recorded kernel has our rules; a changed ruleset (another NFLOG group) rewrites
+    them: the existing jump is deleted before the new one is inserted, in one commit."""
+    policy = load_policy(DATA / "policy.yaml")
+    changed = prepare_ruleset(dataclasses.replace(policy, nflog_group=7), PINS)
+    kernel = install(monkeypatch, FakeKernel(applied=True))
+    netfilter.apply(changed)
+    (doc4,) = kernel.stdin_of(f"{V4}-restore")
+    lines = doc4.splitlines()
+    assert lines.index("-D OUTPUT -j SENTINEL-OUT") < lines.index("-I OUTPUT 1 -j SENTINEL-OUT")
+    assert lines.count("COMMIT") == 2 and "--nflog-group 7" in doc4
+
+
+def test_refusal_midway_rolls_back_the_committed_family(monkeypatch, ruleset):
+    kernel = install(monkeypatch, FakeKernel(fail=f"{V6}-restore"))
+    with pytest.raises(SentinelError, match="scripted refusal"):
+        netfilter.apply(ruleset)
+    restores = kernel.stdin_of(f"{V4}-restore")
+    assert restores[0] == expected_doc(ruleset, 4)
+    rollback = restores[1].splitlines()
+    # a first apply: the tables only it touched lose our jump and chains again
+    assert rollback == [
+        "*filter",
+        "-D OUTPUT -j SENTINEL-OUT",
+        "-F SENTINEL-DENY",
+        "-F SENTINEL-OUT",
+        "-X SENTINEL-DENY",
+        "-X SENTINEL-OUT",
+        "COMMIT",
+        "*nat",
+        "-D OUTPUT -j SENTINEL-DNS",
+        "-F SENTINEL-DNS",
+        "-X SENTINEL-DNS",
+        "COMMIT",
+    ]
+    sets_doc = kernel.stdin_of("ipset")[-1].splitlines()
+    for s in ruleset.sets:
+        assert f"swap {s.name}-new {s.name}" in sets_doc and f"destroy {s.name}" in sets_doc
+
+
+def test_teardown_removes_only_ours(monkeypatch):
+    kernel = install(monkeypatch, FakeKernel(applied=True))
+    assert netfilter.teardown("nft") is True
+    (doc4,) = kernel.stdin_of(f"{V4}-restore")
+    assert doc4.splitlines() == [
+        "*filter",
+        "-D OUTPUT -j SENTINEL-OUT",
+        "-F SENTINEL-DENY",
+        "-F SENTINEL-OUT",
+        "-X SENTINEL-DENY",
+        "-X SENTINEL-OUT",
+        "COMMIT",
+        "*nat",
+        "-D OUTPUT -j SENTINEL-DNS",
+        "-F SENTINEL-DNS",
+        "-X SENTINEL-DNS",
+        "COMMIT",
+    ]
+    assert ":INPUT" not in doc4 and "-F OUTPUT" not in doc4  # built-in chains untouched
+    assert kernel.stdin_of("ipset")[-1] == f"destroy {SET_NAME[4]}\ndestroy {SET_NAME[6]}\n"
+    assert not any(cmd[0] == "nft" for cmd in kernel.argv())  # no table was ours to delete
+
+
+def test_read_state_parses_the_recorded_kernel(monkeypatch, ruleset):
+    install(monkeypatch, FakeKernel(applied=True))
+    state = netfilter.read_state()
+    assert state.sha256() == ruleset.sha256()
+    assert {s.name for s in state.sets} == set(SET_NAME.values())
+    assert state.set_counters[(SET_NAME[4], "198.18.0.10,tcp:5432")] == (0, 0)
