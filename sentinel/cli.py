@@ -153,9 +153,11 @@ def run(
     configure(log_level, log_file=state_dir() / "sentinel.log")
     from sentinel.run.services import SERVICES
 
-    Daemon(
+    code = Daemon(
         _policy_path(policy_file), _backend(backend), teardown_on_exit, SERVICES, ready_file
     ).run()
+    if code:  # 3: the app's namespace is gone (run/orphan.py); the orchestrator restarts us
+        raise typer.Exit(code)
 
 
 @app.command()

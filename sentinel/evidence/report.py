@@ -475,9 +475,10 @@ def build_report(
         events = ev.last_before(conn, "kernel_counters", window.since) + events
         shed = ev.shed_counts(conn, window.since, window.until)
         check = completeness(conn, kernel, applied)
+        created = ev.created_at(conn)
     finally:
         conn.close()
-    report = assemble(window, events, shed, check, kernel, applied)
+    report = assemble(window, events, shed, check, kernel, applied, store_created=created)
     report["alerts"] = alerts
     from sentinel.evidence.caps import summary
 
@@ -500,6 +501,7 @@ def assemble(
     check: dict[str, Any],
     kernel: dict[str, Any],
     applied: dict[str, Any] | None,
+    store_created: float | None = None,
 ) -> dict[str, Any]:
     from sentinel.redact import redact_obj
 
@@ -511,12 +513,16 @@ def assemble(
     monitor_beats = [e for e in inside if e.kind == "monitor_heartbeat"]
     guard_beats = [e for e in inside if e.layer == "guard" and e.kind == "guard_heartbeat"]
     interval = float(monitor_beats[0].detail.get("interval", 5.0)) if monitor_beats else 5.0
-    gaps = heartbeat_gaps(all_beats, window, interval)
+    # before this state dir's store existed nothing was deployed here to watch: not a gap
+    watched = Window(max(window.since, store_created or window.since), window.until)
+    gaps = heartbeat_gaps(all_beats, watched, interval)
     guard = guard_status(guard_beats, window)
     loss = _monitor_loss(monitor_beats)
     expected = (applied or {}).get("ruleset_sha256")
     in_sync = bool(expected) and kernel.get("sha256") == expected
     problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
+    if not monitor_beats:
+        problems.append("no monitor heartbeat in the window")
     if check.get("unaccounted_packets"):  # logged by the kernel, never stored as an event
         problems.append(f"{check['unaccounted_packets']} NFLOG packet(s) not accounted for")
     drops = resolver_drops(inside)
@@ -566,6 +572,8 @@ def assemble(
         "coverage_detail": {
             "problems": problems,
             "monitor_heartbeats": len(monitor_beats),
+            "store_created": _iso(store_created) if store_created else None,
+            "before_store_seconds": round(watched.since - window.since, 3),
             "monitor_gaps": gaps,
             "guard_gaps": guard["gaps"],
             "resolver_drops": drops,

@@ -29,6 +29,7 @@ import dns.rcode
 import dns.rdatatype
 
 from sentinel.policy.load import DnsSettings
+from sentinel.resolver import loops
 from sentinel.resolver.upstream import (
     CNAME,
     TYPES,
@@ -135,6 +136,18 @@ def _pipeline(upstream: Upstream, todo: collections.deque, answers: dict, window
     ids = itertools.count(secrets.randbelow(65536))
     inflight: dict[int, tuple[tuple[str, str], Steps, tuple[str, int], bytes, float]] = {}
     first_try: dict[tuple[str, str], float] = {}  # key -> when its current question was sent
+    try:
+        _run_pipeline(upstream, todo, answers, window, ids, inflight, first_try)
+    finally:
+        for qid, (*_, question, _deadline) in inflight.items():
+            loops.release(_query(qid, question))
+
+
+def _query(qid: int, question: bytes) -> bytes:
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question
+
+
+def _run_pipeline(upstream, todo, answers, window, ids, inflight, first_try) -> None:  # noqa: ANN001
     with upstream._socket(socket.SOCK_DGRAM) as sock, selectors.DefaultSelector() as sel:
         # connected: the kernel passes only the upstream's datagrams to us (no forged
         # answers from another local process that found our port)
@@ -148,7 +161,7 @@ def _pipeline(upstream: Upstream, todo: collections.deque, answers: dict, window
                 qid = _free_id(ids, inflight)
                 question = question_wire(qname, qtype)
                 try:
-                    sock.send(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question)
+                    sock.send(_query(qid, question))
                 except BlockingIOError:
                     todo.appendleft((key, steps, (qname, qtype)))
                     break
@@ -160,12 +173,14 @@ def _pipeline(upstream: Upstream, todo: collections.deque, answers: dict, window
                 retry = sent + min(RETRY_AFTER, upstream.timeout / 2)
                 deadline = retry if now < retry else sent + upstream.timeout
                 inflight[qid] = (key, steps, (qname, qtype), question, deadline)
+                loops.hold(_query(qid, question))  # ours: if it comes back, it is a loop
             soonest = min((d for *_, d in inflight.values()), default=time.monotonic())
             if sel.select(max(0.0, soonest - time.monotonic())):
                 _receive(upstream, sock, inflight, todo, answers, first_try)
             now = time.monotonic()
             for qid in [i for i, (*_, d) in inflight.items() if d <= now]:
-                key, steps, asked, _, _ = inflight.pop(qid)
+                key, steps, asked, question, _ = inflight.pop(qid)
+                loops.release(_query(qid, question))
                 if now < first_try[key] + upstream.timeout:  # once more, within the timeout
                     todo.appendleft((key, steps, asked))
                     continue
@@ -191,6 +206,7 @@ def _receive(upstream, sock, inflight, todo, answers, first_try) -> None:  # noq
         if parsed is None:
             continue  # a late answer to an earlier question that had this id, or garbage
         del inflight[qid]
+        loops.release(_query(qid, question))
         _advance(upstream, key, steps, asked, parsed, todo, answers)
         first_try.pop(key, None)  # the next hop of a chain starts its own clock
 

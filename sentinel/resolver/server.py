@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
 from sentinel.policy.load import IPAddress
+from sentinel.resolver import loops
 from sentinel.resolver.answers import answer_summary
 from sentinel.resolver.drops import DropCounter
 from sentinel.resolver.fold import RefusalFolder
@@ -135,6 +136,7 @@ class PinningResolver:
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
         self._stopping = threading.Event()
         self.malformed = 0  # queries we could not parse (FORMERR or dropped): see stats()
+        self.loops = 0  # our own upstream queries handed back to us (loops.py): see stats()
         self.cache_hits = 0  # answered from the template cache (not timed: see metrics)
         self._malformed_lock = threading.Lock()
         self.folder = RefusalFolder(fold_window, self._emit)
@@ -278,9 +280,26 @@ class PinningResolver:
     def stats(self) -> dict[str, int]:
         return {
             "malformed": self.malformed,
+            "upstream_loops": self.loops,
             **self.drops.totals(),
             "folded": self.folder.folded,
         }
+
+    def _count_loop(self, q: Query, transport: str) -> bytes:
+        with self._malformed_lock:
+            self.loops += 1
+            count = self.loops
+        if count == 1 or count % 1000 == 0:
+            log.warning(
+                "dns_upstream_loop",
+                name=q.name,
+                transport=transport,
+                loops=count,
+                hint="the upstream forwards from the app's namespace back into the redirect "
+                "(Docker's 127.0.0.11 does for names outside its network): set dns.upstream "
+                "to a resolver address for names that are not container names",
+            )
+        return response(q, SERVFAIL)
 
     def _housekeeping(self) -> None:
         while not self._stopping.wait(HOUSEKEEPING):
@@ -309,6 +328,8 @@ class PinningResolver:
             return refused_response(wire, FORMERR)
         if wire[2] & 0x78:  # opcode other than QUERY
             return response(q, NOTIMP)
+        if loops.is_own(wire):  # our own upstream query, handed back: never relay, never count
+            return self._count_loop(q, transport)
         if q.qclass != IN or q.name not in self.pins.names():
             return self._refuse(q, src_port, transport)
         if q.qtype not in (A, AAAA):

@@ -32,6 +32,7 @@ import dns.rdatatype
 from sentinel.enforce.marks import family_of, marked_socket
 from sentinel.errors import SentinelError
 from sentinel.policy.load import DnsSettings, IPAddress
+from sentinel.resolver.loops import own_query
 from sentinel.resolver.rebinding import rebinding_filter
 
 MAX_CNAME_DEPTH = 8
@@ -111,24 +112,29 @@ class Upstream:
         q = dns.message.make_query(name if name.endswith(".") else name + ".", rdtype)
         where = f"{self.address}:{self.port}"
         try:
-            try:
-                reply = dns.query.udp(
-                    q,
-                    self.address,
-                    timeout=self.timeout,
-                    port=self.port,
-                    sock=self._udp(),
-                    ignore_unexpected=True,
-                    ignore_errors=True,
-                )
-            except OSError:
-                self._drop_udp()  # a fresh socket next time
-                raise
-            if reply.flags & dns.flags.TC:
-                reply = self.tcp(q)
+            with own_query(q.to_wire()):
+                return self.checked(self._ask(q))
         except (OSError, dns.exception.DNSException) as exc:
             raise UpstreamError(f"{where}: {type(exc).__name__}: {exc}") from exc
-        return self.checked(reply)
+
+    def _ask(self, q: dns.message.Message) -> dns.message.Message:
+        """UDP first (the thread's socket), TCP again after a truncated answer."""
+        try:
+            reply = dns.query.udp(
+                q,
+                self.address,
+                timeout=self.timeout,
+                port=self.port,
+                sock=self._udp(),
+                ignore_unexpected=True,
+                ignore_errors=True,
+            )
+        except OSError:
+            self._drop_udp()  # a fresh socket next time
+            raise
+        if reply.flags & dns.flags.TC:
+            reply = self.tcp(q)
+        return reply
 
     def tcp(self, q: dns.message.Message) -> dns.message.Message:
         """The question again over TCP (after a truncated UDP answer), on a marked socket."""
@@ -146,7 +152,7 @@ class Upstream:
 
     def forward(self, wire: bytes) -> bytes:
         """Relay a raw query (audit mode only)."""
-        with self._socket(socket.SOCK_DGRAM) as udp:
+        with own_query(wire), self._socket(socket.SOCK_DGRAM) as udp:
             udp.settimeout(self.timeout)  # blocking with a timeout: plain socket calls here
             udp.sendto(wire, (self.address, self.port))
             return udp.recvfrom(65535)[0]

@@ -30,6 +30,7 @@ from sentinel.policy.load import IPAddress, Policy, PolicyError, load_policy
 from sentinel.policy.watch import PolicyWatcher
 from sentinel.resolver.pins import PinManager, Upstream, parse_upstream
 from sentinel.resolver.server import PinningResolver
+from sentinel.run.orphan import EXIT_ORPHANED, OrphanWatch
 from sentinel.store import kinds
 from sentinel.store.events import Event
 from sentinel.store.kinds import QUIET_KINDS
@@ -166,10 +167,9 @@ class Daemon:
                 upstream=f"{upstream.address}:{upstream.port}",
                 pid=os.getpid(),
             )
-            self._loop()
+            return self._loop()
         finally:
             self._shutdown()
-        return 0
 
     def _upstream(self, policy: Policy) -> Upstream:
         # `auto` means resolv.conf *at start-up*: a reload must not pick up a resolv.conf
@@ -218,14 +218,23 @@ class Daemon:
                 signal.signal(sig, lambda *_: self.stopping.set())
 
     # --- steady state ---------------------------------------------------------------
-    def _loop(self) -> None:
+    def _loop(self) -> int:
+        watch = OrphanWatch() if self.ready_file is not None else None
         while not self.stopping.wait(self._next_check()):
+            if watch is not None and watch.orphaned():
+                log.error(
+                    "app_namespace_gone",
+                    action="exiting so the orchestrator restarts the sentinel in the app's "
+                    "current namespace (run/orphan.py)",
+                )
+                return EXIT_ORPHANED
             try:
                 self.tamper_check()
             except Exception:  # noqa: BLE001 - the checker must outlive one bad round
                 log.exception("tamper_check_failed")
                 metrics.observe_error("apply")
             self._coverage_check()
+        return 0
 
     def _next_check(self) -> float:
         """The tamper interval; while a repair keeps failing, retry at least every 2 s."""

@@ -29,6 +29,7 @@ LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
 VERDICTS = ("blocked", "audited", "info")
 DB_NAME = "events.db"
 SCHEMA_VERSION = 1
+STORE_CREATED = "store_created"  # one row, written when the store is made (see migrate)
 DEFAULT_QUEUE = 50_000
 DEFAULT_RETENTION = 7 * 86400.0
 
@@ -159,15 +160,28 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to SCHEMA_VERSION, each step in its own transaction."""
+    """Bring the schema up to SCHEMA_VERSION, each step in its own transaction. A new store
+    records when it was created (STORE_CREATED, never pruned): nothing watched from this state
+    dir before then, so the report does not call that time a coverage gap."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for target in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(conn):
             for statement in MIGRATIONS[target - 1].split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if version == 0 and target == 1:
+                conn.execute(
+                    "INSERT INTO events (id, ts, layer, kind, verdict) VALUES (?, ?, ?, ?, ?)",
+                    (str(uuid.uuid4()), time.time(), "store", STORE_CREATED, "info"),
+                )
             conn.execute(f"PRAGMA user_version = {target}")
     return SCHEMA_VERSION
+
+
+def created_at(conn: sqlite3.Connection) -> float | None:
+    """When this store was created (None for stores made before the marker existed)."""
+    row = conn.execute("SELECT MIN(ts) FROM events WHERE kind = ?", (STORE_CREATED,)).fetchone()
+    return row[0] if row else None
 
 
 _VALUES = operator.attrgetter(*COLUMNS)  # one C call for every column (asdict deep-copies)
@@ -208,12 +222,14 @@ def prune(
     cutoff = (now or time.time()) - retention
     with transaction(conn):
         if limit is None:
-            gone = conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
+            gone = conn.execute(
+                "DELETE FROM events WHERE ts < ? AND kind != ?", (cutoff, STORE_CREATED)
+            ).rowcount
         else:
             gone = conn.execute(
-                "DELETE FROM events WHERE rowid IN "
-                "(SELECT rowid FROM events WHERE ts < ? ORDER BY ts LIMIT ?)",
-                (cutoff, limit),
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ? "
+                "AND kind != ? ORDER BY ts LIMIT ?)",
+                (cutoff, STORE_CREATED, limit),
             ).rowcount
         conn.execute("DELETE FROM shed WHERE ts < ?", (cutoff,))
     return gone
@@ -222,8 +238,8 @@ def prune(
 def query(
     conn: sqlite3.Connection, since: float, until: float, layer: str | None = None
 ) -> list[Event]:
-    sql = f"SELECT {', '.join(COLUMNS)} FROM events WHERE ts >= ? AND ts < ?"
-    args: list[Any] = [since, until]
+    sql = f"SELECT {', '.join(COLUMNS)} FROM events WHERE ts >= ? AND ts < ? AND kind != ?"
+    args: list[Any] = [since, until, STORE_CREATED]  # the marker is not an event: created_at()
     if layer:
         sql += " AND layer = ?"
         args.append(layer)
