@@ -25,6 +25,7 @@ PACKAGES = (
     "iproute2",
     "ipset",
     "iptables",
+    "nftables",  # the sentinel image: `nft` applies the netdev egress table
     "openssl",
     "postgresql-15",
     "procps",
