@@ -42,7 +42,15 @@ def status_data() -> dict:
         "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
         "pins": (applied or {}).get("pins", {}),
         "guard": guard_status(),
+        "monitoring": monitoring_status(),
     }
+
+
+def monitoring_status() -> dict | None:
+    """The running daemon's watchdog (parts lost, or the watchdog itself gone stale)."""
+    from sentinel.run.watchdog import read_status
+
+    return read_status()
 
 
 def guard_status() -> dict:
@@ -75,6 +83,8 @@ def run_status(fmt: str, echo: Echo) -> None:
             if data["applied"]
             else "nothing applied (no state in the state directory)"
         )
+    if data["monitoring"] and not data["monitoring"]["ok"]:
+        raise SentinelError(data["monitoring"]["problem"])
 
 
 _encode = json.JSONEncoder(default=str).encode  # the C encoder (indent= is pure Python)

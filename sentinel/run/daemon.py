@@ -28,6 +28,7 @@ from sentinel.policy.load import IPAddress, Policy, PolicyError, load_policy
 from sentinel.policy.watch import PolicyWatcher
 from sentinel.resolver.pins import PinManager, Upstream, parse_upstream
 from sentinel.resolver.server import PinningResolver
+from sentinel.run.watchdog import Watchdog
 from sentinel.store.events import Event
 from sentinel.store.state import APPLIED, read_json, record_applied, write_json
 
@@ -97,6 +98,7 @@ class Daemon:
         self.services: list[tuple[str, Service]] = []
         self.threads: list[threading.Thread] = []
         self.auto_upstream: tuple[str, int] | None = None
+        self.watchdog: Watchdog | None = None
 
     @staticmethod
     def log_sink(event: Event) -> None:
@@ -120,6 +122,7 @@ class Daemon:
             self._start_parts(policy, upstream)
             for event in self.early:  # readings taken before the store was up
                 self.ctx.emit(event)
+            self.watchdog = Watchdog(self).start()  # supervises every part started above
             self._signal_ready()
             log.info(
                 "running",
@@ -385,6 +388,8 @@ class Daemon:
     # --- shutdown -------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.stopping.set()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.ready_file is not None:  # an app (re)starting now must wait for a new sentinel
             self.ready_file.unlink(missing_ok=True)
         for name, service in reversed(self.services):
