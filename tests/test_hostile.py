@@ -68,10 +68,13 @@ main()
 class Harnessed(RunningSentinel):
     """`sentinel run` (the real CLI entry) whose threads the test can kill by name."""
 
-    def __init__(self, topo: Topology, policy: Path, target: Path) -> None:
+    def __init__(
+        self, topo: Topology, policy: Path, target: Path, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.target = target
         self.proc = topo.spawn(
             "app",
+            *prefix,
             PYTHON,
             "-c",
             HARNESS,
@@ -214,6 +217,31 @@ def test_hostile_datagrams_are_counted_and_kill_no_thread(running):
     assert topo.outside_packets() == 0
 
 
+def _stored_detail(kind: str, pid: int) -> dict:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{_state() / 'events.db'}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT detail FROM events WHERE kind = ? AND pid = ? ORDER BY ts DESC", (kind, pid)
+        ).fetchone()
+    finally:
+        conn.close()
+    return json.loads(row[0]) if row else {}
+
+
+def _processes() -> dict:
+    try:
+        return json.loads((_state() / "guard_processes.json").read_text())["processes"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _beats(pid: int) -> int:
+    counters = _processes().get(str(pid), {}).get("counters", {})
+    return 1 if counters else 0
+
+
 def _malformed() -> int:
     try:
         return json.loads((_state() / "guard_processes.json").read_text())["garbage"]
@@ -269,3 +297,180 @@ def test_dead_thread_is_a_p1_monitor_lost_partial_coverage_and_failing_status(
     finally:
         s.stop()
     assert topo.outside_packets() == 0
+
+
+# --- item 6: guard-side drops -------------------------------------------------------------
+def test_guard_drops_are_reported_and_make_coverage_partial(running):
+    topo, s = running
+    since = time.time()
+    assert guarded(topo, 3000)["refused"] == 3000  # faster than the reporter drains (256 queue)
+    time.sleep(0.5)
+    rep = wait_for(lambda: (r := report(topo, since)) and r["guard_dropped"] and r, 15)
+    assert rep, json.dumps(report(topo, since)["guard"])[:3000]
+    recorded = rep["attempts_by_layer"].get("guard", 0)
+    assert rep["guard_dropped"] > 0 and recorded + rep["guard_dropped"] == 3000, (
+        recorded,
+        rep["guard_dropped"],
+    )
+    assert rep["coverage"] == "partial"
+    assert any("dropped inside the app" in p for p in rep["coverage_detail"]["problems"])
+    assert topo.outside_packets() == 0
+
+
+# --- item 7: forged heartbeats --------------------------------------------------------------
+LONG_GUARDED = r"""
+import os, sys, time
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_forged_heartbeat_cannot_hide_a_killed_processs_gap(running):
+    topo, s = running
+    since = time.time()
+    guard = topo.sentinel("guard", "path", check=True).stdout.strip()
+    env = _env(
+        PYTHONPATH=guard, SENTINEL_POLICY=str(_policy_path()), SENTINEL_GUARD_HEARTBEAT="0.5"
+    )
+    app = topo.spawn("app", PYTHON, "-c", LONG_GUARDED, env=env)
+    try:
+        victim = int(app.stdout.readline())
+        assert wait_for(lambda: _beats(victim), 10), s.log()
+        time.sleep(1.5)  # a few heartbeats at 0.5 s
+        app.kill()  # SIGKILL: no exit heartbeat
+        app.wait(5)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    time.sleep(3)  # > 2.5 intervals without a heartbeat
+    forged = {"v": 1, "type": "heartbeat", "pid": victim, "exe": "/forged", "state": "running",
+              "interval": 1e9, "ts": time.time()}  # fmt: skip
+    send(json.dumps(forged).encode())  # from the test process: another kernel pid
+    assert wait_for(lambda: str(os.getpid()) in _processes(), 10)
+    forger = _processes()[str(os.getpid())]  # tracked as the kernel's pid: ours, not the victim's
+    assert forger["verified"] and forger["exe"] != "/forged"
+    rep = report(topo, since)
+    mine = rep["guard"]["identities"][forger["identity"]]
+    assert mine["pid"] == os.getpid() and mine["heartbeats"] == 1
+    stored = _stored_detail("guard_heartbeat", os.getpid())
+    assert stored["sender"]["claimed_pid"] == victim and stored["claimed_interval"] == 1e9
+    assert stored["interval"] == 60.0  # clamped
+    victim_gaps = [g for g in rep["guard"]["gaps"] if g["identity"].startswith(f"pid:{victim}")]
+    assert victim_gaps and victim_gaps[-1]["reason"] == "no heartbeat", rep["guard"]
+    assert rep["coverage"] == "partial"
+
+
+# --- item 8: across PID namespaces ----------------------------------------------------------
+def test_sender_outside_the_sentinels_pid_namespace_is_claimed_only(topo, tmp_path):
+    topo.start_dns_server(RECORDS, tmp_path, ttl=1)
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text())
+    _POLICY.append(path)
+    unshare = ("unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc")
+    s = Harnessed(topo, path, tmp_path / "unused", prefix=unshare)
+    try:
+        claimed = {"v": 1, "type": "egress_attempt", "pid": 4242, "exe": "/claimed/exe",
+                   "ip": "198.18.5.5", "port": 443, "protocol": "tcp", "verdict": "blocked"}  # fmt: skip
+        send(json.dumps(claimed).encode())  # our pid is invisible in the sentinel's namespace
+        event = s.wait_event("egress_attempt", layer="guard")
+        sender = event["detail"]["sender"]
+        assert event["pid"] is None and sender["kernel_pid"] == 0 and not sender["verified"]
+        assert sender["claimed_pid"] == 4242 and sender["claimed_exe"] == "/claimed/exe"
+        assert sender["uid"] == 0  # the kernel still says who (uid)
+    finally:
+        _stop_under_unshare(s)
+
+
+def _stop_under_unshare(s: RunningSentinel) -> None:
+    """unshare --fork waits for its child and does not pass SIGTERM on: signal the child."""
+    pid = s.proc.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        os.kill(int(child), 15)
+    s.proc.wait(timeout=20)
+
+
+# --- item 9: forged reports flood the pager ---------------------------------------------
+FORGER = r"""
+import json, os, socket, sys, time
+path, n, procs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def burst(tag, count):
+    tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for i in range(count):
+        msg = {"v": 1, "type": "egress_attempt", "pid": 1000 + i, "exe": f"/forged/{tag}/{i}",
+               "ip": "198.18.5.5", "port": 1 + i, "protocol": "tcp", "verdict": "blocked",
+               "frame": f"/made/up.py:{i} in steal"}
+        tx.sendto(json.dumps(msg).encode(), path)
+for p in range(procs):
+    pid = os.fork()
+    if pid == 0:
+        burst(p, n)
+        os._exit(0)
+    os.waitpid(pid, 0)
+print("done")
+"""
+
+
+def test_forged_reports_page_a_bounded_number_of_times(topo, tmp_path):
+    topo.start_dns_server(RECORDS, tmp_path, ttl=1)
+    receiver = Receiver(topo)
+    os.environ["HOSTILE_WEBHOOK_URL"] = f"http://127.0.0.1:{HOOK_PORT}/webhook"
+    try:
+        s = start(topo, tmp_path, ALERTING)
+    finally:
+        os.environ.pop("HOSTILE_WEBHOOK_URL")
+    try:
+        sock = str(_state() / "guard.sock")
+        # 300 datagrams with 300 different exe values from one process, then 30 processes x 10
+        topo.run("app", PYTHON, "-I", "-c", FORGER, sock, "300", "1", timeout=60)
+        topo.run("app", PYTHON, "-I", "-c", FORGER, sock, "10", "30", timeout=60)
+        assert wait_for(lambda: len(s.events("egress_attempt", layer="guard")) >= 600, 20)
+        time.sleep(5)  # what would have been sent is sent by now
+        pages = [b for b in receiver.bodies() if b.get("layer") == "guard"]
+        firsts = [b for b in pages if not b.get("rollup")]
+        assert 1 <= len(pages) <= 20, len(pages)  # the budget: 20 P1 alerts a minute
+        for body in firsts:
+            assert "/forged/" not in body["process"], body  # named by the kernel, not the claim
+            assert body["details"]["corroborated"] is False
+            assert "not seen by the kernel" in body["title"]
+    finally:
+        s.stop()
+
+
+# --- item 10: joins across processes ------------------------------------------------------
+def test_kernel_and_guard_blocks_from_two_processes_are_two_attempts(running):
+    topo, s = running
+    since = time.time()
+    probe = "import socket\ns = socket.socket(); s.settimeout(2)\ntry:\n s.connect(('198.18.5.5', 443))\nexcept OSError:\n pass\n"  # noqa: E501
+    topo.run("app", PYTHON, "-I", "-c", probe)  # unguarded: the kernel blocks it
+    time.sleep(1)
+    assert guarded(topo, 1)["refused"] == 1  # guarded, another process: no packet at all
+    s.wait_event("egress_attempt", layer="guard", dst_port=443)
+    s.wait_event("egress_attempt", layer="netfilter", dst_port=443)
+    rep = report(topo, since)
+    to443 = [a for a in rep["attempts"] if a["dst_port"] == 443]
+    assert sorted(tuple(a["layers"]) for a in to443) == [("guard",), ("netfilter",)], to443
+    kernel = next(a for a in to443 if a["layers"] == ["netfilter"])
+    guard = next(a for a in to443 if a["layers"] == ["guard"])
+    assert kernel["pid"] is None and guard["pid"] and kernel["packets"] >= 1
+    assert topo.outside_packets() == 0
+
+
+# --- item 13: control characters ---------------------------------------------------------
+def test_control_characters_never_reach_table_logs_or_events(running):
+    topo, s = running
+    since = time.time()
+    evil = "evil\x1b[2J\x1b[31mhost\nforged line\x07.example"
+    msg = {"v": 1, "type": "egress_attempt", "pid": 1, "exe": "/x\x1b[31m", "host": evil,
+           "port": 443, "protocol": "dns", "verdict": "blocked",
+           "frame": "app.py:1 in \x1b]0;pwned\x07f", "stack": ["a\nb"]}  # fmt: skip
+    send(json.dumps(msg).encode())
+    event = s.wait_event("egress_attempt", layer="guard")
+    assert event["dst_name"] == "evil\\x1b[2J\\x1b[31mhost\\x0aforged line\\x07.example"
+    assert "\x1b" not in json.dumps(event, ensure_ascii=False)
+    table = report(topo, since, fmt="table")
+    assert "\x1b[2J" not in table and "\x1b[31m" not in table and "\\x1b[2J" in table
+    assert not any("\x1b" in line or "\\u001b" in line for line in s.raw), s.log()
