@@ -23,6 +23,7 @@ from sentinel.enforce import netfilter
 from sentinel.enforce.render import Ruleset, render_rules
 from sentinel.errors import SentinelError
 from sentinel.log import correlation, get_logger
+from sentinel.policy import safety
 from sentinel.policy.decide import prepare_ruleset
 from sentinel.policy.load import IPAddress, Policy, PolicyError, load_policy
 from sentinel.policy.watch import PolicyWatcher
@@ -112,6 +113,8 @@ class Daemon:
         policy = load_policy(self.policy_path)
         self.ctx = Context(policy, self.policy_path, self.backend, sinks=[self.log_sink])
         upstream = self._upstream(policy)
+        for note in safety.run_warnings(policy, upstream.address):
+            log.warning("policy_warning", warning=note)
         self.ctx.pins = PinManager(
             policy.dns, upstream, policy.hostnames, self._emit_or_hold, self._pins_changed
         )
