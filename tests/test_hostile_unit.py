@@ -323,3 +323,11 @@ def test_check_with_300_hostnames_has_no_index_error(tmp_path):
     out = subprocess.run([exe, "check", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "300 allow entries, 1 tests passed" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_check_refuses_an_enforce_policy_allowing_everything_with_exit_2(tmp_path):
+    path = tmp_path / "any.yaml"
+    path.write_text("version: 1\nallow:\n  - {name: a, cidr: 0.0.0.0/0, ports: [443]}\n")
+    exe = str(Path(sys.executable).with_name("sentinel"))
+    out = subprocess.run([exe, "check", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and f"{path}:3: allow[0].cidr: 0.0.0.0/0" in out.stderr
