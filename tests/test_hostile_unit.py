@@ -331,3 +331,66 @@ def test_check_refuses_an_enforce_policy_allowing_everything_with_exit_2(tmp_pat
     exe = str(Path(sys.executable).with_name("sentinel"))
     out = subprocess.run([exe, "check", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and f"{path}:3: allow[0].cidr: 0.0.0.0/0" in out.stderr
+
+
+# --- the watchdog's judgement (its threads are real; the monitor's counters are driven) ------
+class _Ctx:
+    def __init__(self, services: dict) -> None:
+        self.services, self.sinks, self.events = services, [], []
+
+    def add_sink(self, sink) -> None:  # noqa: ANN001
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+        for sink in self.sinks:
+            sink(event)
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        import threading
+
+        self.counts = {"errors": 0, "overruns": 0, "lost": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._stop.wait, daemon=True)
+        self._thread.start()
+        self._snapper = None
+
+    def _run(self) -> None:
+        self._stop.wait()
+
+
+def test_watchdog_overrun_and_silence_are_losses_then_resolved(state_dir):
+    import threading
+
+    from sentinel.run.watchdog import Watchdog, read_status
+
+    monitor = _Monitor()
+    daemon = type("D", (), {})()
+    daemon.ctx, daemon.stopping = _Ctx({"monitor": monitor}), threading.Event()
+    daemon.resolver, daemon.threads = None, []
+    dog = Watchdog(daemon, interval=3600)  # checks driven by hand below
+    dog.start()
+    dog.interval = 1.0  # the thread already waits an hour: only these checks run
+    try:
+        now = time.time()
+        dog.check(now)
+        assert daemon.ctx.events == [] and read_status()["ok"]
+        monitor.counts["overruns"] += 7  # ENOBUFS: the kernel dropped NFLOG messages
+        dog.check(now + 1)
+        lost = [e for e in daemon.ctx.events if e.kind == "monitor_lost"]
+        assert len(lost) == 1 and "7 NFLOG message(s) lost" in lost[0].detail["reason"]
+        assert lost[0].detail["component"] == "nflog-monitor" and not read_status()["ok"]
+        dog.check(now + 2)
+        dog.check(now + 3)
+        back = [e for e in daemon.ctx.events if e.detail.get("resolved")]
+        assert len(back) == 1 and read_status()["ok"]
+        dog.last_monitor_beat = time.time() - 60  # no heartbeat for 12 intervals
+        dog.check(now + 4)
+        silent = [e for e in daemon.ctx.events if e.detail.get("state") == "lost"]
+        assert len(silent) == 2 and "no NFLOG monitor heartbeat" in silent[-1].detail["reason"]
+    finally:
+        monitor._stop.set()
+        dog.stop()
+    assert read_status() is None  # a clean stop says so
