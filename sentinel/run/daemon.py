@@ -267,6 +267,8 @@ class Daemon:
                 )
             )
             return
+        for note in policy.warnings:  # refusals never get here: they are reload_rejected
+            log.warning("policy_warning", warning=note)
         old = self.ctx.pins.names()
         self.ctx.pins.set_names(policy.hostnames)
         self.ctx.pins.refresh_all(self.ctx.pins.names() - old)  # each new pin pushes sets
