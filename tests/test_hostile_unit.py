@@ -394,3 +394,12 @@ def test_watchdog_overrun_and_silence_are_losses_then_resolved(state_dir):
         monitor._stop.set()
         dog.stop()
     assert read_status() is None  # a clean stop says so
+
+
+def test_check_prints_warnings_on_stderr_and_passes(tmp_path):
+    path = tmp_path / "audit.yaml"
+    path.write_text("version: 1\nmode: audit\nallow:\n  - {name: a, cidr: 0.0.0.0/0, ports: [1]}\n")
+    exe = str(Path(sys.executable).with_name("sentinel"))
+    out = subprocess.run([exe, "check", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"warning: {path}:4: allow[0].cidr: 0.0.0.0/0 allows every destination" in out.stderr
