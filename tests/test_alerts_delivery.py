@@ -342,12 +342,13 @@ def test_sink_down_then_back_delivers_everything_once(rx, make):
 def test_restart_with_a_full_outbox_delivers_it_and_reports_drops(rx, make, tmp_path):
     policy = POLICY.replace("dedup_window: 60s", "dedup_window: 60s\n  routing: {P1: [webhook]}")
     rx.always("/hook", Answer(500, "down"))
-    first = make(policy=policy, start=False, outbox_rows=20)
+    # the alert budget (20 a minute) is off here: this is about the outbox bound alone
+    first = make(policy=policy, start=False, outbox_rows=20, budget=(0, 60.0))
     for port in range(1, 26):
         first.submit(attempt(port=port, exe=f"/bin/p{port}"))  # 25 distinct alerts
     first.stop()  # never started: stop() routes what was queued into the outbox
     rx.always("/hook", Answer(200, "ok"))
-    second = make(policy=policy, outbox_rows=20)
+    second = make(policy=policy, outbox_rows=20, budget=(0, 60.0))
     assert rx.wait_for(lambda: second.stats()["sinks"]["webhook"]["pending"] == 0, timeout=10)
     assert rx.wait_for(lambda: len(rx.accepted("/hook")) == 20, timeout=5)
     bodies = p1_bodies(rx, "/hook")

@@ -498,7 +498,7 @@ def test_heartbeats_mark_processes_active_then_gone(tmp_path, state_dir, armed):
     beats = collector.of("guard_heartbeat")
     assert len(beats) >= 3 and beats[0].detail["counters"]["checks"] >= 0
     assert beats[-1].detail["state"] == "exit"  # it said goodbye at exit
-    proc = receiver.processes[beats[0].pid]
+    proc = receiver.processes[beats[0].detail["sender"]["identity"]]
     assert proc.mode == "enforce" and proc.policy_sha256 == load_policy(policy_path).sha256
     assert proc.state == "exit" and not proc.active()
     assert {b.pid for b in beats} == {out["pid"]}  # the kernel-verified sender pid

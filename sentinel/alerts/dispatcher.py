@@ -46,6 +46,7 @@ _SATURATION_EVERY = 60.0  # at most one self-reported saturation event a minute
 _LATENCIES_KEPT = 10_000
 _IDLE = 1.0  # empty outbox: sleep until woken (or this long)
 DEFAULT_BREAKER = BreakerSettings()  # the PRD's numbers
+ALERT_BUDGET, ALERT_BUDGET_WINDOW = 20, 60.0  # P1 alerts per minute, then one "N more" roll-up
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class AlertDispatcher:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         mark: int | None = -1,  # -1: policy.mark; None: unmarked (only for unprivileged tests)
         on_event: Callable[[Event], None] | None = None,  # e.g. the event store's writer
+        budget: tuple[int, float] = (ALERT_BUDGET, ALERT_BUDGET_WINDOW),  # (P1 alerts, per s)
     ) -> None:
         self.policy = policy
         self.on_event = on_event  # receives sink_degraded / queue_saturation events we raise
@@ -188,7 +190,13 @@ class AlertDispatcher:
         pd = next((s for s in policy.alerts.sinks if s.kind == "pagerduty"), None)
         resolve_after = float(pd.options.get("resolve_after", 0.0)) if pd else 0.0
         windows = digest_windows or dict(policy.alerts.digest_windows)
-        self.router = Router(policy.alerts.dedup_window, windows, resolve_after)
+        self.router = Router(
+            policy.alerts.dedup_window,
+            windows,
+            resolve_after,
+            budget=budget[0],
+            budget_window=budget[1],
+        )
         self.outbox = Outbox(Path(state_dir) / FILENAME, outbox_rows, outbox_max_age, clock)
         self._restore_router()
         self._saved_sig: tuple = self._router_sig()

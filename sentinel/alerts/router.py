@@ -11,14 +11,28 @@ capped too: past `per_process_cap` distinct alerts in a window, its further dest
 into one "other destinations" entry, so a port scan cannot page thousands of times; and past
 `max_windows` open windows in all, new keys fold into one "many processes" entry per layer
 (memory stays bounded, and so do pages).
+
+Identity: the process an alert names and caps by is the kernel-verified one (guard events carry
+`detail.sender`): what a guard datagram claims (`exe`, `pid`) can never open new windows, and
+senders the kernel could not identify (another PID namespace) share one "unverified" bucket.
+Guard alerts say that the kernel did not see the call (a refused call sends no packet).
+
+Budget: with `budget` > 0, at most that many P1 alerts (first alerts and roll-ups) go out per
+`budget_window`; the rest are counted and sent as one "N more" roll-up when the budget window
+ends, so a flood of forged or distinct events pages a bounded number of times.
+
+A P1 event with `detail.resolved: true` (the watchdog's "monitor back") resolves the incident
+its earlier event opened (same dedup key) instead of paging again.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sentinel.alerts.budget import Budget
+from sentinel.alerts.identity import guard_marks, process_of
 from sentinel.alerts.model import (
     EGRESS_KINDS,
     P1,
@@ -86,6 +100,8 @@ class Router:
         resolve_after: float = 0.0,
         per_process_cap: int = 10,
         max_windows: int = 1000,
+        budget: int = 0,
+        budget_window: float = 60.0,
     ) -> None:
         self.window = dedup_window
         self.digest_windows = {**DEFAULT_DIGEST_WINDOWS, **(digest_windows or {})}
@@ -96,6 +112,7 @@ class Router:
         self.windows: dict[tuple[str, ...], _Window] = {}
         self.digests: dict[str, _Digest] = {}
         self.stats = RouterStats()
+        self.budget = Budget(budget, budget_window)
 
     # --- input ---------------------------------------------------------------------------
     def route(self, event: Event, now: float) -> list[Alert]:
@@ -107,14 +124,46 @@ class Router:
         if severity is None:
             self.stats.ignored += 1
             return []
+        if severity == P1 and event.detail.get("resolved") is True:
+            return self._resolve_now(event)
         if severity == P1:
-            return self._immediate(event, now)
+            return self.budget.spend(self._immediate(event, now), now, event)
         self._digest(severity, event, now)
         return []
 
+    def _key(self, event: Event) -> tuple[str, str, str, str]:
+        dest, proc = _destination(event), process_of(event)
+        if event.kind not in EGRESS_KINDS and event.detail.get("component"):
+            dest = str(event.detail["component"])  # one incident per supervised part
+        return (event.kind if event.kind not in EGRESS_KINDS else "egress", event.layer, proc, dest)
+
+    def _resolve_now(self, event: Event) -> list[Alert]:
+        """The condition an earlier P1 reported is over: resolve its incident (same key)."""
+        key = self._key(event)
+        entry = self.windows.get(key)
+        if entry is None:
+            entry = _Window(
+                dedup_key=dedup_key_for(key),
+                kind=event.kind,
+                layer=event.layer,
+                destination=key[3],
+                process=key[2],
+                correlation_id=event.id,
+                started=event.ts,
+                last_seen=event.ts,
+                first_ts=event.ts,
+            )
+        else:
+            self._forget(key)
+        self.stats.resolves += 1
+        alert = self._resolve_alert(entry)
+        message = event.detail.get("message")
+        title = f"Resolved: {event.kind.replace('_', ' ')} [{event.layer}]"
+        return [replace(alert, title=redact_text(f"{title}: {message}" if message else title))]
+
     def _immediate(self, event: Event, now: float) -> list[Alert]:
-        dest, proc = _destination(event), _process(event)
-        key = (event.kind if event.kind not in EGRESS_KINDS else "egress", event.layer, proc, dest)
+        key = self._key(event)
+        dest, proc = key[3], key[2]
         out: list[Alert] = []
         entry = self.windows.get(key)
         if entry is None and event.kind in EGRESS_KINDS:
@@ -179,9 +228,10 @@ class Router:
         for key, entry in list(self.windows.items()):
             if now - entry.started < self.window:
                 continue
-            out += self._close_window(entry, now)
+            out += self.budget.spend(self._close_window(entry, now), now)
             if entry.suppressed == 0 and self._settled(entry, now, out):
                 self._forget(key)
+        out += self.budget.settle(now)
         for severity, bucket in list(self.digests.items()):
             if now - bucket.opened >= self.digest_windows[severity]:
                 out.append(self._digest_alert(bucket, now))
@@ -195,6 +245,7 @@ class Router:
             out += self._close_window(entry, now)
         for bucket in self.digests.values():
             out.append(self._digest_alert(bucket, now))
+        out += self.budget.settle(now, final=True)
         self.windows.clear()
         self._per_process.clear()
         self.digests.clear()
@@ -223,8 +274,12 @@ class Router:
     # --- alert shapes --------------------------------------------------------------------
     def _first_alert(self, entry: _Window, event: Event) -> Alert:
         verb = "audited (allowed: audit mode)" if event.verdict == "audited" else "blocked"
+        details = _brief(event)
         if event.kind in EGRESS_KINDS:
             title = f"Egress attempt {verb}: {entry.process} -> {entry.destination} [{event.layer}]"
+            if event.layer == "guard":
+                details.update(guard_marks(event))
+                title += " " + details["corroboration"]
         else:
             title = f"{event.kind.replace('_', ' ').capitalize()} [{event.layer}]"
             if event.detail.get("message"):
@@ -240,7 +295,7 @@ class Router:
             process=redact_text(entry.process),
             first_ts=event.ts,
             last_ts=event.ts,
-            details=_brief(event),
+            details=details,
         )
 
     def _rollup_alert(self, entry: _Window, now: float) -> Alert:
@@ -385,12 +440,6 @@ def restore_state(router: Router, state: dict[str, Any]) -> None:
 
 def _destination(event: Event) -> str:
     return destination_text(event.dst_name, event.dst_ip, event.dst_port, event.protocol)
-
-
-def _process(event: Event) -> str:
-    if event.exe:
-        return event.exe
-    return f"pid {event.pid}" if event.pid else "unknown process"
 
 
 def _brief(event: Event) -> dict[str, Any]:

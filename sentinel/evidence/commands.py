@@ -43,6 +43,7 @@ def status_data() -> dict:
         "pins": (applied or {}).get("pins", {}),
         "guard": guard_status(),
         "capabilities": caps_summary(),
+        "monitoring": monitoring_status(),
     }
 
 
@@ -50,6 +51,13 @@ def caps_summary() -> dict:
     from sentinel.evidence.caps import summary
 
     return summary()
+
+
+def monitoring_status() -> dict | None:
+    """The running daemon's watchdog (parts lost, or the watchdog itself gone stale)."""
+    from sentinel.run.watchdog import read_status
+
+    return read_status()
 
 
 def guard_status() -> dict:
@@ -82,6 +90,8 @@ def run_status(fmt: str, echo: Echo) -> None:
             if data["applied"]
             else "nothing applied (no state in the state directory)"
         )
+    if data["monitoring"] and not data["monitoring"]["ok"]:
+        raise SentinelError(data["monitoring"]["problem"])
 
 
 _encode = json.JSONEncoder(default=str).encode  # the C encoder (indent= is pure Python)

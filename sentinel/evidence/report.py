@@ -21,13 +21,15 @@ from typing import Any
 from sentinel.atomic import write_atomic
 from sentinel.durations import parse_duration
 from sentinel.errors import BadInput, SentinelError
+from sentinel.escape import escape_controls
+from sentinel.evidence import guardcov
+from sentinel.evidence.guardcov import MAX_INTERVAL
 from sentinel.store import events as ev
 from sentinel.store.events import Event, destination_text
 from sentinel.store.kinds import is_attempt
 
 TEN_MINUTES = 600.0
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
-GUARD_INTERVAL = 5.0  # the guard's default heartbeat interval, when its events do not say
 JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
 MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete
 
@@ -128,9 +130,14 @@ def join_attempts(events: list[Event]) -> list[dict[str, Any]]:
 
 
 def _find_guard(e: Event, guard: list[Event], used: set[str]) -> Event | None:
+    """The guard sighting of the same flow, if any. A call the guard refused sent no packet,
+    so a `blocked` guard event never joins a kernel event (that packet came from someone else,
+    e.g. an unguarded process); an `audited` one (the call went ahead) joins the kernel's event
+    of the same destination, port and protocol within JOIN_WINDOW, once."""
     for g in guard:
         if (
-            g.id not in used
+            g.verdict == "audited"
+            and g.id not in used
             and g.dst_ip == e.dst_ip
             and g.dst_port == e.dst_port
             and (g.protocol or e.protocol) == e.protocol
@@ -228,7 +235,7 @@ def heartbeat_gaps(beats: list[Event], window: Window, default_interval: float) 
 
 
 def _interval(beat: Event, default: float) -> float:
-    return float(beat.detail.get("interval") or default)
+    return min(MAX_INTERVAL, float(beat.detail.get("interval") or default))  # claims are capped
 
 
 def _gap(start: float, end: float, window: Window, reason: str) -> dict[str, Any]:
@@ -260,18 +267,8 @@ def rulesets_in_force(beats: list[Event]) -> list[dict[str, Any]]:
 
 
 def guard_status(beats: list[Event], window: Window) -> dict[str, Any]:
-    if not beats:
-        return {"status": "absent", "heartbeats": 0, "gaps": []}
-    last = max(b.ts for b in beats)
-    interval = float(beats[-1].detail.get("interval") or GUARD_INTERVAL)
-    fresh = window.until - last <= GAP_FACTOR * interval
-    return {
-        "status": "ok" if fresh else "stale",
-        "heartbeats": len(beats),
-        "processes": sorted({b.pid for b in beats if b.pid is not None}),
-        "last_seen": _iso(last),
-        "gaps": heartbeat_gaps(beats, Window(min(b.ts for b in beats), window.until), interval),
-    }
+    """Guard coverage, per process identity (see sentinel/evidence/guardcov.py)."""
+    return guardcov.guard_status(beats, window, heartbeat_gaps)
 
 
 # --- kernel ---------------------------------------------------------------------------------
@@ -516,8 +513,10 @@ def assemble(
     # before this state dir's store existed nothing was deployed here to watch: not a gap
     watched = Window(max(window.since, store_created or window.since), window.until)
     gaps = heartbeat_gaps(all_beats, watched, interval)
-    guard = guard_status(guard_beats, window)
+    earlier = [e for e in events if e.kind == "guard_heartbeat" and e.ts < window.since]
+    guard = guardcov.guard_status(guard_beats, window, heartbeat_gaps, earlier)
     loss = _monitor_loss(monitor_beats)
+    watchdog = guardcov.monitor_losses(events, window)
     expected = (applied or {}).get("ruleset_sha256")
     in_sync = bool(expected) and kernel.get("sha256") == expected
     problems = _coverage_problems(gaps, guard, shed, loss, in_sync)
@@ -532,6 +531,7 @@ def assemble(
             f"resolver saw them ({drops['udp_dropped']} UDP receive-buffer drops, "
             f"{drops['tcp_refused']} TCP connections refused at the cap)"
         )
+    problems += _hostile_problems(guard, watchdog)
     layers = Counter(layer for a in attempts for layer in a["layers"])
     snapshots = [e for e in events if e.kind == "kernel_counters"]
     counted = window_counters(snapshots, window, kernel, applied)
@@ -566,7 +566,9 @@ def assemble(
         "shed_events": sum(shed.values()),
         "shed_by_layer": shed,
         "monitor_loss": loss,
+        "monitor_lost": watchdog,
         "guard": guard,
+        "guard_dropped": guard["dropped"],
         "canary": _canary(inside),
         "coverage": "complete" if not problems else "partial",
         "coverage_detail": {
@@ -633,6 +635,16 @@ def _coverage_problems(gaps, guard, shed, loss, in_sync) -> list[str]:
         problems.append(f"{loss['lost']} NFLOG message(s) lost by the monitor")
     if not in_sync:
         problems.append("the kernel does not hold the applied ruleset")
+    return problems
+
+
+def _hostile_problems(guard: dict[str, Any], watchdog: dict[str, Any]) -> list[str]:
+    problems = []
+    if guard.get("dropped"):
+        problems.append(f"{guard['dropped']} guard report(s) dropped inside the app (queue full)")
+    if watchdog["losses"]:
+        parts = ", ".join(watchdog["components"])
+        problems.append(f"{watchdog['losses']} monitor loss(es) (watchdog): {parts}")
     return problems
 
 
@@ -713,13 +725,13 @@ def render_table(report: dict[str, Any]) -> list[Any]:
         ("guard", report["guard"]["status"]),
         ("raw/admin-capable processes", _holders(report.get("capabilities"))),
     ):
-        summary.add_row(key, str(value))
+        summary.add_row(key, escape_controls(str(value)))
     dest = Table(
         "destination", "attempts", "packets", "layers", "verdicts", title="attempts by destination"
     )
     for g in report["attempts_by_destination"][:50]:
         dest.add_row(
-            g["destination"],
+            escape_controls(g["destination"]),
             str(g["attempts"]),
             str(g["packets"]),
             ", ".join(f"{k}={v}" for k, v in g["layers"].items()),
@@ -727,7 +739,9 @@ def render_table(report: dict[str, Any]) -> list[Any]:
         )
     flows = Table("upstream", "entry", "packets", "bytes", title="netflow (allowlisted)")
     for row in report["netflow"]:
-        flows.add_row(row["upstream"], row["entry"], str(row["packets"]), str(row["bytes"]))
+        flows.add_row(
+            escape_controls(row["upstream"]), row["entry"], str(row["packets"]), str(row["bytes"])
+        )
     gaps = Table("from", "to", "seconds", "reason", title="coverage gaps")
     for g in report["coverage_detail"]["monitor_gaps"]:
         gaps.add_row(g["from"], g["to"], str(g["seconds"]), g["reason"])

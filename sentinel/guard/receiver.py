@@ -1,9 +1,11 @@
 """The sentinel's end of the guard channel: a unix datagram socket that turns guard reports into
 `Event`s and keeps track of which processes run a live guard (heartbeats).
 
-Datagrams are JSON objects (see docs/guard.md). Anything else is counted as garbage and
-ignored; a bad sender cannot stop the receiver. The kernel-verified sender pid (SO_PASSCRED)
-wins over the pid a datagram claims.
+Datagrams are JSON objects (see docs/guard.md), parsed with limits by `sentinel.guard.wire`:
+anything else is counted as malformed (by reason) and ignored; a bad sender cannot stop the
+receiver. Identity comes from the kernel (SO_PASSCRED, `sentinel.guard.identity`): processes are
+tracked per kernel-verified identity, and what a datagram only claims (pid, exe, interval, ts)
+is recorded as a claim.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -20,16 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.atomic import write_json_atomic
+from sentinel.guard import wire
+from sentinel.guard.identity import CREDS_SPACE, Identities, Sender
+from sentinel.guard.wire import MAX_DATAGRAM
 from sentinel.lazylog import get_logger
 from sentinel.store.events import Event
 from sentinel.store.state import state_dir as default_state_dir
 
 SOCKET_NAME = "guard.sock"
 PROCESSES_FILE = "guard_processes.json"
-MAX_DATAGRAM = 65536
-_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
+MAX_PROCESSES = 4096  # identities tracked at once
+CLOCK_SLACK = 5.0  # a claimed ts further than this from our clock is replaced by ours
 log = get_logger("sentinel.guard")  # structlog (and rich) only once something is logged
 
 
@@ -46,6 +48,8 @@ class GuardProcess:
     counters: dict[str, Any] = field(default_factory=dict)
     violations: int = 0
     dropped: int = 0
+    identity: str = ""  # "pid:PID:START" (kernel-verified) or "unverified:..."
+    verified: bool = True
 
     def active(self, now: float | None = None) -> bool:
         """A guard is active while it heartbeats: three missed beats (min 3 s) and it is not."""
@@ -67,10 +71,15 @@ class GuardReceiver:
         self.path = Path(socket_path) if socket_path else self.state_dir / SOCKET_NAME
         self.callback = callback
         self.status_every = status_every
-        self.processes: dict[int, GuardProcess] = {}
+        self.processes: dict[str, GuardProcess] = {}  # identity -> process
         self.received = 0
         self.garbage = 0
         self.callback_errors = 0
+        self.receive_errors = 0
+        self.loop_errors = 0
+        self.malformed: dict[str, int] = {}  # reason -> count
+        self.last_loop = time.monotonic()  # the watchdog's sign of life
+        self.identities = Identities()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -115,37 +124,59 @@ class GuardReceiver:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - one bad round must not end the receiver
+                self.loop_errors += 1
+                log.warning("guard_receiver_error", error=repr(exc)[:200])
+                time.sleep(0.05)
 
     def poll_once(self) -> Event | None:
         """Receive one datagram (waits up to 0.25 s); returns its Event if it made one."""
         assert self._sock is not None, "bind() first"
         try:
-            data, anc, _flags, _addr = self._sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(12))
+            data, anc, flags, _addr = self._sock.recvmsg(MAX_DATAGRAM + 1, CREDS_SPACE)
         except (TimeoutError, BlockingIOError, InterruptedError):
+            self.last_loop = time.monotonic()
             self._maybe_write_status()
             return None
         except OSError as exc:
             if self._stop.is_set():
                 return None
+            self.receive_errors += 1
             log.warning("guard_receive_failed", error=str(exc))
             time.sleep(0.05)
             return None
-        event = self.handle(data, _sender_pid(anc))
+        self.last_loop = time.monotonic()
+        if flags & socket.MSG_TRUNC or flags & socket.MSG_CTRUNC or len(data) > MAX_DATAGRAM:
+            self.received += 1
+            self._malformed("datagram too large")
+            self._maybe_write_status()
+            return None
+        try:
+            sender = self.identities.sender(anc)
+        except Exception:  # noqa: BLE001 - /proc oddities: no identity, never a dead loop
+            sender = Sender(None, None, None)
+        event = self.handle(data, sender)
         self._maybe_write_status()
         return event
 
     # --- decoding ---------------------------------------------------------------------
-    def handle(self, data: bytes, sender_pid: int | None = None) -> Event | None:
-        """One datagram -> one Event (or None for garbage). Never raises."""
+    def handle(self, data: bytes, sender: Sender | int | None = None) -> Event | None:
+        """One datagram -> one Event (or None for garbage). Never raises: whatever a datagram
+        holds, it is counted as malformed (by reason) or becomes an event."""
         self.received += 1
+        if not isinstance(sender, Sender):  # a bare pid (tests, callers without ancillary data)
+            sender = Sender(sender or None, None, None)
         try:
-            msg = json.loads(data)
-            if not isinstance(msg, dict) or msg.get("v") != 1:
-                raise ValueError("not a guard message")
-            event = self._to_event(msg, sender_pid)
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-            self.garbage += 1
+            msg = wire.decode(data)
+            event = self._to_event(msg, sender)
+        except wire.Malformed as exc:
+            self._malformed(exc.reason)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug here must not end the receiver
+            self._malformed(f"unexpected {type(exc).__name__}")
+            log.warning("guard_decode_failed", error=repr(exc)[:200])
             return None
         if event is not None:
             try:
@@ -155,94 +186,115 @@ class GuardReceiver:
                 log.warning("guard_callback_failed", error=repr(exc))
         return event
 
-    def _to_event(self, msg: dict[str, Any], sender_pid: int | None) -> Event | None:
-        kind = msg["type"]
-        claimed = int(msg["pid"])
-        pid = sender_pid if sender_pid else claimed
-        detail: dict[str, Any] = {"mode": msg.get("mode")}
-        if sender_pid and sender_pid != claimed:
-            detail["claimed_pid"] = claimed
-        ts = float(msg.get("ts") or time.time())
-        proc = self._process(pid, msg, ts)
+    def _malformed(self, reason: str) -> None:
+        self.garbage += 1
+        if len(self.malformed) < 64 or reason in self.malformed:
+            self.malformed[reason] = self.malformed.get(reason, 0) + 1
+        if self.garbage in (1, 10, 100) or self.garbage % 1000 == 0:
+            log.warning("guard_malformed", reason=reason, malformed=self.garbage)
+
+    def _to_event(self, msg: dict[str, Any], sender: Sender) -> Event | None:
+        kind, claimed = msg["type"], msg["pid"]
+        now = time.time()
+        pid = sender.kernel_pid  # the kernel's word; None when it cannot say (other pid ns)
+        identity = sender.detail(claimed, msg["exe"])
+        if sender.kernel_pid is None and sender.uid is None:  # no credentials at all (tests)
+            pid, identity["verified"] = claimed or None, False
+        exe = sender.exe or msg["exe"]
+        detail: dict[str, Any] = {"mode": msg["mode"], "sender": identity}
+        # time is ours: a claimed ts is kept only when it is close to our clock
+        ts = msg["ts"] if msg["ts"] is not None and abs(msg["ts"] - now) <= CLOCK_SLACK else now
+        if msg["ts"] is not None and ts != msg["ts"]:
+            detail["claimed_ts"] = msg["ts"]
+        proc = self._process(identity["identity"], pid, exe, msg)
         if kind == "egress_attempt":
-            dropped = int(msg.get("dropped") or 0)
             proc.violations += 1
-            proc.dropped += dropped
-            port = msg.get("port")
+            proc.dropped += msg["dropped"]
             detail.update(
-                event=msg.get("event"),
-                reason=msg.get("reason"),
-                traceback=list(msg.get("stack") or []),
-                dropped=dropped,
-                fail_closed=bool(msg.get("fail_closed")),
+                event=msg["event"],
+                reason=msg["reason"],
+                traceback=msg["stack"],
+                dropped=msg["dropped"],
+                fail_closed=msg["fail_closed"],
             )
             return Event(
                 layer="guard",
                 kind="egress_attempt",
-                verdict="audited" if msg.get("verdict") == "audited" else "blocked",
-                protocol=msg.get("protocol"),
-                dst_ip=msg.get("ip"),
-                dst_port=int(port) if isinstance(port, int) else None,
-                dst_name=msg.get("host") if not msg.get("ip") else None,
+                verdict="audited" if msg["verdict"] == "audited" else "blocked",
+                protocol=msg["protocol"],
+                dst_ip=msg["ip"],
+                dst_port=msg["port"],
+                dst_name=msg["host"] if not msg["ip"] else None,
                 pid=pid,
-                exe=msg.get("exe"),
-                stack=msg.get("frame"),
+                exe=exe,
+                stack=msg["frame"],
                 detail=detail,
                 ts=ts,
-                id=str(msg.get("id") or _new_id()),
+                id=msg["id"] or _new_id(),
             )
         if kind == "heartbeat":
-            proc.last_seen = time.time()
-            proc.state = str(msg.get("state") or "running")
-            proc.interval = float(msg.get("interval") or proc.interval)
-            proc.fail_closed = bool(msg.get("fail_closed"))
-            proc.policy_sha256 = msg.get("policy_sha256")
-            proc.counters = dict(msg.get("counters") or {})
+            proc.last_seen = now
+            proc.state = msg["state"] or "running"
+            proc.interval = msg["interval"] or proc.interval
+            proc.fail_closed = msg["fail_closed"]
+            proc.policy_sha256 = msg["policy_sha256"]
+            proc.counters = msg["counters"]
             detail.update(
                 state=proc.state,
                 counters=proc.counters,
                 fail_closed=proc.fail_closed,
-                fail_reason=msg.get("fail_reason"),
+                fail_reason=msg["fail_reason"],
                 policy_sha256=proc.policy_sha256,
-                argv0=msg.get("argv0"),
-                interval=proc.interval,  # the report judges heartbeat gaps by it
+                argv0=msg["argv0"],
+                interval=proc.interval,  # clamped: the report judges gaps by it, per sender
             )
+            if msg["claimed_interval"] not in (None, proc.interval):
+                detail["claimed_interval"] = msg["claimed_interval"]
             return Event(
                 layer="guard",
                 kind="guard_heartbeat",
                 verdict="info",
                 pid=pid,
-                exe=msg.get("exe"),
+                exe=exe,
                 detail=detail,
-                ts=ts,
+                ts=now,  # never the claimed time: a forged ts must not move a gap
             )
-        if kind == "fail_closed":
-            proc.fail_closed = True
-            detail.update(reason=msg.get("reason"), enforce=bool(msg.get("enforce")))
-            return Event(
-                layer="guard",
-                kind="guard_fail_closed",
-                verdict="info",
-                pid=pid,
-                exe=msg.get("exe"),
-                detail=detail,
-                ts=ts,
-            )
-        raise ValueError(f"unknown guard message type {kind!r}")
+        proc.fail_closed = True  # "fail_closed"
+        detail.update(reason=msg["reason"], enforce=msg["enforce"])
+        return Event(
+            layer="guard",
+            kind="guard_fail_closed",
+            verdict="info",
+            pid=pid,
+            exe=exe,
+            detail=detail,
+            ts=ts,
+        )
 
-    def _process(self, pid: int, msg: dict[str, Any], ts: float) -> GuardProcess:
-        proc = self.processes.get(pid)
+    def _process(
+        self, identity: str, pid: int | None, exe: str | None, msg: dict[str, Any]
+    ) -> GuardProcess:
+        proc = self.processes.get(identity)
         if proc is None:
-            proc = self.processes[pid] = GuardProcess(
-                pid=pid,
-                exe=msg.get("exe"),
-                mode=msg.get("mode"),
+            if len(self.processes) >= MAX_PROCESSES:
+                self._forget_oldest()
+            proc = self.processes[identity] = GuardProcess(
+                pid=pid or 0,
+                exe=exe,
+                mode=msg["mode"],
                 last_seen=time.time(),
-                interval=float(msg.get("interval") or 5.0),
+                interval=msg["interval"] or 5.0,
+                identity=identity,
+                verified=identity.startswith("pid:"),
             )
-        proc.exe = msg.get("exe") or proc.exe
-        proc.mode = msg.get("mode") or proc.mode
+        proc.exe = exe or proc.exe
+        proc.mode = msg["mode"] or proc.mode
         return proc
+
+    def _forget_oldest(self) -> None:
+        """Bounded memory: a flood of forged identities pushes out the longest-quiet one."""
+        oldest = min(self.processes.values(), key=lambda p: p.last_seen)
+        del self.processes[oldest.identity]
 
     # --- status for `sentinel status` / report ------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -251,8 +303,9 @@ class GuardReceiver:
             "socket": str(self.path),
             "received": self.received,
             "garbage": self.garbage,
+            "malformed": dict(self.malformed),
             "processes": {
-                str(p.pid): {
+                (str(p.pid) if p.verified else p.identity): {
                     "guard_active": p.active(now),
                     "last_seen": p.last_seen,
                     "exe": p.exe,
@@ -263,6 +316,8 @@ class GuardReceiver:
                     "violations": p.violations,
                     "dropped": p.dropped,
                     "counters": p.counters,
+                    "identity": p.identity,
+                    "verified": p.verified,
                 }
                 for p in self.processes.values()
             },
@@ -298,13 +353,6 @@ def guard_processes(state_dir: str | Path | None = None, max_age: float = 10.0) 
         if now - float(data.get("written_at", 0)) > max_age:
             proc["guard_active"] = False  # the receiver itself stopped updating
     return data
-
-
-def _sender_pid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            return _CREDS.unpack(payload[: _CREDS.size])[0]
-    return None
 
 
 def _new_id() -> str:

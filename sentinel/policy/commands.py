@@ -61,6 +61,8 @@ def echo_tests(policy: Policy, pins: dict, echo: Echo) -> bool:
 
 def run_check(file: Path, echo: Echo) -> None:
     policy = load_policy(file)
+    for note in policy.warnings:  # unsafe-but-allowed values (sentinel/policy/safety.py)
+        echo(f"warning: {note}", err=True)
     passed = echo_tests(policy, placeholder_pins(policy), echo)
     if not passed:
         raise SentinelError(f"{file}: policy tests failed", EXIT_VIOLATION)

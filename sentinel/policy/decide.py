@@ -13,7 +13,9 @@ from sentinel.enforce.render import CHAIN_OUT, Link, Pins, Rule, Ruleset, render
 from sentinel.errors import SentinelError
 from sentinel.policy.load import IPAddress, Policy, PolicyTest
 
-_PLACEHOLDER4 = ipaddress.ip_network("198.18.254.0/24")
+# stand-ins for `check` (which resolves nothing): reserved ranges large enough for any policy
+# (a /24 ran out at 255 hostnames: IndexError)
+_PLACEHOLDER4 = ipaddress.ip_network("240.0.0.0/4")
 _PLACEHOLDER6 = ipaddress.ip_network("2001:db8:ffff::/64")
 
 

@@ -10,12 +10,13 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sentinel.durations import parse_duration
 from sentinel.errors import BadInput
+from sentinel.policy import safety
 from sentinel.policy.netparse import fast_network
 from sentinel.policy.yamlsrc import Located, YamlSyntaxError, load_located
 
@@ -122,6 +123,7 @@ class Policy:
     mark: int = DEFAULT_MARK
     source: str = "<memory>"
     sha256: str = ""
+    warnings: tuple[str, ...] = ()  # "file:line: field: reason" (printed by check, logged by run)
 
     @property
     def hostnames(self) -> tuple[str, ...]:
@@ -161,6 +163,9 @@ def parse_policy(raw: bytes | str, source: str = "<memory>") -> Policy:
     if checker.problems:
         raise PolicyError(source, checker.problems)
     assert policy is not None
+    if checker.warnings:
+        notes = tuple(f"{source}:{line}: {' '.join(msg.split())}" for line, msg in checker.warnings)
+        policy = replace(policy, warnings=notes)
     return policy
 
 
@@ -170,9 +175,21 @@ class _Checker:
     def __init__(self, doc: Located) -> None:
         self.doc = doc
         self.problems: list[tuple[int, str]] = []
+        self.warnings: list[tuple[int, str]] = []
 
     def bad(self, path: str, message: str) -> None:
         self.problems.append((self.doc.line(path), f"{path or 'policy'}: {message}"))
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append((self.doc.line(path), f"{path or 'policy'}: {message}"))
+
+    def unsafe_network(self, network: IPNetwork | None, path: str) -> None:
+        data = self.doc.data if isinstance(self.doc.data, dict) else {}
+        error, warning = safety.cidr_problem(network, data.get("mode", "enforce"))
+        if error:
+            self.bad(path, error)
+        if warning:
+            self.warn(path, warning)
 
     def mapping(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
         if value is None:
@@ -257,7 +274,10 @@ class _Checker:
             self.bad(path, "needs exactly one of host or cidr")
         if host is not None and not _valid_host(host):
             self.bad(f"{path}.host", f"{host!r} is not a DNS name or IP address")
+        elif host is not None and (why := safety.host_problem(host)):
+            self.bad(f"{path}.host", f"{host!r} is {why}")
         network = self.network(cidr, f"{path}.cidr") if cidr is not None else None
+        self.unsafe_network(network, f"{path}.cidr")
         ports = self.ports(data.get("ports"), f"{path}.ports")
         protocol = data.get("protocol", "tcp")
         if protocol not in PROTOCOLS:
@@ -431,6 +451,8 @@ class _Checker:
         if seconds is None:
             self.bad(path, f"{value!r} is not a duration (e.g. 30s, 10m, 1h)")
             return default
+        if why := safety.interval_problem(path, seconds):
+            self.bad(path, why)
         return seconds
 
     def int_in(self, path: str, value: Any, low: int, high: int) -> int:

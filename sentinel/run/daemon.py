@@ -25,12 +25,14 @@ from sentinel.enforce.render import Ruleset, held_after_pin_change, held_entries
 from sentinel.errors import BadInput, SentinelError
 from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
+from sentinel.policy import safety
 from sentinel.policy.decide import prepare_ruleset
 from sentinel.policy.load import IPAddress, Policy, PolicyError, load_policy
 from sentinel.policy.watch import PolicyWatcher
 from sentinel.resolver.pins import PinManager, Upstream, parse_upstream
 from sentinel.resolver.server import PinningResolver
 from sentinel.run.orphan import EXIT_ORPHANED, OrphanWatch
+from sentinel.run.watchdog import Watchdog
 from sentinel.store import kinds
 from sentinel.store.events import Event
 from sentinel.store.kinds import QUIET_KINDS
@@ -106,6 +108,7 @@ class Daemon:
         self.threads: list[threading.Thread] = []
         self.auto_upstream: tuple[str, int] | None = None
         self.repair_failures = 0  # failed tamper repairs in a row
+        self.watchdog: Watchdog | None = None
 
     @staticmethod
     def log_sink(event: Event) -> None:
@@ -124,6 +127,8 @@ class Daemon:
         redact.use_key(state_dir(), create=True)  # user-id pseudonyms stable across restarts
         self.ctx = Context(policy, self.policy_path, self.backend, sinks=[self.log_sink])
         upstream = self._upstream(policy)
+        for note in safety.run_warnings(policy, upstream.address):
+            log.warning("policy_warning", warning=note)
         self.ctx.pins = PinManager(
             policy.dns, upstream, policy.hostnames, self._emit_or_hold, self._pins_changed
         )
@@ -159,6 +164,7 @@ class Daemon:
             self._start_parts(policy, upstream)
             for event in self.early:  # readings taken before the store was up
                 self.ctx.emit(event)
+            self.watchdog = Watchdog(self).start()  # supervises every part started above
             self._signal_ready()
             log.info(
                 "running",
@@ -409,6 +415,8 @@ class Daemon:
                 )
             )
             return
+        for note in policy.warnings:  # refusals never get here: they are reload_rejected
+            log.warning("policy_warning", warning=note)
         old = self.ctx.pins.names()
         self.ctx.pins.set_names(policy.hostnames)
         self.ctx.pins.refresh_all(self.ctx.pins.names() - old)  # each new pin pushes sets
@@ -562,6 +570,8 @@ class Daemon:
     # --- shutdown -------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.stopping.set()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.ready_file is not None:  # an app (re)starting now must wait for a new sentinel
             self.ready_file.unlink(missing_ok=True)
         self._stop_services()

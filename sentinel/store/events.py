@@ -10,6 +10,7 @@ update (the monitor folds retransmits and raises the packet count later); it rep
 from __future__ import annotations
 
 import json
+import math
 import operator
 import queue
 import sqlite3
@@ -195,6 +196,35 @@ def _row(event: Event) -> tuple:
     return tuple(values)
 
 
+_INT64 = 2**63
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return -_INT64 <= value < _INT64
+    return value is None or isinstance(value, str)
+
+
+def _clean(column: str, value: Any) -> Any:
+    """A value SQLite cannot hold (NaN, inf, an integer past 64 bits, an odd type) must not
+    fail the batch it is in: the time becomes now, anything else NULL (or text for strings)."""
+    if _storable(value):
+        return value
+    if column == "ts":
+        return time.time()
+    if column == "packets":
+        return 1
+    if column in ("layer", "kind", "verdict"):
+        return str(value)
+    return None
+
+
+def _clean_row(row: tuple) -> tuple:
+    return tuple(_clean(c, v) for c, v in zip(COLUMNS, row, strict=True))
+
+
 _UPSERT = (
     f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     "ON CONFLICT(id) DO UPDATE SET packets = excluded.packets, last_ts = excluded.last_ts, "
@@ -203,8 +233,16 @@ _UPSERT = (
 
 
 def write_events(conn: sqlite3.Connection, events: list[Event], shed: dict[str, int]) -> None:
+    rows = [_row(e) for e in events]
+    if not all(math.isfinite(e.ts) for e in events):  # NaN binds as NULL, inf hides the row
+        rows = [_clean_row(r) for r in rows]
     with transaction(conn):
-        conn.executemany(_UPSERT, [_row(e) for e in events])
+        try:
+            conn.executemany(_UPSERT, rows)
+        except (OverflowError, ValueError, TypeError, sqlite3.IntegrityError):
+            # one value SQLite cannot hold (an integer past 64 bits, ...) must not fail the
+            # batch: the rows already written are upserted again, the rest stored cleaned
+            conn.executemany(_UPSERT, [_clean_row(r) for r in rows])
         now = time.time()
         conn.executemany(
             "INSERT INTO shed (ts, layer, count) VALUES (?, ?, ?)",
@@ -291,6 +329,7 @@ class EventStore:
         self._conn = connect(self.path)  # fail early, in the caller's thread
         self._thread = threading.Thread(target=self._run, name="event-store", daemon=True)
         self._started = False
+        self.last_loop = time.monotonic()
 
     def start(self) -> EventStore:
         if not self._started:
@@ -339,6 +378,7 @@ class EventStore:
     def _run(self) -> None:
         next_prune = 0.0
         while True:
+            self.last_loop = time.monotonic()  # the watchdog's sign of life
             try:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
@@ -351,7 +391,10 @@ class EventStore:
                     break
             stop = None in items
             events = [e for e in items if isinstance(e, Event)]
-            self._commit(events)
+            try:
+                self._commit(events)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
+                self._lost(events, exc)
             for _ in items:
                 self._queue.task_done()
             if time.monotonic() >= next_prune:  # in chunks: a big prune never holds up events
@@ -382,11 +425,20 @@ class EventStore:
                 for layer, n in shed.items():
                     self._shed[layer] = self._shed.get(layer, 0) + n
 
+    def _lost(self, events: list[Event], exc: Exception) -> None:
+        with self._lock:
+            for e in events:
+                self._shed[e.layer] = self._shed.get(e.layer, 0) + 1
+            self._counts["shed"] += len(events)
+            self._counts["errors"] += 1
+        if self.on_error:
+            self.on_error(exc)
+
     def _guard(self, fn: Callable[[], Any]) -> bool:
         try:
             fn()
             return True
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError, TypeError) as exc:
             with self._lock:
                 self._counts["errors"] += 1
             if self.on_error:

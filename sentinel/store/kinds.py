@@ -44,8 +44,13 @@ KINDS: tuple[Kind, ...] = (
         "rules differ and re-applying them failed: enforcement may be off",
     ),
     Kind("guard_fail_closed", ("guard",), P1, "the in-process guard could not read its policy"),
-    Kind("monitor_lost", ("sentinel",), P1, "a sensor (NFLOG reader, resolver, guard) stopped"),
-    Kind("monitor_recovered", ("sentinel",), None, "a lost sensor is back"),
+    Kind(
+        "monitor_lost",
+        ("sentinel",),
+        P1,
+        "a sensor (NFLOG reader, resolver, guard receiver, store, alerts) stopped; "
+        "`detail.resolved` when it is back",
+    ),
     Kind("dns_upstream_failing", ("dns",), P2, "the DNS upstream does not answer for a pin"),
     Kind("dns_upstream_recovered", ("dns",), None, "the DNS upstream answers again"),
     Kind(

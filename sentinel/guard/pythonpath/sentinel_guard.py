@@ -385,6 +385,7 @@ def _install(mode_env, origin):
         "sent": 0,
         "dropped_queue_full": 0,  # written by the app threads only
         "dropped_send_failed": 0,  # written by the reporter thread only
+        "dropped_at_exit": 0,  # still queued when the process exited
         "send_errors": 0,
         "reloads": 0,
         "reload_rejected": 0,
@@ -676,7 +677,10 @@ def _install(mode_env, origin):
             "generation": st["generation"],
             "entries": rules["entries"] if rules else 0,
             "counters": dict(
-                counts, dropped_total=counts["dropped_queue_full"] + counts["dropped_send_failed"]
+                counts,
+                dropped_total=counts["dropped_queue_full"]
+                + counts["dropped_send_failed"]
+                + counts["dropped_at_exit"],
             ),
         }
 
@@ -949,7 +953,10 @@ class _Reporter:
             counters=snap["counters"],
             argv0=(getattr(sys, "argv", None) or [""])[0],  # never the arguments: secrets
         )
-        self.send(msg)
+        for _ in range(100 if getattr(self, "exiting", False) else 1):  # at most ~100 ms at exit
+            if self.send(msg) is not None:
+                return
+            _sleep(0.001)
 
     def send(self, msg):
         """One non-blocking datagram: True sent, None receiver busy, False nobody listens."""
@@ -984,6 +991,11 @@ class _Reporter:
                 if self.drain():
                     break
                 _sleep(0.001)
+            left = len(self.queue)  # never sent: counted, so the exit heartbeat reports them
+            if left:
+                self.counts["dropped_at_exit"] += left
+                del self.queue[:]
+            self.exiting = True  # the exit heartbeat waits (bounded) for a busy receiver
             self.heartbeat("exit")
         except Exception:  # noqa: BLE001
             pass

@@ -1,0 +1,144 @@
+"""Policy values that parse but would be unsafe: each check returns a reason (or None).
+
+Called from the loader's small hooks (`sentinel/policy/load.py`), so every refusal names the
+file, line and field like any other policy error. Refused:
+
+* `cidr: 0.0.0.0/0` or `::/0` in enforce mode (it allows every destination: enforcing nothing);
+* hosts that are not what they look like: link-local addresses (`169.254.169.254`, the cloud
+  metadata service; `fe80::1%eth0`, scoped: netfilter cannot match a zone), IPv4-mapped IPv6
+  (`::ffff:198.18.0.2`: the kernel sends IPv4, an IPv6 rule never matches), the unspecified
+  address, and names that `inet_aton` reads as an address (`1.2.3` = 1.2.0.3, `0x7f000001` =
+  127.0.0.1): the guard, the resolver and libc would disagree about what they mean;
+* intervals of 0 (`dns.min_ttl`, `dns.max_ttl`, `monitor.tamper_interval`, `canary.interval`):
+  floors of `MIN_INTERVAL` (a 0 s tamper interval spun a core and a 0 s TTL re-queried the
+  upstream hundreds of times a second).
+
+Warned (printed by `sentinel check`, logged by `sentinel run`): `0.0.0.0/0` in audit mode, very
+wide networks, and a DNS upstream that is on none of this network namespace's networks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import subprocess
+from typing import Any
+
+MIN_INTERVAL = 1.0  # seconds
+FLOORED = ("dns.min_ttl", "dns.max_ttl", "monitor.tamper_interval", "canary.interval")
+_METADATA = ipaddress.ip_address("169.254.169.254")
+
+
+def cidr_problem(network: Any, mode: str) -> tuple[str | None, str | None]:
+    """(error, warning) for an allowlisted network."""
+    if network is None:
+        return None, None
+    if network.prefixlen == 0:
+        reason = f"{network} allows every destination"
+        if mode == "enforce":
+            return f"{reason}: in enforce mode that enforces nothing (list the networks)", None
+        return None, f"{reason} (audit mode: nothing would be reported as an attempt)"
+    if (
+        network.version == 4
+        and network.prefixlen < 8
+        or network.version == 6
+        and (network.prefixlen < 16)
+    ):
+        return None, f"{network} is a very wide network ({network.num_addresses:,} addresses)"
+    if network.version == 4 and _METADATA in network:
+        return None, f"{network} includes the cloud metadata service 169.254.169.254"
+    return None, None
+
+
+def host_problem(host: str) -> str | None:
+    """Why an allowlisted host is refused, or None."""
+    text = host.strip()
+    if ":" not in text and not text.rstrip(".").rpartition(".")[2][:1].isdigit():
+        return None  # a name whose last label starts with a letter: nothing to check (fast)
+    if "%" in text:
+        return "a scoped (link-local) address: netfilter cannot match a zone; not an upstream"
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return _numeric_name(text)
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        return f"an IPv4-mapped IPv6 address: write {mapped} (the kernel sends it as IPv4)"
+    if address == _METADATA:
+        return "the cloud metadata service (link-local): never an upstream"
+    if address.is_link_local:
+        return "a link-local address: reachable only on the local link, never an upstream"
+    if address.is_unspecified:
+        return "the unspecified address: it means this host, not an upstream"
+    return None
+
+
+def _numeric_name(name: str) -> str | None:
+    """A 'name' libc would take for an address: 1.2.3, 127.1, 0x7f000001, 0177.0.0.1."""
+    try:
+        packed = socket.inet_aton(name)
+    except (OSError, ValueError):
+        packed = None
+    if packed is not None:
+        return (
+            f"not a DNS name: inet_aton reads {name!r} as {socket.inet_ntoa(packed)} "
+            "(write the full dotted address, or a real name)"
+        )
+    if name.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        return "not a DNS name: the last label is all digits (no top-level domain is)"
+    return None
+
+
+def interval_problem(path: str, seconds: float) -> str | None:
+    if path in FLOORED and seconds < MIN_INTERVAL:
+        return f"{seconds:g}s is below the floor of {MIN_INTERVAL:g}s"
+    return None
+
+
+def upstream_warning(address: str, networks: list[Any] | None = None) -> str | None:
+    """A DNS upstream on none of this namespace's networks is reached through a gateway:
+    an egress path of its own (the sentinel's exempt traffic). `networks` for tests."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    nets = local_networks() if networks is None else networks
+    if not nets or any(ip.version == n.version and ip in n for n in nets):
+        return None
+    shown = ", ".join(str(n) for n in nets if not n.is_loopback)[:200] or "loopback only"
+    return (
+        f"DNS upstream {address} is on none of this network namespace's networks ({shown}): "
+        "its queries leave through a gateway"
+    )
+
+
+def local_networks() -> list[Any]:
+    """The networks of this namespace's interfaces (`ip -j addr`); [] when unknown."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+        links = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    nets = []
+    for link in links:
+        for info in link.get("addr_info", []):
+            try:
+                nets.append(
+                    ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)
+                )
+            except (KeyError, ValueError):
+                pass
+    return nets
+
+
+def run_warnings(policy: Any, upstream_address: str) -> list[str]:
+    """What `sentinel run` logs at start and after a reload: the policy's warnings plus the
+    upstream check (only meaningful inside the app's namespace, where the daemon runs)."""
+    notes = list(getattr(policy, "warnings", ()))
+    note = upstream_warning(upstream_address)
+    if note:
+        notes.append(f"{policy.source}: dns.upstream: {note}")
+    return notes
