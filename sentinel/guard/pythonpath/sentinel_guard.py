@@ -366,9 +366,39 @@ def _spec_allows(specs, port, proto):
 
 
 # --- the installed guard (runs in the private copy) -----------------------------------------
+# `_install` runs once per interpreter; each step it calls builds closures over the state it
+# created (the hook and everything it calls keep their references in closure cells, as one
+# function did before), so a step function rebound after start-up changes nothing.
 def _install(mode_env, origin):
     """Load the allowlist, install the audit hook and start the reporter thread."""
     cfg = _config(mode_env)
+    st, counts, queue = _new_state()
+    hostname = _norm_name(_socket.gethostname())
+    try_load = _loader(cfg, st, counts)
+    try_load(True)
+    mode = _pick_mode(cfg, st)
+    enforce = mode == "enforce"
+    base_message, violation, submit = _reporting(st, counts, queue, mode, enforce)
+    denial, decide = _decider(st, try_load, hostname)
+    handlers, remember = _address_checks(st, counts, decide, violation)
+    raw, precheck = _socket_checks(st, enforce, decide, violation, handlers)
+    tamper, own = _tamper_check(counts, violation)
+    handlers.update(raw)
+    handlers.update(tamper)
+    hook = _dispatch(handlers)
+    _protect(st, own, [hook, *handlers.values(), precheck, denial, decide, violation, remember])
+    snapshot = _snapshot(st, counts, origin, mode)
+    sys.addaudithook(hook)
+    _STATUS.append(snapshot)
+    reporter = _Reporter(cfg, st, counts, queue, try_load, snapshot, base_message)
+    reporter.start()
+    _announce_fail_closed(st, enforce, base_message, submit)
+    _follow_fork_and_exit(st, queue, reporter)
+    return hook
+
+
+def _new_state():
+    """The guard's mutable state, its counters and the report queue."""
     st = {  # all mutable state lives here, reachable only through the hook's closure
         "rules": None,
         "fail_reason": None,
@@ -392,7 +422,11 @@ def _install(mode_env, origin):
         "tamper": 0,
     }
     queue = []  # list.append/pop(0) are atomic under the GIL; bounded by _QUEUE_MAX
-    hostname = _norm_name(_socket.gethostname())
+    return st, counts, queue
+
+
+def _loader(cfg, st, counts):
+    """try_load(first): (re)load the allowlist when its files changed; keep the last good one."""
 
     def try_load(first):
         key = (_stat_key(cfg["allowlist"]), _stat_key(cfg["policy"]) if cfg["policy"] else None)
@@ -413,11 +447,20 @@ def _install(mode_env, origin):
         if not first:
             counts["reloads"] += 1
 
-    try_load(True)
+    return try_load
+
+
+def _pick_mode(cfg, st):
+    """SENTINEL_GUARD, else the allowlist's mode; anything else (or nothing) enforces."""
     mode = cfg["mode"] or (st["rules"]["mode"] if st["rules"] else "enforce")
     if mode not in ("enforce", "audit"):
         mode = "enforce"
-    enforce = mode == "enforce"
+    return mode
+
+
+def _reporting(st, counts, queue, mode, enforce):
+    """Messages to the sentinel: the common fields, the violation (raises when enforcing), the
+    never-blocking queue."""
 
     def base_message(kind):
         return {
@@ -458,6 +501,12 @@ def _install(mode_env, origin):
             return
         counts["queued"] += 1
         queue.append(msg)
+
+    return base_message, violation, submit
+
+
+def _decider(st, try_load, hostname):
+    """decide(kind, host, port, proto) -> None (allowed) or the reason; cached per allowlist."""
 
     def denial(rules, kind, host, port, proto):
         """None when allowed, else the reason. kind: 'name' | 'addr' | 'reverse'."""
@@ -521,6 +570,12 @@ def _install(mode_env, origin):
         except TypeError:
             pass
         return reason
+
+    return denial, decide
+
+
+def _address_checks(st, counts, decide, violation):
+    """Handlers for connect/sendto/sendmsg and the name and reverse lookups."""
 
     def on_address(event, args):
         sock, address = args
@@ -594,6 +649,22 @@ def _install(mode_env, origin):
         if reason is not None:
             violation(event, host, None, None, "dns", reason)
 
+    return {
+        "socket.connect": on_address,
+        "socket.sendto": on_address,
+        "socket.sendmsg": on_address,
+        "socket.getaddrinfo": on_getaddrinfo,
+        "socket.gethostbyname": on_name,
+        "socket.gethostbyname_ex": on_name,
+        "socket.gethostbyaddr": on_reverse,
+        "socket.getnameinfo": on_reverse,
+    }, remember
+
+
+def _socket_checks(st, enforce, decide, violation, handlers):
+    """Handlers for socket creation (AF_PACKET; patching socket.py once it is imported) and
+    bind, and the precheck the patched socket methods run."""
+
     def on_new(event, args):
         """Only until socket.py is patched; then AF_PACKET is caught at bind/sendto instead."""
         if args[1] == _AF_PACKET:
@@ -630,6 +701,14 @@ def _install(mode_env, origin):
             if reason is not None:
                 violation("socket.connect", host, None, address[1], proto, reason)
 
+    return {
+        "socket.__new__": on_new,
+        "socket.bind": on_bind,
+    }, precheck
+
+
+def _tamper_check(counts, violation):
+    """Audited writes (e.g. `__code__`) to the guard's own functions count and are refused."""
     own = set()
 
     def on_tamper(event, args):
@@ -638,20 +717,14 @@ def _install(mode_env, origin):
             name = args[1] if len(args) > 1 else "?"
             violation(event, None, None, None, "tamper", f"attempt to modify the guard ({name})")
 
-    handlers = {
-        "socket.connect": on_address,
-        "socket.sendto": on_address,
-        "socket.sendmsg": on_address,
-        "socket.getaddrinfo": on_getaddrinfo,
-        "socket.gethostbyname": on_name,
-        "socket.gethostbyname_ex": on_name,
-        "socket.gethostbyaddr": on_reverse,
-        "socket.getnameinfo": on_reverse,
-        "socket.__new__": on_new,
-        "socket.bind": on_bind,
+    return {
         "object.__setattr__": on_tamper,
         "object.__delattr__": on_tamper,
-    }
+    }, own
+
+
+def _dispatch(handlers):
+    """The audit hook: one dict lookup per event, then its handler."""
     lookup = handlers.get
 
     def hook(event, args):
@@ -659,11 +732,18 @@ def _install(mode_env, origin):
         if handler is not None:
             handler(event, args)
 
+    return hook
+
+
+def _protect(st, own, protected):
     # ids are only unique while the object lives: keep every protected object referenced
-    protected = [hook, *handlers.values(), precheck, denial, decide, violation, remember]
     protected += [v for v in globals().values() if callable(v)]
     own.update(id(f) for f in protected)
     st["protected"] = protected
+
+
+def _snapshot(st, counts, origin, mode):
+    """status(): what this guard is doing (read-only)."""
 
     def snapshot():
         rules = st["rules"]
@@ -684,10 +764,10 @@ def _install(mode_env, origin):
             ),
         }
 
-    sys.addaudithook(hook)
-    _STATUS.append(snapshot)
-    reporter = _Reporter(cfg, st, counts, queue, try_load, snapshot, base_message)
-    reporter.start()
+    return snapshot
+
+
+def _announce_fail_closed(st, enforce, base_message, submit):
     if st["rules"] is None:
         if enforce:
             _say(f"FAIL CLOSED: {st['fail_reason']}; non-loopback network calls raise")
@@ -696,6 +776,10 @@ def _install(mode_env, origin):
         msg = base_message("fail_closed")
         msg.update(reason=st["fail_reason"], enforce=enforce)
         submit(msg)
+
+
+def _follow_fork_and_exit(st, queue, reporter):
+    """A forked child gets its own pid, an empty queue and a reporter; at exit, drain."""
 
     def after_fork():
         st["pid"] = _getpid()
@@ -707,7 +791,6 @@ def _install(mode_env, origin):
     import atexit
 
     atexit.register(reporter.at_exit)
-    return hook
 
 
 def _config(mode_env):
