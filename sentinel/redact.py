@@ -8,7 +8,7 @@ is removed even when it has no recognisable shape.
 API: `redact_text(str) -> str`, `redact_obj(obj) -> obj` (dicts/lists/tuples, recursively; values
 under secret-looking keys are replaced whole), `hash_user_id(value, key) -> str` (stable keyed
 pseudonym: the same id and key always give the same token, without the key it cannot be
-reversed or brute-forced from a list of ids). `user_id`/`userId`/`uid` values, as dict keys
+reversed or brute-forced from a list of ids). `user_id`/`userId` values, as dict keys
 or as `key=value`/`"key": "value"` text, are replaced by that pseudonym everywhere redaction
 runs; the key comes from `use_key` (env var or a file in the state dir, never exported).
 """
@@ -107,10 +107,11 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?<![\w.])\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w.])"), PHONE_MASK),
 ]
 
-# user ids: `user_id=42`, `"userId": "abc"`, `uid: 7` become a stable keyed pseudonym u_<hex>
-_USER_ID_KEY_RE = re.compile(r"^(?:user[_-]?id|userid|uid)$", re.IGNORECASE)
+# user ids: `user_id=42`, `"userId": "abc"` become a stable keyed pseudonym u_<hex>
+# (not `uid`: that is a Unix uid the kernel vouches for, which the evidence needs as it is)
+_USER_ID_KEY_RE = re.compile(r"^(?:user[_-]?id|userid)$", re.IGNORECASE)
 _USER_ID_TEXT_RE = re.compile(
-    r"(?P<k>(?<![A-Za-z0-9])(?:user[_-]?id|userid|uid)[\"']?\s*[:=]\s*)"
+    r"(?P<k>(?<![A-Za-z0-9])(?:user[_-]?id|userid)[\"']?\s*[:=]\s*)"
     # quoted: the whole quoted value; bare: up to a separator (a dot, slash or colon ends it,
     # so `user_id=42.example.org` and `user_id=42/app.py` both give 42's pseudonym)
     r"(?:(?P<q>[\"'])(?P<qv>[^\"'\n]+)(?P=q)|(?P<v>[^\s,;&\"'}\]./:]+))",

@@ -24,10 +24,10 @@ from tests.test_dns import Clock, FakeUpstream
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(("ttl", "refresh_after"), [(60, 48.0), (3600, 3570.0), (10, 8.0)])
+@pytest.mark.parametrize(("ttl", "refresh_after"), [(60, 48.0), (3600, 2880.0), (10, 8.0)])
 def test_pins_refresh_when_docs_dns_says(ttl, refresh_after):
     text = (ROOT / "docs" / "dns.md").read_text()
-    assert "later of 80 % of its TTL and 30 s before it expires" in text
+    assert "A pin is refreshed at 80 % of its TTL" in text
     clock, upstream = Clock(), FakeUpstream({"postgres": {"A": ["198.18.0.2"]}})
     upstream.ttl = ttl
     pins = PinManager(
