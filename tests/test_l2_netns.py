@@ -306,8 +306,16 @@ def test_the_namespaces_own_solicited_node_reports_still_leave(topo, tmp_path):
     cap = Capture(topo, tmp_path)
     # a querier on the link: the app's kernel answers with the groups it has joined, which
     # are only the solicited-node groups of its own addresses (fe80::..., 2001:db8::10)
-    assert topo.run("outside", PYTHON, "-c", QUERY).stdout.strip() == "sent"
-    time.sleep(2)
+    # a query from a still-tentative link-local address goes out from :: and receivers must
+    # ignore it (RFC 3810 5.1.14): wait for DAD on both ends, then ask up to three times
+    for name in ("outside", "app"):
+        assert wait_for(
+            lambda n=name: not topo.run(n, "ip", "-6", "addr", "show", "tentative").stdout.strip(),
+            15,
+        )
+    for _ in range(3):
+        assert topo.run("outside", PYTHON, "-c", QUERY).stdout.strip() == "sent"
+        time.sleep(1.5)  # the query allows 500 ms for the answer
     seen = cap.stop()
     assert seen["icmpv6_types"].get("143", 0) >= 1, seen
     assert not [e for e in s.events("egress_attempt") if e["detail"].get("link_layer") == "mld"]

@@ -263,7 +263,8 @@ def test_cli_window_selects_the_attempts_and_leaves_the_store_as_it_was(tmp_path
 
     state = tmp_path / "state"
     conn = ev.connect(ev.db_path(state))
-    old, recent = NOW - 7200, NOW - 60
+    now = time.time()  # --last/--until count from the CLI's clock, not from import time
+    old, recent = now - 7200, now - 60
     ev.write_events(
         conn,
         [
