@@ -88,6 +88,24 @@ READ_SETS = [["ipset", "save", name] for _family, name in OUR_SETS]
 RESTORE = ["--noflush", "--wait"]
 
 
+# What removing our IPv4 part must send: jumps deleted, our chains flushed and deleted, one
+# commit per table, built-in chains untouched (rollback of a first apply, and teardown).
+REMOVAL_V4 = [
+    "*filter",
+    "-D OUTPUT -j SENTINEL-OUT",
+    "-F SENTINEL-DENY",
+    "-F SENTINEL-OUT",
+    "-X SENTINEL-DENY",
+    "-X SENTINEL-OUT",
+    "COMMIT",
+    "*nat",
+    "-D OUTPUT -j SENTINEL-DNS",
+    "-F SENTINEL-DNS",
+    "-X SENTINEL-DNS",
+    "COMMIT",
+]
+
+
 def expected_doc(ruleset, family: int) -> str:
     """What a first apply must send for one family: per table our chains declared (which
     flushes them), our hook inserted at position 1, our rules, one COMMIT."""
@@ -161,20 +179,7 @@ def test_refusal_midway_rolls_back_the_committed_family(monkeypatch, ruleset):
     assert restores[0] == expected_doc(ruleset, 4)
     rollback = restores[1].splitlines()
     # a first apply: the tables only it touched lose our jump and chains again
-    assert rollback == [
-        "*filter",
-        "-D OUTPUT -j SENTINEL-OUT",
-        "-F SENTINEL-DENY",
-        "-F SENTINEL-OUT",
-        "-X SENTINEL-DENY",
-        "-X SENTINEL-OUT",
-        "COMMIT",
-        "*nat",
-        "-D OUTPUT -j SENTINEL-DNS",
-        "-F SENTINEL-DNS",
-        "-X SENTINEL-DNS",
-        "COMMIT",
-    ]
+    assert rollback == REMOVAL_V4
     sets_doc = kernel.stdin_of("ipset")[-1].splitlines()
     for s in ruleset.sets:
         assert f"swap {s.name}-new {s.name}" in sets_doc and f"destroy {s.name}" in sets_doc
@@ -184,20 +189,7 @@ def test_teardown_removes_only_ours(monkeypatch):
     kernel = install(monkeypatch, FakeKernel(applied=True))
     assert netfilter.teardown("nft") is True
     (doc4,) = kernel.stdin_of(f"{V4}-restore")
-    assert doc4.splitlines() == [
-        "*filter",
-        "-D OUTPUT -j SENTINEL-OUT",
-        "-F SENTINEL-DENY",
-        "-F SENTINEL-OUT",
-        "-X SENTINEL-DENY",
-        "-X SENTINEL-OUT",
-        "COMMIT",
-        "*nat",
-        "-D OUTPUT -j SENTINEL-DNS",
-        "-F SENTINEL-DNS",
-        "-X SENTINEL-DNS",
-        "COMMIT",
-    ]
+    assert doc4.splitlines() == REMOVAL_V4
     assert ":INPUT" not in doc4 and "-F OUTPUT" not in doc4  # built-in chains untouched
     assert kernel.stdin_of("ipset")[-1] == "".join(f"destroy {n}\n" for _f, n in OUR_SETS)
     assert not any(cmd[0] == "nft" for cmd in kernel.argv())  # no table was ours to delete
