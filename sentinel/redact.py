@@ -107,6 +107,42 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?<![\w.])\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w.])"), PHONE_MASK),
 ]
 
+# What each pattern above cannot match without (same order): ("s", needles) a substring of
+# the text, ("i", needles) a substring of the lower-cased text (case-insensitive patterns; only
+# ASCII text is gated, where lower() is what IGNORECASE compares), ("len", n) n characters.
+# A pattern is skipped when its gate fails: most event text (host names, executables) then
+# runs two or three of the patterns instead of all of them, with the same result.
+_GATES: tuple[tuple[str, Any], ...] = (
+    ("s", ("-----BEGIN ",)),  # PEM
+    ("i", ("hooks.slack.com/",)),
+    ("s", ("/api/webhooks/",)),  # Discord
+    ("s", ("://",)),  # user:password@
+    ("i", ("bearer", "basic", "token")),
+    ("s", ("eyJ",)),  # JWT
+    ("s", ("AKIA", "ASIA")),
+    ("s", ("xox",)),
+    ("s", ("gh",)),
+    ("s", ("github_pat_",)),
+    ("s", ("sk-",)),
+    ("s", ("AIza",)),
+    ("s", ("_live_", "_test_")),  # Stripe
+    ("s", (":", "=")),  # key=value / "key": "value"
+    ("s", ("=",)),  # query strings
+    ("len", 32),  # long hex
+    ("s", ("@",)),  # e-mail
+    ("s", ("+",)),  # +E.164
+    ("len", 12),  # 3-3-4 digit groups
+)
+assert len(_GATES) == len(_PATTERNS)
+
+
+# (pattern, replacement, needles or None, lower-cased?, shortest match) in one row each
+_GATED = tuple(
+    (pattern, replacement, None if how == "len" else arg, how == "i", arg if how == "len" else 0)
+    for (pattern, replacement), (how, arg) in zip(_PATTERNS, _GATES, strict=True)
+)
+
+
 # user ids: `user_id=42`, `"userId": "abc"` become a stable keyed pseudonym u_<hex>
 # (not `uid`: that is a Unix uid the kernel vouches for, which the evidence needs as it is)
 _USER_ID_KEY_RE = re.compile(r"^(?:user[_-]?id|userid)$", re.IGNORECASE)
@@ -135,6 +171,7 @@ def add_secret(value: str | None) -> None:
         if value not in _secrets:
             # longest first, so a URL is removed before a key that is part of it
             _secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
+            _forget()
 
 
 def use_key(state_dir: Path | None, create: bool) -> None:
@@ -146,6 +183,7 @@ def use_key(state_dir: Path | None, create: bool) -> None:
     env = os.environ.get(KEY_ENV)
     if env:
         _user_key = env.encode()
+        _forget()  # pseudonyms change with the key
         return
     path = state_dir / KEY_FILE if state_dir else None
     try:
@@ -162,6 +200,7 @@ def use_key(state_dir: Path | None, create: bool) -> None:
         _user_key = None  # unreadable/unwritable: the per-process key below
     if _user_key is None:
         _user_key = secrets.token_hex(32).encode()
+    _forget()
 
 
 def _pseudonym(value: str) -> str:
@@ -182,18 +221,58 @@ def _user_ids(text: str) -> str:
     return _USER_ID_TEXT_RE.sub(sub, text)
 
 
+_MEMO_MAX = 4096  # short texts already redacted (host names, executables repeat)
+_MEMO_LEN = 256
+_memo: dict[str, str] = {}
+_memo_age = 0  # bumped by _forget: a result computed across a change is not remembered
+
+
+def _forget() -> None:
+    global _memo_age
+    _memo_age += 1
+    _memo.clear()
+
+
 def redact_text(text: str) -> str:
     """The text with registered secrets, secret-shaped strings, e-mails and phones masked,
-    and user ids replaced by their keyed pseudonym."""
+    and user ids replaced by their keyed pseudonym. Short texts are remembered (until a new
+    secret or key is set): the store redacts the same names over and over."""
     if not text:
         return text
+    if len(text) > _MEMO_LEN:
+        return _redact_text(text)
+    done = _memo.get(text)
+    if done is None:
+        age = _memo_age
+        done = _redact_text(text)
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        if age == _memo_age:
+            _memo[text] = done
+    return done
+
+
+def _redact_text(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     if "id" in text.lower():
         text = _user_ids(text)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    lower = text.lower() if text.isascii() else None
+    for pattern, replacement, needles, folded, shortest in _GATED:
+        if needles is None:
+            if len(text) < shortest:
+                continue
+        elif not folded or lower is not None:  # non-ASCII: IGNORECASE folds, no gate
+            hay = lower if folded else text
+            for needle in needles:
+                if needle in hay:
+                    break
+            else:
+                continue
+        text, n = pattern.subn(replacement, text)
+        if n:
+            lower = text.lower() if text.isascii() else None
     return text
 
 
