@@ -1,0 +1,93 @@
+"""The one event schema for every layer (netfilter, dns, guard, tamper, ...).
+
+An event's id is also its correlation id. New ids are time-ordered UUIDs (the version 7
+layout: 48 bits of Unix milliseconds, then 74 random bits), so the store's primary-key index
+grows at its right edge instead of taking a random page for every insert; ids made elsewhere
+(the guard's uuid4) are stored the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
+VERDICTS = ("blocked", "audited", "info")
+
+_VERSION_7 = 0x7 << 76
+_VARIANT = 0b10 << 62
+_LOW_62 = (1 << 62) - 1
+
+
+def new_id() -> str:
+    """A time-ordered UUID (version 7 layout), its random part from os.urandom."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | _VERSION_7
+        | (rand >> 62 & 0xFFF) << 64
+        | _VARIANT
+        | (rand & _LOW_62)
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def destination_text(
+    name: str | None, ip: str | None, port: int | None, protocol: str | None
+) -> str:
+    """The one way a destination is written (reports, alerts, explain): host:port/protocol,
+    an IPv6 literal in brackets, '?' for what is unknown."""
+    host = name or ip or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port_text = f":{port}" if port is not None else ""
+    return f"{host}{port_text}/{protocol or '?'}"
+
+
+@dataclass(frozen=True)
+class Event:
+    layer: str  # one of LAYERS
+    kind: str  # "egress_attempt", "dns_refused", "tamper", "pin_changed", "reload_rejected", ...
+    verdict: str = "blocked"  # blocked | audited | info
+    protocol: str | None = None  # tcp | udp | icmp | icmpv6 | dns
+    dst_ip: str | None = None
+    dst_port: int | None = None
+    dst_name: str | None = None  # when known (DNS layer, guard)
+    packets: int = 1
+    pid: int | None = None
+    exe: str | None = None
+    stack: str | None = None  # the Python frame that made the call (guard)
+    detail: dict[str, Any] = field(default_factory=dict, hash=False)
+    ts: float = field(default_factory=time.time)
+    id: str = field(default_factory=new_id)  # also the correlation id
+    family: int | None = None  # 4 | 6 (network layer)
+    src_ip: str | None = None
+    src_port: int | None = None
+    last_ts: float | None = None  # last folded packet (retransmits), None = single packet
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS = tuple(f.name for f in fields(Event))
+
+
+def redact_event(event: Event) -> Event:
+    """The event as it may be stored: secrets, e-mails, phones masked and user ids hashed in
+    its free-text fields (name, executable, stack, detail). Addresses, ports and ids stay.
+    An event with nothing to mask is returned as it is (no copy)."""
+    if not (event.dst_name or event.exe or event.stack or event.detail):
+        return event  # a kernel sighting: nothing free-text to redact (the hot path)
+    from sentinel.redact import redact_obj, redact_text
+
+    changes: dict[str, Any] = {}
+    for name in ("dst_name", "exe", "stack"):
+        text = getattr(event, name)
+        if text and (masked := redact_text(text)) != text:
+            changes[name] = masked
+    if event.detail and (detail := redact_obj(event.detail)) != event.detail:
+        changes["detail"] = detail
+    return replace(event, **changes) if changes else event

@@ -1,0 +1,113 @@
+"""Writing rows: events as upserts (an id already stored is a fold update), shed counts, and
+retention pruning in bounded chunks. Every write is one `schema.transaction`."""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import sqlite3
+import time
+from typing import Any
+
+from sentinel.store.model import COLUMNS, Event
+from sentinel.store.schema import STORE_CREATED, transaction
+
+# A row is every column but detail (one C call; asdict deep-copies), then detail as JSON.
+ROW_COLUMNS = (*(c for c in COLUMNS if c != "detail"), "detail")
+_VALUES = operator.attrgetter(*ROW_COLUMNS[:-1])
+_encode = json.JSONEncoder(sort_keys=True, default=str).encode  # = json.dumps(..., same args)
+
+
+def _row(event: Event) -> tuple:
+    return (*_VALUES(event), _encode(event.detail) if event.detail else "{}")
+
+
+_INT64 = 2**63
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return -_INT64 <= value < _INT64
+    return value is None or isinstance(value, str)
+
+
+def _clean(column: str, value: Any) -> Any:
+    """A value SQLite cannot hold (NaN, inf, an integer past 64 bits, an odd type) must not
+    fail the batch it is in: the time becomes now, anything else NULL (or text for strings)."""
+    if _storable(value):
+        return value
+    if column == "ts":
+        return time.time()
+    if column == "packets":
+        return 1
+    if column in ("layer", "kind", "verdict"):
+        return str(value)
+    return None
+
+
+def _clean_row(row: tuple) -> tuple:
+    return tuple(_clean(c, v) for c, v in zip(ROW_COLUMNS, row, strict=True))
+
+
+INSERT = f"INSERT INTO events ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+UPSERT = (
+    f"{INSERT} ON CONFLICT(id) DO UPDATE SET packets = excluded.packets, "
+    "last_ts = excluded.last_ts, detail = excluded.detail"
+)
+
+
+def write_events(conn: sqlite3.Connection, events: list[Event], shed: dict[str, int]) -> None:
+    """One transaction: the events (upserted by id) and the shed counts since the last one."""
+    rows = [_row(e) for e in events]
+    if not all(math.isfinite(e.ts) for e in events):  # NaN binds as NULL, inf hides the row
+        rows = [_clean_row(r) for r in rows]
+    with transaction(conn):
+        try:
+            _insert(conn, rows)
+        except (OverflowError, ValueError, TypeError, sqlite3.IntegrityError):
+            # one value SQLite cannot hold (an integer past 64 bits, ...) must not fail the
+            # batch: the rows already written are upserted again, the rest stored cleaned
+            conn.executemany(UPSERT, [_clean_row(r) for r in rows])
+        if shed:
+            now = time.time()
+            conn.executemany(
+                "INSERT INTO shed (ts, layer, count) VALUES (?, ?, ?)",
+                [(now, layer, n) for layer, n in shed.items() if n],
+            )
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Plain INSERTs (the cheaper statement) until a row's id is already stored: from that
+    row on the batch is upserted (an update of a folded event, or a row sent twice)."""
+    before = conn.total_changes
+    try:
+        conn.executemany(INSERT, rows)
+    except sqlite3.IntegrityError:
+        done = conn.total_changes - before  # the failed row's own change is rolled back
+        conn.executemany(UPSERT, rows[done:])
+
+
+PRUNE_CHUNK = 5000  # the largest chunk the writer deletes in one transaction
+
+
+def prune(
+    conn: sqlite3.Connection, retention: float, now: float | None = None, limit: int | None = None
+) -> int:
+    """Delete events older than the retention; at most `limit` (oldest first) when given."""
+    cutoff = (now or time.time()) - retention
+    with transaction(conn):
+        if limit is None:
+            gone = conn.execute(
+                "DELETE FROM events WHERE ts < ? AND kind != ?", (cutoff, STORE_CREATED)
+            ).rowcount
+        else:
+            gone = conn.execute(
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ? "
+                "AND kind != ? ORDER BY ts LIMIT ?)",
+                (cutoff, STORE_CREATED, limit),
+            ).rowcount
+        conn.execute("DELETE FROM shed WHERE ts < ?", (cutoff,))
+    return gone

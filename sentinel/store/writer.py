@@ -1,0 +1,227 @@
+"""The store's writer: `EventStore.put()` never blocks; one thread commits batches.
+
+`put()` redacts the event and appends it to a bounded in-memory queue. The writer thread takes
+everything queued (up to `batch`) and commits it in one transaction: under load batches grow
+by themselves, and after an idle spell it waits `linger` so a burst shares one transaction.
+Between batches it deletes at most one chunk of expired events, sized so a chunk takes about
+`PRUNE_TARGET`: pruning a large backlog never holds new events up for longer than that.
+
+Durability bound: an event is committed (in the WAL, surviving the process being killed)
+within `linger` + one batch commit of `put()` returning True, while the writer keeps up.
+`flush()` waits for everything put so far; `stop()` (the daemon's shutdown, SIGTERM) flushes
+and then writes whatever else was queued. A full queue sheds the event: `put()` returns False,
+and the count is written to the `shed` table with the next batch (report: shed_events; metrics:
+sentinel_events_shed_total). A batch the database refuses is counted the same way. What a
+SIGKILL or a crash takes with it is the queue: the events put since the last commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sentinel.store.model import Event, redact_event
+from sentinel.store.rows import PRUNE_CHUNK, prune, write_events
+from sentinel.store.schema import connect, db_path
+
+DEFAULT_QUEUE = 50_000
+DEFAULT_RETENTION = 7 * 86400.0
+BATCH = 5000  # the most events in one transaction
+LINGER = 0.002  # s: after idling, let a burst gather before committing it
+IDLE_WAKE = 0.5  # s: the writer's sign of life (watchdog) while nothing arrives
+PRUNE_EVERY = 60.0  # s between pruning rounds once the backlog is gone
+PRUNE_TARGET = 0.010  # s: the length of one prune transaction the chunk size aims for
+PRUNE_MIN = 50
+_WRITE_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
+
+
+class EventStore:
+    """Non-blocking writer: `put()` never waits; a thread commits batches."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        maxsize: int = DEFAULT_QUEUE,
+        retention: float = DEFAULT_RETENTION,
+        batch: int = BATCH,
+        on_error: Callable[[Exception], None] | None = None,
+        linger: float = LINGER,
+    ) -> None:
+        self.path = path or db_path()
+        self.retention = retention
+        self.batch = batch
+        self.maxsize = maxsize
+        self.linger = linger
+        self.on_error = on_error
+        self._pending: deque[Event] = deque()
+        self._lock = threading.Lock()  # the bound check, the counters, the shed tally
+        self._shed: dict[str, int] = {}  # not yet persisted
+        self._counts = {"put": 0, "written": 0, "shed": 0, "batches": 0, "errors": 0}
+        self._max_depth = 0
+        self._done = 0  # events the writer is finished with (committed, or counted as shed)
+        self._done_changed = threading.Condition()
+        self._write_lock = threading.Lock()  # one batch at a time
+        self._wake = threading.Event()
+        self._idle = True  # the writer waits (or is about to): put() must wake it
+        self._stopping = False
+        self._prune_size = PRUNE_CHUNK // 10
+        self._next_prune = 0.0
+        self._conn = connect(self.path)  # fail early, in the caller's thread
+        self._thread = threading.Thread(target=self._run, name="event-store", daemon=True)
+        self._started = False
+        self.last_loop = time.monotonic()
+
+    def start(self) -> EventStore:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def put(self, event: Event) -> bool:
+        """Queue an event, redacted; False (and counted) when the queue is full. Never blocks."""
+        if len(self._pending) >= self.maxsize:
+            return self._shed_one(event.layer)
+        event = redact_event(event)
+        with self._lock:
+            self._pending.append(event)
+            self._counts["put"] += 1
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+        return True
+
+    __call__ = put  # usable directly as an emit callback
+
+    def _shed_one(self, layer: str) -> bool:
+        with self._lock:
+            self._shed[layer] = self._shed.get(layer, 0) + 1
+            self._counts["shed"] += 1
+        return False
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            depth = len(self._pending)
+            return {**self._counts, "queue_depth": depth, "max_depth": max(self._max_depth, depth)}
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event put so far is committed (or counted as shed)."""
+        with self._lock:
+            target = self._counts["put"]
+        if self._started and not self._thread.is_alive():
+            self._write_all()  # the writer died (the watchdog restarts it): write from here
+        self._wake.set()
+        with self._done_changed:
+            return self._done_changed.wait_for(lambda: self._done >= target, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush, end the writer, and write whatever was queued meanwhile; then close."""
+        if self._started:
+            self.flush(timeout)
+            self._stopping = True
+            self._wake.set()
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._write_all()
+        self._conn.close()
+
+    # --- the writer thread ------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self.last_loop = time.monotonic()  # the watchdog's sign of life
+            self._write_batch()
+            if self._stopping and not self._pending:
+                return
+            pruned = self._prune_step()  # at most one chunk between two batches
+            if not self._pending and not pruned:
+                self._sleep()
+
+    def _sleep(self) -> None:
+        self._idle = True
+        if not self._pending and not self._stopping:
+            self._wake.wait(IDLE_WAKE)
+        self._wake.clear()
+        self._idle = False
+        if self._pending and self.linger and not self._stopping:
+            time.sleep(self.linger)
+
+    def _write_all(self) -> None:
+        for _ in range(len(self._pending) // max(self.batch, 1) + 2):  # bounded
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        with self._write_lock:
+            pending = self._pending
+            n = min(self.batch, len(pending))
+            self._max_depth = max(self._max_depth, len(pending))
+            events = [pending.popleft() for _ in range(n)]
+            with self._lock:
+                shed, self._shed = self._shed, {}
+            if not events and not shed:
+                return
+            try:
+                write_events(self._conn, events, shed)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
+                self._lost(events, shed, exc)
+            else:
+                with self._lock:
+                    self._counts["written"] += n
+                    self._counts["batches"] += 1
+            finally:
+                with self._done_changed:
+                    self._done += n
+                    self._done_changed.notify_all()
+
+    def _lost(self, events: list[Event], shed: dict[str, int], exc: Exception) -> None:
+        """The batch is lost: count it as shed (written with the next batch) and say why."""
+        with self._lock:
+            for e in events:
+                self._shed[e.layer] = self._shed.get(e.layer, 0) + 1
+            for layer, n in shed.items():
+                self._shed[layer] = self._shed.get(layer, 0) + n
+            self._counts["shed"] += len(events)
+        self._error(exc)
+
+    def _error(self, exc: Exception) -> None:
+        with self._lock:
+            self._counts["errors"] += 1
+        if self.on_error:
+            self.on_error(exc)
+        if not isinstance(exc, _WRITE_ERRORS):
+            return
+        time.sleep(0.1)  # a locked or full database: do not spin
+
+    def _prune_step(self) -> bool:
+        """One chunk of retention pruning when it is due; True when one ran. The chunk grows
+        or shrinks so that one transaction takes about PRUNE_TARGET."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return False
+        size = self._prune_size
+        start = time.perf_counter()
+        try:
+            with self._write_lock:
+                gone = prune(self._conn, self.retention, limit=size)
+        except _WRITE_ERRORS as exc:
+            self._next_prune = now + 5.0
+            self._error(exc)
+            return False
+        took = time.perf_counter() - start
+        if took < PRUNE_TARGET / 2:
+            self._prune_size = min(size * 2, PRUNE_CHUNK)
+        elif took > PRUNE_TARGET * 2:
+            self._prune_size = max(size // 2, PRUNE_MIN)
+        if gone < size:  # the backlog is gone: the next round in a minute
+            self._next_prune = now + PRUNE_EVERY
+        return True
+
+
+def store_service(ctx: Any) -> EventStore:
+    """Factory for `run.services.SERVICES`: the store subscribes to the context's event bus."""
+    store = EventStore(db_path(), retention=ctx.policy.monitor.retention)
+    ctx.add_sink(store.put)
+    return store
