@@ -8,8 +8,8 @@
    thread, until `flush()` says all are committed; "built" also makes each `Event` (its id
    and time; the field values ready) inside the timed loop, as the monitor does. Wall-clock and CPU time (all threads)
    of the timed part; events/s and the ratio store / baseline (goal: >= 50,000 events/s).
-2. Latency while pruning: a store holding --prune events older than the retention starts (it
-   prunes at once, in its writer thread) while an event is put every 2 ms; put -> visible to
+2. Latency while pruning: a store holding --prune events older than the retention (written
+   in time order, as the live writer writes them) starts (it prunes at once, in its writer thread) while an event is put every 2 ms; put -> visible to
    a separate read-only connection, p50/p99/max, against the same loop on a store with nothing
    to prune (goal: p99 well under 100 ms).
 Prints figures; not a test. Everything lives in a temp directory.
@@ -175,9 +175,11 @@ def prune_latency(n_old: int, tmp: Path) -> None:
     rng = random.Random(18)
     path = tmp / "prune.db"
     conn = schema.connect(path)
-    old = time.time() - 90_000
+    old = time.time() - 90_000  # older than the 24 h retention, written as a live store
+    step = 10_000 / n_old  # would have: in time order, over 10,000 s
     for start in range(0, n_old, 20_000):
-        batch = [attempt(rng, old - rng.random() * 1000) for _ in range(min(20_000, n_old - start))]
+        count = min(20_000, n_old - start)
+        batch = [attempt(rng, old - 10_000 + (start + i) * step) for i in range(count)]
         rows.write_events(conn, batch, {})
     conn.close()
     idle, _ = latencies(tmp / "idle.db", rng, None)

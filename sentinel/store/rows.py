@@ -8,10 +8,12 @@ import math
 import operator
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sentinel.store.model import COLUMNS, Event
 from sentinel.store.schema import STORE_CREATED, transaction
+from sentinel.store.sessions import prune_sessions
 
 # A row is every column but detail (one C call; asdict deep-copies), then detail as JSON.
 ROW_COLUMNS = (*(c for c in COLUMNS if c != "detail"), "detail")
@@ -59,8 +61,14 @@ UPSERT = (
 )
 
 
-def write_events(conn: sqlite3.Connection, events: list[Event], shed: dict[str, int]) -> None:
-    """One transaction: the events (upserted by id) and the shed counts since the last one."""
+def write_events(
+    conn: sqlite3.Connection,
+    events: list[Event],
+    shed: dict[str, int],
+    also: Callable[[sqlite3.Connection], None] | None = None,
+) -> None:
+    """One transaction: the events (upserted by id), the shed counts since the last one, and
+    `also` (the writer session's counts)."""
     rows = [_row(e) for e in events]
     if not all(math.isfinite(e.ts) for e in events):  # NaN binds as NULL, inf hides the row
         rows = [_clean_row(r) for r in rows]
@@ -77,6 +85,8 @@ def write_events(conn: sqlite3.Connection, events: list[Event], shed: dict[str, 
                 "INSERT INTO shed (ts, layer, count) VALUES (?, ?, ?)",
                 [(now, layer, n) for layer, n in shed.items() if n],
             )
+        if also is not None:
+            also(conn)
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -110,4 +120,5 @@ def prune(
                 (cutoff, STORE_CREATED, limit),
             ).rowcount
         conn.execute("DELETE FROM shed WHERE ts < ?", (cutoff,))
+        prune_sessions(conn, cutoff)
     return gone

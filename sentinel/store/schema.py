@@ -19,7 +19,7 @@ from urllib.parse import quote
 from sentinel.errors import EXIT_BAD_INPUT, EXIT_VIOLATION, SentinelError
 
 DB_NAME = "events.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_CREATED = "store_created"  # one row, written when the store is made (see migrate)
 
 # Index i holds the script that takes the schema from version i to i + 1.
@@ -36,16 +36,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE shed (ts REAL NOT NULL, layer TEXT NOT NULL, count INTEGER NOT NULL);
     CREATE INDEX shed_ts ON shed (ts);
     """,
+    # 2: one row per writer session, updated in each batch's transaction (store/sessions.py)
+    """
+    CREATE TABLE writers (
+        id TEXT PRIMARY KEY, started REAL NOT NULL, seen REAL NOT NULL,
+        accepted INTEGER NOT NULL DEFAULT 0, settled INTEGER NOT NULL DEFAULT 0,
+        closed INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # The writer's connection: WAL, no fsync per commit (see the module text), an 8 MB page
-# cache so the indexes' right edges stay in memory, temporary b-trees in memory.
+# cache so the indexes' right edges stay in memory, temporary b-trees in memory, and a WAL
+# file cut back to 64 MB after it was reset (it is reused from its start after a checkpoint).
 WRITER_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA cache_size=-8192",
     "PRAGMA temp_store=MEMORY",
+    "PRAGMA journal_size_limit=67108864",
 )
 
 

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sentinel.store.checkpoint import SAFETY_PAGES, Checkpointer
 from sentinel.store.model import Event, redact_event
 from sentinel.store.rows import PRUNE_CHUNK, prune, write_events
 from sentinel.store.schema import connect, db_path
+from sentinel.store.sessions import close_session, open_session, record, recover
 
 DEFAULT_QUEUE = 50_000
 DEFAULT_RETENTION = 7 * 86400.0
@@ -35,8 +37,9 @@ BATCH = 5000  # the most events in one transaction
 LINGER = 0.002  # s: after idling, let a burst gather before committing it
 IDLE_WAKE = 0.5  # s: the writer's sign of life (watchdog) while nothing arrives
 PRUNE_EVERY = 60.0  # s between pruning rounds once the backlog is gone
-PRUNE_TARGET = 0.010  # s: the length of one prune transaction the chunk size aims for
+PRUNE_TARGET = 0.005  # s: the length of one prune transaction the chunk size aims for
 PRUNE_MIN = 50
+PRUNE_PAUSE = 2.0  # a pause of this many times a chunk's length before the next chunk
 _WRITE_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 
 
@@ -71,7 +74,13 @@ class EventStore:
         self._stopping = False
         self._prune_size = PRUNE_CHUNK // 10
         self._next_prune = 0.0
+        self._settled = 0  # of the events put: committed, or their loss in the shed table
+        self._lost = 0  # events of failed batches whose shed count is not written yet
         self._conn = connect(self.path)  # fail early, in the caller's thread
+        self._counts["shed"] += recover(self._conn, self.path)  # what killed writers lost
+        self._session = open_session(self._conn, self.path)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_PAGES}")
+        self._checkpointer = Checkpointer(self.path, on_error)
         self._thread = threading.Thread(target=self._run, name="event-store", daemon=True)
         self._started = False
         self.last_loop = time.monotonic()
@@ -79,6 +88,7 @@ class EventStore:
     def start(self) -> EventStore:
         if not self._started:
             self._started = True
+            self._checkpointer.start()
             self._thread.start()
         return self
 
@@ -127,7 +137,20 @@ class EventStore:
             self._thread.join(timeout)
             if not self._thread.is_alive():
                 self._write_all()
+        if not self._thread.is_alive():
+            self._close_session()
+        self._checkpointer.stop(timeout)
         self._conn.close()
+
+    def _close_session(self) -> None:
+        """Closed only when every event put is settled; otherwise the next writer counts it."""
+        with self._lock:
+            accepted, settled = self._counts["put"], self._settled
+        try:
+            if accepted == settled:
+                close_session(self._conn, self._session, accepted, settled)
+        except _WRITE_ERRORS as exc:
+            self._error(exc)
 
     # --- the writer thread ------------------------------------------------------------
     def _run(self) -> None:
@@ -161,22 +184,33 @@ class EventStore:
             events = [pending.popleft() for _ in range(n)]
             with self._lock:
                 shed, self._shed = self._shed, {}
+                lost, self._lost = self._lost, 0
+                accepted = self._counts["put"]
             if not events and not shed:
                 return
+            settled = self._settled + n + lost  # if this transaction commits
+
+            def counts(conn: sqlite3.Connection) -> None:
+                record(conn, self._session, accepted, settled)
+
             try:
-                write_events(self._conn, events, shed)
+                write_events(self._conn, events, shed, counts)
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
-                self._lost(events, shed, exc)
+                self._lost_batch(events, shed, lost, exc)
             else:
                 with self._lock:
+                    self._settled = settled
                     self._counts["written"] += n
                     self._counts["batches"] += 1
+                self._checkpointer.committed()
             finally:
                 with self._done_changed:
                     self._done += n
                     self._done_changed.notify_all()
 
-    def _lost(self, events: list[Event], shed: dict[str, int], exc: Exception) -> None:
+    def _lost_batch(
+        self, events: list[Event], shed: dict[str, int], lost: int, exc: Exception
+    ) -> None:
         """The batch is lost: count it as shed (written with the next batch) and say why."""
         with self._lock:
             for e in events:
@@ -184,6 +218,7 @@ class EventStore:
             for layer, n in shed.items():
                 self._shed[layer] = self._shed.get(layer, 0) + n
             self._counts["shed"] += len(events)
+            self._lost += lost + len(events)
         self._error(exc)
 
     def _error(self, exc: Exception) -> None:
@@ -217,6 +252,8 @@ class EventStore:
             self._prune_size = max(size // 2, PRUNE_MIN)
         if gone < size:  # the backlog is gone: the next round in a minute
             self._next_prune = now + PRUNE_EVERY
+        else:  # paced: the disk writes back what a chunk freed before the next one
+            self._next_prune = now + took * PRUNE_PAUSE
         return True
 
 
