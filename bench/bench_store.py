@@ -162,8 +162,10 @@ def latencies(
             if time.perf_counter() - t0 > 10 and not pending:
                 break
             continue
-        left = reader.execute("SELECT EXISTS (SELECT 1 FROM events WHERE ts < ?)", (old_before,))
-        if not left.fetchone()[0] and not pending:
+        # the cursor goes at once: a statement left open would hold a read transaction, and
+        # the WAL could not start over after a checkpoint
+        sql = "SELECT EXISTS (SELECT 1 FROM events WHERE ts < ?)"
+        if not reader.execute(sql, (old_before,)).fetchone()[0] and not pending:
             break
     took = time.perf_counter() - t0
     store.stop()

@@ -4,7 +4,8 @@
 everything queued (up to `batch`) and commits it in one transaction: under load batches grow
 by themselves, and after an idle spell it waits `linger` so a burst shares one transaction.
 Between batches it deletes at most one chunk of expired events, sized so a chunk takes about
-`PRUNE_TARGET`: pruning a large backlog never holds new events up for longer than that.
+`PRUNE_TARGET`, and paced (at most `PRUNE_RATE` rows/s, so the WAL checkpoints keep up):
+pruning a large backlog never holds new events up for much longer than one chunk.
 
 Durability bound: an event is committed (in the WAL, surviving the process being killed)
 within `linger` + one batch commit of `put()` returning True, while the writer keeps up.
@@ -40,6 +41,7 @@ PRUNE_EVERY = 60.0  # s between pruning rounds once the backlog is gone
 PRUNE_TARGET = 0.005  # s: the length of one prune transaction the chunk size aims for
 PRUNE_MIN = 50
 PRUNE_PAUSE = 2.0  # a pause of this many times a chunk's length before the next chunk
+PRUNE_RATE = 25_000  # rows/s at most (a backlog of 500,000 takes 20 s or more)
 _WRITE_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 
 
@@ -159,6 +161,8 @@ class EventStore:
             self._write_batch()
             if self._stopping and not self._pending:
                 return
+            if self._checkpointer.top_up:
+                self._top_up()
             pruned = self._prune_step()  # at most one chunk between two batches
             if not self._pending and not pruned:
                 self._sleep()
@@ -230,6 +234,15 @@ class EventStore:
             return
         time.sleep(0.1)  # a locked or full database: do not spin
 
+    def _top_up(self) -> None:
+        """Copy the WAL frames since the background checkpoint, so the WAL can start over."""
+        self._checkpointer.top_up = False
+        try:
+            with self._write_lock:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except _WRITE_ERRORS as exc:
+            self._error(exc)
+
     def _prune_step(self) -> bool:
         """One chunk of retention pruning when it is due; True when one ran. The chunk grows
         or shrinks so that one transaction takes about PRUNE_TARGET."""
@@ -252,8 +265,8 @@ class EventStore:
             self._prune_size = max(size // 2, PRUNE_MIN)
         if gone < size:  # the backlog is gone: the next round in a minute
             self._next_prune = now + PRUNE_EVERY
-        else:  # paced: the disk writes back what a chunk freed before the next one
-            self._next_prune = now + took * PRUNE_PAUSE
+        else:  # paced: the WAL checkpoints keep up, and events keep the writer's time
+            self._next_prune = now + max(took * PRUNE_PAUSE, gone / PRUNE_RATE)
         return True
 
 
