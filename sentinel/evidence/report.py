@@ -161,6 +161,7 @@ def _assemble(
     counted = window_counters(readings(scope, window.since, window.until), window, kernel, applied)
     flows, flow_summary = netflow(kernel, applied, counted)
     rulesets = rulesets_in_force(monitor_beats)
+    memo: dict[str, str] = {}  # each distinct text redacted once (a listing repeats them)
     return {
         "generated_at": _iso(time.time()),
         "window": window.to_dict(),
@@ -179,8 +180,8 @@ def _assemble(
         "attempts_total": counts.total,
         "attempts_by_layer": dict(sorted(counts.layers.items())),
         "attempts_by_protocol": dict(sorted(counts.protocols.items())),
-        "attempts_by_destination": redact_obj(counts.destinations()),  # as `attempts`
-        "attempts": redact_obj([{**a, "time": _iso(a["ts"])} for a in attempts]),
+        "attempts_by_destination": redact_obj(counts.destinations(), memo=memo),  # as attempts
+        "attempts": redact_obj([{**a, "time": _iso(a["ts"])} for a in attempts], memo=memo),
         "attempts_listed": len(attempts),
         "destinations_total": len(counts.dests),
         "destinations_listed": min(len(counts.dests), MAX_DESTINATIONS),

@@ -84,7 +84,9 @@ _NESTED = {"stats": ("lost", "overruns", "malformed"), "counters": ("dropped_tot
 
 
 def _slim(kind: str, detail: dict, same: dict) -> dict:
-    """The detail keys the report reads; repeated strings shared (`same`)."""
+    """The detail keys the report reads. Equal values are one shared object (`same`): the
+    heartbeats of one process mostly say the same thing. Nobody changes them (the readers
+    copy, e.g. guardcov._clamped)."""
     keep = _KEEP.get(kind)
     if keep is None or not isinstance(detail, dict):
         return detail
@@ -93,15 +95,35 @@ def _slim(kind: str, detail: dict, same: dict) -> dict:
         if key in detail:
             value = detail[key]
             out[key] = (
-                {k: value[k] for k in inner if k in value} if isinstance(value, dict) else value
+                _one({k: value[k] for k in inner if k in value}, same)
+                if isinstance(value, dict)
+                else value
             )
     if isinstance(out.get("sender"), dict):
-        out["sender"] = {_one(k, same): _one(v, same) for k, v in out["sender"].items()}
-    return out
+        out["sender"] = _one(out["sender"], same)
+    return _one(out, same)
 
 
 def _one(value, same: dict):  # noqa: ANN001, ANN202 - any JSON value
-    return same.setdefault(value, value) if isinstance(value, str) else value
+    """`value`, or an equal one seen before (strings and flat-enough dicts)."""
+    if isinstance(value, str):
+        return same.setdefault(value, value)
+    if isinstance(value, dict):
+        try:
+            key = ("dict", *((k, _frozen(v)) for k, v in value.items()))
+        except TypeError:
+            return value
+        return same.setdefault(key, value)
+    return value
+
+
+def _frozen(value):  # noqa: ANN001, ANN202
+    if isinstance(value, dict):
+        return ("dict", *((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", *(_frozen(v) for v in value))
+    hash(value)
+    return (type(value).__name__, value)
 
 
 def bookkeeping(scope: Scope) -> list[Beat]:
@@ -112,10 +134,15 @@ def bookkeeping(scope: Scope) -> list[Beat]:
         f"FROM events WHERE kind IN ({kinds}) AND ts >= ? AND ts < ? ORDER BY ts, rowid"
     )
     out = []
-    loads, same = json.loads, {}
+    loads, same, parsed = json.loads, {}, {}
     for row in scope.conn.execute(sql, (*BOOKKEEPING, *scope.args())):
         layer, kind, verdict, proto, ip, port, pid, exe, raw, ts = row
-        detail = _slim(kind, loads(raw), same) if raw and raw != "{}" else {}
+        detail = parsed.get((kind, raw))
+        if detail is None:
+            detail = _slim(kind, loads(raw), same) if raw and raw != "{}" else {}
+            if len(parsed) > 4096:  # the same text again is the common case, not a rule
+                parsed.clear()
+            parsed[(kind, raw)] = detail
         out.append(Beat(_one(layer, same), _one(kind, same), _one(verdict, same), proto, ip,
                         port, pid, _one(exe, same), detail, ts))  # fmt: skip
     return out
