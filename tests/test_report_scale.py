@@ -6,6 +6,7 @@ much they left out; the store is not changed."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
 from collections import Counter
 
@@ -136,3 +137,21 @@ def test_the_report_never_changes_the_store(store):
     rep.build_report(rep.Window(NOW - 3600, NOW), store, APPLIED, KERNEL)
     assert hashlib.sha256(store.read_bytes()).hexdigest() == before
     assert not store.with_name("events.db-wal").exists()
+
+
+def test_a_store_of_schema_1_is_read_as_it_is(tmp_path):
+    # stores made before the events_kind_ts index (schema 2): read without it, not migrated
+    path = tmp_path / "events.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in ev.MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    attempt = ev.Event(layer="netfilter", kind="egress_attempt", dst_ip="198.18.5.5",
+                       dst_port=443, protocol="tcp", ts=NOW - 5)  # fmt: skip
+    ev.write_events(conn, [attempt], {})
+    conn.close()
+    got = rep.build_report(rep.Window(NOW - 600, NOW), path, APPLIED, KERNEL)
+    assert got["attempts_total"] == 1 and got["blocked_attempts_last_10m"] == 1
+    version = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("PRAGMA user_version")
+    assert version.fetchone()[0] == 1
