@@ -211,7 +211,7 @@ def policy_suggest(
 
 @app.command()
 def explain(
-    dest: Annotated[str, typer.Argument(help="HOST:PORT[/tcp|udp], e.g. api.openai.com:443")],
+    dest: Annotated[str, typer.Argument(help="HOST:PORT\\[/tcp|udp], e.g. api.openai.com:443")],
     policy_file: PolicyOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="json or text")] = "text",
     pin: Annotated[
