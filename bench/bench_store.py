@@ -72,10 +72,7 @@ def child(mode: str, n: int, path: Path) -> dict[str, float]:
     if mode == "raw":
         data = [rows._row(e) for e in events]
         insert = rows.INSERT
-        conn = sqlite3.connect(path, isolation_level=None)
-        for pragma in schema.WRITER_PRAGMAS:
-            conn.execute(pragma)
-        conn.executescript(schema.MIGRATIONS[0])
+        conn = schema.connect(path)  # the same schema (every index) and pragmas
     t0, c0 = time.perf_counter(), time.process_time()
     if mode == "raw":
         for i in range(0, n, 5000):

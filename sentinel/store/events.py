@@ -16,7 +16,7 @@ from sentinel.store.model import (
     new_id,
     redact_event,
 )
-from sentinel.store.reads import last_before, query, shed_counts
+from sentinel.store.reads import _event, last_before, query, shed_counts
 from sentinel.store.rows import PRUNE_CHUNK, UPSERT, prune, write_events
 from sentinel.store.schema import (
     DB_NAME,
@@ -44,6 +44,7 @@ __all__ = [
     "STORE_CREATED",
     "UPSERT",
     "VERDICTS",
+    "_event",  # a row -> Event (the report's store view reads rows itself)
     "Event",
     "EventStore",
     "connect",

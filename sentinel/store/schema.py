@@ -19,7 +19,7 @@ from urllib.parse import quote
 from sentinel.errors import EXIT_BAD_INPUT, EXIT_VIOLATION, SentinelError
 
 DB_NAME = "events.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_CREATED = "store_created"  # one row, written when the store is made (see migrate)
 
 # Index i holds the script that takes the schema from version i to i + 1.
@@ -36,7 +36,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE shed (ts REAL NOT NULL, layer TEXT NOT NULL, count INTEGER NOT NULL);
     CREATE INDEX shed_ts ON shed (ts);
     """,
-    # 2: one row per writer session, updated in each batch's transaction (store/sessions.py)
+    # v2 (reportscale, for the report's reads): bookkeeping kinds, counter readings and the
+    # store_created marker by kind; appends within each kind, so it costs ingest ~nothing
+    """
+    CREATE INDEX IF NOT EXISTS events_kind_ts ON events (kind, ts);
+    """,
+    # v3: one row per writer session, updated in each batch's transaction (store/sessions.py)
     """
     CREATE TABLE writers (
         id TEXT PRIMARY KEY, started REAL NOT NULL, seen REAL NOT NULL,
