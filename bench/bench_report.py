@@ -1,18 +1,16 @@
-"""Scale of the evidence: report over a million events, store ingest rate, pruning vs latency.
+"""Scale of the evidence: the report over a million events.
 
-    python bench/bench_report.py [--events 1000000] [--ingest 200000] [--report-only]
+    python bench/bench_report.py [--events 1000000] [--rounds 3]
 
-1. Ingest: `EventStore.put()` of N attempt events (the daemon's path), time until all are
-   committed -> events/s (goal >= 50,000/s).
-2. A store of --events events spread over the last 24 h, made in bulk SQL through the store's
+(The store's ingest rate and its latency while pruning: bench/bench_store.py.)
+
+1. A store of --events events spread over the last 24 h, made in bulk SQL through the store's
    schema (sentinel/lab/bigstore.py: attempts of every layer, audited guard calls the kernel
    also saw, monitor and guard heartbeats every 5 s, counter readings every 60 s, ...).
-3. `sentinel report --last 24h --format json` over it as a whole process in a network
+2. `sentinel report --last 24h --format json` over it as a whole process in a network
    namespace of this script's own: wall, CPU (user + system) and max RSS, against a baseline
    in the same run and namespace: a bare `python` counting the same file with sqlite3
    (goal <= 2 s, <= 100 MB). Medians of --rounds alternating runs.
-4. Pruning: half a million events older than the retention, a store started on it, and events
-   put every 2 ms while it prunes; the put -> committed latency (p50/p99/max) during pruning.
 Prints figures; not a test. Everything lives in a temp directory and a netns deleted at the end.
 """
 
@@ -20,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import secrets
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,32 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sentinel.store import events as ev  # noqa: E402
-from sentinel.store.events import Event  # noqa: E402
 
 SENTINEL = str(Path(sys.executable).with_name("sentinel"))
-
-
-def attempt(ts: float, rng: random.Random) -> Event:
-    layer = rng.choice(("netfilter", "netfilter", "dns", "guard"))
-    if layer == "dns":
-        return Event(
-            layer="dns",
-            kind="dns_refused",
-            protocol="dns",
-            ts=ts,
-            dst_name=f"host{rng.randrange(5000)}.example",
-            detail={"qtype": "A"},
-        )
-    return Event(
-        layer=layer,
-        kind="egress_attempt",
-        protocol="tcp",
-        family=4,
-        ts=ts,
-        dst_ip=f"198.18.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-        dst_port=rng.choice((443, 80, 8443)),
-        pid=1000 + rng.randrange(50),
-    )
 
 
 def fill(path: Path, n: int, now: float, span: float) -> int:
@@ -67,20 +39,6 @@ def fill(path: Path, n: int, now: float, span: float) -> int:
     from sentinel.lab import bigstore
 
     return bigstore.build(path, n, now, span=span)
-
-
-def ingest(path: Path, n: int, rng: random.Random) -> float:
-    events = [attempt(time.time(), rng) for _ in range(n)]
-    store = ev.EventStore(path, maxsize=n + 10).start()
-    start = time.perf_counter()
-    for e in events:
-        store.put(e)
-    store.flush(timeout=600)
-    elapsed = time.perf_counter() - start
-    stats = store.stats()
-    store.stop()
-    assert stats["written"] == n and stats["shed"] == 0, stats
-    return n / elapsed
 
 
 BASELINE = (  # the same file read by a bare interpreter: count every event
@@ -128,58 +86,14 @@ def report(state: Path, rounds: int) -> tuple[tuple, tuple]:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
-def prune_latency(path: Path, n_old: int, rng: random.Random) -> tuple[float, list[float]]:
-    now = time.time()
-    conn = ev.connect(path)
-    for start in range(0, n_old, 20_000):
-        ev.write_events(
-            conn,
-            [
-                attempt(now - 90_000 - rng.random() * 1000, rng)
-                for _ in range(min(20_000, n_old - start))
-            ],
-            {},
-        )
-    conn.close()
-    store = ev.EventStore(path, retention=86_400).start()  # prunes at once, in its writer thread
-    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    latencies, t0 = [], time.perf_counter()
-    pending: dict[str, float] = {}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # bounded: 120 s
-        e = attempt(time.time(), rng)
-        pending[e.id] = time.perf_counter()
-        store.put(e)
-        time.sleep(0.002)
-        ids = list(pending)
-        marks = ",".join("?" * len(ids))
-        for (found,) in reader.execute(f"SELECT id FROM events WHERE id IN ({marks})", ids):
-            latencies.append(time.perf_counter() - pending.pop(found))
-        left = reader.execute("SELECT COUNT(*) FROM events WHERE ts < ?", (now - 86_400,))
-        if left.fetchone()[0] == 0 and not pending:
-            break
-    pruned_in = time.perf_counter() - t0
-    store.stop()
-    return pruned_in, latencies
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--ingest", type=int, default=200_000)
-    ap.add_argument("--prune", type=int, default=500_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--report-only", action="store_true", help="only the report part")
+    ap.add_argument("--report-only", action="store_true", help="the same (kept for old scripts)")
     args = ap.parse_args()
-    rng = random.Random(17)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmpdir:
         tmp = Path(tmpdir)
-        if not args.report_only:
-            rate = ingest(tmp / "ingest.db", args.ingest, rng)
-            print(
-                f"ingest: {args.ingest} events through EventStore.put: {rate:,.0f} events/s "
-                f"(goal >= 50,000/s: {'met' if rate >= 50_000 else 'MISSED'})"
-            )
         state = tmp / "state"
         t = time.perf_counter()
         n = fill(ev.db_path(state), args.events, time.time(), 86_400)
@@ -193,16 +107,6 @@ def main() -> None:
             f"baseline (python: sqlite3 COUNT(*), SUM(packets) over the same file): wall "
             f"{bwall:.2f} s, CPU {bcpu:.2f} s, max RSS {brss / 1024:.0f} MB; ratio CPU "
             f"{cpu / bcpu:.1f}x, wall {wall / bwall:.1f}x"
-        )
-        if args.report_only:
-            return
-        pruned_in, lat = prune_latency(tmp / "prune.db", args.prune, rng)
-        lat.sort()
-        p99 = lat[int(len(lat) * 0.99)] if lat else float("nan")
-        print(
-            f"prune {args.prune:,} old events: done in {pruned_in:.1f} s; event put->committed "
-            f"latency meanwhile: p50 {statistics.median(lat) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, "
-            f"max {lat[-1] * 1e3:.0f} ms over {len(lat)} events"
         )
 
 
