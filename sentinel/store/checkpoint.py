@@ -22,6 +22,7 @@ from pathlib import Path
 EVERY = 1.0  # s between checkpoints while there are commits
 SOON = 0.1  # s: the next one, when the last found a long WAL
 LONG = 4096  # pages of WAL that make a checkpoint come SOON
+TOP_UP = 8192  # pages of WAL (32 MB) after which the writer finishes the job (see above)
 SAFETY_PAGES = 16384  # the writer's own automatic checkpoint (64 MB of WAL at 4 KB pages)
 
 
@@ -68,5 +69,5 @@ class Checkpointer:
                 if self.on_error:
                     self.on_error(exc)
             pause = SOON if log >= LONG else EVERY
-            if log >= LONG:
+            if log >= TOP_UP:
                 self.top_up = True

@@ -41,7 +41,7 @@ PRUNE_EVERY = 60.0  # s between pruning rounds once the backlog is gone
 PRUNE_TARGET = 0.005  # s: the length of one prune transaction the chunk size aims for
 PRUNE_MIN = 50
 PRUNE_PAUSE = 2.0  # a pause of this many times a chunk's length before the next chunk
-PRUNE_RATE = 25_000  # rows/s at most (a backlog of 500,000 takes 20 s or more)
+PRUNE_RATE = 20_000  # rows/s at most (a backlog of 500,000 takes 25 s or more)
 _WRITE_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 
 
