@@ -23,7 +23,7 @@ from sentinel.detect.canary import CANARY_MARK
 from sentinel.detect.flows import CANARY_PREFIX, PREFIX_VERDICT, Folder
 from sentinel.detect.l2 import NFPROTO_NETDEV, parse_frame
 from sentinel.detect.packets import Flow, parse_ip, parse_nflog
-from sentinel.enforce.nflog_socket import Malformed, NflogSocket
+from sentinel.enforce.nflog_socket import RCVBUF, Malformed, NflogSocket
 from sentinel.enforce.snapshot import applied_info, kernel_snapshot
 from sentinel.store.events import Event
 
@@ -52,8 +52,10 @@ class Monitor:
         info: Callable[[], dict[str, Any]] | None = None,
         snapshot: Callable[[], dict[str, Any]] | None = None,
         snapshot_every: float = 30.0,
+        rcvbuf: int = RCVBUF,
     ) -> None:
         self.group = policy.nflog_group
+        self.rcvbuf = rcvbuf  # the kernel socket's buffer: what a burst may queue while we read
         self.folder = Folder(policy.monitor.fold_window)
         self.emit = emit
         self.update = update or emit
@@ -86,7 +88,10 @@ class Monitor:
 
     def start(self) -> Monitor:
         """Binds the group (raises OSError if that fails) and starts the reader thread."""
-        self._sock = NflogSocket(self.group)
+        self._sock = NflogSocket(self.group, self.rcvbuf)
+        # our bind made the kernel's instance, whose numbering starts at 0: so messages lost
+        # before the first one we read are counted too
+        self._next_seq = 0
         self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, name="nflog-monitor", daemon=True)
         self._thread.start()
@@ -220,23 +225,32 @@ def main(argv: list[str] | None = None) -> int:
 
     from sentinel.evidence import metrics
     from sentinel.policy.load import load_policy
-    from sentinel.store.events import EventStore, db_path
+    from sentinel.store.events import DEFAULT_QUEUE, EventStore, db_path
 
     parser = argparse.ArgumentParser(prog="python -m sentinel.detect.nflog")
     parser.add_argument("--policy", required=True)
     parser.add_argument("--heartbeat", type=float, default=5.0)
     parser.add_argument("--snapshot-every", type=float, default=30.0, help="kernel counters")
     parser.add_argument("--seconds", type=float, default=3600, help="exit after this long")
+    # smaller than the defaults only to make a test shed on purpose (tests/test_headroom_netns)
+    parser.add_argument("--rcvbuf", type=int, default=RCVBUF, help="kernel socket buffer, bytes")
+    parser.add_argument("--store-queue", type=int, default=DEFAULT_QUEUE, help="events queued")
     args = parser.parse_args(argv)
     policy = load_policy(args.policy)
-    store = EventStore(db_path(), retention=policy.monitor.retention).start()
+    store = EventStore(
+        db_path(), maxsize=args.store_queue, retention=policy.monitor.retention
+    ).start()
 
     def emit(event: Event) -> None:
         store.put(event)
         metrics.observe_event(event)
 
     monitor = Monitor(
-        policy, emit, heartbeat=args.heartbeat, snapshot_every=args.snapshot_every
+        policy,
+        emit,
+        heartbeat=args.heartbeat,
+        snapshot_every=args.snapshot_every,
+        rcvbuf=args.rcvbuf,
     ).start()
     metrics.watch_store(store)
     metrics.watch_monitor(monitor)
