@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 
 from sentinel.lab.netns import PYTHON
-from tests.test_monitor_netns import PINS, report, stop, wait_for
+from tests.test_monitor_netns import PINS, report, start_monitor, stop, wait_for
 
 pytestmark = pytest.mark.netns
 BURST = 5000  # distinct attempts: 2,500 destination ports on each family
@@ -31,26 +31,6 @@ for i in range(n):
     except OSError:
         pass  # rejected on the way out: the point
 """
-
-
-def start_monitor(topo, *extra: str):
-    proc = topo.spawn(
-        "app",
-        PYTHON,
-        "-m",
-        "sentinel.detect.nflog",
-        "--policy",
-        "policies/mem0.yaml",
-        "--heartbeat",
-        "0.5",
-        "--snapshot-every",
-        "0.5",
-        "--seconds",
-        "300",
-        *extra,
-    )
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    return proc
 
 
 def recorded(state_dir) -> set[tuple[int, int]]:
@@ -118,7 +98,7 @@ def account(topo, state_dir, stats: dict) -> dict:
 
 def test_a_burst_of_distinct_attempts_is_recorded_or_counted(topo, state_dir):
     assert topo.sentinel("apply", "--policy", "policies/mem0.yaml", *PINS).returncode == 0
-    proc = start_monitor(topo)
+    proc, _since = start_monitor(topo, "policies/mem0.yaml")
     try:
         stats = burst_then_marker(topo, state_dir)
         out = account(topo, state_dir, stats)
@@ -133,7 +113,9 @@ def test_a_burst_past_a_small_buffer_says_exactly_what_it_shed(topo, state_dir):
     assert topo.sentinel("apply", "--policy", "policies/mem0.yaml", *PINS).returncode == 0
     # 4 KiB: one datagram of up to 100 messages at a time; the burst sends faster than the
     # monitor reads, so whole datagrams are refused (ENOBUFS) and counted by sequence number
-    proc = start_monitor(topo, "--rcvbuf", "4096", "--store-queue", "100")
+    proc, _since = start_monitor(
+        topo, "policies/mem0.yaml", "--rcvbuf", "4096", "--store-queue", "100"
+    )
     try:
         stats = burst_then_marker(topo, state_dir)
         out = account(topo, state_dir, stats)
