@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -238,6 +239,7 @@ def pipeline(n: int) -> dict:
             store.stop()
         out[f"{stage}_cpu_us_per_attempt"] = round(1e6 * best / n, 1)
     out["budget_us_per_attempt_for_10k_per_s"] = 100.0
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -248,6 +250,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.1, help="store polling interval, s")
     parser.add_argument("--pipeline", type=int, default=0, help="only the in-process breakdown")
     parser.add_argument("--monitor-only", action="store_true", help="not `sentinel run`")
+    parser.add_argument("--keep", action="store_true", help="keep the state dir and logs")
     args = parser.parse_args()
     if args.pipeline:
         print(json.dumps(pipeline(args.pipeline), indent=2))
@@ -277,6 +280,8 @@ def main() -> None:
         if sentinel:
             sentinel.stop()
         topo.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run(topo: Topology, state: Path, work: Path, args) -> dict:
