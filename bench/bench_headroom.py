@@ -203,7 +203,7 @@ def pipeline(n: int) -> dict:
     from sentinel.evidence import metrics
     from sentinel.log import configure
     from sentinel.policy.load import MonitorSettings
-    from sentinel.run.daemon import Context, Daemon
+    from sentinel.run.context import Context, quiet_log_sink
     from sentinel.store.events import EventStore
 
     work = Path(tempfile.mkdtemp(prefix="sentinel-pipeline-"))
@@ -227,7 +227,7 @@ def pipeline(n: int) -> dict:
         best = float("inf")
         for attempt in range(3):
             store = EventStore(work / f"{stage}-{attempt}.db").start()
-            sinks = {"log": Daemon.log_sink, "store": store.put, "metrics": metrics.observe_event}
+            sinks = {"log": quiet_log_sink, "store": store.put, "metrics": metrics.observe_event}
             ctx = Context(None, work, "nft", sinks=[sinks[x] for x in names])  # type: ignore[arg-type]
             policy = SimpleNamespace(nflog_group=1, monitor=MonitorSettings())
             monitor = Monitor(policy, ctx.emit, info=dict, snapshot=dict, snapshot_every=0)
