@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +183,34 @@ def _user_ids(text: str) -> str:
     return _USER_ID_TEXT_RE.sub(sub, text)
 
 
+_MEMO_MAX, _MEMO_TEXT = 8192, 256  # entries kept; longest text remembered
+_memo: dict[str, tuple[tuple[tuple[str, ...], bytes | None], str]] = {}
+
+
 def redact_text(text: str) -> str:
     """The text with registered secrets, secret-shaped strings, e-mails and phones masked,
-    and user ids replaced by their keyed pseudonym."""
+    and user ids replaced by their keyed pseudonym.
+
+    Short texts are remembered with the answer and the secrets and key it was made with (an
+    event's layer, kind, protocol and address come again and again: every log line and every
+    stored event of a flood runs ~20 patterns over each), so a registered secret or a new key
+    is never missed: an answer made before it is not used after it."""
     if not text:
         return text
+    if len(text) > _MEMO_TEXT:
+        return _redact_text(text)
+    state = (_secrets, _user_key)
+    hit = _memo.get(text)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    out = _redact_text(text)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[text] = (state, out)
+    return out
+
+
+def _redact_text(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
@@ -202,7 +226,9 @@ def redact_obj(obj: Any, key: str = "", memo: dict[str, str] | None = None) -> A
     Our own SHA-256 digests under hash keys (`policy_sha256`, a tamper event's `expected`)
     survive: evidence needs them, and a 64-hex value elsewhere is still masked. `memo`
     (a dict the caller keeps for one document) redacts each distinct text once."""
-    if isinstance(obj, (str, int)) and not isinstance(obj, bool) and _USER_ID_KEY_RE.match(key):
+    if obj is None or isinstance(obj, (bool, float)):
+        return obj
+    if isinstance(obj, (str, int)) and _is_user_id_key(key):
         return _pseudonym(str(obj))
     if isinstance(obj, str):
         if _is_our_digest(key, obj):
@@ -233,7 +259,18 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _is_our_digest(key: str, value: str) -> bool:
-    return bool(_DIGEST_KEY_RE.search(key) and _SHA256_RE.match(value))
+    return _is_digest_key(key) and bool(_SHA256_RE.match(value))
+
+
+# the same few keys come with every event and log line: their verdicts are remembered
+@lru_cache(maxsize=2048)
+def _is_user_id_key(key: str) -> bool:
+    return bool(_USER_ID_KEY_RE.match(key))
+
+
+@lru_cache(maxsize=2048)
+def _is_digest_key(key: str) -> bool:
+    return bool(_DIGEST_KEY_RE.search(key))
 
 
 def hash_user_id(value: str | int, key: str | bytes) -> str:
@@ -245,5 +282,6 @@ def hash_user_id(value: str | int, key: str | bytes) -> str:
     return f"u_{digest[:24]}"  # 96 bits; shorter than the 32-hex pattern, so it survives redaction
 
 
+@lru_cache(maxsize=2048)
 def _is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY_RE.search(key))
