@@ -49,6 +49,10 @@ class FakeKernel:
             return ""
         if cmd[:2] == ["ipset", "list"]:
             return (DATA / "ipset-list").read_text() if self.sets else ""
+        if cmd == ["ipset", "save"]:  # every set: ours, as recorded, and one of someone else's
+            return FOREIGN_SET + "".join(
+                (DATA / f"ipset-save.{name}").read_text() for _f, name in OUR_SETS if self.sets
+            )
         if cmd[:2] == ["ipset", "save"]:
             return (DATA / f"ipset-save.{cmd[2]}").read_text()
         if cmd[:2] == ["ipset", "restore"] or cmd[:3] == ["ipset", "-exist", "restore"]:
@@ -83,8 +87,11 @@ def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     return kernel
 
 
-READ_STATE = [[f"{V4}-save", "-c"], [f"{V6}-save", "-c"], ["ipset", "list", "-n"]]
-READ_SETS = [["ipset", "save", name] for _family, name in OUR_SETS]
+READ_STATE = [[f"{V4}-save", "-c"], [f"{V6}-save", "-c"], ["ipset", "save"]]
+FOREIGN_SET = (
+    "create other hash:net,port family inet hashsize 1024 maxelem 65536 counters\n"
+    "add other 198.18.9.9,tcp:22 packets 3 bytes 180\n"
+)
 RESTORE = ["--noflush", "--wait"]
 
 
@@ -129,24 +136,22 @@ def test_first_apply_commands_and_documents(monkeypatch, ruleset):
     kernel = install(monkeypatch, FakeKernel())
     netfilter.apply(ruleset)
     assert kernel.argv() == [
-        *READ_STATE,  # what is there (nothing of ours)
-        [f"{V4}-save"],
-        [f"{V6}-save"],
-        ["ipset", "list", "-n"],
+        *READ_STATE,  # what is there (nothing of ours): also what a rollback restores
         ["ipset", "restore"],  # staged sets swapped in
         [f"{V4}-restore", *RESTORE],
         [f"{V6}-restore", *RESTORE],
         ["ipset", "restore"],  # staging copies destroyed
         *READ_STATE,
-        *READ_SETS,
     ]
     assert kernel.stdin_of(f"{V4}-restore") == [expected_doc(ruleset, 4)]
     assert kernel.stdin_of(f"{V6}-restore") == [expected_doc(ruleset, 6)]
     staged, cleanup = kernel.stdin_of("ipset")
     for s in ruleset.sets:
         assert f"{s.create_line()}\n{s.create_line(s.name + '-new')}\n" in staged
-        assert all(f"add {s.name}-new {e}\n" in staged for e in s.entries)
+        # TCP entries without the protocol's name (ipset's default; no /etc/protocols lookup)
+        assert all(f"add {s.name}-new {e.replace(',tcp:', ',')}\n" in staged for e in s.entries)
         assert f"swap {s.name}-new {s.name}\n" in staged
+    assert "add sentinel-allow4-new 198.18.0.10,5432\n" in staged
     assert cleanup == "".join(f"destroy {s.name}-new\n" for s in ruleset.sets)
 
 
@@ -154,7 +159,7 @@ def test_reapply_of_the_same_rules_runs_no_restore(monkeypatch, ruleset):
     kernel = install(monkeypatch, FakeKernel(applied=True))
     state = netfilter.apply(ruleset)
     assert state.rules_replaced is False
-    assert kernel.argv() == [*READ_STATE, *READ_SETS, *READ_STATE, *READ_SETS]
+    assert kernel.argv() == [*READ_STATE, *READ_STATE]
     assert not any(cmd[0].endswith("-restore") or "restore" in cmd for cmd in kernel.argv())
 
 
@@ -201,3 +206,5 @@ def test_read_state_parses_the_recorded_kernel(monkeypatch, ruleset):
     assert state.sha256() == ruleset.sha256()
     assert {s.name for s in state.sets} == {name for _family, name in OUR_SETS}
     assert state.set_counters[(SET_NAME[4], "198.18.0.10,tcp:5432")] == (0, 0)
+    assert ("other", "198.18.9.9,tcp:22") not in state.set_counters  # not ours: not read
+    assert "other" in state.set_names and "other" not in {s.name for s in state.sets}
