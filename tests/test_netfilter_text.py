@@ -80,6 +80,7 @@ def ruleset():
 
 def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     monkeypatch.setattr(netfilter, "_run", kernel.run)
+    monkeypatch.setattr(netfilter, "_read_sets_netlink", lambda: None)  # the text path here
     monkeypatch.setattr(netfilter, "ensure_not_root_netns", lambda: None)
     # the netdev table (nft) is absent here: these rulesets have no link (test_l2_netns.py)
     monkeypatch.setattr(netfilter, "read_netdev", lambda: ("", {}))

@@ -13,8 +13,9 @@ from __future__ import annotations
 import subprocess
 from dataclasses import replace
 
+from sentinel.enforce import ipsetdump
 from sentinel.enforce.netdev import NETDEV_TABLE, apply_netdev, read_netdev
-from sentinel.enforce.render import OUR_SETS, Ruleset
+from sentinel.enforce.render import OUR_SETS, IpSet, Ruleset
 from sentinel.enforce.rootns import ensure_not_root_netns, in_root_netns
 from sentinel.enforce.savetext import (
     OUR_CHAINS,
@@ -156,18 +157,28 @@ def _save(tool: str, counters: bool = False) -> str:
 
 def read_state(backend: str = DEFAULT_BACKEND) -> KernelState:
     """What the kernel holds of ours right now, with packet counters: one `iptables-save -c`
-    per family and one `ipset save` (every set; savetext keeps only ours)."""
+    per family and one read of every set (ours kept: ipsetdump, else `ipset save`)."""
     state = KernelState()
     for family, tool in BACKENDS[backend].items():
         saved = _save(tool, counters=True)
         state.dumps[family] = saved
         state.text[family] = family_text(saved)
         state.counters.update(rule_counters(saved, family))
-    sets = _run(["ipset", "save"])
-    state.sets, state.set_counters = parse_sets(sets)
-    state.set_names = set_names(sets)
+    state.sets, state.set_counters, state.set_names = _read_sets()
     state.netdev, state.netdev_counters = read_netdev()
     return state
+
+
+def _read_sets() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]]:
+    """The kernel's dump when ipsetdump can read it exactly, else `ipset save`'s text."""
+    fast = _read_sets_netlink()
+    if fast is not None:
+        return fast
+    saved = _run(["ipset", "save"])
+    return (*parse_sets(saved), set_names(saved))
+
+
+_read_sets_netlink = ipsetdump.read  # tests of the text path (test_netfilter_text) replace it
 
 
 def teardown(backend: str | None = None, created_tables: list[str] | None = None) -> bool:
