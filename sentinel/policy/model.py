@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ SEVERITIES = ("P1", "P2", "P3")
 SINKS = ("slack", "pagerduty", "webhook")
 DEFAULT_MARK = 0x5E47
 DEFAULT_NFLOG_GROUP = 1
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # an allow entry's name
 
 
 @dataclass(frozen=True)

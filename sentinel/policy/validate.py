@@ -16,6 +16,7 @@ from sentinel.policy import safety
 from sentinel.policy.model import (
     DEFAULT_MARK,
     MODES,
+    NAME_RE,
     PROTOCOLS,
     SEVERITIES,
     SINKS,
@@ -30,9 +31,9 @@ from sentinel.policy.model import (
     SinkSettings,
 )
 from sentinel.policy.netparse import fast_network
+from sentinel.policy.plainentry import plain_cidr_entry
 from sentinel.policy.yamlsrc import Located
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Keys that would put a secret into the file; the env-var form is the only one accepted.
@@ -122,7 +123,12 @@ class _Checker:
         if not isinstance(value, list):
             self.bad("allow", f"must be a list of entries, not {_kind(value)}")
             return ()
-        entries = [self.allow_entry(item, f"allow[{i}]") for i, item in enumerate(value)]
+        data = self.doc.data if isinstance(self.doc.data, dict) else {}
+        mode = data.get("mode", "enforce")  # as unsafe_network reads it
+        entries = [
+            plain_cidr_entry(item, mode) or self.allow_entry(item, f"allow[{i}]")
+            for i, item in enumerate(value)
+        ]
         seen: dict[str, int] = {}
         for i, entry in enumerate(entries):
             if entry and entry.name in seen:
@@ -137,7 +143,7 @@ class _Checker:
         before = len(self.problems)
         data = self.mapping(value, path, {"name", "host", "cidr", "ports", "protocol"})
         name = data.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.match(name):
             self.bad(f"{path}.name", f"{name!r} is not a valid name (a-z, 0-9, _ and -, max 32)")
         host, cidr = data.get("host"), data.get("cidr")
         if (host is None) == (cidr is None):

@@ -76,6 +76,10 @@ _RESOLVER = yaml.resolver.Resolver()
 _MEMO_MAX = 4096
 _resolve = functools.lru_cache(maxsize=_MEMO_MAX)(_RESOLVER.resolve)
 _STR = "tag:yaml.org,2002:str"
+# The live registry Resolver.resolve reads, keyed by first character: a plain token whose first
+# character no implicit resolver (bool, int, float, null, timestamp, ...) is registered for
+# resolves to str, as long as there is no wildcard and no path resolver.
+_IMPLICIT = _RESOLVER.yaml_implicit_resolvers
 
 
 class _Duplicate(Exception):
@@ -157,9 +161,17 @@ def _is_plain(node: yaml.Node) -> bool:
     return node.__class__ is yaml.ScalarNode and not node.style and node.tag == _STR
 
 
-@functools.lru_cache(maxsize=_MEMO_MAX)
 def _fold_scalar(token: str) -> Any:
     """A scalar of a folded line, resolved and built exactly as libyaml's would be."""
+    first = token[0]
+    if first not in _IMPLICIT and first not in "\"'" and None not in _IMPLICIT:
+        if not _RESOLVER.yaml_path_resolvers:
+            return token  # names: unique, so no memo (it would only churn)
+    return _fold_memo(token)
+
+
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _fold_memo(token: str) -> Any:
     if token[0] in "\"'":
         return token[1:-1]  # quoted without escapes: the text itself, always a string
     tag = _resolve(yaml.ScalarNode, token, (True, False))
