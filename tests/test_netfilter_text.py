@@ -141,8 +141,8 @@ def test_first_apply_commands_and_documents(monkeypatch, ruleset):
         ["ipset", "restore"],  # staged sets swapped in
         [f"{V4}-restore", *RESTORE],
         [f"{V6}-restore", *RESTORE],
+        *READ_STATE,  # read back: exactly the ruleset, before the old set contents go
         ["ipset", "restore"],  # staging copies destroyed
-        *READ_STATE,
     ]
     assert kernel.stdin_of(f"{V4}-restore") == [expected_doc(ruleset, 4)]
     assert kernel.stdin_of(f"{V6}-restore") == [expected_doc(ruleset, 6)]
@@ -170,8 +170,10 @@ def test_reapply_that_moves_a_hook_deletes_the_old_jump_first(monkeypatch, rules
     policy = load_policy(DATA / "policy.yaml")
     changed = prepare_ruleset(dataclasses.replace(policy, nflog_group=7), PINS)
     kernel = install(monkeypatch, FakeKernel(applied=True))
-    netfilter.apply(changed)
-    (doc4,) = kernel.stdin_of(f"{V4}-restore")
+    # the recorded kernel still reads as group 1 afterwards: the read back refuses it
+    with pytest.raises(SentinelError, match="does not hold the ruleset applied"):
+        netfilter.apply(changed)
+    doc4 = kernel.stdin_of(f"{V4}-restore")[0]
     lines = doc4.splitlines()
     assert lines.index("-D OUTPUT -j SENTINEL-OUT") < lines.index("-I OUTPUT 1 -j SENTINEL-OUT")
     assert lines.count("COMMIT") == 2 and "--nflog-group 7" in doc4
@@ -188,6 +190,26 @@ def test_refusal_midway_rolls_back_the_committed_family(monkeypatch, ruleset):
     assert rollback == REMOVAL_V4
     sets_doc = kernel.stdin_of("ipset")[-1].splitlines()
     for s in ruleset.sets:
+        assert f"swap {s.name}-new {s.name}" in sets_doc and f"destroy {s.name}" in sets_doc
+
+
+def test_a_read_back_that_differs_rolls_everything_back(monkeypatch):
+    """The kernel (as recorded) holds another pin than the ruleset asks for: nothing stays."""
+    other = prepare_ruleset(load_policy(DATA / "policy.yaml"), {"postgres": ["198.18.0.11"]})
+    kernel = install(monkeypatch, FakeKernel())
+    with pytest.raises(SentinelError, match="does not hold the ruleset applied"):
+        netfilter.apply(other)
+    assert kernel.argv()[-8:] == [
+        *READ_STATE,  # the read back that differs
+        [f"{V4}-save"],
+        [f"{V4}-restore", *RESTORE],
+        [f"{V6}-save"],
+        [f"{V6}-restore", *RESTORE],
+        ["ipset", "restore"],
+    ]
+    assert kernel.stdin_of(f"{V4}-restore")[1].splitlines() == REMOVAL_V4
+    sets_doc = kernel.stdin_of("ipset")[-1].splitlines()
+    for s in other.sets:  # old contents swapped back, the sets only this apply made destroyed
         assert f"swap {s.name}-new {s.name}" in sets_doc and f"destroy {s.name}" in sets_doc
 
 

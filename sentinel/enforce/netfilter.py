@@ -54,7 +54,9 @@ def _run(cmd: list[str], stdin: str | None = None) -> str:
 
 
 def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
-    """Make the kernel hold exactly `ruleset`. Either everything changes or nothing does.
+    """Make the kernel hold exactly `ruleset`. Either everything changes or nothing does: the
+    kernel is read back before the old set contents are let go, and a read that differs from
+    `ruleset` (rules text or set entries) rolls everything back and raises.
 
     When the kernel already holds these exact rules (a restart, a re-apply, a reload that only
     changed the allowlist) only the set entries are brought in line: the rules, and with them
@@ -68,6 +70,8 @@ def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
         except SentinelError:  # e.g. a set too small for the new entries: rebuild it all
             return _apply_all(ruleset, backend, read_state(backend))
         state = read_state(backend)
+        if state.sha256() != ruleset.sha256():  # changed under us: the full path verifies
+            return _apply_all(ruleset, backend, state)
         state.rules_replaced = False
         return state
     return _apply_all(ruleset, backend, current)
@@ -99,12 +103,16 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
                 restore_doc(ruleset, family, before[family]),
             )
             done.append(family)
+        state = read_state(backend)  # exactly the ruleset, or it all goes back
+        if state.sha256() != ruleset.sha256():
+            raise SentinelError("read back, the kernel does not hold the ruleset applied")
     except SentinelError:
         _rollback(ruleset, tools, before, done, created)
         apply_netdev(netdev_before, ruleset.netdev)
         raise
-    _run(["ipset", "restore"], "".join(f"destroy {_staging(s.name)}\n" for s in ruleset.sets))
-    state = read_state(backend)
+    staging = [_staging(s.name) for s in ruleset.sets]
+    _run(["ipset", "restore"], "".join(f"destroy {name}\n" for name in staging))
+    state.set_names.difference_update(staging)
     state.created_tables = [
         f"{family}/{table}"
         for family in (4, 6)
