@@ -24,6 +24,7 @@ from sentinel.enforce.savetext import (
     family_text,
     parse_sets,
     restore_doc,
+    restore_entries,
     restore_entry,
     restore_previous,
     rule_counters,
@@ -137,7 +138,9 @@ def _stage_sets(ruleset: Ruleset, existing: set[str]) -> list[str]:
         if s.name not in existing:
             lines.append(s.create_line())
         lines.append(s.create_line(stage))
-        lines += [f"add {stage} {restore_entry(e)}" for e in s.entries]
+        if s.entries:  # one line per entry, each through restore_entry's rewrite
+            add = f"add {stage} "
+            lines.append(restore_entries(add + f"\n{add}".join(s.entries)))
         lines.append(f"swap {stage} {s.name}")
     _run(["ipset", "restore"], "\n".join(lines) + "\n")
     return [s.name for s in ruleset.sets if s.name not in existing]

@@ -197,6 +197,12 @@ def restore_entry(entry: str) -> str:
     return f"{net},{rest}" if sep else entry
 
 
+def restore_entries(lines: str) -> str:
+    """restore_entry over a whole `add` document at once (one C-level replace): ",tcp:" occurs
+    in a set entry only between its network and its port."""
+    return lines.replace(",tcp:", ",")
+
+
 def set_names(saved: str) -> set[str]:
     """Every set's name in `ipset save` output, ours or not (staging copies included)."""
     return {line.split(" ", 2)[1] for line in saved.splitlines() if line.startswith("create ")}

@@ -76,9 +76,8 @@ _RESOLVER = yaml.resolver.Resolver()
 _MEMO_MAX = 4096
 _resolve = functools.lru_cache(maxsize=_MEMO_MAX)(_RESOLVER.resolve)
 _STR = "tag:yaml.org,2002:str"
-# The live registry Resolver.resolve reads, keyed by first character: a plain token whose first
-# character no implicit resolver (bool, int, float, null, timestamp, ...) is registered for
-# resolves to str, as long as there is no wildcard and no path resolver.
+# The live registry Resolver.resolve reads: first character -> [(tag, regex)] of the implicit
+# resolvers (bool, int, float, null, timestamp, ...); None would be a wildcard (none is).
 _IMPLICIT = _RESOLVER.yaml_implicit_resolvers
 
 
@@ -164,10 +163,14 @@ def _is_plain(node: yaml.Node) -> bool:
 def _fold_scalar(token: str) -> Any:
     """A scalar of a folded line, resolved and built exactly as libyaml's would be."""
     first = token[0]
-    if first not in _IMPLICIT and first not in "\"'" and None not in _IMPLICIT:
-        if not _RESOLVER.yaml_path_resolvers:
-            return token  # names: unique, so no memo (it would only churn)
-    return _fold_memo(token)
+    if first in "\"'" or None in _IMPLICIT or _RESOLVER.yaml_path_resolvers:
+        return _fold_memo(token)
+    # Resolver.resolve's own walk: no candidate regex matches -> str. Names and networks are
+    # unique, so they skip the memo (it would only churn); anything else resolves as before.
+    for _tag, regexp in _IMPLICIT.get(first, ()):
+        if regexp.match(token):
+            return _fold_memo(token)
+    return token
 
 
 @functools.lru_cache(maxsize=_MEMO_MAX)
