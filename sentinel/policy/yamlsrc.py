@@ -162,6 +162,19 @@ def _is_plain(node: yaml.Node) -> bool:
 
 def _fold_scalar(token: str) -> Any:
     """A scalar of a folded line, resolved and built exactly as libyaml's would be."""
+    value = _HOT.get(token, _MISS)
+    if value is _MISS:
+        value = _fold_resolved(token)
+        if len(_HOT) < _MEMO_MAX:
+            _HOT[token] = value
+    return value
+
+
+_MISS = object()
+_HOT: dict[str, Any] = {}  # the first tokens seen: keys, ports and protocols repeat, one hit
+
+
+def _fold_resolved(token: str) -> Any:
     first = token[0]
     if first in "\"'" or None in _IMPLICIT or _RESOLVER.yaml_path_resolvers:
         return _fold_memo(token)
