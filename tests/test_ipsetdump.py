@@ -122,3 +122,29 @@ def test_layouts_the_fast_reading_refuses():
     short = good[:-12]  # no packets counter
     for adt in (icmp, flagged, flagged[: len(good)], short, good + b"\0" * 4):
         assert not ipsetdump._entries(adt, 4, "sentinel-allow4", [], {})
+
+
+def test_read_keeps_ours_and_declines_what_it_cannot_read_exactly(monkeypatch):
+    ours = {
+        2: b"sentinel-allow4\0",
+        3: b"hash:net,port\0",
+        8: entry("198.18.0.10", 32, 53, 17, 1, 2),
+    }
+    more = {2: b"sentinel-allow4\0", 8: entry("198.18.0.9", 32, 53, 17, 0, 0)}  # next chunk
+    foreign = {2: b"other\0", 3: b"hash:ip\0", 8: b"\0" * 12}
+    monkeypatch.setattr(ipsetdump, "_dump", lambda: [ours, more, foreign])
+    sets, counters, names = ipsetdump.read()
+    assert [(s.name, s.entries) for s in sets] == [
+        ("sentinel-allow4", ("198.18.0.10,udp:53", "198.18.0.9,udp:53"))
+    ]
+    assert counters[("sentinel-allow4", "198.18.0.10,udp:53")] == (1, 2)
+    assert names == {"sentinel-allow4", "other"}
+    retyped = {**ours, 3: b"hash:ip\0"}  # a set of ours of another type: ipset save decides
+    monkeypatch.setattr(ipsetdump, "_dump", lambda: [retyped])
+    assert ipsetdump.read() is None
+
+    def refused():
+        raise OSError("ipset dump refused")  # no CAP_NET_ADMIN, an interrupted dump, ...
+
+    monkeypatch.setattr(ipsetdump, "_dump", refused)
+    assert ipsetdump.read() is None

@@ -23,7 +23,7 @@ from sentinel.enforce.render import OUR_SETS, IpSet
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_IPSET, IPSET_CMD_SAVE, IPSET_PROTOCOL = 6, 8, 6
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 ATTR_PROTOCOL, ATTR_SETNAME, ATTR_TYPENAME, ATTR_ADT = 1, 2, 3, 8
 NESTED, NET_ORDER = 0x8000, 0x4000
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
@@ -132,9 +132,11 @@ def _dump() -> Iterable[dict[int, bytes]]:
             data = sock.recv(1 << 18)
             offset = 0
             while offset + _HDR.size <= len(data):
-                length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
+                length, kind, flags, _seq, _pid = _HDR.unpack_from(data, offset)
                 if length < _HDR.size:
                     raise OSError("malformed netlink message")
+                if flags & NLM_F_DUMP_INTR:  # the sets changed while being dumped
+                    raise OSError("ipset dump interrupted")
                 if kind == NLMSG_DONE:
                     return messages
                 if kind == NLMSG_ERROR:
