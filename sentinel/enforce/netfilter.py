@@ -5,7 +5,8 @@ Backend: `iptables-restore --noflush` documents (one atomic commit per table and
 with it corrupts the heap (segfault on the next rule, iptables 1.8.9); see docs/netfilter.md.
 The default backend is the nf_tables one that Debian's `iptables-save` shows, so an auditor's
 own tools see exactly the rules sentinel reports. The documents and the parsing of the dumps
-are pure text (savetext.py); every tool run goes through `_run` here.
+are pure text (savetext.py); every tool run goes through `_run` here. Our sets are read back
+from the kernel's own netlink dump (ipsetdump.py), or by `ipset save` when it declines.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import replace
 from sentinel.enforce import ipsetdump
 from sentinel.enforce.netdev import NETDEV_TABLE, apply_netdev, read_netdev
 from sentinel.enforce.render import OUR_SETS, IpSet, Ruleset
-from sentinel.enforce.rootns import ensure_not_root_netns, in_root_netns
-from sentinel.enforce.savetext import (
+from sentinel.enforce.rootns import ensure_not_root_netns, in_root_netns  # noqa: F401
+from sentinel.enforce.savetext import (  # noqa: F401 - OUR_CHAINS, KernelState: re-exported
     OUR_CHAINS,
     TABLES,
     KernelState,
@@ -34,7 +35,6 @@ from sentinel.enforce.savetext import (
 )
 from sentinel.errors import SentinelError
 
-__all__ = ["OUR_CHAINS", "KernelState", "in_root_netns", "ensure_not_root_netns"]
 BACKENDS = {
     "nft": {4: "iptables-nft", 6: "ip6tables-nft"},
     "legacy": {4: "iptables-legacy", 6: "ip6tables-legacy"},
