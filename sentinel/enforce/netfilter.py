@@ -40,6 +40,8 @@ BACKENDS = {
     "legacy": {4: "iptables-legacy", 6: "ip6tables-legacy"},
 }
 DEFAULT_BACKEND = "nft"
+# the words run/applying.py's callers also use when a read back differs (one message, one test)
+NOT_HELD = "applied, but the kernel does not hold the expected ruleset"
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> str:
@@ -106,7 +108,7 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
             done.append(family)
         state = read_state(backend)  # exactly the ruleset, or it all goes back
         if state.sha256() != ruleset.sha256():
-            raise SentinelError("read back, the kernel does not hold the ruleset applied")
+            raise SentinelError(NOT_HELD)
     except SentinelError:
         _rollback(ruleset, tools, before, done, created)
         apply_netdev(netdev_before, ruleset.netdev)
