@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from sentinel import fastcmds
 from sentinel.enforce import netfilter
 from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
 from sentinel.evidence.commands import guard_status as _guard_status  # noqa: F401 - re-export
 from sentinel.evidence.commands import run_report, run_status, status_data  # noqa: F401
 from sentinel.policy.commands import check_backend as _backend
 from sentinel.policy.commands import policy_path as _policy_path
-from sentinel.policy.commands import run_apply, run_check
 from sentinel.policy.commands import static_pins as _static_pins
 from sentinel.policy.load import load_policy
 from sentinel.store.state import APPLIED, read_json, write_json
@@ -30,36 +31,46 @@ app.add_typer(alert_app, name="alert")
 app.add_typer(guard_app, name="guard")
 app.add_typer(policy_app, name="policy")
 
-PolicyOpt = Annotated[
-    Path | None, typer.Option("--policy", "-p", help="Policy file (default: $SENTINEL_POLICY)")
-]
-BackendOpt = Annotated[str, typer.Option(help="netfilter backend: nft or legacy")]
-FormatOpt = Annotated[str, typer.Option("--format", help="json or table")]
+
+def _annotation(param: fastcmds.Param) -> Any:
+    """The typer annotation of one parameter of fastcmds' table."""
+    if param.kind == fastcmds.ARGUMENT:
+        return param.type
+    if param.kind == fastcmds.LIST:
+        annotation = list[param.type] | None
+    elif param.kind == fastcmds.VALUE and param.default is None:
+        annotation = param.type | None
+    else:
+        annotation = param.type
+    return Annotated[annotation, typer.Option(*param.flags, help=param.help)]
 
 
-@app.command()
-def check(file: Path) -> None:
-    """Validate a policy and run its own tests (exit 2 on bad input, 1 on failed tests)."""
-    run_check(file, typer.echo)
+PolicyOpt = _annotation(fastcmds.POLICY)
+BackendOpt = _annotation(fastcmds.BACKEND)
 
 
-@app.command()
-def apply(
-    policy_file: PolicyOpt = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="print the ruleset, change nothing")
-    ] = False,
-    backend: BackendOpt = netfilter.DEFAULT_BACKEND,
-    pin: Annotated[list[str] | None, typer.Option(help="NAME=IP: a static pin, skips DNS")] = None,
-) -> None:
-    """Apply the policy once (atomic per table and family)."""
-    run_apply(policy_file, dry_run, backend, pin or [], typer.echo)
+def _table_command(name: str) -> None:
+    """One of the commands fastcmds.py describes, as a typer command made from its table row
+    (the fast start-up parser in entry.py reads the same row)."""
+    spec = fastcmds.COMMANDS[name]
+
+    def command(**values: Any) -> None:
+        fastcmds.run(name, values, typer.echo)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter(p.name, keyword, annotation=_annotation(p))
+        if p.kind == fastcmds.ARGUMENT
+        else inspect.Parameter(p.name, keyword, default=p.default, annotation=_annotation(p))
+        for p in spec.params
+    ]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    app.command(name, help=spec.help)(command)
 
 
-@app.command()
-def status(fmt: FormatOpt = "table") -> None:
-    """Mode, policy hash, expected vs kernel ruleset hash (exit 1 when they differ)."""
-    run_status(fmt, typer.echo)
+_table_command("check")
+_table_command("apply")
+_table_command("status")
 
 
 @app.command()
@@ -160,19 +171,7 @@ def run(
         raise typer.Exit(code)
 
 
-@app.command()
-def report(
-    last: Annotated[str | None, typer.Option(help="window length ending now, e.g. 10m")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
-    until: Annotated[str | None, typer.Option(help="ISO time, epoch, or a duration ago")] = None,
-    fmt: FormatOpt = "json",
-    results: Annotated[
-        Path | None, typer.Option(help="merge the `sentinel` section into this results.json")
-    ] = None,
-    bundle: Annotated[Path | None, typer.Option(help="write an evidence bundle here")] = None,
-) -> None:
-    """Evidence for a window (default last 10m); exit 1 on external calls or ruleset drift."""
-    run_report(last, since, until, fmt, results, bundle, typer.echo)
+_table_command("report")
 
 
 @policy_app.command("suggest")
@@ -212,7 +211,7 @@ def policy_suggest(
 
 @app.command()
 def explain(
-    dest: Annotated[str, typer.Argument(help="HOST:PORT[/tcp|udp], e.g. api.openai.com:443")],
+    dest: Annotated[str, typer.Argument(help="HOST:PORT\\[/tcp|udp], e.g. api.openai.com:443")],
     policy_file: PolicyOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="json or text")] = "text",
     pin: Annotated[

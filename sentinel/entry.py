@@ -2,50 +2,40 @@
 importing typer, click or rich (they cost more start-up than the commands' own work); anything
 else, and any argument list this small parser does not fully understand (--help, unknown or
 repeated options), goes to the full CLI in `sentinel.cli`, which then prints its usual usage
-errors. The command bodies are shared (evidence/commands.py, policy/commands.py)."""
+errors. Both read the one table of these commands' options and run the same bodies
+(fastcmds.py)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# command -> {option: parameter}; every option takes one value, except the flags and lists below
-_FLAGS = {"--dry-run": "dry_run"}
-_LISTS = {"--pin": "pin"}
-_FAST = {
-    "check": {},  # one positional FILE
-    "apply": {"--policy": "policy", "-p": "policy", "--backend": "backend", **_FLAGS, **_LISTS},
-    "status": {"--format": "fmt"},
-    "report": {
-        "--last": "last",
-        "--since": "since",
-        "--until": "until",
-        "--format": "fmt",
-        "--results": "results",
-        "--bundle": "bundle",
-    },
-}
+from sentinel.fastcmds import ARGUMENT, COMMANDS, FLAG, LIST, complete, run
 
 
 def parse_fast(argv: list[str]) -> tuple[str, dict] | None:
     """(command, {parameter: value}) when argv is a plain call of a fast command, else None."""
-    if not argv or argv[0] not in _FAST:
+    if not argv or argv[0] not in COMMANDS:
         return None
-    known, out = _FAST[argv[0]], {}
+    params = COMMANDS[argv[0]].params
     args = argv[1:]
-    if argv[0] == "check":
-        return ("check", {"file": args[0]}) if len(args) == 1 and args[0][:1] != "-" else None
+    positional = [p.name for p in params if p.kind == ARGUMENT]
+    if positional:  # `check FILE`: exactly the argument, no options
+        plain = len(args) == len(positional) and all(a[:1] != "-" for a in args)
+        return (argv[0], dict(zip(positional, args, strict=True))) if plain else None
+    known = {flag: p for p in params for flag in p.flags}
+    out: dict = {}
     i = 0
     while i < len(args):
         name, eq, value = args[i].partition("=")
-        if name not in known or (known[name] in out and name not in _LISTS):
+        param = known.get(name)
+        if param is None or (param.name in out and param.kind != LIST):
             return None
         if eq and not name.startswith("--"):
             return None  # click reads "-p=x" as the value "=x": leave it to click
-        if name in _FLAGS:
+        if param.kind == FLAG:
             if eq:
                 return None
-            out[known[name]] = True
+            out[param.name] = True
             i += 1
             continue
         if not eq:
@@ -53,47 +43,16 @@ def parse_fast(argv: list[str]) -> tuple[str, dict] | None:
                 return None
             i += 1
             value = args[i]
-        if name in _LISTS:
-            out.setdefault(known[name], []).append(value)
+        if param.kind == LIST:
+            out.setdefault(param.name, []).append(value)
         else:
-            out[known[name]] = value
+            out[param.name] = value
         i += 1
     return argv[0], out
 
 
 def _echo(text: str, nl: bool = True, err: bool = False) -> None:
     (sys.stderr if err else sys.stdout).write(text + ("\n" if nl else ""))
-
-
-def _run_fast(command: str, opts: dict) -> None:
-    if command in ("check", "apply"):
-        from sentinel.policy import commands as policy_cmds
-
-        if command == "check":
-            policy_cmds.run_check(Path(opts["file"]), _echo)
-            return
-        from sentinel.enforce.netfilter import DEFAULT_BACKEND
-
-        policy = Path(opts["policy"]) if "policy" in opts else None
-        backend = opts.get("backend", DEFAULT_BACKEND)
-        policy_cmds.run_apply(
-            policy, bool(opts.get("dry_run")), backend, opts.get("pin", []), _echo
-        )
-        return
-    from sentinel.evidence import commands
-
-    if command == "status":
-        commands.run_status(opts.get("fmt", "table"), _echo)
-        return
-    commands.run_report(
-        opts.get("last"),
-        opts.get("since"),
-        opts.get("until"),
-        opts.get("fmt", "json"),
-        Path(opts["results"]) if "results" in opts else None,
-        Path(opts["bundle"]) if "bundle" in opts else None,
-        _echo,
-    )
 
 
 def main() -> None:
@@ -105,8 +64,9 @@ def main() -> None:
         return
     from sentinel.errors import SentinelError
 
+    command, given = fast
     try:
-        _run_fast(*fast)
+        run(command, complete(command, given), _echo)
     except SentinelError as exc:
         sys.stdout.flush()
         sys.stderr.write(f"sentinel: {exc.message}\n")

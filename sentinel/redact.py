@@ -197,23 +197,34 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact_obj(obj: Any, key: str = "") -> Any:
+def redact_obj(obj: Any, key: str = "", memo: dict[str, str] | None = None) -> Any:
     """A redacted copy of plain data: dict values under secret-looking keys are masked whole.
     Our own SHA-256 digests under hash keys (`policy_sha256`, a tamper event's `expected`)
-    survive: evidence needs them, and a 64-hex value elsewhere is still masked."""
+    survive: evidence needs them, and a 64-hex value elsewhere is still masked. `memo`
+    (a dict the caller keeps for one document) redacts each distinct text once."""
     if isinstance(obj, (str, int)) and not isinstance(obj, bool) and _USER_ID_KEY_RE.match(key):
         return _pseudonym(str(obj))
     if isinstance(obj, str):
-        return obj if _is_our_digest(key, obj) else redact_text(obj)
+        if _is_our_digest(key, obj):
+            return obj
+        if memo is None:
+            return redact_text(obj)
+        if obj not in memo:
+            memo[obj] = redact_text(obj)
+        return memo[obj]
     if isinstance(obj, dict):
         return {
-            k: (MASK if isinstance(k, str) and _is_secret_key(k) and v else redact_obj(v, str(k)))
+            k: (
+                MASK
+                if isinstance(k, str) and _is_secret_key(k) and v
+                else redact_obj(v, str(k), memo)
+            )
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [redact_obj(v, key) for v in obj]
+        return [redact_obj(v, key, memo) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(redact_obj(v, key) for v in obj)
+        return tuple(redact_obj(v, key, memo) for v in obj)
     return obj
 
 

@@ -10,19 +10,18 @@ from the same namespace is rejected and never arrives.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from sentinel.lab.netns import PYTHON
+from tests.conftest import BASE, Lines, spawn_alert_receiver
 
 pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[1]
 MEM0 = ROOT / "policies" / "mem0.yaml"
-BASE = "http://198.18.5.5:8088"
 
 # replays a request without any socket mark, exactly as the app would send it
 REPLAY = r"""
@@ -37,45 +36,13 @@ except httpx.HTTPError as exc:
 """
 
 
-class Lines:
-    """Collects a spawned receiver's JSON lines in the background."""
-
-    def __init__(self, stream) -> None:
-        self.items: list[dict] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            if line.startswith("{"):
-                self.items.append(json.loads(line))
-
-    def wait(self, n: int, timeout: float = 10.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.items) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return list(self.items)
-
-
 def _replay(topo, request: dict) -> dict:
     out = topo.run("app", PYTHON, "-c", REPLAY, json.dumps(request), timeout=30)
     return json.loads(out.stdout)
 
 
 def test_marked_alert_delivery_passes_deny_all_unmarked_is_blocked(topo, tmp_path):
-    receiver = topo.spawn(
-        "outside",
-        PYTHON,
-        "-m",
-        "sentinel.lab.alertreceiver",
-        "--host",
-        "198.18.5.5",
-        "--port",
-        "8088",
-        "--seconds",
-        "90",
-    )
-    assert receiver.stdout.readline().strip() == "ready"
+    receiver = spawn_alert_receiver(topo, seconds=90)
     got = Lines(receiver.stdout)
 
     # control: before the policy is applied, an unmarked request from the app arrives

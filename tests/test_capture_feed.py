@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ from sentinel.detect.nflog import Monitor
 from sentinel.errors import BadInput, SentinelError
 from sentinel.evidence.capture import Capture, dissect, run_capture
 from sentinel.policy.load import MonitorSettings
+from tests.conftest import wait_for as _wait_for
 
 SRC4, DST4 = "198.18.0.10", "198.18.5.5"
 
@@ -50,13 +52,7 @@ def running(tmp_path):
     feed.stop()
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
+wait_for = partial(_wait_for, interval=0.02)
 
 
 def test_socket_is_root_only_and_removed_on_stop(tmp_path):

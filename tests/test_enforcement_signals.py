@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.lab.netns import PYTHON
-from tests.test_alerts_netns import Lines
-from tests.test_run import RECORDS, RunningSentinel, query, wait_for
+from tests.conftest import BASE, RECORDS, Lines, RunningSentinel, query, scrape, wait_for
 
 pytestmark = pytest.mark.netns
 
-BASE = "http://198.18.5.5:8088"
 POLICY = """\
 version: 1
 mode: enforce
@@ -34,24 +31,6 @@ alerts:
   webhook: {{url_env: SENTINEL_WEBHOOK_URL}}
   digest_window: {{P2: 2s, P3: 2s}}
 {extra}"""
-
-
-@pytest.fixture
-def receiver(topo):
-    proc = topo.spawn(
-        "outside",
-        PYTHON,
-        "-m",
-        "sentinel.lab.alertreceiver",
-        "--host",
-        "198.18.5.5",
-        "--port",
-        "8088",
-        "--seconds",
-        "240",
-    )
-    assert proc.stdout.readline().strip() == "ready"
-    return Lines(proc.stdout)
 
 
 @pytest.fixture(autouse=True)
@@ -81,22 +60,6 @@ def wait_alert(lines: Lines, timeout: float = 20.0, **match) -> dict:
     ]
     assert found, f"no alert {match} within {timeout}s; received: {got}"
     return found[0]
-
-
-def scrape(topo) -> dict[str, float]:
-    out = topo.run(
-        "app",
-        PYTHON,
-        "-c",
-        "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9464/metrics',"
-        " timeout=5).read().decode())",
-    ).stdout
-    values = {}
-    for line in out.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def no_unregistered_kinds(s: RunningSentinel) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_run import RECORDS, query, start
+from tests.conftest import RECORDS, query, start
 
 pytestmark = pytest.mark.netns
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from sentinel.lab.netns import HELPERS, PYTHON, Topology
-from tests.test_hardening import report
-from tests.test_run import (
+from tests.conftest import (
     ONLY_OLLAMA,
     RECORDS,
     RunningSentinel,
-    _status,
     editor_save,
     policy_text,
+    report,
+    status_json,
     wait_for,
 )
 
@@ -173,12 +173,12 @@ def test_flows_opened_before_the_sentinel_started_stop_when_it_does(upstream, tm
 def test_reload_changing_nflog_group_is_refused_and_the_monitor_still_sees(upstream, tmp_path):
     topo = upstream
     s = start(topo, tmp_path, policy_text())
-    before = _status(topo)["ruleset_sha256_kernel"]
+    before = status_json(topo)["ruleset_sha256_kernel"]
     editor_save(tmp_path / "policy.yaml", policy_text() + "nflog_group: 7\n")
     rejected = s.wait_event("reload_rejected")
     assert "nflog_group cannot change on reload (1 -> 7)" in rejected["detail"]["error"]
     assert "restart" in rejected["detail"]["error"]
-    assert _status(topo)["ruleset_sha256_kernel"] == before
+    assert status_json(topo)["ruleset_sha256_kernel"] == before
     # attempts after the refused reload are still seen by the monitor
     assert not topo.probe("tcp", OUTSIDE, 443)["ok"]
     s.wait_event("egress_attempt", dst_ip=OUTSIDE, dst_port=443)

@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 
 from sentinel.lab.netns import PYTHON, Topology
-from tests.test_run import (
+from tests.conftest import (
     ONLY_OLLAMA,
     RECORDS,
     RunningSentinel,
-    _status,
     editor_save,
     policy_text,
     query,
+    report,
+    spawn_alert_receiver,
+    status_json,
     wait_for,
 )
 
@@ -40,19 +42,6 @@ def start(topo: Topology, tmp_path: Path, text: str | None = None) -> RunningSen
 def app(topo: Topology, script: str, *args: str, timeout: float = 30, **env: str) -> dict:
     out = topo.run("app", PYTHON, "-c", script, *args, timeout=timeout, env=env or None)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def report(topo: Topology, since: float) -> dict:
-    out = topo.sentinel(
-        "report",
-        "--since",
-        str(since),
-        "--format",
-        "json",
-        env={"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]},
-    )
-    assert out.stdout.strip(), out.stderr
-    return json.loads(out.stdout)
 
 
 # --- 1. malformed and hostile DNS ------------------------------------------------------------
@@ -209,7 +198,7 @@ def test_sigkill_during_reload_under_flood_keeps_the_deny_and_restart_accounts(
     assert done["seconds"] < 6
     assert topo.outside_packets() == 0  # the deny held while nobody was watching
     restarted = RunningSentinel(topo, tmp_path / "policy.yaml")
-    assert wait_for(lambda: _status(topo)["in_sync"], 10)
+    assert wait_for(lambda: status_json(topo)["in_sync"], 10)
     assert not topo.probe("tcp", OUTSIDE, 443)["ok"]
     attempts += 1
     restarted.wait_event("egress_attempt", dst_port=443, layer="netfilter")
@@ -228,25 +217,25 @@ def test_policy_deleted_then_garbage_keeps_rules_and_good_policy_is_picked_up(to
     topo.start_dns_server(RECORDS, tmp_path, ttl=1)
     s = start(topo, tmp_path)
     policy = tmp_path / "policy.yaml"
-    before = _status(topo)["ruleset_sha256_kernel"]
+    before = status_json(topo)["ruleset_sha256_kernel"]
     policy.unlink()
     # the watcher notices (and says so) at its next poll; nothing else may happen
     assert wait_for(lambda: s.find("policy_missing"), 10), s.log()
     assert s.proc.poll() is None, s.log()
-    status = _status(topo)
+    status = status_json(topo)
     assert status["in_sync"] and status["ruleset_sha256_kernel"] == before
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     assert not topo.probe("tcp", OUTSIDE, 443)["ok"]
     editor_save(policy, "\x00\xff{{ not: [yaml\n\t- garbage: }")
     rejected = s.wait_event("reload_rejected", timeout=10)
     assert rejected["detail"]["error"] and rejected["detail"]["kept"]
-    status = _status(topo)
+    status = status_json(topo)
     assert status["in_sync"] and status["ruleset_sha256_kernel"] == before
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     editor_save(policy, ONLY_OLLAMA)
     s.wait_event("policy_reloaded", timeout=10)
-    assert wait_for(lambda: _status(topo)["ruleset_sha256_kernel"] != before, 5)
-    assert _status(topo)["in_sync"]
+    assert wait_for(lambda: status_json(topo)["ruleset_sha256_kernel"] != before, 5)
+    assert status_json(topo)["in_sync"]
     assert not topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     assert topo.probe("tcp", "198.18.0.4", 11434)["ok"]
     assert topo.outside_packets() == 0
@@ -308,19 +297,7 @@ class Receiver:
     """The alert receiver in the app namespace on loopback; request lines collected."""
 
     def __init__(self, topo: Topology, port: int) -> None:
-        self.proc = topo.spawn(
-            "app",
-            PYTHON,
-            "-m",
-            "sentinel.lab.alertreceiver",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--seconds",
-            "120",
-        )
-        assert self.proc.stdout.readline().strip() == "ready"
+        self.proc = spawn_alert_receiver(topo, "app", "127.0.0.1", port, seconds=120)
         self.items: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 

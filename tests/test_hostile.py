@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from sentinel.lab.netns import PYTHON, Topology
-from tests.test_run import RECORDS, RunningSentinel, policy_text, wait_for
+from tests.conftest import (
+    RECORDS,
+    RunningSentinel,
+    policy_text,
+    report,
+    spawn_alert_receiver,
+    wait_for,
+)
 
 pytestmark = pytest.mark.netns
 OUTSIDE = "198.18.5.5"
@@ -97,11 +104,7 @@ class Receiver:
     """The local alert receiver (sentinel.lab.alertreceiver) on the app namespace's loopback."""
 
     def __init__(self, topo: Topology, port: int = HOOK_PORT) -> None:
-        self.proc = topo.spawn(
-            "app", PYTHON, "-m", "sentinel.lab.alertreceiver", "--host", "127.0.0.1",
-            "--port", str(port), "--seconds", "180",
-        )  # fmt: skip
-        assert self.proc.stdout.readline().strip() == "ready"
+        self.proc = spawn_alert_receiver(topo, "app", "127.0.0.1", port, seconds=180)
         self.items: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -150,12 +153,6 @@ _POLICY: list[Path] = []
 
 def _policy_path() -> Path:
     return _POLICY[-1]
-
-
-def report(topo: Topology, since: float, fmt: str = "json") -> dict | str:
-    out = topo.sentinel("report", "--since", str(since), "--format", fmt, env=_env())
-    assert out.stdout.strip(), out.stderr
-    return json.loads(out.stdout) if fmt == "json" else out.stdout
 
 
 def status(topo: Topology):  # noqa: ANN201

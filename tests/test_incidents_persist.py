@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_enforcement_signals import BASE, receiver  # noqa: F401 - fixture
-from tests.test_run import RECORDS, RunningSentinel, query, wait_for
+from tests.conftest import BASE, RECORDS, RunningSentinel, query, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -67,7 +66,7 @@ def write(path: Path, dedup: str = "5s") -> Path:
     return path
 
 
-def test_resolve_goes_out_after_a_restart_and_after_an_alert_reload(topo, receiver, tmp_path):  # noqa: F811
+def test_resolve_goes_out_after_a_restart_and_after_an_alert_reload(topo, receiver, tmp_path):
     topo.start_dns_server(RECORDS, tmp_path, ttl=30)
     policy = write(tmp_path / "policy.yaml")
     s = RunningSentinel(topo, policy)
@@ -107,7 +106,7 @@ def test_resolve_goes_out_after_a_restart_and_after_an_alert_reload(topo, receiv
     assert s.stop() == 0
 
 
-def test_an_open_digest_survives_sigkill(topo, receiver, tmp_path):  # noqa: F811
+def test_an_open_digest_survives_sigkill(topo, receiver, tmp_path):
     topo.start_dns_server(RECORDS, tmp_path, ttl=30)
     policy = write(tmp_path / "policy.yaml")
     s = RunningSentinel(topo, policy)

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.lab.netns import HELPERS, PYTHON, Topology
-from tests.test_hardening import report
-from tests.test_run import RECORDS, RunningSentinel, _status, policy_text, wait_for
+from tests.conftest import RECORDS, RunningSentinel, policy_text, report, status_json, wait_for
 
 pytestmark = pytest.mark.netns
 OUTSIDE4, OUTSIDE6 = "198.18.0.99", "2001:db8::99"
@@ -138,7 +137,7 @@ def test_af_packet_frames_never_arrive_and_every_one_is_recorded(topo, tmp_path)
     # the app's namespace has a root process with CAP_NET_RAW: status and report say so
     holder = topo.spawn("app", PYTHON, "-c", "import time; time.sleep(60)")
     env = {"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]}
-    caps = wait_for(lambda: _status(topo)["capabilities"]["holders"], 5)
+    caps = wait_for(lambda: status_json(topo)["capabilities"]["holders"], 5)
     assert [h["pid"] for h in caps] == [holder.pid], caps
     assert set(caps[0]["caps"]) == {"CAP_NET_RAW", "CAP_NET_ADMIN"}
     table = topo.sentinel("report", "--since", str(since), "--format", "table", env=env)
@@ -149,7 +148,7 @@ def test_af_packet_frames_never_arrive_and_every_one_is_recorded(topo, tmp_path)
     nobody = topo.spawn("app", *NOBODY, *NO_CAPS, PYTHON, "-c", "import time; time.sleep(60)")
     try:
         wait_for(lambda: _comm(nobody.pid).startswith("python"), 5)
-        assert _status(topo)["capabilities"]["holders"] == []
+        assert status_json(topo)["capabilities"]["holders"] == []
     finally:
         nobody.kill()
         nobody.wait()
@@ -281,7 +280,7 @@ def test_cap_net_raw_alone_forges_the_mark_and_status_names_the_holder(topo, tmp
         # Known limit (docs/hardening.md): accepted as the sentinel's own traffic
         assert json.loads(line) == "connected", proc.stderr.read() if not line else line
         assert topo.outside_packets() > 0
-        holders = wait_for(lambda: _status(topo)["capabilities"]["holders"], 5)
+        holders = wait_for(lambda: status_json(topo)["capabilities"]["holders"], 5)
         assert [(h["pid"], h["caps"]) for h in holders] == [(proc.pid, ["CAP_NET_RAW"])]
     finally:
         proc.kill()

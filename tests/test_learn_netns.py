@@ -14,7 +14,7 @@ import pytest
 
 from sentinel.lab.netns import PYTHON, Topology
 from sentinel.policy.load import parse_policy
-from tests.test_run import RECORDS, RunningSentinel, wait_for
+from tests.conftest import RECORDS, RunningSentinel, wait_for
 
 pytestmark = pytest.mark.netns
 

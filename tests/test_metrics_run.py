@@ -11,8 +11,7 @@ import os
 import pytest
 
 from sentinel.lab.netns import PYTHON
-from tests.test_enforcement_signals import scrape
-from tests.test_run import RECORDS, RunningSentinel, query, wait_for
+from tests.conftest import RECORDS, RunningSentinel, query, scrape, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -8,12 +8,14 @@ import os
 import sqlite3
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from sentinel.evidence.report import GAP_FACTOR
 from sentinel.lab.netns import PYTHON
+from tests.conftest import wait_for as _wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -105,14 +107,7 @@ def stored(state_dir, layer="netfilter") -> list[tuple]:
         ).fetchall()
 
 
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
+wait_for = partial(_wait_for, timeout=15.0)  # this file's deadline
 
 
 def _details(state_dir, kind: str) -> list[tuple[float, dict]]:

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.lab.netns import PYTHON
-from tests.conftest import needs_tools
-from tests.test_run import RECORDS, RunningSentinel, query, wait_for
+from tests.conftest import RECORDS, RunningSentinel, needs_tools, query, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS = ROOT / "deploy" / "observability"

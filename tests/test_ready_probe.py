@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sentinel.lab.netns import PYTHON
-from tests.test_run import RECORDS, policy_text, start, wait_for
+from tests.conftest import RECORDS, policy_text, start, wait_for
 
 pytestmark = pytest.mark.netns
 POD = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "mem0-pod.yaml"

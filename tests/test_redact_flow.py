@@ -16,7 +16,7 @@ import pytest
 
 from sentinel.lab.netns import PYTHON
 from sentinel.store.events import readonly_uri
-from tests.test_run import RECORDS, query, start
+from tests.conftest import RECORDS, query, start
 
 pytestmark = pytest.mark.netns
 

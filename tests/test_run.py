@@ -6,159 +6,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from sentinel.lab.netns import PYTHON, Topology
-
-RECORDS = {
-    "postgres": {"A": ["198.18.0.2"], "AAAA": ["2001:db8::2"]},
-    "neo4j": {"A": ["198.18.0.3"], "AAAA": ["2001:db8::3"]},
-    "ollama": {"A": ["198.18.0.4"], "AAAA": ["2001:db8::4"]},
-    "cache.internal": {"CNAME": "postgres"},
-    "api.openai.com": {"A": ["198.18.5.5"], "AAAA": ["2001:db8::5"]},
-    "telemetry.example.com": {"A": ["198.18.5.5"]},
-}
-
-POLICY = """\
-version: 1
-mode: enforce
-allow:
-  - {{name: postgres, host: postgres, ports: [5432, 5433], protocol: tcp}}
-  - {{name: neo4j,    host: neo4j,    ports: [7474, 7687], protocol: tcp}}
-  - {{name: ollama,   host: ollama,   ports: [11434], protocol: tcp}}
-  - {{name: cache,    host: cache.internal, ports: [5432], protocol: tcp}}
-dns: {{min_ttl: {min_ttl}, max_ttl: 1h, stale_grace: {grace}, listen_port: 5300}}
-monitor: {{tamper_interval: {tamper}}}
-tests:
-  - {{to: "postgres:5432", expect: allow}}
-  - {{to: "198.18.5.5:443", expect: deny}}
-"""
-
-QUERY = """
-import json, sys, dns.message, dns.query, dns.rcode
-name, qtype, server, port, tcp = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
-q = dns.message.make_query(name, qtype)
-try:
-    r = (dns.query.tcp if tcp else dns.query.udp)(q, server, port=port, timeout=3)
-    out = {"rcode": dns.rcode.to_text(r.rcode()),
-           "addresses": sorted(x.address for rr in r.answer for x in rr if hasattr(x, "address")),
-           "ttl": min((rr.ttl for rr in r.answer), default=None)}
-except Exception as exc:
-    out = {"rcode": "ERROR", "error": f"{type(exc).__name__}: {exc}", "addresses": []}
-print(json.dumps(out))
-"""
-
-
-def policy_text(min_ttl: str = "1s", grace: str = "3s", tamper: str = "1s") -> str:
-    return POLICY.format(min_ttl=min_ttl, grace=grace, tamper=tamper)
-
-
-def query(
-    topo: Topology,
-    name: str,
-    qtype: str = "A",
-    server: str = "198.18.0.53",
-    port: int = 53,
-    tcp: bool = False,
-) -> dict:
-    out = topo.run(
-        "app",
-        PYTHON,
-        "-c",
-        QUERY,
-        name,
-        qtype,
-        server,
-        str(port),
-        "1" if tcp else "0",
-        timeout=20,
-    )
-    return json.loads(out.stdout)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-class RunningSentinel:
-    """`sentinel run` in the app namespace; its JSON log lines land in `self.lines`."""
-
-    def __init__(self, topo: Topology, policy: Path, *args: str) -> None:
-        exe = str(Path(PYTHON).with_name("sentinel"))
-        self.proc = topo.spawn(
-            "app",
-            exe,
-            "run",
-            "--policy",
-            str(policy),
-            *args,
-            env={"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]},
-        )
-        self.lines: list[dict] = []
-        self.raw: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        running = wait_for(lambda: self.find("running") or self.proc.poll() is not None, 30)
-        assert running and self.proc.poll() is None, "sentinel run did not start:\n" + self.log()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.raw.append(line)
-            try:
-                self.lines.append(json.loads(line))
-            except ValueError:
-                pass
-
-    def log(self) -> str:
-        return "".join(self.raw[-60:])
-
-    def find(self, event: str, **match: object) -> list[dict]:
-        return [
-            x
-            for x in list(self.lines)
-            if x.get("event") == event and all(x.get(k) == v for k, v in match.items())
-        ]
-
-    def events(self, kind: str, **match: object) -> list[dict]:
-        return self.find("event", kind=kind, **match)
-
-    def wait_event(self, kind: str, timeout: float = 10.0, **match: object) -> dict:
-        found = wait_for(lambda: self.events(kind, **match), timeout)
-        assert found, f"no {kind} event {match} within {timeout}s:\n{self.log()}"
-        return found[0]
-
-    def stop(self, timeout: float = 15.0) -> int:
-        self.proc.terminate()
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
+from sentinel.lab.netns import PYTHON
+from tests.conftest import (
+    ONLY_OLLAMA,
+    RECORDS,
+    RunningSentinel,
+    editor_save,
+    policy_text,
+    query,
+    start,
+    status_json,
+    wait_for,
+)
 
 # --- tests ------------------------------------------------------------------------------
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def upstream(topo, tmp_path):
-    topo.start_dns_server(RECORDS, tmp_path, ttl=1)
-    return topo
-
-
-def start(topo: Topology, tmp_path: Path, *args: str, **policy: str) -> RunningSentinel:
-    path = tmp_path / "policy.yaml"
-    path.write_text(policy_text(**policy))
-    return RunningSentinel(topo, path, *args)
 
 
 def test_allowlisted_names_resolve_through_the_sentinel_and_connect(upstream, tmp_path):
@@ -282,45 +149,23 @@ def test_upstream_down_serves_stale_pins_then_fails_closed(upstream, tmp_path):
     assert topo.outside_packets() == 0
 
 
-def _status(topo: Topology) -> dict:
-    out = topo.sentinel(
-        "status", "--format", "json", env={"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]}
-    )
-    return json.loads(out.stdout)
-
-
-ONLY_OLLAMA = """\
-version: 1
-allow:
-  - {name: ollama, host: ollama, ports: [11434]}
-dns: {min_ttl: 1s, stale_grace: 2s}
-monitor: {tamper_interval: 1s}
-"""
-
-
 def test_reload_after_write_and_rename_keeps_old_rules_on_invalid_policy(upstream, tmp_path):
     topo = upstream
     s = start(topo, tmp_path)
     policy = tmp_path / "policy.yaml"
-    before = _status(topo)["ruleset_sha256_kernel"]
+    before = status_json(topo)["ruleset_sha256_kernel"]
     editor_save(policy, "version: 1\nallow:\n  - {name: x, host: postgres, ports: [70000]}\n")
     rejected = s.wait_event("reload_rejected")
     assert "allow[0].ports[0]: 70000 is not a port" in rejected["detail"]["error"]
-    assert _status(topo)["ruleset_sha256_kernel"] == before
+    assert status_json(topo)["ruleset_sha256_kernel"] == before
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]  # old rules still in force
     editor_save(policy, ONLY_OLLAMA)
     s.wait_event("policy_reloaded")
-    status = _status(topo)
+    status = status_json(topo)
     assert status["in_sync"] and status["ruleset_sha256_kernel"] != before
     assert not topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     assert topo.probe("tcp", "198.18.0.4", 11434)["ok"]
     assert query(topo, "postgres")["rcode"] == "REFUSED"  # no longer allowlisted
-
-
-def editor_save(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.swp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def test_reload_through_a_kubernetes_configmap_symlink_swap(upstream, tmp_path):
@@ -369,7 +214,7 @@ def test_tamper_is_detected_and_repaired_within_the_interval(upstream, tmp_path,
     assert time.monotonic() - tampered < 3.0  # interval 1 s (+ the check's own time)
     assert event["layer"] == "tamper" and event["detail"]["repaired"] is True
     assert event["detail"]["expected"] != event["detail"]["found"]
-    assert wait_for(lambda: _status(topo)["in_sync"], 5)
+    assert wait_for(lambda: status_json(topo)["in_sync"], 5)
     assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
 
@@ -406,7 +251,7 @@ def test_mem0_policy_as_shipped(upstream, tmp_path):
     s.wait_event("egress_attempt", dst_name="api.openai.com")
     assert not topo.probe("tcp", "198.18.5.5", 443)["ok"]
     assert topo.outside_packets() == 0
-    assert _status(topo)["in_sync"]
+    assert status_json(topo)["in_sync"]
     assert s.stop() == 0
 
 

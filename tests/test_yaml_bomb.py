@@ -11,7 +11,7 @@ import pytest
 
 from sentinel.lab.netns import PYTHON
 from sentinel.policy.load import PolicyError, parse_policy
-from tests.test_run import editor_save, start, upstream  # noqa: F401 - fixture
+from tests.conftest import editor_save, start
 
 SENTINEL = str(Path(PYTHON).with_name("sentinel"))
 
@@ -90,7 +90,7 @@ def test_apply_refuses_the_bomb_exit_2_and_applies_nothing(topo, tmp_path):
 
 
 @pytest.mark.netns
-def test_hot_reload_rejects_the_bomb_and_keeps_the_rules(upstream, tmp_path):  # noqa: F811
+def test_hot_reload_rejects_the_bomb_and_keeps_the_rules(upstream, tmp_path):
     topo = upstream
     s = start(topo, tmp_path)
     policy = tmp_path / "policy.yaml"

@@ -8,32 +8,31 @@
 
 Every time decision (windows, backoff, breaker, rate limits, Retry-After) reads the injectable
 `clock`; threads only poll at `tick` real seconds, so tests move a fake clock and never sleep
-through a real 30 s breaker or 5 min window.
+through a real 30 s breaker or 5 min window. Each sink's delivery thread is worker.py;
+`sentinel alert test` (direct, no outbox) is sinktest.py.
 """
 
 from __future__ import annotations
 
 import json
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
 
-from sentinel.alerts.base import Sink
-from sentinel.alerts.breaker import OPEN, BreakerSettings, CircuitBreaker
-from sentinel.alerts.http import DEFAULT_TIMEOUT, OK, REJECTED, Result, make_client, post
-from sentinel.alerts.model import RESOLVE, TEST, Alert, dedup_key_for
-from sentinel.alerts.outbox import FILENAME, Outbox, Row
-from sentinel.alerts.ratelimit import TokenBucket
+from sentinel.alerts.breaker import BreakerSettings
+from sentinel.alerts.http import DEFAULT_TIMEOUT, make_client
+from sentinel.alerts.incidents import export_state, restore_state
+from sentinel.alerts.model import RESOLVE, TEST, Alert
+from sentinel.alerts.outbox import FILENAME, Outbox
 from sentinel.alerts.registry import build_sinks
-from sentinel.alerts.router import Router, export_state, restore_state
+from sentinel.alerts.router import Router
+from sentinel.alerts.worker import DEFAULT_BACKOFF, Backoff, SinkWorker
 from sentinel.evidence import metrics
 from sentinel.policy.load import Policy
 from sentinel.redact import redact_text
@@ -44,119 +43,8 @@ log = structlog.get_logger("sentinel.alerts")
 SATURATION = 0.8  # queue above 80% -> a P3 queue_saturation event
 _SATURATION_EVERY = 60.0  # at most one self-reported saturation event a minute
 _LATENCIES_KEPT = 10_000
-_IDLE = 1.0  # empty outbox: sleep until woken (or this long)
 DEFAULT_BREAKER = BreakerSettings()  # the PRD's numbers
 ALERT_BUDGET, ALERT_BUDGET_WINDOW = 20, 60.0  # P1 alerts per minute, then one "N more" roll-up
-
-
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 1.0
-    cap: float = 300.0
-
-    def delay(self, attempts: int) -> float:
-        """Exponential with jitter: between half and all of base * 2**attempts, capped."""
-        full = min(self.cap, self.base * (2 ** min(attempts, 30)))
-        return full * random.uniform(0.5, 1.0)
-
-
-DEFAULT_BACKOFF = Backoff()
-
-
-class _SinkWorker:
-    """Delivers one sink's outbox rows in order, within its rate limit and breaker."""
-
-    def __init__(self, owner: AlertDispatcher, sink: Sink, rate: float, burst: float) -> None:
-        self.owner = owner
-        self.sink = sink
-        self.name = sink.name
-        self.breaker = CircuitBreaker(owner.breaker_settings, owner.clock, self._breaker_changed)
-        self.bucket = TokenBucket(rate, burst, owner.clock)
-        self.wake = threading.Event()
-        self.paused_until = 0.0  # set by 429 Retry-After: the whole sink waits, not one row
-        self.last: Result | None = None
-        self.thread = threading.Thread(target=self.run, name=f"alert-{self.name}", daemon=True)
-
-    def run(self) -> None:
-        owner = self.owner
-        while not owner._stopping.is_set():
-            self.wake.clear()  # before looking: a wake-up from now on is not lost
-            try:
-                pause = self.step()
-            except Exception as exc:  # a bug must not kill alerting for good
-                log.error("alert_worker_error", sink=self.name, error=redact_text(repr(exc)))
-                metrics.observe_error("alerts")
-                pause = owner.tick
-            if pause:
-                self.wake.wait(pause)  # set by _enqueue and stop(): new work ends the wait
-
-    def step(self) -> float:
-        """Deliver the head row if it may go now; returns how long to wait (0 = go on)."""
-        owner = self.owner
-        row = owner.outbox.head(self.name)
-        if row is None:
-            return _IDLE
-        now = owner.clock()
-        if now - row.created > owner.outbox.max_age:
-            owner.outbox.expire(self.name)
-            return 0.0
-        if row.next_at > now or self.paused_until > now or not self.breaker.allow():
-            return owner.tick  # polled: the clock may be a test's, real waits would not match
-        if self.bucket.wait_time() > 0:
-            return owner.tick
-        self.bucket.take()
-        self.deliver(row)
-        return 0.0
-
-    def deliver(self, row: Row) -> None:
-        owner = self.owner
-        dropped = owner.outbox.counter(f"unreported:{self.name}")
-        try:
-            body, headers = self.sink.render(row.alert, dropped)
-        except Exception as exc:  # a row this sink cannot render must not block the rest
-            owner.outbox.failed(row)
-            log.error("alert_render_error", sink=self.name, error=redact_text(repr(exc)))
-            return
-        started = time.perf_counter()
-        result = post(owner.client, self.sink.url, body, headers)
-        outcome = {OK: "ok", REJECTED: "rejected"}.get(result.outcome, "retry")
-        metrics.observe_delivery(self.name, time.perf_counter() - started, outcome)
-        self.last = result
-        fields = {"sink": self.name, "alert_id": row.alert.id, "status": result.status}
-        if result.outcome == OK:
-            owner.outbox.delivered(row, dropped)
-            self.breaker.record_success()
-            owner._delivered(row.alert)
-            log.debug("alert_delivered", correlation_id=row.alert.correlation_id, **fields)
-        elif result.outcome == REJECTED:
-            owner.outbox.failed(row)
-            self.breaker.record_failure()
-            log.error("alert_rejected", detail=result.detail, **fields)
-        else:
-            now = owner.clock()
-            if result.status == 429:  # the sink is alive, just asking us to slow down
-                wait = result.retry_after
-                wait = wait if wait is not None else owner.backoff.delay(row.attempts)
-                self.paused_until = now + wait
-            else:
-                self.breaker.record_failure()
-                wait = owner.backoff.delay(row.attempts)
-                if result.retry_after is not None:
-                    wait = max(wait, result.retry_after)
-            owner.outbox.retry_at(row, now + wait)
-            log.warning("alert_retry", detail=result.detail, retry_in=round(wait, 3), **fields)
-
-    def _breaker_changed(self, old: str, new: str) -> None:
-        log.warning("alert_sink_breaker", sink=self.name, old=old, new=new)
-        if new == OPEN:
-            self.owner._own_event(
-                Event(
-                    layer="sentinel",
-                    kind="sink_degraded",
-                    verdict="info",
-                    detail={"sink": self.name, "message": f"{self.name}: circuit breaker open"},
-                )
-            )
 
 
 class AlertDispatcher:
@@ -212,7 +100,7 @@ class AlertDispatcher:
         self._latencies: list[float] = []
         rates = rates or {}
         self.workers = {
-            name: _SinkWorker(self, sink, *rates.get(name, (sink.rate, sink.burst)))
+            name: SinkWorker(self, sink, *rates.get(name, (sink.rate, sink.burst)))
             for name, sink in self.sinks.items()
         }
         self._router_thread = threading.Thread(target=self._route_loop, name="alert-router")
@@ -421,44 +309,3 @@ class AlertDispatcher:
             self._latencies.append(time.time() - alert.created)
             if len(self._latencies) > _LATENCIES_KEPT:
                 del self._latencies[: len(self._latencies) - _LATENCIES_KEPT]
-
-
-# --- `sentinel alert test` -----------------------------------------------------------------
-@dataclass(frozen=True)
-class SinkTestResult:
-    sink: str
-    ok: bool
-    detail: str  # redacted
-
-
-def send_test_alerts(
-    policy: Policy,
-    environ: Mapping[str, str] | None = None,
-    mark: int | None = -1,
-    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-) -> list[SinkTestResult]:
-    """One direct test alert per configured sink (no outbox, no retries): what works now."""
-    sinks, problems = build_sinks(policy.alerts, environ)
-    results = [
-        SinkTestResult(name, False, f"not configured: {msg}") for name, msg in problems.items()
-    ]
-    if not sinks:
-        return results
-    now = time.time()
-    alert = Alert(
-        severity=TEST,
-        kind="test",
-        title="Test alert from sentinel: this sink works",
-        dedup_key=dedup_key_for(("test", str(now))),
-        correlation_id=str(Event(layer="sentinel", kind="test").id),
-        layer="sentinel",
-        first_ts=now,
-        last_ts=now,
-        details={"policy_sha256": policy.sha256},
-    )
-    with make_client(policy.mark if mark == -1 else mark, timeout) as client:
-        for name, sink in sinks.items():
-            body, headers = sink.render(alert, 0)
-            result = post(client, sink.url, body, headers)
-            results.append(SinkTestResult(name, result.outcome == OK, result.detail))
-    return sorted(results, key=lambda r: r.sink)

@@ -23,61 +23,25 @@ ends, so a flood of forged or distinct events pages a bounded number of times.
 
 A P1 event with `detail.resolved: true` (the watchdog's "monitor back") resolves the incident
 its earlier event opened (same dedup key) instead of paging again.
+
+What each alert says is in shapes.py; the open windows and digests, and their saved form, in
+incidents.py.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
+from sentinel.alerts import shapes
 from sentinel.alerts.budget import Budget
-from sentinel.alerts.identity import guard_marks, process_of
-from sentinel.alerts.model import (
-    EGRESS_KINDS,
-    P1,
-    P2,
-    P3,
-    RESOLVE,
-    Alert,
-    dedup_key_for,
-    severity_of,
-)
-from sentinel.redact import redact_obj, redact_text
-from sentinel.store.events import Event, destination_text
+from sentinel.alerts.identity import process_of
+from sentinel.alerts.incidents import MAX_SAMPLES, Digest, Window
+from sentinel.alerts.model import EGRESS_KINDS, P1, P2, P3, Alert, dedup_key_for, severity_of
+from sentinel.redact import redact_text
+from sentinel.store.events import Event
 
 DEFAULT_DIGEST_WINDOWS = {P2: 15 * 60.0, P3: 60 * 60.0}
-_MAX_SAMPLES = 10
-_STACK_CHARS = 2000
-
-
-@dataclass
-class _Window:
-    """One dedup key's state: the alert that opened it and what was folded since."""
-
-    dedup_key: str
-    kind: str
-    layer: str
-    destination: str
-    process: str
-    correlation_id: str
-    started: float  # start of the current dedup window
-    last_seen: float
-    first_ts: float
-    suppressed: int = 0  # events folded since the last alert
-    total: int = 1
-    last_event_id: str = ""
-    destinations: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _Digest:
-    severity: str
-    opened: float
-    correlation_id: str
-    counts: Counter = field(default_factory=Counter)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    last_ts: float = 0.0
 
 
 @dataclass
@@ -109,8 +73,8 @@ class Router:
         self.per_process_cap = per_process_cap
         self.max_windows = max_windows
         self._per_process: Counter = Counter()  # (kind, layer, process) -> open windows
-        self.windows: dict[tuple[str, ...], _Window] = {}
-        self.digests: dict[str, _Digest] = {}
+        self.windows: dict[tuple[str, ...], Window] = {}
+        self.digests: dict[str, Digest] = {}
         self.stats = RouterStats()
         self.budget = Budget(budget, budget_window)
 
@@ -132,7 +96,7 @@ class Router:
         return []
 
     def _key(self, event: Event) -> tuple[str, str, str, str]:
-        dest, proc = _destination(event), process_of(event)
+        dest, proc = shapes.event_destination(event), process_of(event)
         if event.kind not in EGRESS_KINDS and event.detail.get("component"):
             dest = str(event.detail["component"])  # one incident per supervised part
         return (event.kind if event.kind not in EGRESS_KINDS else "egress", event.layer, proc, dest)
@@ -142,7 +106,7 @@ class Router:
         key = self._key(event)
         entry = self.windows.get(key)
         if entry is None:
-            entry = _Window(
+            entry = Window(
                 dedup_key=dedup_key_for(key),
                 kind=event.kind,
                 layer=event.layer,
@@ -156,7 +120,7 @@ class Router:
         else:
             self._forget(key)
         self.stats.resolves += 1
-        alert = self._resolve_alert(entry)
+        alert = shapes.resolve_alert(entry, self.resolve_after)
         message = event.detail.get("message")
         title = f"Resolved: {event.kind.replace('_', ' ')} [{event.layer}]"
         return [replace(alert, title=redact_text(f"{title}: {message}" if message else title))]
@@ -179,10 +143,10 @@ class Router:
             entry.total += 1
             entry.last_seen = now
             entry.last_event_id = event.id
-            entry.destinations.add(_destination(event))
+            entry.destinations.add(shapes.event_destination(event))
             self.stats.deduped += 1
             return out
-        entry = entry or _Window(
+        entry = entry or Window(
             dedup_key=dedup_key_for(key),
             kind=event.kind,
             layer=event.layer,
@@ -198,12 +162,12 @@ class Router:
             entry.total += 1
             entry.last_event_id = event.id
         entry.started, entry.last_seen, entry.correlation_id = now, now, event.id
-        entry.destinations.add(_destination(event))
+        entry.destinations.add(shapes.event_destination(event))
         if key not in self.windows and key[3] != "*":
             self._per_process[key[:3]] += 1
         self.windows[key] = entry
         self.stats.alerts += 1
-        out.append(self._first_alert(entry, event))
+        out.append(shapes.first_alert(entry, event))
         return out
 
     def _forget(self, key: tuple[str, ...]) -> None:
@@ -216,11 +180,11 @@ class Router:
     def _digest(self, severity: str, event: Event, now: float) -> None:
         bucket = self.digests.get(severity)
         if bucket is None:
-            bucket = self.digests[severity] = _Digest(severity, now, event.id)
+            bucket = self.digests[severity] = Digest(severity, now, event.id)
         bucket.counts[event.kind] += 1
         bucket.last_ts = event.ts
-        if len(bucket.samples) < _MAX_SAMPLES:
-            bucket.samples.append(_brief(event))
+        if len(bucket.samples) < MAX_SAMPLES:
+            bucket.samples.append(shapes.brief(event))
 
     # --- time ----------------------------------------------------------------------------
     def tick(self, now: float) -> list[Alert]:
@@ -234,7 +198,7 @@ class Router:
         out += self.budget.settle(now)
         for severity, bucket in list(self.digests.items()):
             if now - bucket.opened >= self.digest_windows[severity]:
-                out.append(self._digest_alert(bucket, now))
+                out.append(self._digest_alert(bucket))
                 del self.digests[severity]
         return out
 
@@ -244,229 +208,33 @@ class Router:
         for entry in self.windows.values():
             out += self._close_window(entry, now)
         for bucket in self.digests.values():
-            out.append(self._digest_alert(bucket, now))
+            out.append(self._digest_alert(bucket))
         out += self.budget.settle(now, final=True)
         self.windows.clear()
         self._per_process.clear()
         self.digests.clear()
         return out
 
-    def _close_window(self, entry: _Window, now: float) -> list[Alert]:
+    def _close_window(self, entry: Window, now: float) -> list[Alert]:
         """Roll up what the window folded and start a new window (only if it folded anything)."""
         if entry.suppressed == 0:
             return []
-        alert = self._rollup_alert(entry, now)
+        alert = shapes.rollup_alert(entry, self.window)
         entry.suppressed = 0
         entry.started = now
         self.stats.rollups += 1
         return [alert]
 
-    def _settled(self, entry: _Window, now: float, out: list[Alert]) -> bool:
+    def _settled(self, entry: Window, now: float, out: list[Alert]) -> bool:
         """A quiet window can go; with resolve_after, only once the resolve is sent."""
         if self.resolve_after <= 0:
             return True
         if now - entry.last_seen < self.resolve_after:
             return False
-        out.append(self._resolve_alert(entry))
+        out.append(shapes.resolve_alert(entry, self.resolve_after))
         self.stats.resolves += 1
         return True
 
-    # --- alert shapes --------------------------------------------------------------------
-    def _first_alert(self, entry: _Window, event: Event) -> Alert:
-        verb = "audited (allowed: audit mode)" if event.verdict == "audited" else "blocked"
-        details = _brief(event)
-        if event.kind in EGRESS_KINDS:
-            title = f"Egress attempt {verb}: {entry.process} -> {entry.destination} [{event.layer}]"
-            if event.layer == "guard":
-                details.update(guard_marks(event))
-                title += " " + details["corroboration"]
-        else:
-            title = f"{event.kind.replace('_', ' ').capitalize()} [{event.layer}]"
-            if event.detail.get("message"):
-                title += f": {event.detail['message']}"
-        return Alert(
-            severity=P1,
-            kind=event.kind,
-            title=redact_text(title),
-            dedup_key=entry.dedup_key,
-            correlation_id=event.id,
-            layer=event.layer,
-            destination=redact_text(entry.destination),
-            process=redact_text(entry.process),
-            first_ts=event.ts,
-            last_ts=event.ts,
-            details=details,
-        )
-
-    def _rollup_alert(self, entry: _Window, now: float) -> Alert:
-        n = entry.suppressed
-        noun = "attempt" if n == 1 else "attempts"
-        what = "egress " + noun if entry.kind in EGRESS_KINDS else f"{entry.kind} events"
-        title = (
-            f"{n} more {what}: {entry.process} -> {entry.destination} [{entry.layer}] "
-            f"within {_fmt_duration(self.window)} ({entry.total} in total)"
-        )
-        details = {
-            "rolled_up": n,
-            "total": entry.total,
-            "last_event_id": entry.last_event_id,
-            "distinct_destinations": len(entry.destinations),
-            "destinations_sample": sorted(entry.destinations)[:_MAX_SAMPLES],
-        }
-        return Alert(
-            severity=P1,
-            kind=entry.kind,
-            title=redact_text(title),
-            dedup_key=entry.dedup_key,
-            correlation_id=entry.correlation_id,
-            layer=entry.layer,
-            destination=redact_text(entry.destination),
-            process=redact_text(entry.process),
-            count=n,
-            rollup=True,
-            first_ts=entry.first_ts,
-            last_ts=entry.last_seen,
-            details=redact_obj(details),
-        )
-
-    def _resolve_alert(self, entry: _Window) -> Alert:
-        return Alert(
-            severity=P1,
-            kind=entry.kind,
-            title=redact_text(
-                f"Quiet for {_fmt_duration(self.resolve_after)}: {entry.process} -> "
-                f"{entry.destination} [{entry.layer}]"
-            ),
-            dedup_key=entry.dedup_key,
-            correlation_id=entry.correlation_id,
-            action=RESOLVE,
-            layer=entry.layer,
-            destination=redact_text(entry.destination),
-            process=redact_text(entry.process),
-            count=0,
-            first_ts=entry.first_ts,
-            last_ts=entry.last_seen,
-        )
-
-    def _digest_alert(self, bucket: _Digest, now: float) -> Alert:
+    def _digest_alert(self, bucket: Digest) -> Alert:
         self.stats.digests += 1
-        total = sum(bucket.counts.values())
-        parts = ", ".join(f"{kind} x{n}" for kind, n in bucket.counts.most_common())
-        window = self.digest_windows[bucket.severity]
-        return Alert(
-            severity=bucket.severity,
-            kind="digest",
-            title=f"{bucket.severity} digest: {total} events in {_fmt_duration(window)}: {parts}",
-            dedup_key=dedup_key_for(("digest", bucket.severity, f"{bucket.opened:.3f}")),
-            correlation_id=bucket.correlation_id,
-            count=total,
-            first_ts=bucket.opened,
-            last_ts=bucket.last_ts,
-            details=redact_obj({"counts": dict(bucket.counts), "samples": bucket.samples}),
-        )
-
-
-# --- persistence (the dispatcher keeps these in the outbox database) ----------------------
-def export_state(router: Router, windows: dict | None = None) -> dict[str, Any]:
-    """Open incidents (dedup key, last seen, counts) and open digests, as plain JSON data."""
-    windows = router.windows if windows is None else windows
-    incidents = [
-        {
-            "key": list(key),
-            "dedup_key": w.dedup_key,
-            "kind": w.kind,
-            "layer": w.layer,
-            "destination": w.destination,
-            "process": w.process,
-            "correlation_id": w.correlation_id,
-            "started": w.started,
-            "last_seen": w.last_seen,
-            "first_ts": w.first_ts,
-            "suppressed": w.suppressed,
-            "total": w.total,
-            "last_event_id": w.last_event_id,
-        }
-        for key, w in windows.items()
-    ]
-    digests = [
-        {
-            "severity": d.severity,
-            "opened": d.opened,
-            "correlation_id": d.correlation_id,
-            "counts": dict(d.counts),
-            "samples": d.samples,
-            "last_ts": d.last_ts,
-        }
-        for d in router.digests.values()
-    ]
-    return {"incidents": incidents, "digests": digests}
-
-
-def restore_state(router: Router, state: dict[str, Any]) -> None:
-    """Put back what `export_state` saved: quiet incidents are resolved after `resolve_after`
-    as if no restart had happened, and open digests go out when their window ends."""
-    for item in state.get("incidents", []):
-        key = tuple(item["key"])
-        if key in router.windows:
-            continue
-        router.windows[key] = _Window(
-            dedup_key=item["dedup_key"],
-            kind=item["kind"],
-            layer=item["layer"],
-            destination=item["destination"],
-            process=item["process"],
-            correlation_id=item["correlation_id"],
-            started=float(item["started"]),
-            last_seen=float(item["last_seen"]),
-            first_ts=float(item["first_ts"]),
-            suppressed=int(item.get("suppressed", 0)),
-            total=int(item.get("total", 1)),
-            last_event_id=item.get("last_event_id", ""),
-        )
-        if key[3] != "*":
-            router._per_process[key[:3]] += 1
-    for item in state.get("digests", []):
-        if item["severity"] in router.digests:
-            continue
-        router.digests[item["severity"]] = _Digest(
-            severity=item["severity"],
-            opened=float(item["opened"]),
-            correlation_id=item["correlation_id"],
-            counts=Counter(item.get("counts", {})),
-            samples=list(item.get("samples", []))[:_MAX_SAMPLES],
-            last_ts=float(item.get("last_ts", 0.0)),
-        )
-
-
-def _destination(event: Event) -> str:
-    return destination_text(event.dst_name, event.dst_ip, event.dst_port, event.protocol)
-
-
-def _brief(event: Event) -> dict[str, Any]:
-    """What an alert carries about one event: enough to act on, redacted, bounded."""
-    data = {
-        "event_id": event.id,
-        "kind": event.kind,
-        "layer": event.layer,
-        "verdict": event.verdict,
-        "protocol": event.protocol,
-        "dst_ip": event.dst_ip,
-        "dst_port": event.dst_port,
-        "dst_name": event.dst_name,
-        "pid": event.pid,
-        "exe": event.exe,
-        "ts": event.ts,
-    }
-    if event.stack:
-        data["stack"] = event.stack[-_STACK_CHARS:]
-    if event.detail:
-        data["detail"] = event.detail
-    return redact_obj({k: v for k, v in data.items() if v is not None})
-
-
-def _fmt_duration(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    return f"{seconds:g}s"
+        return shapes.digest_alert(bucket, self.digest_windows[bucket.severity])

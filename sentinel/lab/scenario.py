@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ENFORCER = ("run",)  # the sidecar's command; ("apply",) drives the rules without the daemon
+ENFORCER = ("run",)  # the sidecar's command: the daemon (it alone watches and alerts)
 OUTSIDE4, OUTSIDE6 = "198.18.5.5", "2001:db8::5"
 OPENAI, TELEMETRY = "api.openai.com", "us.i.posthog.com"
 ALERT_PORT = 9099

@@ -156,24 +156,16 @@ class Lab:
         log = open(self.evidence / "sentinel.log", "w")  # noqa: SIM115 - closed in close()
         self.files.append(log)
         env = {**self.env(), **LAB_SECRETS}
-        if ENFORCER == ("run",):
-            self.enforcer = self.topo.spawn(
-                "app",
-                exe,
-                *ENFORCER,
-                "--policy",
-                str(self.policy_path),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        else:
-            done = self.topo.run(
-                "app", exe, *ENFORCER, "--policy", str(self.policy_path), env=env, check=False
-            )
-            log.write(done.stdout + done.stderr)
-            if done.returncode != 0:
-                raise LabFailed(f"sentinel {ENFORCER[0]} failed: {done.stderr.strip()}")
+        self.enforcer = self.topo.spawn(
+            "app",
+            exe,
+            *ENFORCER,
+            "--policy",
+            str(self.policy_path),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.wait_in_force()
 
     def wait_in_force(self) -> None:
@@ -197,9 +189,7 @@ class Lab:
 
     def _daemon_ready(self) -> bool:
         """`sentinel run` says ready once the resolver, monitor, guard receiver and alerts are
-        up; `apply` has no such parts."""
-        if ENFORCER != ("run",):
-            return True
+        up."""
         try:
             return bool(json.loads((self.state / "daemon.json").read_text()).get("ready"))
         except (OSError, ValueError):

@@ -77,7 +77,7 @@ def run_apply(
 ) -> None:
     from sentinel.enforce.netdev import read_link
     from sentinel.resolver.oneshot import resolve_pins  # the same marked upstream as `run`
-    from sentinel.store.state import APPLIED, read_json, record_applied
+    from sentinel.store.state import APPLIED, read_json
 
     policy = load_policy(policy_path(policy_file))
     backend = check_backend(backend)
@@ -87,24 +87,10 @@ def run_apply(
     pins = {**resolved.pins, **static}
     for line in resolved.warnings:
         echo(f"warning: {line}", err=True)
-    ruleset = prepare_ruleset(policy, pins, link=read_link())
     if dry_run:
-        echo(ruleset.text(), nl=False)
+        echo(prepare_ruleset(policy, pins, link=read_link()).text(), nl=False)
         return
-    state = netfilter.apply(ruleset, backend)
-    if state.sha256() != ruleset.sha256():
-        raise SentinelError("applied, but the kernel does not hold the expected ruleset")
-    record_applied(
-        policy,
-        ruleset,
-        backend,
-        pins,
-        state.created_tables,
-        full=state.rules_replaced,
-        pins_valid_until=resolved.valid_until,
-    )
-    from sentinel.guard.compile import write_allowlist  # the in-process guard reads the same pins
-    from sentinel.store.state import state_dir
+    from sentinel.run.applying import apply_policy  # the same sequence as `sentinel run`
 
-    write_allowlist(policy, pins, state_dir())
-    echo(f"applied {ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")
+    done = apply_policy(policy, pins, backend, read_link(), valid_until=resolved.valid_until)
+    echo(f"applied {done.ruleset.sha256()[:12]} mode={policy.mode} backend={backend}")

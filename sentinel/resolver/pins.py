@@ -6,6 +6,7 @@ established and pooled connections do not break. While the upstream is down the 
 addresses keep being served until `stale_grace` after their expiry, then the name fails
 closed (no pins, SERVFAIL). Every change is pushed to `on_change(pins)` *before* the caller
 gets the addresses, so an answer is never released ahead of the rule that allows it.
+One pin, and the per-record-type half of its lifecycle, is pinstate.py.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from sentinel.policy.load import DnsSettings, IPAddress
+from sentinel.resolver.pinstate import Pin, dns_event, expire_types, settle_types, type_deadlines
 from sentinel.resolver.rebinding import is_external, normalize, rebinding_filter  # noqa: F401
 from sentinel.resolver.upstream import (  # noqa: F401 - re-exported for callers and tests
     TYPES,
@@ -31,28 +32,6 @@ from sentinel.resolver.upstream import (  # noqa: F401 - re-exported for callers
 from sentinel.store.events import Event
 
 REFRESH_AT = 0.8  # a pin is refreshed at 80 % of its (clamped) TTL
-
-
-@dataclass
-class Pin:
-    addresses: tuple[IPAddress, ...] = ()
-    ttl: float = 0.0
-    expires: float = 0.0  # monotonic: end of the (clamped) TTL
-    refresh_at: float = 0.0
-    retiring: dict[IPAddress, float] = field(default_factory=dict)  # address -> allowed until
-    resolved: bool = False
-    nxdomain: bool = False
-    failing: bool = False  # every type failed on the last try
-    stale: bool = False
-    error: str = ""  # why the last try failed (every type)
-    failing_types: dict[str, str] = field(default_factory=dict)  # rdtype -> error, others ok
-    valid_until: dict[int, float] = field(default_factory=dict)  # family -> end of last answer
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def allowed(self) -> list[IPAddress]:
-        if not self.retiring:  # the common case: addresses are kept sorted
-            return list(self.addresses)
-        return sorted({*self.addresses, *self.retiring}, key=lambda a: (a.version, int(a)))
 
 
 Emit = Callable[[Event], None]
@@ -220,10 +199,7 @@ class PinManager:
         due += [t for p in self._pins.values() for t in p.retiring.values()]
         due += [p.expires + self.settings.stale_grace for p in self._pins.values() if p.stale]
         due += [
-            until + self.settings.stale_grace
-            for p in self._pins.values()
-            for rdtype, _, family in TYPES
-            if rdtype in p.failing_types and (until := p.valid_until.get(family)) is not None
+            t for p in self._pins.values() for t in type_deadlines(p, self.settings.stale_grace)
         ]
         return max(0.05, min(due, default=now + 1.0) - self.clock())
 
@@ -231,7 +207,7 @@ class PinManager:
         now = self.clock()
         if res.dropped:
             self.emit(
-                _event(
+                dns_event(
                     "dns_rebinding",
                     name,
                     "blocked",
@@ -240,12 +216,13 @@ class PinManager:
                 )
             )
         if pin.failing or pin.stale:
-            self.emit(_event("dns_upstream_recovered", name, "info"))
+            self.emit(dns_event("dns_upstream_recovered", name, "info"))
         old = set(pin.addresses)
-        kept, over = self._per_type(name, pin, res, now)
+        grace = self.settings.stale_grace
+        kept, over = settle_types(name, pin, res, now, grace, self.upstream, self.emit)
         new = set(res.addresses) | set(kept)
         for address in old - new - set(over):  # a type past its grace does not retire again
-            pin.retiring[address] = now + self.settings.stale_grace
+            pin.retiring[address] = now + grace
         for address in new:
             pin.retiring.pop(address, None)
         pin.addresses = tuple(sorted(new, key=lambda a: (a.version, int(a))))
@@ -256,7 +233,7 @@ class PinManager:
             started = self.clock()
             self._push()
             self.emit(
-                _event(
+                dns_event(
                     "pin_changed",
                     name,
                     "info",
@@ -269,53 +246,6 @@ class PinManager:
                 )
             )
 
-    def _per_type(
-        self, name: str, pin: Pin, res: Resolution, now: float
-    ) -> tuple[list[IPAddress], list[IPAddress]]:
-        """One type failed while another answered: keep that type's last good addresses until
-        its grace ends (a failed lookup is not a change), record the episode once, count it.
-        Returns (addresses kept, addresses whose grace is over). The app's query for that type
-        is answered from the pin at once (its addresses, or NODATA), never by waiting on the
-        upstream again."""
-        kept: list[IPAddress] = []
-        over: list[IPAddress] = []
-        for rdtype, _, family in TYPES:
-            error = res.failed.get(rdtype)
-            if error is None:
-                pin.valid_until[family] = now + res.ttl
-                if pin.failing_types.pop(rdtype, None) is not None:
-                    self.emit(_event("dns_type_recovered", name, "info", qtype=rdtype))
-                continue
-            _TYPE_FAILURES.labels(qtype=rdtype).inc()
-            old = [a for a in pin.addresses if a.version == family]
-            if old and now < pin.valid_until.get(family, now) + self.settings.stale_grace:
-                kept += old
-            elif old:
-                over += old
-                self.emit(
-                    _event(
-                        "pins_expired",
-                        name,
-                        "blocked",
-                        qtype=rdtype,
-                        addresses=[str(a) for a in old],
-                    )
-                )
-            if rdtype not in pin.failing_types:
-                self.emit(
-                    _event(
-                        "dns_type_failing",
-                        name,
-                        "info",
-                        qtype=rdtype,
-                        error=error,
-                        kept=[str(a) for a in kept if a.version == family],
-                        upstream=f"{self.upstream.address}:{self.upstream.port}",
-                    )
-                )
-            pin.failing_types[rdtype] = error
-        return kept, over
-
     def _failed(self, name: str, pin: Pin, error: str) -> None:
         now = self.clock()
         pin.refresh_at = now + min(5.0, max(0.5, pin.ttl / 4 if pin.ttl else 1.0))
@@ -323,7 +253,7 @@ class PinManager:
         if not pin.failing:
             pin.failing = True
             self.emit(
-                _event(
+                dns_event(
                     "dns_upstream_failing",
                     name,
                     "info",
@@ -346,7 +276,7 @@ class PinManager:
             if pin.resolved and pin.failing and now >= pin.expires and not pin.stale:
                 pin.stale = True  # serving the last good answer past its TTL
                 self.emit(
-                    _event(
+                    dns_event(
                         "stale_pins",
                         name,
                         "info",
@@ -354,25 +284,11 @@ class PinManager:
                         fail_closed_in_s=self.settings.stale_grace,
                     )
                 )
-            for rdtype, _, family in TYPES:
-                until = pin.valid_until.get(family)
-                old = [a for a in pin.addresses if a.version == family]
-                if rdtype in pin.failing_types and old and until is not None:
-                    if now >= until + self.settings.stale_grace:  # that type's grace is over
-                        pin.addresses = tuple(a for a in pin.addresses if a.version != family)
-                        self.emit(
-                            _event(
-                                "pins_expired",
-                                name,
-                                "blocked",
-                                qtype=rdtype,
-                                addresses=[str(a) for a in old],
-                            )
-                        )
-                        changed = True
+            if expire_types(name, pin, now, self.settings.stale_grace, self.emit):
+                changed = True
             if pin.stale and now >= pin.expires + self.settings.stale_grace:
                 self.emit(
-                    _event(
+                    dns_event(
                         "pins_expired", name, "blocked", addresses=[str(a) for a in pin.addresses]
                     )
                 )
@@ -387,25 +303,3 @@ class PinManager:
             return
         with self._commit:
             self.on_change(self.pins())
-
-
-def _type_failures_counter():  # noqa: ANN202 - a prometheus Counter
-    from prometheus_client import Counter
-
-    from sentinel.evidence.metrics import REGISTRY
-
-    return Counter(
-        "sentinel_dns_type_failures",
-        "Upstream lookups of one record type that failed while another type answered",
-        ["qtype"],
-        registry=REGISTRY,
-    )
-
-
-_TYPE_FAILURES = _type_failures_counter()
-
-
-def _event(kind: str, name: str, verdict: str, **detail: object) -> Event:
-    return Event(
-        layer="dns", kind=kind, verdict=verdict, protocol="dns", dst_name=name, detail=detail
-    )

@@ -7,8 +7,8 @@ upstream TTL); the pin is in the kernel before the answer leaves. Any other name
 (or NXDOMAIN) and handed to `emit` as an egress attempt; in audit mode it is relayed to the
 upstream instead and recorded as audited.
 
-Hot path: queries are parsed by hand (header + one question) and cached answers are byte
-templates with the id patched in; dnspython is used for the upstream side (pinning.py).
+Hot path: queries are parsed by hand (header + one question, wire.py) and cached answers are
+byte templates with the id patched in; dnspython is used for the upstream side (upstream.py).
 """
 
 from __future__ import annotations
@@ -18,100 +18,42 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from sentinel.evidence import metrics
 from sentinel.log import correlation, get_logger
-from sentinel.policy.load import IPAddress
 from sentinel.resolver import loops
 from sentinel.resolver.answers import answer_summary
 from sentinel.resolver.drops import DropCounter
 from sentinel.resolver.fold import RefusalFolder
-from sentinel.resolver.pins import PinManager, Upstream, normalize
+from sentinel.resolver.pins import PinManager, Upstream
+from sentinel.resolver.wire import (
+    AAAA,
+    FORMERR,
+    IN,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    REFUSED,
+    SERVFAIL,
+    A,
+    Query,
+    address_record,
+    parse_query,
+    qtype_text,
+    recv_exact,
+    refused_response,
+    response,
+)
 from sentinel.store.events import Event
 
-A, AAAA, IN = 1, 28, 1
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 CACHE_SLACK = 1.0  # a cached answer's TTL may be up to this many seconds too high
 MAX_TCP_CLIENTS = 64
 MAX_CACHE = 10_000
-MAX_NAME = 255  # RFC 1035: a name is at most 255 octets on the wire
 MALFORMED_LOGGED = 100  # log each of the first 100 malformed queries, then every 1000th
 HOUSEKEEPING = 0.5  # seconds between fold flushes and drop-counter readings
 log = get_logger("dns")
-
-
-@dataclass(frozen=True)
-class Query:
-    wire: bytes
-    qid: bytes
-    rd: int
-    question: bytes  # as sent (case preserved, 0x20-safe)
-    name: str  # normalized
-    qtype: int
-    qclass: int
-
-
-def parse_query(wire: bytes) -> Query | None:
-    """Header + the single question; None for anything that is not a plain query."""
-    if len(wire) < 17:
-        return None
-    flags, qdcount = wire[2], struct.unpack("!H", wire[4:6])[0]
-    if flags & 0x80 or qdcount != 1:
-        return None
-    labels, i = [], 12
-    while True:
-        if i >= len(wire) or i - 12 >= MAX_NAME:  # oversized names are malformed, not asked
-            return None
-        size = wire[i]
-        if size == 0:
-            break
-        if size & 0xC0 or i + 1 + size > len(wire):  # no compression in a question
-            return None
-        labels.append(wire[i + 1 : i + 1 + size])
-        i += 1 + size
-    end = i + 5
-    if end > len(wire):
-        return None
-    qtype, qclass = struct.unpack("!HH", wire[i + 1 : end])
-    name = ".".join(_label_text(label) for label in labels)
-    return Query(wire, wire[:2], flags & 0x01, wire[12:end], normalize(name), qtype, qclass)
-
-
-def _label_text(label: bytes) -> str:
-    """Printable ASCII as is; any other byte (control, escape, NUL, 8-bit) and a dot or
-    backslash inside a label as \\DDD, the way zone files write it: a hostile name cannot smuggle
-    terminal escapes or newlines into logs, events and reports, and the one label
-    "postgres.internal" is not the two-label name. No allowlisted hostname contains such bytes."""
-    if all(_plain(b) for b in label):
-        return label.decode("ascii")
-    return "".join(chr(b) if _plain(b) else f"\\{b:03d}" for b in label)
-
-
-def _plain(byte: int) -> bool:
-    return 0x21 <= byte <= 0x7E and byte not in (0x2E, 0x5C)  # not "." nor "\\"
-
-
-def response(q: Query, rcode: int, records: Sequence[bytes] = ()) -> bytes:
-    """Header (QR, RD copied, RA) + the question as asked + answer records."""
-    counts = struct.pack("!HHHH", 1, len(records), 0, 0)
-    header = q.qid + bytes([0x80 | q.rd, 0x80 | rcode]) + counts
-    return header + q.question + b"".join(records)
-
-
-def address_record(address: IPAddress, ttl: int) -> bytes:
-    data = address.packed
-    rtype = A if address.version == 4 else AAAA
-    return b"\xc0\x0c" + struct.pack("!HHIH", rtype, IN, ttl, len(data)) + data
-
-
-def refused_response(wire: bytes, rcode: int) -> bytes | None:
-    """An error reply for a query we could not parse: header only, question dropped."""
-    if len(wire) < 12 or wire[2] & 0x80:
-        return None
-    return wire[:2] + bytes([0x80 | (wire[2] & 0x79), 0x80 | rcode]) + bytes(8)
 
 
 class PinningResolver:
@@ -239,8 +181,8 @@ class PinningResolver:
         conn.settimeout(10)
         try:
             while True:
-                head = _recv_exact(conn, 2)
-                wire = _recv_exact(conn, struct.unpack("!H", head)[0]) if head else None
+                head = recv_exact(conn, 2)
+                wire = recv_exact(conn, struct.unpack("!H", head)[0]) if head else None
                 if not wire:
                     return
                 reply = self.safe_handle(wire, peer[1], "tcp")
@@ -354,7 +296,7 @@ class PinningResolver:
 
     def _refuse(self, q: Query, src_port: int, transport: str) -> bytes | None:
         audit = self.mode == "audit" and self.upstream is not None
-        detail = {"qtype": _qtype_text(q.qtype), "src_port": src_port, "transport": transport}
+        detail = {"qtype": qtype_text(q.qtype), "src_port": src_port, "transport": transport}
         reply = response(q, self.refuse_rcode)
         if audit:  # relayed; the answer is recorded before the app gets it (policy suggest)
             try:
@@ -390,22 +332,3 @@ def _malformed_counter():  # noqa: ANN202
 
 
 _MALFORMED = _malformed_counter()
-
-
-def _qtype_text(qtype: int) -> str:
-    import dns.rdatatype
-
-    try:
-        return dns.rdatatype.to_text(qtype)
-    except Exception:  # noqa: BLE001 - unknown numbers print as TYPEnnn anyway
-        return f"TYPE{qtype}"
-
-
-def _recv_exact(conn: socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data

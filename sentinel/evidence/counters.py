@@ -1,0 +1,216 @@
+"""Kernel counters in the report: the kernel's own reading now (ruleset hash, NFLOG packets
+per family, per-upstream set counters), their growth inside the window from the monitor's
+periodic readings (reset-aware), the netflow of allowlisted upstreams, and the completeness
+check (kernel NFLOG packets vs the packets the store holds).
+
+Readings are folded one at a time: a reading of a 10,000-entry allowlist holds 20,000 set
+counters, and a day holds 1,440 readings. The netflow lists the MAX_NETFLOW busiest entries
+and states how many it left out, with the totals of all of them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sentinel.errors import SentinelError
+from sentinel.evidence.window import Window, iso
+from sentinel.store.events import Event
+
+MAX_NETFLOW = 100  # set entries listed in the netflow; the summary counts every entry
+
+
+def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
+    """Hash, NFLOG counters per family and per-upstream set counters, read from the kernel."""
+    from sentinel.enforce import netfilter
+    from sentinel.enforce.snapshot import nflog_packets
+
+    backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
+    try:
+        state = netfilter.read_state(backend)
+    except SentinelError as exc:
+        return {"error": exc.message, "present": False}
+    nflog = nflog_packets(state)
+    return {
+        "present": state.present,
+        "sha256": state.sha256() if state.present else None,
+        "nflog_packets": nflog,
+        "set_counters": state.set_counters,
+        "text": state.text,
+    }
+
+
+def increase(values: list[tuple[Any, float]]) -> float:
+    """Growth of a counter over (epoch, value) samples across resets: a new epoch (another
+    apply) or a drop means it restarted from 0."""
+    total = 0.0
+    for (e0, before), (e1, after) in zip(values, values[1:], strict=False):
+        total += _step(e0, before, e1, after)
+    return total
+
+
+def _step(e0: Any, before: float, e1: Any, after: float) -> float:
+    return after - before if after >= before and e0 == e1 else after
+
+
+class _Growth:
+    """`increase` of every counter of a series of readings, fed one reading at a time. A
+    counter missing from a reading reads 0 there (its growth into that reading is 0)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.nflog = {"4": 0.0, "6": 0.0}
+        self.sets: dict[str, list[float]] = {}
+        self._epoch: Any = None
+        self._nflog: dict = {}
+        self._sets: dict = {}
+
+    def feed(self, detail: dict[str, Any]) -> None:
+        epoch, nflog, sets = (
+            detail.get("applied_at"),
+            detail.get("nflog", {}),
+            detail.get("sets", {}),
+        )
+        first = not self.count
+        for f in ("4", "6"):
+            if not first:
+                self.nflog[f] += _step(self._epoch, self._nflog.get(f, 0), epoch, nflog.get(f, 0))
+        for entry, pb in sets.items():
+            total = self.sets.setdefault(entry, [0.0, 0.0])
+            if not first:
+                before = self._sets.get(entry, [0, 0])
+                for i in (0, 1):
+                    total[i] += _step(self._epoch, before[i], epoch, pb[i])
+        self._epoch, self._nflog, self._sets = epoch, nflog, sets
+        self.count += 1
+
+
+def window_counters(
+    snapshots: Iterable[Event], window: Window, kernel: dict[str, Any], applied: dict | None
+) -> dict[str, Any]:
+    """Kernel counter growth inside the window from the monitor's periodic readings, plus the
+    kernel now when the window ends now. Exact when a reading precedes the window or the
+    counters started inside it (applied after `since`). `snapshots` in time order."""
+    applied_at = float((applied or {}).get("applied_at") or 0)
+    growth, before = _Growth(), None
+    started = False
+    for s in snapshots:
+        if s.ts < window.since:
+            before = s.detail  # the latest reading before the window is the baseline
+            continue
+        if s.ts > window.until:
+            continue
+        if not started:
+            started = True
+            _start(growth, before, applied_at >= window.since, applied)
+        growth.feed(s.detail)
+    if window.until >= time.time() - 2 and "nflog_packets" in kernel:
+        if not started:
+            started = True
+            _start(growth, before, applied_at >= window.since, applied)
+        sets = {e: list(pb) for (_s, e), pb in kernel.get("set_counters", {}).items()}
+        now = {
+            "nflog": {str(f): n for f, n in kernel["nflog_packets"].items()},
+            "sets": sets,
+            "applied_at": (applied or {}).get("applied_at"),
+        }
+        growth.feed(now)
+    if not started:
+        _start(growth, before, applied_at >= window.since, applied)
+    return {
+        "exact": before is not None or applied_at >= window.since,
+        "readings": growth.count,
+        "nflog": {f"ipv{f}": int(growth.nflog[f]) for f in ("4", "6")},
+        "sets": {e: [int(pb[0]), int(pb[1])] for e, pb in sorted(growth.sets.items())},
+    }
+
+
+def _start(growth: _Growth, before: dict | None, fresh: bool, applied: dict | None) -> None:
+    """The series starts at the baseline reading, or at zero when the rules were applied
+    inside the window, or else at the first reading inside it."""
+    if before is not None:
+        growth.feed(before)
+    elif fresh:
+        growth.feed({"nflog": {}, "sets": {}, "applied_at": (applied or {}).get("applied_at")})
+
+
+def netflow(
+    kernel: dict[str, Any], applied: dict[str, Any] | None, counted: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Packets/bytes per allowlisted upstream entry in the window (`counted`, reset-aware),
+    and since the last apply straight from the kernel: the MAX_NETFLOW busiest entries (in
+    entry order) and a summary of all of them (how many were left out, the totals)."""
+    by_ip = {ip: name for name, ips in (applied or {}).get("pins", {}).items() for ip in ips}
+    since = (applied or {}).get("applied_at")
+    now = {entry: pb for (_set, entry), pb in kernel.get("set_counters", {}).items()}
+    entries = set(now) | set(counted["sets"])
+    window = counted["sets"]
+    summary = {
+        "entries": len(entries),
+        "listed": min(len(entries), MAX_NETFLOW),
+        "left_out": max(0, len(entries) - MAX_NETFLOW),
+        "packets": sum(pb[0] for pb in window.values()),
+        "bytes": sum(pb[1] for pb in window.values()),
+        "packets_since_apply": sum(pb[0] for pb in now.values()),
+        "bytes_since_apply": sum(pb[1] for pb in now.values()),
+    }
+    if len(entries) > MAX_NETFLOW:
+
+        def busy(entry: str) -> tuple:
+            pb, kb = window.get(entry, [0, 0]), now.get(entry, (0, 0))
+            return (-pb[0], -pb[1], -(kb[0] or 0), entry)
+
+        entries = set(sorted(entries, key=busy)[:MAX_NETFLOW])
+    rows = []
+    for entry in sorted(entries):
+        net, _, proto_port = entry.partition(",")
+        packets, nbytes = window.get(entry, [0, 0])
+        rows.append(
+            {
+                "upstream": by_ip.get(net, net),
+                "entry": entry,
+                "protocol_port": proto_port,
+                "packets": packets,
+                "bytes": nbytes,
+                "packets_since_apply": now.get(entry, (None, None))[0],
+                "bytes_since_apply": now.get(entry, (None, None))[1],
+                "counting_since": iso(since) if since else None,
+            }
+        )
+    return rows, summary
+
+
+def completeness(
+    conn: sqlite3.Connection, kernel: dict[str, Any], applied: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Kernel NFLOG packets vs packets the store holds, since the rules were last applied."""
+    if not applied or "nflog_packets" not in kernel:
+        return {"checked": False, "unaccounted_packets": None}
+    since = float(applied.get("applied_at") or 0)
+    stored = {4: 0, 6: 0}
+    rows = conn.execute(
+        # canary probes pass the same NFLOG rule: they are accounted for, not attempts
+        "SELECT family, SUM(packets) FROM events WHERE layer IN ('netfilter', 'canary') "
+        "AND ts >= ? "
+        "GROUP BY family",
+        (since,),
+    )
+    for family, packets in rows:
+        if family in stored:
+            stored[family] = int(packets or 0)
+    per_family = {
+        f"ipv{f}": {
+            "kernel": kernel["nflog_packets"][f],
+            "stored": stored[f],
+            "unaccounted": kernel["nflog_packets"][f] - stored[f],
+        }
+        for f in (4, 6)
+    }
+    return {
+        "checked": True,
+        "since": iso(since),
+        "families": per_family,
+        "unaccounted_packets": sum(max(0, v["unaccounted"]) for v in per_family.values()),
+    }

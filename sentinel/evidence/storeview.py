@@ -1,0 +1,164 @@
+"""The report's reads of the event store: which rows count, over which span, in SQL.
+
+A `Scope` is the span of the store one report reads: the window plus the trailing ten
+minutes (`lo <= ts < hi`). Egress attempts are never loaded as Python objects: they are
+counted, grouped and listed in SQL (sentinel/evidence/tally.py, attempts.py). What is loaded
+row by row is the sensors' bookkeeping (heartbeats, losses, DNS drops, canary probes), whose
+count grows with time, not with traffic. Every read is a plain SELECT on a `mode=ro`
+connection: the report never changes the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sentinel.store import events as ev
+from sentinel.store.events import Event
+from sentinel.store.kinds import ATTEMPT_KINDS, ATTEMPT_LAYERS
+
+ALL_TIME = (float("-inf"), float("inf"))
+
+
+def attempt_sql(alias: str = "") -> str:
+    """The SQL twin of kinds.is_attempt(layer, kind, verdict): one egress attempt."""
+    a = f"{alias}." if alias else ""
+    layers = ", ".join(repr(x) for x in ATTEMPT_LAYERS)
+    kinds = ", ".join(repr(k) for k in sorted(ATTEMPT_KINDS))
+    return (
+        f"({a}layer IN ({layers}) AND {a}verdict IN ('blocked', 'audited') "
+        f"AND ({a}layer = 'netfilter' OR {a}kind IN ({kinds})))"
+    )
+
+
+ATTEMPT_SQL = attempt_sql()
+
+# what the report reads row by row (time-driven, not traffic-driven)
+BOOKKEEPING = (
+    "monitor_heartbeat",
+    "guard_heartbeat",
+    "monitor_lost",
+    "dns_dropped",
+    "canary_result",
+    "canary_escaped",
+)
+
+COLUMNS = ", ".join(ev.COLUMNS)
+
+
+@dataclass(frozen=True)
+class Scope:
+    conn: sqlite3.Connection
+    lo: float
+    hi: float
+
+    def args(self) -> tuple[float, float]:
+        return (self.lo, self.hi)
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A bookkeeping event as the report reads it: the fields it uses, the detail keys it
+    uses (a day of heartbeats is tens of thousands of rows)."""
+
+    layer: str
+    kind: str
+    verdict: str
+    protocol: str | None
+    dst_ip: str | None
+    dst_port: int | None
+    pid: int | None
+    exe: str | None
+    detail: dict
+    ts: float
+
+
+# detail keys the report reads, per kind (other kinds keep their whole detail: they are rare)
+_KEEP = {
+    "monitor_heartbeat": ("state", "interval", "ruleset_sha256", "mode", "pid", "started_at"),
+    "guard_heartbeat": ("state", "interval", "sender"),
+}
+_NESTED = {"stats": ("lost", "overruns", "malformed"), "counters": ("dropped_total",)}
+
+
+def _slim(kind: str, detail: dict, same: dict) -> dict:
+    """The detail keys the report reads. Equal values are one shared object (`same`): the
+    heartbeats of one process mostly say the same thing. Nobody changes them (the readers
+    copy, e.g. guardcov._clamped)."""
+    keep = _KEEP.get(kind)
+    if keep is None or not isinstance(detail, dict):
+        return detail
+    out = {k: _one(detail[k], same) for k in keep if k in detail}
+    for key, inner in _NESTED.items():
+        if key in detail:
+            value = detail[key]
+            out[key] = (
+                _one({k: value[k] for k in inner if k in value}, same)
+                if isinstance(value, dict)
+                else value
+            )
+    if isinstance(out.get("sender"), dict):
+        out["sender"] = _one(out["sender"], same)
+    return _one(out, same)
+
+
+def _one(value, same: dict):  # noqa: ANN001, ANN202 - any JSON value
+    """`value`, or an equal one seen before (strings and flat-enough dicts)."""
+    if isinstance(value, str):
+        return same.setdefault(value, value)
+    if isinstance(value, dict):
+        try:
+            key = ("dict", *((k, _frozen(v)) for k, v in value.items()))
+        except TypeError:
+            return value
+        return same.setdefault(key, value)
+    return value
+
+
+def _frozen(value):  # noqa: ANN001, ANN202
+    if isinstance(value, dict):
+        return ("dict", *((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", *(_frozen(v) for v in value))
+    hash(value)
+    return (type(value).__name__, value)
+
+
+def bookkeeping(scope: Scope) -> list[Beat]:
+    """The sensors' own events in the scope, in time order (ties in store order)."""
+    kinds = ", ".join("?" * len(BOOKKEEPING))
+    sql = (
+        "SELECT layer, kind, verdict, protocol, dst_ip, dst_port, pid, exe, detail, ts "
+        f"FROM events WHERE kind IN ({kinds}) AND ts >= ? AND ts < ? ORDER BY ts, rowid"
+    )
+    out = []
+    loads, same, parsed = json.loads, {}, {}
+    for row in scope.conn.execute(sql, (*BOOKKEEPING, *scope.args())):
+        layer, kind, verdict, proto, ip, port, pid, exe, raw, ts = row
+        detail = parsed.get((kind, raw))
+        if detail is None:
+            detail = _slim(kind, loads(raw), same) if raw and raw != "{}" else {}
+            if len(parsed) > 4096:  # the same text again is the common case, not a rule
+                parsed.clear()
+            parsed[(kind, raw)] = detail
+        out.append(Beat(_one(layer, same), _one(kind, same), _one(verdict, same), proto, ip,
+                        port, pid, _one(exe, same), detail, ts))  # fmt: skip
+    return out
+
+
+def readings(scope: Scope, since: float, until: float) -> Iterator[Event]:
+    """Kernel counter readings: the last one before `since` (the baseline), then those in
+    [since, until] inside the scope, one at a time (each may hold one entry per set member)."""
+    conn = scope.conn
+    sql = f"SELECT {COLUMNS} FROM events WHERE kind = 'kernel_counters'"
+    row = conn.execute(sql + " AND ts < ? ORDER BY ts DESC, rowid DESC LIMIT 1", (since,))
+    yield from (ev._event(r) for r in row.fetchall())
+    inside = " AND ts >= ? AND ts <= ? AND ts >= ? AND ts < ? ORDER BY ts, rowid"
+    for r in conn.execute(sql + inside, (since, until, *scope.args())):
+        yield ev._event(r)
+
+
+def shed(scope: Scope, since: float, until: float) -> dict[str, int]:
+    return ev.shed_counts(scope.conn, since, until)

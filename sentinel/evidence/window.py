@@ -1,0 +1,77 @@
+"""The report's time window: `--last`, `--since`/`--until` parsing and ISO rendering."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel.durations import parse_duration
+from sentinel.errors import BadInput
+
+TEN_MINUTES = 600.0
+
+
+@dataclass(frozen=True)
+class Window:
+    since: float
+    until: float
+
+    @property
+    def seconds(self) -> float:
+        return self.until - self.since
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "seconds": round(self.seconds, 3),
+            "since_iso": iso(self.since),
+            "until_iso": iso(self.until),
+        }
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def parse_last(value: str) -> float:
+    seconds = parse_duration(value or "")
+    if not seconds:
+        raise BadInput(f"--last: {value!r} is not a positive duration (examples: 90s, 10m, 1h, 7d)")
+    return seconds
+
+
+def parse_time(option: str, value: str, now: float) -> float:
+    """An ISO 8601 time (UTC if no zone), epoch seconds, or a duration ago ('15m')."""
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if parse_duration(text) is not None:
+        return now - parse_last(text)
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(
+            f"{option}: {value!r} is not a time (ISO 8601 like 2026-01-31T12:00:00Z, "
+            "epoch seconds, or a duration ago like 15m)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def parse_window(
+    last: str | None, since: str | None, until: str | None, now: float | None = None
+) -> Window:
+    now = time.time() if now is None else now
+    if last is not None and since is not None:
+        raise BadInput("use either --last or --since, not both")
+    end = parse_time("--until", until, now) if until else now
+    start = parse_time("--since", since, now) if since else end - parse_last(last or "10m")
+    if start >= end:
+        raise BadInput(f"the window is empty: since {iso(start)} is not before {iso(end)}")
+    return Window(start, end)
