@@ -557,6 +557,7 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
     flag = tmp_path / "rewritten"
     body = f"""
     import os
+    RESULTS["old_before"] = outcome(lambda: connect("198.18.0.2", 8080))  # allowed, remembered
     RESULTS["before"] = outcome(lambda: connect("198.18.0.77", 8080))
     print("ready", flush=True)
     deadline = time.monotonic() + 10
@@ -592,7 +593,35 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
     assert out["before"].startswith("security:")
     assert "unreachable" in out["first"].lower(), out  # re-checked before refusing
     assert "unreachable" in out["after"].lower() and out["took"] < 2.0, out
+    assert "unreachable" in out["old_before"].lower(), out
+    # allowed (and remembered by the hook's fast path) before; the new pins dropped it
     assert out["old"].startswith("security:") and out["generation"] == 2
+
+
+def test_fast_path_remembers_an_allowed_address_per_socket_type(tmp_path, state_dir, armed):
+    """The hook answers a repeated allowed connect without a decision, and only for the socket
+    family and type it was allowed for: UDP to a TCP-only address is still refused."""
+    needs_root()
+    policy_path, _, _ = armed
+    body = """
+    from sentinel_guard import status
+    RESULTS["first"] = outcome(lambda: connect("198.18.0.2", 8080))
+    checks = status()["counters"]["checks"]
+    for _ in range(20):
+        RESULTS["again"] = outcome(lambda: connect("198.18.0.2", 8080))
+    RESULTS["decisions"] = status()["counters"]["checks"] - checks
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    RESULTS["udp"] = outcome(lambda: udp.sendto(b"x", ("198.18.0.2", 8080)))
+    RESULTS["udp_again"] = outcome(lambda: udp.sendto(b"x", ("198.18.0.2", 8080)))
+    RESULTS["udp_connect"] = outcome(
+        lambda: connect("198.18.0.2", 8080, kind=socket.SOCK_DGRAM))
+    """
+    out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
+    for case in ("first", "again"):
+        assert "security" not in out[case] and "unreachable" in out[case].lower(), out
+    assert out["decisions"] == 0, out  # 20 connects, no decision: the fast path answered
+    for case in ("udp", "udp_again", "udp_connect"):
+        assert out[case].startswith("security:") and "port 8080/udp" in out[case], out
 
 
 # --- tampering -------------------------------------------------------------------------------

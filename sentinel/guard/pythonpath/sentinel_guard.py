@@ -385,7 +385,7 @@ def _install(mode_env, origin):
     tamper, own = _tamper_check(counts, violation)
     handlers.update(raw)
     handlers.update(tamper)
-    hook = _dispatch(handlers)
+    hook = _dispatch(handlers, st)
     _protect(st, own, [hook, *handlers.values(), precheck, denial, decide, violation, remember])
     snapshot = _snapshot(st, counts, origin, mode)
     sys.addaudithook(hook)
@@ -401,6 +401,7 @@ def _new_state():
     """The guard's mutable state, its counters and the report queue."""
     st = {  # all mutable state lives here, reachable only through the hook's closure
         "rules": None,
+        "allowed": frozenset(),  # rules["allowed"] of the rules in force (the hook reads it)
         "fail_reason": None,
         "key": None,
         "generation": 0,
@@ -441,6 +442,7 @@ def _loader(cfg, st, counts):
             else:
                 counts["reload_rejected"] += 1  # keep the last good allowlist
             return
+        st["allowed"] = rules["allowed"]  # before the rules: never the old set with new rules
         st["rules"] = rules
         st["generation"] = rules["generation"]
         st["fail_reason"] = None
@@ -585,13 +587,7 @@ def _address_checks(st, counts, decide, violation):
         if family in _LOCAL_FAMILIES:
             return
         sock_type = _sock_type(sock)
-        rules = st["rules"]
-        if rules is not None:  # fast path: this exact address was allowed before
-            try:
-                if (address, sock_type) in rules["allowed"]:
-                    return
-            except TypeError:
-                pass
+        rules = st["rules"]  # the hook's fast path already looked in rules["allowed"]
         counts["checks"] += 1  # decisions made (fast-path hits are not counted)
         proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
         if family not in (_AF_INET, _AF_INET6):
@@ -601,7 +597,7 @@ def _address_checks(st, counts, decide, violation):
         host, port = address[0], address[1]
         reason = decide("addr", host, port, proto)
         if reason is None:
-            remember(rules, (address, sock_type))
+            remember(rules, (address, sock_type, family))  # the key the hook looks up
         else:
             packed = _packed(host)
             ip = _ip_text(packed) if packed is not None else None
@@ -723,11 +719,26 @@ def _tamper_check(counts, violation):
     }, own
 
 
-def _dispatch(handlers):
-    """The audit hook: one dict lookup per event, then its handler."""
+def _dispatch(handlers, st):
+    """The audit hook. String comparisons serve the hot path without hashing the event name (a
+    new string at every call): a connect/sendto to an address allowed before for the same
+    socket family and type returns at once, and so does socket creation once socket.py is
+    patched. Every other event: one dict lookup, then its handler."""
     lookup = handlers.get
+    on_address = handlers["socket.connect"]
 
     def hook(event, args):
+        if event == "socket.__new__":
+            if st["patched"]:
+                return  # nothing to check at creation any more (AF_PACKET: at bind and sendto)
+        elif event == "socket.connect" or event == "socket.sendto":
+            sock = args[0]
+            try:
+                if (args[1], _sock_type(sock), _sock_family(sock)) in st["allowed"]:
+                    return
+            except TypeError:  # an unhashable address: the handler decides
+                pass
+            return on_address(event, args)
         handler = lookup(event)
         if handler is not None:
             handler(event, args)
@@ -976,7 +987,9 @@ class _Reporter:
         _thread.start_new_thread(self._loop, (self.run_id,))
 
     def _loop(self, run_id):
-        next_reload = next_beat = _monotonic()
+        # boot has just loaded the allowlist, and a process that ends within a tick needs no
+        # "running" beat before its "exit" one: the first reload check and beat wait a tick
+        next_reload = next_beat = _monotonic() + _TICK
         while run_id == self.run_id:
             try:
                 now = _monotonic()
