@@ -624,6 +624,54 @@ def test_fast_path_remembers_an_allowed_address_per_socket_type(tmp_path, state_
         assert out[case].startswith("security:") and "port 8080/udp" in out[case], out
 
 
+def test_str_and_int_subclasses_cannot_steer_a_decision_or_match_a_remembered_one(
+    tmp_path, state_dir, armed
+):
+    """CPython's C code connects to what a str/int subclass holds; the subclass's own __eq__,
+    __hash__ and __str__ (claiming to be an allowed address, name or port) change nothing."""
+    needs_root()
+    policy_path, _, _ = armed
+    body = """
+    class Liar(str):
+        def __eq__(self, other):
+            return True
+        def __hash__(self):
+            return hash(self.claim)
+        def __str__(self):
+            return "api.test"
+        def lower(self):
+            return "api.test"
+        def rstrip(self, *args):
+            return self
+    def liar(text, claim):
+        value = Liar(text)
+        value.claim = claim
+        return value
+    class LiarInt(int):
+        def __eq__(self, other):
+            return True
+        def __hash__(self):
+            return hash(8080)
+    RESULTS["allowed"] = outcome(lambda: connect("198.18.0.2", 8080))  # remembered
+    RESULTS["allowed_name"] = outcome(lambda: socket.getaddrinfo("api.test", 8080))
+    RESULTS["ip"] = outcome(lambda: connect(liar("198.18.5.5", "198.18.0.2"), 8080))
+    RESULTS["ip_again"] = outcome(lambda: connect(liar("198.18.5.5", "198.18.0.2"), 8080))
+    RESULTS["port"] = outcome(lambda: connect("198.18.0.2", LiarInt(443)))
+    RESULTS["name"] = outcome(lambda: socket.getaddrinfo(liar("evil.example", "api.test"), 8080))
+    RESULTS["name_connect"] = outcome(lambda: connect(liar("evil.example", "api.test"), 8080))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    RESULTS["sendto"] = outcome(
+        lambda: udp.sendto(b"x", (liar("198.18.5.5", "198.18.0.2"), 8080)))
+    """
+    out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
+    assert "security" not in out["allowed"] and "unreachable" in out["allowed"].lower(), out
+    assert not out["allowed_name"].startswith("security:"), out  # allowed (no DNS here)
+    for case in ("ip", "ip_again", "port", "name", "name_connect", "sendto"):
+        assert out[case].startswith("security:[Errno 13] sentinel guard:"), (case, out)
+    assert "198.18.5.5 port 8080/tcp" in out["ip"] and "198.18.0.2 port 443/tcp" in out["port"]
+    assert "'evil.example' is not allowlisted" in out["name"]
+
+
 # --- tampering -------------------------------------------------------------------------------
 def test_guard_cannot_be_uninstalled_from_python(tmp_path, state_dir, armed):
     needs_root()

@@ -52,6 +52,7 @@ _getpid = os.getpid
 _urandom = os.urandom
 _stat = os.stat
 _fstat = os.fstat
+_open_fd, _close_fd, _O_RDONLY = os.open, os.close, os.O_RDONLY
 _environ_get = os.environ.get
 _EACCES = 13
 _PROTO_BY_TYPE = {1: "tcp", 2: "udp"}  # SOCK_STREAM, SOCK_DGRAM
@@ -135,7 +136,7 @@ def deny_all(reason, stream=None):
             host = args[1][0] if isinstance(args[1], tuple) and args[1] else None
         else:
             host = args[0]
-        if _is_local_host(host):
+        if _is_local_host(_exact(host)):
             return
         raise SecurityError(_EACCES, f"sentinel guard (deny-all): {reason}")
 
@@ -217,6 +218,31 @@ def _port(value):
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return None  # None or a service name: the connect check sees the number
+
+
+def _exact(value):
+    """An exact str, bytes or int for a subclass of one (anything else as it is): what CPython's
+    C code reads from it. A subclass's own __eq__, __hash__, __str__ or methods must never steer
+    a decision or match a remembered one (e.g. a str claiming to equal an allowed address)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bytes or value is None:
+        return value
+    if issubclass(kind, str):
+        return "".join((value,))
+    if issubclass(kind, bytes):
+        return b"".join((value,))
+    if issubclass(kind, int):
+        return int.__index__(value)
+    return value
+
+
+def _plain(values):
+    """True when every value is an exact str, bytes, int or None (safe as part of a set key)."""
+    for value in values:
+        kind = type(value)
+        if not (kind is str or kind is int or kind is bytes or value is None):
+            return False
+    return True
 
 
 def _proto(sock_type, number=0):
@@ -541,6 +567,7 @@ def _decider(st, try_load, hostname):
         return None
 
     def decide(kind, host, port, proto):
+        host, port = _exact(host), _exact(port)  # never a subclass's own __eq__/__str__
         reason = decide_once(kind, host, port, proto)
         if reason is not None and refresh():
             reason = decide_once(kind, host, port, proto)
@@ -594,10 +621,11 @@ def _address_checks(st, counts, decide, violation):
             return violation(event, None, None, None, proto, f"address family {family} leaves")
         if not isinstance(address, tuple) or len(address) < 2:
             return  # CPython rejects it before any packet (the event fires after parsing)
-        host, port = address[0], address[1]
+        host, port = _exact(address[0]), _exact(address[1])
         reason = decide("addr", host, port, proto)
         if reason is None:
-            remember(rules, (address, sock_type, family))  # the key the hook looks up
+            if type(address) is tuple and _plain(address):
+                remember(rules, (address, sock_type, family))  # the key the hook looks up
         else:
             packed = _packed(host)
             ip = _ip_text(packed) if packed is not None else None
@@ -605,17 +633,19 @@ def _address_checks(st, counts, decide, violation):
 
     def on_getaddrinfo(event, args):
         rules = st["rules"]
-        if rules is not None:  # fast path: the same call was allowed before
+        plain = _plain(args)  # only exact values are looked up or remembered
+        if rules is not None and plain:  # fast path: the same call was allowed before
             try:
                 if args in rules["allowed"]:
                     return
             except TypeError:
                 pass
         counts["checks"] += 1
-        host, port = args[0], _port(args[1])
+        host, port = _exact(args[0]), _port(_exact(args[1]))
         reason = decide("name", host, port, _proto(args[3] or 0, args[4] or 0))
         if reason is None:
-            remember(rules, args)
+            if plain:
+                remember(rules, args)
         else:
             violation(event, host, None, port, "dns", reason)
 
@@ -680,11 +710,11 @@ def _socket_checks(st, enforce, decide, violation, handlers):
         """Python-level check before CPython resolves a *name* inside connect()/sendto()."""
         if not isinstance(address, tuple) or len(address) < 2:
             return
-        host = address[0]
+        host = _exact(address[0])
         if not isinstance(host, (str, bytes)):  # noqa: UP038
             return
         if _packed(host) is not None:  # checked by the audit hook, after parsing, before sending
-            if len(literals) < _CACHE_MAX:
+            if len(literals) < _CACHE_MAX and type(address[0]) is str:
                 literals.add(host)
             return
         try:
@@ -732,11 +762,16 @@ def _dispatch(handlers, st):
             if st["patched"]:
                 return  # nothing to check at creation any more (AF_PACKET: at bind and sendto)
         elif event == "socket.connect" or event == "socket.sendto":
-            sock = args[0]
-            try:
-                if (args[1], _sock_type(sock), _sock_family(sock)) in st["allowed"]:
+            address = args[1]
+            try:  # exact types only: a subclass's __eq__/__hash__ must not match a key
+                if (
+                    type(address) is tuple
+                    and type(address[0]) is str
+                    and type(address[1]) is int
+                    and (address, _sock_type(args[0]), _sock_family(args[0])) in st["allowed"]
+                ):
                     return
-            except TypeError:  # an unhashable address: the handler decides
+            except (IndexError, TypeError):  # a short or unhashable address: the handler decides
                 pass
             return on_address(event, args)
         handler = lookup(event)
@@ -835,14 +870,17 @@ def _stat_key(path):
 def _load(cfg, generation):
     if not cfg["policy"]:
         raise _LoadError("SENTINEL_POLICY is not set")
-    try:
-        with open(cfg["policy"], "rb") as f:  # readable, as before; hashed below only if needed
-            policy_stat = _fstat(f.fileno())
+    try:  # readable, as before; hashed below only if needed (no file object: cheaper at start)
+        fd = _open_fd(cfg["policy"], _O_RDONLY)
+        try:
+            policy_stat = _fstat(fd)
+        finally:
+            _close_fd(fd)
     except OSError as exc:
         raise _LoadError(f"cannot read policy {cfg['policy']}: {exc.strerror or exc}") from None
     try:
-        with open(cfg["allowlist"], encoding="utf-8") as f:
-            doc = _json_loads(f.read())
+        with open(cfg["allowlist"], "rb") as f:  # no text wrapper: decoded below, at once
+            doc = _json_loads(f.read().decode("utf-8"))
     except OSError as exc:
         raise _LoadError(
             f"cannot read allowlist {cfg['allowlist']}: {exc.strerror or exc}"
@@ -927,7 +965,7 @@ def _patch_socket_module(precheck, literals):
     # The fast path is inlined (no extra call): a known literal host goes straight to C.
     def connect(self, address):
         try:
-            skip = address[0] in literals
+            skip = type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001 - not a (host, port) tuple: CPython handles it
             skip = True
         if not skip:
@@ -936,7 +974,7 @@ def _patch_socket_module(precheck, literals):
 
     def connect_ex(self, address):
         try:
-            skip = address[0] in literals
+            skip = type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
@@ -945,7 +983,7 @@ def _patch_socket_module(precheck, literals):
 
     def sendto(self, *args):
         try:
-            skip = args[-1][0] in literals
+            skip = type(args[-1][0]) is str and args[-1][0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
@@ -954,7 +992,7 @@ def _patch_socket_module(precheck, literals):
 
     def sendmsg(self, *args):
         try:
-            skip = args[3][0] in literals
+            skip = type(args[3][0]) is str and args[3][0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
