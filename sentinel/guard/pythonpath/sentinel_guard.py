@@ -633,7 +633,11 @@ def _address_checks(st, counts, decide, violation):
 
     def on_getaddrinfo(event, args):
         rules = st["rules"]
-        plain = _plain(args)  # only exact values are looked up or remembered
+        # only exact values are looked up or remembered (family, type, proto, flags: C ints)
+        host_kind, port_kind = type(args[0]), type(args[1])
+        plain = (host_kind is str or host_kind is bytes or args[0] is None) and (
+            port_kind is int or port_kind is str or port_kind is bytes or args[1] is None
+        )
         if rules is not None and plain:  # fast path: the same call was allowed before
             try:
                 if args in rules["allowed"]:
