@@ -9,7 +9,10 @@ guard; then the median over rounds of each round's ratio to the no-guard run jus
 (steadier on a loaded machine). Goal for the loopback connect: <= 1.05x in both, judged on the
 median per-round ratios.
 
-    python bench/bench_guard.py [--calls 4000] [--rounds 7]
+    python bench/bench_guard.py [--calls 4000] [--rounds 7] [--instructions 1000]
+
+--instructions N also counts the user-space instructions of one loopback connect cycle under
+callgrind (valgrind): the same every run, where time on a shared machine is not.
 
 Traffic: loopback only. The "decision" figure connects to an allowlisted 198.18.x address from
 inside a private, empty network namespace (unshare -n, root only), where it fails at once with
@@ -104,10 +107,36 @@ def per_call(python: str, what: str, env: dict, calls: int, netns: bool) -> tupl
     return wall, cpu
 
 
+def instructions(python: str, env: dict, calls: int, tmp: Path) -> float | None:
+    """User-space instructions per loopback connect cycle of the app's own thread (callgrind:
+    deterministic, unlike time on a loaded machine; the kernel's share is not in it). The
+    difference between a run of `calls` cycles and one of none; None without valgrind."""
+    if shutil.which("valgrind") is None:
+        return None
+    totals = []
+    for n in (0, calls):
+        out = tmp / f"cg-{n}"
+        out.mkdir(exist_ok=True)
+        cmd = [
+            "valgrind", "--tool=callgrind", "--separate-threads=yes",
+            f"--callgrind-out-file={out}/cg.%p", python, "-c", CHILD, "connect", str(n),
+        ]  # fmt: skip
+        run_timed(cmd, {**env, "PYTHONHASHSEED": "0"}, timeout=600)
+        main_thread = next(out.glob("cg.*-01"))  # thread 1: the app's main thread
+        line = next(x for x in main_thread.read_text().splitlines() if x.startswith("totals:"))
+        totals.append(int(line.split()[1]))
+        shutil.rmtree(out)
+    return (totals[1] - totals[0]) / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--instructions", type=int, default=0, metavar="N",
+        help="also count instructions per connect cycle under callgrind (N cycles)",
+    )  # fmt: skip
     args = parser.parse_args()
     root = os.geteuid() == 0 and shutil.which("unshare") is not None
 
@@ -175,6 +204,20 @@ def main() -> None:
                 print(f"{'':12} guard loopback connect (median per-round ratio): wall "
                       f"{wall:.3f}x, CPU {cpu:.3f}x; goal <= {GOAL}x in both: "
                       f"{verdict(max(wall, cpu), GOAL)}")  # fmt: skip
+        if args.instructions:
+            counts = {
+                k: instructions(python, env, args.instructions, Path(tmpdir))
+                for k, env in variants.items()
+            }
+            if counts["none"] is None:
+                print("instructions: skipped (no valgrind)")
+            else:
+                print(
+                    "user-space instructions per connect cycle (main thread, callgrind): "
+                    + "  ".join(
+                        f"{k} {v / 1e3:.1f}k ({v / counts['none']:.3f})" for k, v in counts.items()
+                    )
+                )
 
 
 if __name__ == "__main__":

@@ -632,18 +632,8 @@ def _address_checks(st, counts, decide, violation):
             violation(event, host, ip, port, proto, reason)
 
     def on_getaddrinfo(event, args):
-        rules = st["rules"]
-        # only exact values are looked up or remembered (family, type, proto, flags: C ints)
-        host_kind, port_kind = type(args[0]), type(args[1])
-        plain = (host_kind is str or host_kind is bytes or args[0] is None) and (
-            port_kind is int or port_kind is str or port_kind is bytes or args[1] is None
-        )
-        if rules is not None and plain:  # fast path: the same call was allowed before
-            try:
-                if args in rules["allowed"]:
-                    return
-            except TypeError:
-                pass
+        rules = st["rules"]  # the hook's fast path already looked in rules["allowed"]
+        plain = _plain(args[:2])  # only exact values are remembered (the rest: C ints)
         counts["checks"] += 1
         host, port = _exact(args[0]), _port(_exact(args[1]))
         reason = decide("name", host, port, _proto(args[3] or 0, args[4] or 0))
@@ -757,9 +747,11 @@ def _dispatch(handlers, st):
     """The audit hook. String comparisons serve the hot path without hashing the event name (a
     new string at every call): a connect/sendto to an address allowed before for the same
     socket family and type returns at once, and so does socket creation once socket.py is
-    patched. Every other event: one dict lookup, then its handler."""
+    patched; a getaddrinfo allowed before returns at once too. Every other event: one dict
+    lookup, then its handler."""
     lookup = handlers.get
     on_address = handlers["socket.connect"]
+    on_getaddrinfo = handlers["socket.getaddrinfo"]
 
     def hook(event, args):
         if event == "socket.__new__":
@@ -778,6 +770,19 @@ def _dispatch(handlers, st):
             except (IndexError, TypeError):  # a short or unhashable address: the handler decides
                 pass
             return on_address(event, args)
+        elif event == "socket.getaddrinfo":
+            host, port = args[0], args[1]  # family, type, proto, flags: ints made by C
+            host_kind, port_kind = type(host), type(port)
+            try:  # the same call allowed before (exact host and port types only)
+                if (
+                    (host_kind is str or host_kind is bytes or host is None)
+                    and (port_kind is int or port_kind is str or port_kind is None)
+                    and args in st["allowed"]
+                ):
+                    return
+            except TypeError:
+                pass
+            return on_getaddrinfo(event, args)
         handler = lookup(event)
         if handler is not None:
             handler(event, args)
