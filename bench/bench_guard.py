@@ -110,11 +110,11 @@ def per_call(python: str, what: str, env: dict, calls: int, netns: bool) -> tupl
 def instructions(python: str, env: dict, calls: int, tmp: Path) -> float | None:
     """User-space instructions per loopback connect cycle of the app's own thread (callgrind:
     deterministic, unlike time on a loaded machine; the kernel's share is not in it). The
-    difference between a run of `calls` cycles and one of none; None without valgrind."""
+    difference between a run of `calls` + 1 cycles and one of 1; None without valgrind."""
     if shutil.which("valgrind") is None:
         return None
     totals = []
-    for n in (0, calls):
+    for n in (1, calls + 1):  # the child divides by n
         out = tmp / f"cg-{n}"
         out.mkdir(exist_ok=True)
         cmd = [
