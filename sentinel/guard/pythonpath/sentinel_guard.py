@@ -69,6 +69,9 @@ _TICK = 0.05
 _STDLIB = os.path.dirname(os.__file__)
 _HERE = __file__
 
+_tuple_slice = tuple.__getitem__
+_ALL = slice(None)
+
 _BOOTED = []  # public-module flag: boot() runs once per interpreter
 
 
@@ -133,7 +136,8 @@ def deny_all(reason, stream=None):
                 family = -1
             if family in local:
                 return
-            host = args[1][0] if isinstance(args[1], tuple) and args[1] else None
+            address = _items(args[1])
+            host = address[0] if isinstance(address, tuple) and address else None
         else:
             host = args[0]
         if _is_local_host(_exact(host)):
@@ -234,6 +238,14 @@ def _exact(value):
     if issubclass(kind, int):
         return int.__index__(value)
     return value
+
+
+def _items(address):
+    """A tuple subclass's real items as an exact tuple (what CPython's C code parses; its own
+    __getitem__, __iter__ or __len__ could claim an allowed address); anything else as it is."""
+    if type(address) is not tuple and isinstance(address, tuple):
+        return _tuple_slice(address, _ALL)
+    return address
 
 
 def _plain(values):
@@ -607,7 +619,7 @@ def _address_checks(st, counts, decide, violation):
     """Handlers for connect/sendto/sendmsg and the name and reverse lookups."""
 
     def on_address(event, args):
-        sock, address = args
+        sock, address = args[0], _items(args[1])
         if address is None:  # sendmsg on a connected socket: its connect was checked
             return
         family = _sock_family(sock)
@@ -663,7 +675,7 @@ def _address_checks(st, counts, decide, violation):
 
     def on_reverse(event, args):
         counts["checks"] += 1
-        target = args[0]
+        target = _items(args[0])
         host = target[0] if isinstance(target, tuple) and target else target
         reason = decide("reverse", host, None, "any")
         if reason is not None:
@@ -702,6 +714,7 @@ def _socket_checks(st, enforce, decide, violation, handlers):
 
     def precheck(sock, address):
         """Python-level check before CPython resolves a *name* inside connect()/sendto()."""
+        address = _items(address)
         if not isinstance(address, tuple) or len(address) < 2:
             return
         host = _exact(address[0])
@@ -974,7 +987,7 @@ def _patch_socket_module(precheck, literals):
     # The fast path is inlined (no extra call): a known literal host goes straight to C.
     def connect(self, address):
         try:
-            skip = type(address[0]) is str and address[0] in literals
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001 - not a (host, port) tuple: CPython handles it
             skip = True
         if not skip:
@@ -983,7 +996,7 @@ def _patch_socket_module(precheck, literals):
 
     def connect_ex(self, address):
         try:
-            skip = type(address[0]) is str and address[0] in literals
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
@@ -992,7 +1005,8 @@ def _patch_socket_module(precheck, literals):
 
     def sendto(self, *args):
         try:
-            skip = type(args[-1][0]) is str and args[-1][0] in literals
+            address = args[-1]
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
@@ -1001,7 +1015,8 @@ def _patch_socket_module(precheck, literals):
 
     def sendmsg(self, *args):
         try:
-            skip = type(args[3][0]) is str and args[3][0] in literals
+            address = args[3]
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
