@@ -1,11 +1,18 @@
-"""Cost of the in-process guard: per call (loopback connect, getaddrinfo, the allowlist decision)
-and at interpreter start-up, against no guard and against pytest-socket-style socket patching.
+"""Cost of the in-process guard per call (loopback connect, getaddrinfo, the allowlist decision)
+against no guard, an empty audit hook and pytest-socket-style socket patching. Start-up cost:
+bench_guard_start.py (every install form).
 
 Prints figures; not a test. Every variant runs in its own child interpreter, rounds alternate
-between variants, and the fastest round's per-call CPU time (user + system, all threads) is
-reported.
+between variants, and the fastest round's per-call wall-clock and CPU time (user + system, all
+threads, measured inside the child around the timed loop) are reported, with the ratio to no
+guard; then the median over rounds of each round's ratio to the no-guard run just before it
+(steadier on a loaded machine). Goal for the loopback connect: <= 1.05x in both, judged on the
+median per-round ratios.
 
-    /tmp/venv/bin/python bench/bench_guard.py [--calls 4000] [--rounds 7] [--starts 30]
+    python bench/bench_guard.py [--calls 4000] [--rounds 7] [--instructions 1000]
+
+--instructions N also counts the user-space instructions of one loopback connect cycle under
+callgrind (valgrind): the same every run, where time on a shared machine is not.
 
 Traffic: loopback only. The "decision" figure connects to an allowlisted 198.18.x address from
 inside a private, empty network namespace (unshare -n, root only), where it fails at once with
@@ -19,26 +26,15 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench_guard_common import alternate, armed, clean_env, run_timed, verdict
 
-from sentinel.guard import guard_path  # noqa: E402
-from sentinel.guard.compile import write_allowlist  # noqa: E402
-from sentinel.policy.load import load_policy  # noqa: E402
+from sentinel.guard import guard_path
 
-POLICY = """\
-version: 1
-mode: enforce
-allow:
-  - {name: api, host: api.test, ports: [8080], protocol: tcp}
-  - {name: lan, cidr: 198.18.7.0/24, ports: [443]}
-"""
+GOAL = 1.05
 
 # A tiny stand-in for pytest-socket's socket_allow_hosts: a Python-level wrapper of connect.
 MONKEYPATCH = """
@@ -95,63 +91,58 @@ for _ in range(200):
     once()
 # CPU time (user + system, all threads, the reporter's included): less disturbed than wall
 # time by other load on a shared machine
-t = time.process_time()
+w, t = time.perf_counter(), time.process_time()
 for _ in range(n):
     once()
-print(json.dumps((time.process_time() - t) / n))
+print(json.dumps([(time.perf_counter() - w) / n, (time.process_time() - t) / n]))
 """
 
 
-def per_call(python: str, what: str, env: dict, calls: int, netns: bool) -> float:
+def per_call(python: str, what: str, env: dict, calls: int, netns: bool) -> tuple[float, float]:
+    """(wall s, CPU s) per call, timed inside the child (start-up excluded)."""
     cmd = [python, "-c", CHILD, what, str(calls)]
     if netns:
         cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        raise SystemExit(f"{what} failed: {out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    wall, cpu = json.loads(run_timed(cmd, env)[2].strip().splitlines()[-1])
+    return wall, cpu
 
 
-def startup(python: str, env: dict, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run([python, "-c", "pass"], env=env, check=True)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def clean_python(tmp: Path) -> str:
-    """A fresh venv without site-packages noise, so start-up differences are the guard's."""
-    base = getattr(sys, "_base_executable", sys.executable)
-    venv = tmp / "venv"
-    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    return str(venv / "bin" / "python")
+def instructions(python: str, env: dict, calls: int, tmp: Path) -> float | None:
+    """User-space instructions per loopback connect cycle of the app's own thread (callgrind:
+    deterministic, unlike time on a loaded machine; the kernel's share is not in it). The
+    difference between a run of `calls` + 1 cycles and one of 1; None without valgrind."""
+    if shutil.which("valgrind") is None:
+        return None
+    totals = []
+    for n in (1, calls + 1):  # the child divides by n
+        out = tmp / f"cg-{n}"
+        out.mkdir(exist_ok=True)
+        cmd = [
+            "valgrind", "--tool=callgrind", "--separate-threads=yes",
+            f"--callgrind-out-file={out}/cg.%p", python, "-c", CHILD, "connect", str(n),
+        ]  # fmt: skip
+        run_timed(cmd, {**env, "PYTHONHASHSEED": "0"}, timeout=600)
+        main_thread = next(out.glob("cg.*-01"))  # thread 1: the app's main thread
+        line = next(x for x in main_thread.read_text().splitlines() if x.startswith("totals:"))
+        totals.append(int(line.split()[1]))
+        shutil.rmtree(out)
+    return (totals[1] - totals[0]) / calls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--starts", type=int, default=30)
+    parser.add_argument(
+        "--instructions", type=int, default=0, metavar="N",
+        help="also count instructions per connect cycle under callgrind (N cycles)",
+    )  # fmt: skip
     args = parser.parse_args()
     root = os.geteuid() == 0 and shutil.which("unshare") is not None
 
     with tempfile.TemporaryDirectory(prefix="bench-guard-") as tmpdir:
-        tmp = Path(tmpdir)
-        policy = tmp / "policy.yaml"
-        policy.write_text(POLICY)
-        state = tmp / "state"
-        write_allowlist(load_policy(policy), {"api.test": ["198.18.0.2"]}, state)
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("SENTINEL_", "BENCH"))}
-        base_env.pop("PYTHONPATH", None)
-        guard_env = {
-            **base_env,
-            "PYTHONPATH": str(guard_path()),
-            "SENTINEL_POLICY": str(policy),
-            "SENTINEL_STATE_DIR": str(state),
-            "SENTINEL_GUARD": "enforce",
-        }
+        base_env = clean_env()
+        guard_env = {**base_env, **armed(Path(tmpdir), "small"), "PYTHONPATH": str(guard_path())}
         try:
             import pytest_socket  # noqa: F401
 
@@ -165,52 +156,68 @@ def main() -> None:
             "empty-hook": {**base_env, "BENCH_SETUP": EMPTY_HOOK},
         }
         python = sys.executable
-        print(f"python {sys.version.split()[0]}  calls/round {args.calls}  rounds {args.rounds}")
-        print(f"{'per call':14} " + " ".join(f"{v:>14}" for v in variants) + "   ratios")
+        print(f"python {sys.version.split()[0]}  calls/round {args.calls}  rounds {args.rounds}"
+              "  (fastest round; wall / CPU per call)")  # fmt: skip
+        print(f"{'per call':12} " + " ".join(f"{v:>20}" for v in variants) + "   ratios to none")
         for what in ("connect", "getaddrinfo", "gai_numeric", "decision"):
             netns = what == "decision"
             if netns and not root:
-                print(f"{what:14} skipped (needs root for a private network namespace)")
+                print(f"{what:12} skipped (needs root for a private network namespace)")
                 continue
-            samples: dict[str, list[float]] = {v: [] for v in variants}
-            for _ in range(args.rounds):
-                for name, env in variants.items():
-                    if what == "decision" and name == patch_name:
-                        continue  # the patch baseline has no allowlist decision to compare
-                    samples[name].append(per_call(python, what, env, args.calls, netns))
-            # the fastest round: the least disturbed by other load on the machine
-            med = {k: min(v) for k, v in samples.items() if v}
+            todo = {  # the patch baseline has no allowlist decision to compare
+                k: v for k, v in variants.items() if not (netns and k == patch_name)
+            }
+            samples = alternate(
+                todo,
+                args.rounds,
+                lambda _, env, what=what, netns=netns: per_call(
+                    python, what, env, args.calls, netns
+                ),
+            )
+            best = {k: (min(s[0] for s in v), min(s[1] for s in v)) for k, v in samples.items()}
+            paired = {  # per round against the none run just before it: steadier under load
+                k: (
+                    statistics.median(s[0] / n[0] for s, n in zip(v, samples["none"], strict=True)),
+                    statistics.median(s[1] / n[1] for s, n in zip(v, samples["none"], strict=True)),
+                )
+                for k, v in samples.items()
+            }
             cells = " ".join(
-                f"{med[v] * 1e6:>11.2f} us" if v in med else f"{'-':>14}" for v in variants
+                f"{best[v][0] * 1e6:8.2f} /{best[v][1] * 1e6:6.2f} us"
+                if v in best
+                else f"{'-':>20}"
+                for v in variants
             )
+            none_w, none_c = best["none"]
             ratios = "  ".join(
-                f"{v}/none {med[v] / med['none']:.3f}" for v in variants if v in med and v != "none"
+                f"{v} {best[v][0] / none_w:.3f}/{best[v][1] / none_c:.3f}"
+                for v in variants
+                if v in best and v != "none"
             )
-            print(f"{what:14} {cells}   {ratios}")
-
-        clean = clean_python(tmp)
-        # two copies of the guard: byte-compiled (a normal install) and source only (a
-        # read-only tree with PYTHONDONTWRITEBYTECODE: every start compiles the guard)
-        compiled, source = tmp / "guard-pyc", tmp / "guard-src"
-        shutil.copytree(guard_path(), compiled)
-        shutil.copytree(guard_path(), source)
-        shutil.rmtree(compiled / "__pycache__", ignore_errors=True)
-        shutil.rmtree(source / "__pycache__", ignore_errors=True)
-        subprocess.run([clean, "-m", "compileall", "-q", str(compiled)], check=True)
-        nopyc = {**base_env, "PYTHONDONTWRITEBYTECODE": "1"}
-        startup(clean, base_env, 3)  # warm the page cache
-        plain = [startup(clean, base_env, args.starts)]
-        with_pyc = startup(clean, {**guard_env, "PYTHONPATH": str(compiled)}, args.starts)
-        plain.append(startup(clean, base_env, args.starts))
-        no_pyc = startup(clean, {**guard_env, **nopyc, "PYTHONPATH": str(source)}, args.starts)
-        plain.append(startup(clean, base_env, args.starts))
-        baseline = min(plain)
-        print(
-            f"start-up (python -c pass, median of {args.starts}, clean venv): "
-            f"none {baseline * 1e3:.1f} ms; guard {with_pyc * 1e3:.1f} ms "
-            f"(added {(with_pyc - baseline) * 1e3:.1f} ms); guard without .pyc "
-            f"{no_pyc * 1e3:.1f} ms (added {(no_pyc - baseline) * 1e3:.1f} ms)"
-        )
+            print(f"{what:12} {cells}   {ratios}")
+            pairs = "  ".join(
+                f"{v} {paired[v][0]:.3f}/{paired[v][1]:.3f}" for v in variants if v in paired
+            )
+            print(f"{'':12} median of per-round ratios (wall/CPU): {pairs}")
+            if what == "connect":
+                wall, cpu = paired["guard"]
+                print(f"{'':12} guard loopback connect (median per-round ratio): wall "
+                      f"{wall:.3f}x, CPU {cpu:.3f}x; goal <= {GOAL}x in both: "
+                      f"{verdict(max(wall, cpu), GOAL)}")  # fmt: skip
+        if args.instructions:
+            counts = {
+                k: instructions(python, env, args.instructions, Path(tmpdir))
+                for k, env in variants.items()
+            }
+            if counts["none"] is None:
+                print("instructions: skipped (no valgrind)")
+            else:
+                print(
+                    "user-space instructions per connect cycle (main thread, callgrind): "
+                    + "  ".join(
+                        f"{k} {v / 1e3:.1f}k ({v / counts['none']:.3f})" for k, v in counts.items()
+                    )
+                )
 
 
 if __name__ == "__main__":

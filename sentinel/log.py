@@ -7,10 +7,13 @@ a fresh one when nothing is bound.
 
 from __future__ import annotations
 
+import atexit
+import contextvars
 import logging
 import os
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +27,15 @@ from sentinel.errors import BadInput
 _configured = False
 
 
+# the correlation id bound by `correlation()`: one ContextVar of our own, read by one processor
+# (structlog's bound_contextvars/merge_contextvars walk the whole context on every bind and every
+# line: ~70 us per event in a flood, issue 17)
+_CID: contextvars.ContextVar[str | None] = contextvars.ContextVar("sentinel_cid", default=None)
+
+
 def _add_cid(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    event.setdefault("cid", str(uuid.uuid4()))
+    if "cid" not in event:
+        event["cid"] = _CID.get() or str(uuid.uuid4())
     return event
 
 
@@ -41,31 +51,85 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
 
 class _Tee:
     """stderr plus an append-only file in the state directory (the evidence bundle reads
-    `*.log` there); the file is rotated once at `max_bytes` so it cannot fill the disk."""
+    `*.log` there); the file is rotated once at `max_bytes` so it cannot fill the disk.
+
+    Lines are written by a thread of their own, gathered for up to `FLUSH_EVERY` s: a flood of
+    events (one log line each) must not wait on two write system calls per line, each a
+    release and re-acquisition of the GIL (issue 17). At most `MAX_PENDING` lines wait: past
+    that the caller writes them itself. `close()` (at exit and on re-configuration) writes what
+    is left, in order."""
+
+    FLUSH_EVERY, MAX_PENDING = 0.02, 5000
 
     def __init__(self, stream: TextIO, path: Path, max_bytes: int = 50 << 20) -> None:
         self.stream, self.path, self.max_bytes = stream, path, max_bytes
         self.file: TextIO | None = None
-        self.lock = threading.Lock()
+        self.size = 0  # bytes in the file: counted, since `tell()` on a text file is slow
+        self.lock = threading.Lock()  # the pending lines
+        self.order = threading.Lock()  # one writer at a time, so lines keep their order
+        self.pending: list[str] = []
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        atexit.register(self.close)
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
         with self.lock:
-            try:
-                if self.file is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self.file = open(self.path, "a", buffering=1)  # noqa: SIM115
-                self.file.write(text)
-                if self.file.tell() > self.max_bytes:
-                    self.file.close()
-                    os.replace(self.path, self.path.with_suffix(".log.1"))
-                    self.file = None
-            except OSError:
-                pass  # a full or read-only disk must not stop the sentinel; stderr still has it
+            self.pending.append(text)
+            backlog = len(self.pending)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+                self.thread.start()
+        if backlog >= self.MAX_PENDING:
+            self._drain()
+        elif backlog == 1:  # the first line of a batch wakes the writer (set() takes a lock)
+            self.wake.set()
         return len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        pass  # structlog flushes after every line: the writer thread does, once per batch
+
+    def close(self) -> None:
+        self._drain()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            time.sleep(self.FLUSH_EVERY)  # let a burst gather into one write
+            self.wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        with self.order:
+            with self.lock:
+                lines, self.pending = self.pending, []
+            if not lines:
+                return
+            text = "".join(lines)
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken stderr: the file still gets the lines
+            self._to_file(text)
+
+    def _to_file(self, text: str) -> None:
+        try:
+            if self.file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.path, "a")  # noqa: SIM115
+                self.size = self.file.tell()
+            self.file.write(text)
+            self.file.flush()
+            self.size += len(text)  # characters: the lines are ASCII JSON
+            if self.size > self.max_bytes:
+                self.file.close()
+                os.replace(self.path, self.path.with_suffix(".log.1"))
+                self.file = None
+        except OSError:
+            pass  # a full or read-only disk must not stop the sentinel; stderr still has it
+
+
+_tee: _Tee | None = None
 
 
 def configure(
@@ -73,13 +137,16 @@ def configure(
 ) -> None:
     """JSON lines to stderr (stdout belongs to command output), and to `log_file` if given.
     Safe to call more than once."""
-    global _configured
+    global _configured, _tee
     levels = logging.getLevelNamesMapping()
     if level.upper() not in levels:
         raise BadInput(f"log level {level!r} is not one of: debug, info, warning, error")
+    if _tee is not None:
+        _tee.close()  # what the previous configuration gathered is written first
+    _tee = _Tee(stream or sys.stderr, log_file) if log_file else None
+    output = _tee or stream or sys.stderr
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             _add_cid,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -88,9 +155,7 @@ def configure(
             structlog.processors.JSONRenderer(sort_keys=True, default=str),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(levels[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(
-            _Tee(stream or sys.stderr, log_file) if log_file else (stream or sys.stderr)
-        ),
+        logger_factory=structlog.PrintLoggerFactory(output),
         cache_logger_on_first_use=False,
     )
     _configured = True
@@ -107,5 +172,8 @@ def get_logger(component: str) -> Any:
 @contextmanager
 def correlation(cid: str) -> Iterator[None]:
     """Bind `cid` to every log line emitted inside the block (thread- and task-local)."""
-    with structlog.contextvars.bound_contextvars(cid=cid):
+    token = _CID.set(cid)
+    try:
         yield
+    finally:
+        _CID.reset(token)

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,6 @@ def add_secret(value: str | None) -> None:
         if value not in _secrets:
             # longest first, so a URL is removed before a key that is part of it
             _secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
-            _forget()
 
 
 def use_key(state_dir: Path | None, create: bool) -> None:
@@ -183,7 +183,6 @@ def use_key(state_dir: Path | None, create: bool) -> None:
     env = os.environ.get(KEY_ENV)
     if env:
         _user_key = env.encode()
-        _forget()  # pseudonyms change with the key
         return
     path = state_dir / KEY_FILE if state_dir else None
     try:
@@ -200,7 +199,6 @@ def use_key(state_dir: Path | None, create: bool) -> None:
         _user_key = None  # unreadable/unwritable: the per-process key below
     if _user_key is None:
         _user_key = secrets.token_hex(32).encode()
-    _forget()
 
 
 def _pseudonym(value: str) -> str:
@@ -221,35 +219,31 @@ def _user_ids(text: str) -> str:
     return _USER_ID_TEXT_RE.sub(sub, text)
 
 
-_MEMO_MAX = 4096  # short texts already redacted (host names, executables repeat)
-_MEMO_LEN = 256
-_memo: dict[str, str] = {}
-_memo_age = 0  # bumped by _forget: a result computed across a change is not remembered
-
-
-def _forget() -> None:
-    global _memo_age
-    _memo_age += 1
-    _memo.clear()
+_MEMO_MAX, _MEMO_TEXT = 8192, 256  # entries kept; longest text remembered
+_memo: dict[str, tuple[tuple[tuple[str, ...], bytes | None], str]] = {}
 
 
 def redact_text(text: str) -> str:
     """The text with registered secrets, secret-shaped strings, e-mails and phones masked,
-    and user ids replaced by their keyed pseudonym. Short texts are remembered (until a new
-    secret or key is set): the store redacts the same names over and over."""
+    and user ids replaced by their keyed pseudonym.
+
+    Short texts are remembered with the answer and the secrets and key it was made with (an
+    event's layer, kind, protocol and address come again and again: every log line and every
+    stored event of a flood runs ~20 patterns over each), so a registered secret or a new key
+    is never missed: an answer made before it is not used after it."""
     if not text:
         return text
-    if len(text) > _MEMO_LEN:
+    if len(text) > _MEMO_TEXT:
         return _redact_text(text)
-    done = _memo.get(text)
-    if done is None:
-        age = _memo_age
-        done = _redact_text(text)
-        if len(_memo) >= _MEMO_MAX:
-            _memo.clear()
-        if age == _memo_age:
-            _memo[text] = done
-    return done
+    state = (_secrets, _user_key)
+    hit = _memo.get(text)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    out = _redact_text(text)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[text] = (state, out)
+    return out
 
 
 def _redact_text(text: str) -> str:
@@ -281,7 +275,9 @@ def redact_obj(obj: Any, key: str = "", memo: dict[str, str] | None = None) -> A
     Our own SHA-256 digests under hash keys (`policy_sha256`, a tamper event's `expected`)
     survive: evidence needs them, and a 64-hex value elsewhere is still masked. `memo`
     (a dict the caller keeps for one document) redacts each distinct text once."""
-    if isinstance(obj, (str, int)) and not isinstance(obj, bool) and _USER_ID_KEY_RE.match(key):
+    if obj is None or isinstance(obj, (bool, float)):
+        return obj
+    if isinstance(obj, (str, int)) and _is_user_id_key(key):
         return _pseudonym(str(obj))
     if isinstance(obj, str):
         if _is_our_digest(key, obj):
@@ -312,7 +308,18 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _is_our_digest(key: str, value: str) -> bool:
-    return bool(_DIGEST_KEY_RE.search(key) and _SHA256_RE.match(value))
+    return _is_digest_key(key) and bool(_SHA256_RE.match(value))
+
+
+# the same few keys come with every event and log line: their verdicts are remembered
+@lru_cache(maxsize=2048)
+def _is_user_id_key(key: str) -> bool:
+    return bool(_USER_ID_KEY_RE.match(key))
+
+
+@lru_cache(maxsize=2048)
+def _is_digest_key(key: str) -> bool:
+    return bool(_DIGEST_KEY_RE.search(key))
 
 
 def hash_user_id(value: str | int, key: str | bytes) -> str:
@@ -324,5 +331,6 @@ def hash_user_id(value: str | int, key: str | bytes) -> str:
     return f"u_{digest[:24]}"  # 96 bits; shorter than the 32-hex pattern, so it survives redaction
 
 
+@lru_cache(maxsize=2048)
 def _is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY_RE.search(key))

@@ -308,13 +308,57 @@ def test_off_mode_installs_nothing(tmp_path, state_dir, armed):
 
 
 # --- failing closed -------------------------------------------------------------------------
-FAIL_BODY = """
+# a host that claims to be loopback and a socket subclass that claims to be AF_UNIX
+LIARS = """
+class Liar(str):
+    def __eq__(self, other):
+        return True
+    def __hash__(self):
+        return hash("localhost")
+    def __str__(self):
+        return "127.0.0.1"
+    def startswith(self, *args):
+        return True
+class Sneaky(socket.socket):
+    @property
+    def family(self):
+        return socket.AF_UNIX
+def sneaky():
+    s = Sneaky()
+    s.settimeout(2)
+    try:
+        s.connect(("198.18.0.2", 8080))
+    finally:
+        s.close()
+class Twin(tuple):  # says it is ("127.0.0.1", 8080); C connects to its real items
+    def __getitem__(self, i):
+        return ("127.0.0.1", 8080)[i]
+    def __iter__(self):
+        return iter(("127.0.0.1", 8080))
+    def __len__(self):
+        return 2
+def twin():
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(Twin(("198.18.0.2", 8080)))
+    finally:
+        s.close()
+RESULTS["liar"] = outcome(lambda: connect(Liar("198.18.0.2"), 8080))
+RESULTS["sneaky"] = outcome(sneaky)
+RESULTS["twin"] = outcome(twin)
+"""
+
+FAIL_BODY = (
+    LIARS
+    + """
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
 RESULTS["loopback"] = outcome(lambda: connect("127.0.0.1", srv.getsockname()[1]))
 RESULTS["ip"] = outcome(lambda: connect("198.18.0.2", 8080))
 RESULTS["name"] = outcome(lambda: socket.getaddrinfo("api.test", 8080))
 RESULTS["status"] = status()
 """
+)
 
 
 @pytest.mark.parametrize("problem", ["unreadable", "unset", "mismatch", "no_allowlist"])
@@ -334,6 +378,8 @@ def test_enforce_fails_closed_when_the_policy_cannot_be_verified(
     out = results(proc)
     assert out["loopback"] == "ok:None"
     assert out["ip"].startswith("security:") and "fail closed" in out["ip"]
+    for case in ("liar", "sneaky", "twin"):
+        assert out[case].startswith("security:"), (case, out)
     assert out["name"].startswith("security:")
     assert out["status"]["fail_closed"] is True
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -359,6 +405,8 @@ def test_broken_guard_module_installs_deny_all(tmp_path, state_dir, armed):
     out = results(proc)
     assert out["loopback"] == "ok:None"
     assert out["ip"].startswith("error:SecurityError:[Errno 13] sentinel guard (deny-all)")
+    for case in ("liar", "sneaky", "twin"):
+        assert out[case].startswith("error:SecurityError:[Errno 13] sentinel guard (deny-all)")
     assert out["name"].startswith("error:SecurityError")
     assert "FAIL CLOSED: cannot import sentinel_guard" in proc.stderr
 
@@ -388,9 +436,11 @@ def test_pth_loader_in_a_fresh_venv(tmp_path, state_dir, armed):
     assert len(collector.wait("egress_attempt", 2)) == 2
     # and without the runtime next to it, the .pth loader fails closed
     (site / "sentinel_guard.py").unlink()
-    proc = run_child(tmp_path, 'RESULTS["ip"] = outcome(lambda: connect("198.18.5.5", 443))',
-                     env, python=str(venv / "bin" / "python"))  # fmt: skip
-    assert "deny-all" in results(proc)["ip"] and "FAIL CLOSED" in proc.stderr
+    body = LIARS + 'RESULTS["ip"] = outcome(lambda: connect("198.18.5.5", 443))'
+    proc = run_child(tmp_path, body, env, python=str(venv / "bin" / "python"))
+    out = results(proc)
+    assert "deny-all" in out["ip"] and "FAIL CLOSED" in proc.stderr
+    assert all("deny-all" in out[case] for case in ("liar", "sneaky", "twin")), out
 
 
 # --- reporting without blocking -------------------------------------------------------------
@@ -557,6 +607,7 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
     flag = tmp_path / "rewritten"
     body = f"""
     import os
+    RESULTS["old_before"] = outcome(lambda: connect("198.18.0.2", 8080))  # allowed, remembered
     RESULTS["before"] = outcome(lambda: connect("198.18.0.77", 8080))
     print("ready", flush=True)
     deadline = time.monotonic() + 10
@@ -592,7 +643,94 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
     assert out["before"].startswith("security:")
     assert "unreachable" in out["first"].lower(), out  # re-checked before refusing
     assert "unreachable" in out["after"].lower() and out["took"] < 2.0, out
+    assert "unreachable" in out["old_before"].lower(), out
+    # allowed (and remembered by the hook's fast path) before; the new pins dropped it
     assert out["old"].startswith("security:") and out["generation"] == 2
+
+
+def test_fast_path_remembers_an_allowed_address_per_socket_type(tmp_path, state_dir, armed):
+    """The hook answers a repeated allowed connect without a decision, and only for the socket
+    family and type it was allowed for: UDP to a TCP-only address is still refused."""
+    needs_root()
+    policy_path, _, _ = armed
+    body = """
+    from sentinel_guard import status
+    RESULTS["first"] = outcome(lambda: connect("198.18.0.2", 8080))
+    checks = status()["counters"]["checks"]
+    for _ in range(20):
+        RESULTS["again"] = outcome(lambda: connect("198.18.0.2", 8080))
+    RESULTS["decisions"] = status()["counters"]["checks"] - checks
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    RESULTS["udp"] = outcome(lambda: udp.sendto(b"x", ("198.18.0.2", 8080)))
+    RESULTS["udp_again"] = outcome(lambda: udp.sendto(b"x", ("198.18.0.2", 8080)))
+    RESULTS["udp_connect"] = outcome(
+        lambda: connect("198.18.0.2", 8080, kind=socket.SOCK_DGRAM))
+    """
+    out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
+    for case in ("first", "again"):
+        assert "security" not in out[case] and "unreachable" in out[case].lower(), out
+    assert out["decisions"] == 0, out  # 20 connects, no decision: the fast path answered
+    for case in ("udp", "udp_again", "udp_connect"):
+        assert out[case].startswith("security:") and "port 8080/udp" in out[case], out
+
+
+def test_str_and_int_subclasses_cannot_steer_a_decision_or_match_a_remembered_one(
+    tmp_path, state_dir, armed
+):
+    """CPython's C code connects to what a str/int subclass holds; the subclass's own __eq__,
+    __hash__ and __str__ (claiming to be an allowed address, name or port) change nothing."""
+    needs_root()
+    policy_path, _, _ = armed
+    body = """
+    class Liar(str):
+        def __eq__(self, other):
+            return True
+        def __hash__(self):
+            return hash(self.claim)
+        def __str__(self):
+            return "api.test"
+        def lower(self):
+            return "api.test"
+        def rstrip(self, *args):
+            return self
+    def liar(text, claim):
+        value = Liar(text)
+        value.claim = claim
+        return value
+    class LiarInt(int):
+        def __eq__(self, other):
+            return True
+        def __hash__(self):
+            return hash(8080)
+    RESULTS["allowed"] = outcome(lambda: connect("198.18.0.2", 8080))  # remembered
+    RESULTS["allowed_name"] = outcome(lambda: socket.getaddrinfo("api.test", 8080))
+    RESULTS["ip"] = outcome(lambda: connect(liar("198.18.5.5", "198.18.0.2"), 8080))
+    RESULTS["ip_again"] = outcome(lambda: connect(liar("198.18.5.5", "198.18.0.2"), 8080))
+    RESULTS["port"] = outcome(lambda: connect("198.18.0.2", LiarInt(443)))
+    RESULTS["name"] = outcome(lambda: socket.getaddrinfo(liar("evil.example", "api.test"), 8080))
+    RESULTS["name_connect"] = outcome(lambda: connect(liar("evil.example", "api.test"), 8080))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    RESULTS["sendto"] = outcome(
+        lambda: udp.sendto(b"x", (liar("198.18.5.5", "198.18.0.2"), 8080)))
+    class Twin(tuple):  # says it is the allowed ("198.18.0.2", 8080)
+        def __getitem__(self, i):
+            return ("198.18.0.2", 8080)[i]
+        def __iter__(self):
+            return iter(("198.18.0.2", 8080))
+        def __hash__(self):
+            return hash(("198.18.0.2", 8080))
+        def __eq__(self, other):
+            return True
+    RESULTS["tuple"] = outcome(lambda: socket.socket().connect(Twin(("198.18.5.5", 8080))))
+    RESULTS["tuple_udp"] = outcome(lambda: udp.sendto(b"x", Twin(("198.18.5.5", 8080))))
+    """
+    out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
+    assert "security" not in out["allowed"] and "unreachable" in out["allowed"].lower(), out
+    assert not out["allowed_name"].startswith("security:"), out  # allowed (no DNS here)
+    for case in ("ip", "ip_again", "port", "name", "name_connect", "sendto", "tuple", "tuple_udp"):
+        assert out[case].startswith("security:[Errno 13] sentinel guard:"), (case, out)
+    assert "198.18.5.5 port 8080/tcp" in out["ip"] and "198.18.0.2 port 443/tcp" in out["port"]
+    assert "'evil.example' is not allowlisted" in out["name"]
 
 
 # --- tampering -------------------------------------------------------------------------------

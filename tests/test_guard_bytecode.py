@@ -3,6 +3,7 @@ start from a read-only copy loads it (no compile), and nothing is written into t
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 import stat
@@ -80,3 +81,28 @@ def test_cli_compile_prints_the_path_and_reports_the_bytecode():
         text=True,
     )
     assert bad.returncode == 1 and "cannot run /nonexistent/python" in bad.stderr
+
+
+def test_compile_replaces_older_bytecode_with_one_without_column_tables(tmp_path):
+    """pip (or an earlier compileall) may have written bytecode already; --compile rewrites it
+    without column tables (a smaller file to read at every guarded start)."""
+    folder = tmp_path / "guard"
+    shutil.copytree(guard_path(), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(folder)], check=True)
+    pyc = next((folder / "__pycache__").glob("sentinel_guard.*.pyc"))
+
+    def columns(path: Path) -> set:
+        code = marshal.loads(path.read_bytes()[16:])
+        found, todo = set(), [code]
+        while todo:
+            co = todo.pop()
+            found.update(col for _, _, col, _ in co.co_positions())
+            todo.extend(c for c in co.co_consts if hasattr(c, "co_positions"))
+        return found
+
+    assert columns(pyc) - {None}  # plain compileall: column tables
+    before = pyc.stat().st_size
+    compile_guard(folder)
+    assert columns(pyc) == {None} and pyc.stat().st_size < before
+    out = guarded_start(folder, tmp_path, PYTHONDONTWRITEBYTECODE="1")
+    assert f"# code object from '{pyc}'" in out.stderr  # and Python uses it

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentinel.detect.nflog import (
+from sentinel.detect.flows import Folder
+from sentinel.detect.nflog import Monitor
+from sentinel.detect.packets import (
     NFULA_PAYLOAD,
     NFULA_PREFIX,
     NFULA_SEQ,
     Flow,
-    Folder,
-    Monitor,
     parse_ip,
     parse_nflog,
 )
@@ -152,7 +152,7 @@ def test_folder_is_bounded():
 
 def test_canary_probes_are_told_apart_by_their_mark():
     from sentinel.detect.canary import CANARY_MARK
-    from sentinel.detect.nflog import NFULA_MARK
+    from sentinel.detect.packets import NFULA_MARK
 
     monitor, got = _monitor()
     probe = nflog(ipv4(6, tcp())) + _attr(NFULA_MARK, struct.pack("!I", CANARY_MARK))

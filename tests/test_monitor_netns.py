@@ -73,7 +73,7 @@ def attempt(topo, attempts) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def start_monitor(topo, policy):
+def start_monitor(topo, policy, *extra: str):
     proc = topo.spawn(
         "app",
         PYTHON,
@@ -87,6 +87,7 @@ def start_monitor(topo, policy):
         "0.5",
         "--seconds",
         "300",
+        *extra,
     )
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc, time.time()

@@ -49,6 +49,10 @@ class FakeKernel:
             return ""
         if cmd[:2] == ["ipset", "list"]:
             return (DATA / "ipset-list").read_text() if self.sets else ""
+        if cmd == ["ipset", "save"]:  # every set: ours, as recorded, and one of someone else's
+            return FOREIGN_SET + "".join(
+                (DATA / f"ipset-save.{name}").read_text() for _f, name in OUR_SETS if self.sets
+            )
         if cmd[:2] == ["ipset", "save"]:
             return (DATA / f"ipset-save.{cmd[2]}").read_text()
         if cmd[:2] == ["ipset", "restore"] or cmd[:3] == ["ipset", "-exist", "restore"]:
@@ -76,6 +80,7 @@ def ruleset():
 
 def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     monkeypatch.setattr(netfilter, "_run", kernel.run)
+    monkeypatch.setattr(netfilter, "_read_sets_netlink", lambda: None)  # the text path here
     monkeypatch.setattr(netfilter, "ensure_not_root_netns", lambda: None)
     # the netdev table (nft) is absent here: these rulesets have no link (test_l2_netns.py)
     monkeypatch.setattr(netfilter, "read_netdev", lambda: ("", {}))
@@ -83,8 +88,11 @@ def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     return kernel
 
 
-READ_STATE = [[f"{V4}-save", "-c"], [f"{V6}-save", "-c"], ["ipset", "list", "-n"]]
-READ_SETS = [["ipset", "save", name] for _family, name in OUR_SETS]
+READ_STATE = [[f"{V4}-save", "-c"], [f"{V6}-save", "-c"], ["ipset", "save"]]
+FOREIGN_SET = (
+    "create other hash:net,port family inet hashsize 1024 maxelem 65536 counters\n"
+    "add other 198.18.9.9,tcp:22 packets 3 bytes 180\n"
+)
 RESTORE = ["--noflush", "--wait"]
 
 
@@ -129,24 +137,22 @@ def test_first_apply_commands_and_documents(monkeypatch, ruleset):
     kernel = install(monkeypatch, FakeKernel())
     netfilter.apply(ruleset)
     assert kernel.argv() == [
-        *READ_STATE,  # what is there (nothing of ours)
-        [f"{V4}-save"],
-        [f"{V6}-save"],
-        ["ipset", "list", "-n"],
+        *READ_STATE,  # what is there (nothing of ours): also what a rollback restores
         ["ipset", "restore"],  # staged sets swapped in
         [f"{V4}-restore", *RESTORE],
         [f"{V6}-restore", *RESTORE],
+        *READ_STATE,  # read back: exactly the ruleset, before the old set contents go
         ["ipset", "restore"],  # staging copies destroyed
-        *READ_STATE,
-        *READ_SETS,
     ]
     assert kernel.stdin_of(f"{V4}-restore") == [expected_doc(ruleset, 4)]
     assert kernel.stdin_of(f"{V6}-restore") == [expected_doc(ruleset, 6)]
     staged, cleanup = kernel.stdin_of("ipset")
     for s in ruleset.sets:
         assert f"{s.create_line()}\n{s.create_line(s.name + '-new')}\n" in staged
-        assert all(f"add {s.name}-new {e}\n" in staged for e in s.entries)
+        # TCP entries without the protocol's name (ipset's default; no /etc/protocols lookup)
+        assert all(f"add {s.name}-new {e.replace(',tcp:', ',')}\n" in staged for e in s.entries)
         assert f"swap {s.name}-new {s.name}\n" in staged
+    assert "add sentinel-allow4-new 198.18.0.10,5432\n" in staged
     assert cleanup == "".join(f"destroy {s.name}-new\n" for s in ruleset.sets)
 
 
@@ -154,7 +160,7 @@ def test_reapply_of_the_same_rules_runs_no_restore(monkeypatch, ruleset):
     kernel = install(monkeypatch, FakeKernel(applied=True))
     state = netfilter.apply(ruleset)
     assert state.rules_replaced is False
-    assert kernel.argv() == [*READ_STATE, *READ_SETS, *READ_STATE, *READ_SETS]
+    assert kernel.argv() == [*READ_STATE, *READ_STATE]
     assert not any(cmd[0].endswith("-restore") or "restore" in cmd for cmd in kernel.argv())
 
 
@@ -164,8 +170,10 @@ def test_reapply_that_moves_a_hook_deletes_the_old_jump_first(monkeypatch, rules
     policy = load_policy(DATA / "policy.yaml")
     changed = prepare_ruleset(dataclasses.replace(policy, nflog_group=7), PINS)
     kernel = install(monkeypatch, FakeKernel(applied=True))
-    netfilter.apply(changed)
-    (doc4,) = kernel.stdin_of(f"{V4}-restore")
+    # the recorded kernel still reads as group 1 afterwards: the read back refuses it
+    with pytest.raises(SentinelError, match=netfilter.NOT_HELD):
+        netfilter.apply(changed)
+    doc4 = kernel.stdin_of(f"{V4}-restore")[0]
     lines = doc4.splitlines()
     assert lines.index("-D OUTPUT -j SENTINEL-OUT") < lines.index("-I OUTPUT 1 -j SENTINEL-OUT")
     assert lines.count("COMMIT") == 2 and "--nflog-group 7" in doc4
@@ -185,6 +193,26 @@ def test_refusal_midway_rolls_back_the_committed_family(monkeypatch, ruleset):
         assert f"swap {s.name}-new {s.name}" in sets_doc and f"destroy {s.name}" in sets_doc
 
 
+def test_a_read_back_that_differs_rolls_everything_back(monkeypatch):
+    """The kernel (as recorded) holds another pin than the ruleset asks for: nothing stays."""
+    other = prepare_ruleset(load_policy(DATA / "policy.yaml"), {"postgres": ["198.18.0.11"]})
+    kernel = install(monkeypatch, FakeKernel())
+    with pytest.raises(SentinelError, match=netfilter.NOT_HELD):
+        netfilter.apply(other)
+    assert kernel.argv()[-8:] == [
+        *READ_STATE,  # the read back that differs
+        [f"{V4}-save"],
+        [f"{V4}-restore", *RESTORE],
+        [f"{V6}-save"],
+        [f"{V6}-restore", *RESTORE],
+        ["ipset", "restore"],
+    ]
+    assert kernel.stdin_of(f"{V4}-restore")[1].splitlines() == REMOVAL_V4
+    sets_doc = kernel.stdin_of("ipset")[-1].splitlines()
+    for s in other.sets:  # old contents swapped back, the sets only this apply made destroyed
+        assert f"swap {s.name}-new {s.name}" in sets_doc and f"destroy {s.name}" in sets_doc
+
+
 def test_teardown_removes_only_ours(monkeypatch):
     kernel = install(monkeypatch, FakeKernel(applied=True))
     assert netfilter.teardown("nft") is True
@@ -201,3 +229,5 @@ def test_read_state_parses_the_recorded_kernel(monkeypatch, ruleset):
     assert state.sha256() == ruleset.sha256()
     assert {s.name for s in state.sets} == {name for _family, name in OUR_SETS}
     assert state.set_counters[(SET_NAME[4], "198.18.0.10,tcp:5432")] == (0, 0)
+    assert ("other", "198.18.9.9,tcp:22") not in state.set_counters  # not ours: not read
+    assert "other" in state.set_names and "other" not in {s.name for s in state.sets}

@@ -32,7 +32,7 @@ from scapy.layers.inet6 import (  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 from test_capture_feed import monitor  # noqa: E402
 
-from sentinel.detect.nflog import PROTO_NAMES, Malformed, parse_ip  # noqa: E402
+from sentinel.detect.packets import PROTO_NAMES, Malformed, parse_ip  # noqa: E402
 from sentinel.enforce.nflog_socket import COPY_RANGE  # noqa: E402
 
 V6_EXT = (IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment)

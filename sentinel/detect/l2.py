@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import replace
 
-from sentinel.detect.nflog import Flow, Malformed, parse_ip
+from sentinel.detect.packets import Flow, Malformed, parse_ip
 
 NFPROTO_NETDEV = 5
 ETH_HEADER = 14
@@ -32,8 +31,8 @@ def parse_frame(frame: bytes) -> Flow:
         flow = parse_ip(body)
         groups = _mld_groups(body) if flow.protocol == "icmpv6" else None
         if groups:  # what a report carries is the groups it names: the first is its "dst"
-            return replace(flow, dst_ip=groups[1][0], link="mld", groups=groups)
-        return replace(flow, link="netdev")
+            return flow._replace(dst_ip=groups[1][0], link="mld", groups=groups)
+        return flow._replace(link="netdev")
     if ethertype == 0x0806:
         return _arp(body, frame)
     return Flow(4, f"ether-0x{ethertype:04x}", _mac(frame[6:12]), _mac(frame[0:6]), link="frame")

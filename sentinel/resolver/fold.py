@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from sentinel.folding import OpenItems
 from sentinel.store.events import Event
 
 MAX_OPEN = 100_000  # distinct names folding at once; the oldest is closed beyond this
@@ -37,33 +37,34 @@ class RefusalFolder:
         emit: Callable[[Event], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.window, self.emit, self.clock = window, emit, clock
-        self._open: OrderedDict[tuple[str, str], _Open] = OrderedDict()  # least recent first
+        self.emit, self.clock = emit, clock
+        self._open: OpenItems[_Open] = OpenItems(window, MAX_OPEN)  # keyed by (name, verdict)
         self._lock = threading.Lock()
         self.folded = 0  # refusals counted into an open attempt instead of a new event
+
+    @property
+    def window(self) -> float:
+        return self._open.window
+
+    @window.setter
+    def window(self, seconds: float) -> None:  # a reload may change it
+        self._open.window = seconds
 
     def refused(self, event: Event) -> bool:
         """Fold a refusal in; True when it is a new attempt (the caller emits `event`)."""
         now = self.clock()
         key = (event.dst_name or "", event.verdict)
         qtype = str(event.detail.get("qtype", ""))
-        closed: list[Event] = []
         with self._lock:
-            current = self._open.get(key)
-            if current is not None and now - current.last <= self.window:
+            current = self._open.fold(key, now)
+            if current is not None:
                 current.queries += 1
-                current.last = now
                 if qtype not in current.qtypes:
                     current.qtypes.append(qtype)
-                self._open.move_to_end(key)
                 self.folded += 1
                 return False
-            if current is not None:
-                closed.append(self._close(self._open.pop(key)))
-            self._open[key] = _Open(event, 1, now, [qtype])
-            while len(self._open) > MAX_OPEN:
-                closed.append(self._close(self._open.popitem(last=False)[1]))
-        for update in closed:
+            closed = self._open.open(key, _Open(event, 1, now, [qtype]))
+        for update in map(self._close, closed):
             if update is not None:
                 self.emit(update)
         return True
@@ -71,16 +72,8 @@ class RefusalFolder:
     def flush(self, everything: bool = False) -> int:
         """Close attempts quiet for longer than the window; emits their updates."""
         now = self.clock()
-        closed: list[Event] = []
         with self._lock:
-            while self._open:
-                key, current = next(iter(self._open.items()))
-                if not everything and now - current.last <= self.window:
-                    break
-                del self._open[key]
-                update = self._close(current)
-                if update is not None:
-                    closed.append(update)
+            closed = [u for u in map(self._close, self._open.expire(now, everything)) if u]
         for update in closed:
             self.emit(update)
         return len(closed)

@@ -13,10 +13,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sentinel.policy.load import IPAddress, Policy
-from sentinel.resolver.pins import TYPES, PinManager
-from sentinel.resolver.upstream import Upstream, parse_upstream
+from sentinel.resolver.upstreamconf import parse_upstream
+
+if TYPE_CHECKING:
+    from sentinel.resolver.upstream import Upstream
 
 
 @dataclass
@@ -28,12 +31,19 @@ class OneShot:
 
 
 def upstream_for(policy: Policy) -> Upstream:
+    from sentinel.resolver.upstream import Upstream
+
     address, port = parse_upstream(policy.dns.upstream)
     return Upstream(address, port, mark=policy.mark)
 
 
 def resolve_pins(policy: Policy, skip: set[str], applied: dict | None) -> OneShot:
     names = [h for h in policy.hostnames if h not in skip]
+    if not names:  # nothing to ask: no dnspython, but the same refusal of a bad dns.upstream
+        parse_upstream(policy.dns.upstream)
+        return OneShot()
+    from sentinel.resolver.pins import TYPES, PinManager
+
     upstream = upstream_for(policy)
     manager = PinManager(policy.dns, upstream, names, lambda _e: None, lambda _p: None)
     manager.adopt(applied)

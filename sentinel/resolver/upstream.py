@@ -18,7 +18,6 @@ import threading
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dns.exception
@@ -30,10 +29,10 @@ import dns.rcode
 import dns.rdatatype
 
 from sentinel.enforce.marks import family_of, marked_socket
-from sentinel.errors import SentinelError
 from sentinel.policy.load import DnsSettings, IPAddress
 from sentinel.resolver.loops import own_query
 from sentinel.resolver.rebinding import rebinding_filter
+from sentinel.resolver.upstreamconf import parse_upstream, resolv_conf_upstream  # noqa: F401
 
 MAX_CNAME_DEPTH = 8
 CNAME = int(dns.rdatatype.CNAME)
@@ -42,29 +41,6 @@ TYPES = (("A", dns.rdatatype.A, 4), ("AAAA", dns.rdatatype.AAAA, 6))
 # waiting on its own pool: refresh_all's pool is a different one)
 _TYPE_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dns-type")
 _LOCAL = threading.local()  # one marked UDP socket per thread and upstream, reused
-
-
-def resolv_conf_upstream(path: str = "/etc/resolv.conf") -> str:
-    """The first nameserver of resolv.conf, read once at start-up (`upstream: auto`)."""
-    try:
-        for line in Path(path).read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver":
-                return parts[1].split("%")[0]
-    except OSError as exc:
-        raise SentinelError(f"dns.upstream auto: cannot read {path}: {exc.strerror}") from None
-    raise SentinelError(f"dns.upstream auto: no nameserver in {path}")
-
-
-def parse_upstream(setting: str) -> tuple[str, int]:
-    if setting == "auto":
-        return resolv_conf_upstream(), 53
-    try:
-        ipaddress.ip_address(setting)
-        return setting, 53
-    except ValueError:
-        host, _, port = setting.rpartition(":")
-        return host.strip("[]"), int(port)
 
 
 class UpstreamError(Exception):

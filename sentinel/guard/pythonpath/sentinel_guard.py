@@ -52,6 +52,7 @@ _getpid = os.getpid
 _urandom = os.urandom
 _stat = os.stat
 _fstat = os.fstat
+_open_fd, _close_fd, _O_RDONLY = os.open, os.close, os.O_RDONLY
 _environ_get = os.environ.get
 _EACCES = 13
 _PROTO_BY_TYPE = {1: "tcp", 2: "udp"}  # SOCK_STREAM, SOCK_DGRAM
@@ -67,6 +68,9 @@ _RELOAD_EVERY = 0.5
 _TICK = 0.05
 _STDLIB = os.path.dirname(os.__file__)
 _HERE = __file__
+
+_tuple_slice = tuple.__getitem__
+_ALL = slice(None)
 
 _BOOTED = []  # public-module flag: boot() runs once per interpreter
 
@@ -132,10 +136,11 @@ def deny_all(reason, stream=None):
                 family = -1
             if family in local:
                 return
-            host = args[1][0] if isinstance(args[1], tuple) and args[1] else None
+            address = _items(args[1])
+            host = address[0] if isinstance(address, tuple) and address else None
         else:
             host = args[0]
-        if _is_local_host(host):
+        if _is_local_host(_exact(host)):
             return
         raise SecurityError(_EACCES, f"sentinel guard (deny-all): {reason}")
 
@@ -217,6 +222,39 @@ def _port(value):
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return None  # None or a service name: the connect check sees the number
+
+
+def _exact(value):
+    """An exact str, bytes or int for a subclass of one (anything else as it is): what CPython's
+    C code reads from it. A subclass's own __eq__, __hash__, __str__ or methods must never steer
+    a decision or match a remembered one (e.g. a str claiming to equal an allowed address)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bytes or value is None:
+        return value
+    if issubclass(kind, str):
+        return "".join((value,))
+    if issubclass(kind, bytes):
+        return b"".join((value,))
+    if issubclass(kind, int):
+        return int.__index__(value)
+    return value
+
+
+def _items(address):
+    """A tuple subclass's real items as an exact tuple (what CPython's C code parses; its own
+    __getitem__, __iter__ or __len__ could claim an allowed address); anything else as it is."""
+    if type(address) is not tuple and isinstance(address, tuple):
+        return _tuple_slice(address, _ALL)
+    return address
+
+
+def _plain(values):
+    """True when every value is an exact str, bytes, int or None (safe as part of a set key)."""
+    for value in values:
+        kind = type(value)
+        if not (kind is str or kind is int or kind is bytes or value is None):
+            return False
+    return True
 
 
 def _proto(sock_type, number=0):
@@ -385,7 +423,7 @@ def _install(mode_env, origin):
     tamper, own = _tamper_check(counts, violation)
     handlers.update(raw)
     handlers.update(tamper)
-    hook = _dispatch(handlers)
+    hook = _dispatch(handlers, st)
     _protect(st, own, [hook, *handlers.values(), precheck, denial, decide, violation, remember])
     snapshot = _snapshot(st, counts, origin, mode)
     sys.addaudithook(hook)
@@ -401,6 +439,7 @@ def _new_state():
     """The guard's mutable state, its counters and the report queue."""
     st = {  # all mutable state lives here, reachable only through the hook's closure
         "rules": None,
+        "allowed": frozenset(),  # rules["allowed"] of the rules in force (the hook reads it)
         "fail_reason": None,
         "key": None,
         "generation": 0,
@@ -441,6 +480,7 @@ def _loader(cfg, st, counts):
             else:
                 counts["reload_rejected"] += 1  # keep the last good allowlist
             return
+        st["allowed"] = rules["allowed"]  # before the rules: never the old set with new rules
         st["rules"] = rules
         st["generation"] = rules["generation"]
         st["fail_reason"] = None
@@ -539,6 +579,7 @@ def _decider(st, try_load, hostname):
         return None
 
     def decide(kind, host, port, proto):
+        host, port = _exact(host), _exact(port)  # never a subclass's own __eq__/__str__
         reason = decide_once(kind, host, port, proto)
         if reason is not None and refresh():
             reason = decide_once(kind, host, port, proto)
@@ -578,48 +619,39 @@ def _address_checks(st, counts, decide, violation):
     """Handlers for connect/sendto/sendmsg and the name and reverse lookups."""
 
     def on_address(event, args):
-        sock, address = args
+        sock, address = args[0], _items(args[1])
         if address is None:  # sendmsg on a connected socket: its connect was checked
             return
         family = _sock_family(sock)
         if family in _LOCAL_FAMILIES:
             return
         sock_type = _sock_type(sock)
-        rules = st["rules"]
-        if rules is not None:  # fast path: this exact address was allowed before
-            try:
-                if (address, sock_type) in rules["allowed"]:
-                    return
-            except TypeError:
-                pass
+        rules = st["rules"]  # the hook's fast path already looked in rules["allowed"]
         counts["checks"] += 1  # decisions made (fast-path hits are not counted)
         proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
         if family not in (_AF_INET, _AF_INET6):
             return violation(event, None, None, None, proto, f"address family {family} leaves")
         if not isinstance(address, tuple) or len(address) < 2:
             return  # CPython rejects it before any packet (the event fires after parsing)
-        host, port = address[0], address[1]
+        host, port = _exact(address[0]), _exact(address[1])
         reason = decide("addr", host, port, proto)
         if reason is None:
-            remember(rules, (address, sock_type))
+            if type(address) is tuple and _plain(address):
+                remember(rules, (address, sock_type, family))  # the key the hook looks up
         else:
             packed = _packed(host)
             ip = _ip_text(packed) if packed is not None else None
             violation(event, host, ip, port, proto, reason)
 
     def on_getaddrinfo(event, args):
-        rules = st["rules"]
-        if rules is not None:  # fast path: the same call was allowed before
-            try:
-                if args in rules["allowed"]:
-                    return
-            except TypeError:
-                pass
+        rules = st["rules"]  # the hook's fast path already looked in rules["allowed"]
+        plain = _plain(args[:2])  # only exact values are remembered (the rest: C ints)
         counts["checks"] += 1
-        host, port = args[0], _port(args[1])
+        host, port = _exact(args[0]), _port(_exact(args[1]))
         reason = decide("name", host, port, _proto(args[3] or 0, args[4] or 0))
         if reason is None:
-            remember(rules, args)
+            if plain:
+                remember(rules, args)
         else:
             violation(event, host, None, port, "dns", reason)
 
@@ -643,7 +675,7 @@ def _address_checks(st, counts, decide, violation):
 
     def on_reverse(event, args):
         counts["checks"] += 1
-        target = args[0]
+        target = _items(args[0])
         host = target[0] if isinstance(target, tuple) and target else target
         reason = decide("reverse", host, None, "any")
         if reason is not None:
@@ -682,13 +714,14 @@ def _socket_checks(st, enforce, decide, violation, handlers):
 
     def precheck(sock, address):
         """Python-level check before CPython resolves a *name* inside connect()/sendto()."""
+        address = _items(address)
         if not isinstance(address, tuple) or len(address) < 2:
             return
-        host = address[0]
+        host = _exact(address[0])
         if not isinstance(host, (str, bytes)):  # noqa: UP038
             return
         if _packed(host) is not None:  # checked by the audit hook, after parsing, before sending
-            if len(literals) < _CACHE_MAX:
+            if len(literals) < _CACHE_MAX and type(address[0]) is str:
                 literals.add(host)
             return
         try:
@@ -723,11 +756,46 @@ def _tamper_check(counts, violation):
     }, own
 
 
-def _dispatch(handlers):
-    """The audit hook: one dict lookup per event, then its handler."""
+def _dispatch(handlers, st):
+    """The audit hook. String comparisons serve the hot path without hashing the event name (a
+    new string at every call): a connect/sendto to an address allowed before for the same
+    socket family and type returns at once, and so does socket creation once socket.py is
+    patched; a getaddrinfo allowed before returns at once too. Every other event: one dict
+    lookup, then its handler."""
     lookup = handlers.get
+    on_address = handlers["socket.connect"]
+    on_getaddrinfo = handlers["socket.getaddrinfo"]
 
     def hook(event, args):
+        if event == "socket.__new__":
+            if st["patched"]:
+                return  # nothing to check at creation any more (AF_PACKET: at bind and sendto)
+        elif event == "socket.connect" or event == "socket.sendto":
+            address = args[1]
+            try:  # exact types only: a subclass's __eq__/__hash__ must not match a key
+                if (
+                    type(address) is tuple
+                    and type(address[0]) is str
+                    and type(address[1]) is int
+                    and (address, _sock_type(args[0]), _sock_family(args[0])) in st["allowed"]
+                ):
+                    return
+            except (IndexError, TypeError):  # a short or unhashable address: the handler decides
+                pass
+            return on_address(event, args)
+        elif event == "socket.getaddrinfo":
+            host, port = args[0], args[1]  # family, type, proto, flags: ints made by C
+            host_kind, port_kind = type(host), type(port)
+            try:  # the same call allowed before (exact host and port types only)
+                if (
+                    (host_kind is str or host_kind is bytes or host is None)
+                    and (port_kind is int or port_kind is str or port_kind is None)
+                    and args in st["allowed"]
+                ):
+                    return
+            except TypeError:
+                pass
+            return on_getaddrinfo(event, args)
         handler = lookup(event)
         if handler is not None:
             handler(event, args)
@@ -824,14 +892,17 @@ def _stat_key(path):
 def _load(cfg, generation):
     if not cfg["policy"]:
         raise _LoadError("SENTINEL_POLICY is not set")
-    try:
-        with open(cfg["policy"], "rb") as f:  # readable, as before; hashed below only if needed
-            policy_stat = _fstat(f.fileno())
+    try:  # readable, as before; hashed below only if needed (no file object: cheaper at start)
+        fd = _open_fd(cfg["policy"], _O_RDONLY)
+        try:
+            policy_stat = _fstat(fd)
+        finally:
+            _close_fd(fd)
     except OSError as exc:
         raise _LoadError(f"cannot read policy {cfg['policy']}: {exc.strerror or exc}") from None
     try:
-        with open(cfg["allowlist"], encoding="utf-8") as f:
-            doc = _json_loads(f.read())
+        with open(cfg["allowlist"], "rb") as f:  # no text wrapper: decoded below, at once
+            doc = _json_loads(f.read().decode("utf-8"))
     except OSError as exc:
         raise _LoadError(
             f"cannot read allowlist {cfg['allowlist']}: {exc.strerror or exc}"
@@ -916,7 +987,7 @@ def _patch_socket_module(precheck, literals):
     # The fast path is inlined (no extra call): a known literal host goes straight to C.
     def connect(self, address):
         try:
-            skip = address[0] in literals
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001 - not a (host, port) tuple: CPython handles it
             skip = True
         if not skip:
@@ -925,7 +996,7 @@ def _patch_socket_module(precheck, literals):
 
     def connect_ex(self, address):
         try:
-            skip = address[0] in literals
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
@@ -934,7 +1005,8 @@ def _patch_socket_module(precheck, literals):
 
     def sendto(self, *args):
         try:
-            skip = args[-1][0] in literals
+            address = args[-1]
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
@@ -943,7 +1015,8 @@ def _patch_socket_module(precheck, literals):
 
     def sendmsg(self, *args):
         try:
-            skip = args[3][0] in literals
+            address = args[3]
+            skip = type(address) is tuple and type(address[0]) is str and address[0] in literals
         except Exception:  # noqa: BLE001
             skip = True
         if not skip:
@@ -976,7 +1049,9 @@ class _Reporter:
         _thread.start_new_thread(self._loop, (self.run_id,))
 
     def _loop(self, run_id):
-        next_reload = next_beat = _monotonic()
+        # boot has just loaded the allowlist, and a process that ends within a tick needs no
+        # "running" beat before its "exit" one: the first reload check and beat wait a tick
+        next_reload = next_beat = _monotonic() + _TICK
         while run_id == self.run_id:
             try:
                 now = _monotonic()

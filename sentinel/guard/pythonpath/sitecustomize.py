@@ -15,16 +15,26 @@ def _deny_all_inline(reason):
         pass
 
     local = (1, 16)  # AF_UNIX, AF_NETLINK
+    import _socket
+
+    family = _socket.socket.family.__get__  # the C getter: a subclass's `family` cannot lie
 
     def hook(event, args):
         if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
-            if args[1] is None or args[0].family in local:
+            if args[1] is None or family(args[0]) in local:
                 return
-            host = args[1][0] if isinstance(args[1], tuple) and args[1] else ""
+            address = args[1]
+            if isinstance(address, tuple):  # its real items, not a subclass's __getitem__
+                address = tuple.__getitem__(address, slice(None))
+            host = address[0] if isinstance(address, tuple) and address else ""
         elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"):
             host = args[0]
         else:
             return
+        if issubclass(type(host), str):  # an exact copy: a subclass's __eq__/__str__ cannot lie
+            host = "".join((host,))
+        elif issubclass(type(host), bytes):
+            host = b"".join((host,))
         if host in (None, "", "localhost", "::1") or str(host).startswith("127."):
             return
         raise SecurityError(13, f"sentinel guard (deny-all): {reason}")

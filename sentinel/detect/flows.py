@@ -1,0 +1,95 @@
+"""Attempts, not packets: the NFLOG monitor's folding. Pure.
+
+A packet of a flow already seen within `window` seconds (SYN retransmits, repeated UDP datagrams,
+pings of one `ping` run) adds to that flow's packet count instead of making a new event. The
+event is emitted at the first packet (so alerts are immediate); when the flow goes quiet and it
+had more than one packet, an update with the same id and the final count follows. The expiry is
+`sentinel.folding.OpenItems`, shared with the resolver's folding of refusals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sentinel.detect.packets import Flow
+from sentinel.folding import OpenItems
+from sentinel.store.events import Event
+
+CANARY_PREFIX = "canary-"  # verdict prefix for the sentinel's own canary probes (by mark)
+PREFIX_VERDICT = {"sentinel:deny": "blocked", "sentinel:audit": "audited"}
+
+
+def flow_event(flow: Flow, verdict: str, now: float) -> Event:
+    detail: dict[str, Any] = {}
+    if flow.icmp_type is not None:
+        detail["arp_op" if flow.link == "arp" else "icmp_type"] = flow.icmp_type
+    if flow.link:
+        detail["link_layer"] = flow.link  # logged by the netdev egress table
+    if flow.groups:
+        detail["records"], detail["groups"] = flow.groups[0], list(flow.groups[1])
+    canary = verdict.startswith(CANARY_PREFIX)  # our own probe: recorded, never an attempt
+    return Event(
+        layer="canary" if canary else "netfilter",
+        kind="canary_probe" if canary else "egress_attempt",
+        verdict=verdict.removeprefix(CANARY_PREFIX),
+        protocol=flow.protocol,
+        dst_ip=flow.dst_ip,
+        dst_port=flow.dst_port,
+        family=flow.family,
+        src_ip=flow.src_ip,
+        src_port=flow.src_port,
+        detail=detail,
+        ts=now,
+    )
+
+
+@dataclass
+class _Open:
+    event: Event
+    packets: int
+    last: float
+
+
+class Folder:
+    """Folds packets of one flow seen within `window` seconds of each other into one event."""
+
+    def __init__(self, window: float, max_flows: int = 200_000) -> None:
+        self._open: OpenItems[_Open] = OpenItems(window, max_flows)  # keyed by (flow, verdict)
+
+    @property
+    def window(self) -> float:
+        return self._open.window
+
+    @property
+    def max_flows(self) -> int:
+        return self._open.limit
+
+    def feed(self, flow: Flow, verdict: str, now: float) -> tuple[Event | None, list[Event]]:
+        """(new event or None when folded, updates for flows pushed out by the size cap)."""
+        key = (flow, verdict)
+        current = self._open.fold(key, now)
+        if current is not None:
+            current.packets += 1
+            return None, []
+        event = flow_event(flow, verdict, now)
+        closed = self._open.open(key, _Open(event, 1, now))
+        return event, [u for u in map(self._close, closed) if u is not None]
+
+    def expire(self, now: float, everything: bool = False) -> list[Event]:
+        """Close quiet flows; the updates (count > 1) are returned."""
+        return [u for u in map(self._close, self._open.expire(now, everything)) if u is not None]
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def event_id(self, flow: Flow, verdict: str) -> str | None:
+        """The id of the open event a packet of this flow was folded into."""
+        current = self._open.get((flow, verdict))
+        return current.event.id if current is not None else None
+
+    @staticmethod
+    def _close(current: _Open) -> Event | None:
+        if current.packets == 1:
+            return None
+        return replace(current.event, packets=current.packets, last_ts=current.last)
