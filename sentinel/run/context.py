@@ -56,7 +56,8 @@ class Context:
         line and its stored row carry the same text, and nothing unredacted leaves the bus."""
         if not kinds.known(event.kind):  # sentinel.store.kinds is the one table of kinds
             log.error("unregistered_event_kind", kind=event.kind, layer=event.layer)
-        event = redact_event(event)  # a kernel sighting comes back as it is (no free text)
+        if event.dst_name or event.exe or event.stack or event.detail:
+            event = redact_event(event)  # a kernel sighting has no free text: as it is
         token = _CID.set(event.id)  # `correlation(event.id)` without its generator (hot path)
         shared = _REDACTED.set(event)
         try:
