@@ -14,6 +14,7 @@ from typing import Any
 
 from sentinel.detect.packets import Flow
 from sentinel.folding import OpenItems
+from sentinel.ids import new_id
 from sentinel.store.events import Event
 
 CANARY_PREFIX = "canary-"  # verdict prefix for the sentinel's own canary probes (by mark)
@@ -41,6 +42,7 @@ def flow_event(flow: Flow, verdict: str, now: float) -> Event:
         src_port=flow.src_port,
         detail=detail,
         ts=now,
+        id=new_id(),  # not uuid4: no system call per attempt (sentinel.ids)
     )
 
 

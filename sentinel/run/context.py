@@ -7,19 +7,24 @@ receive events by `context.add_sink(fn)` and report them with `context.emit(even
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sentinel.log import correlation, get_logger
+from sentinel.log import _CID, get_logger, info_redacted
 from sentinel.policy.load import Policy
 from sentinel.resolver.pins import PinManager
 from sentinel.store import kinds
-from sentinel.store.events import Event
+from sentinel.store.events import Event, redact_event
 from sentinel.store.kinds import QUIET_KINDS
 
 log = get_logger("daemon")
+
+# the redacted event `emit` is handing out in this thread/task: a sink given it needs no second
+# redaction (`log_sink` called any other way redacts)
+_REDACTED: contextvars.ContextVar[Event | None] = contextvars.ContextVar("redacted", default=None)
 
 
 class Service(Protocol):
@@ -45,15 +50,25 @@ class Context:
         self.sinks.append(sink)
 
     def emit(self, event: Event) -> None:
-        """Fan an event out to every sink; a failing sink never stops the others."""
+        """Fan an event out to every sink; a failing sink never stops the others.
+
+        The event is redacted once, here, and every sink gets that one redacted event: its log
+        line and its stored row carry the same text, and nothing unredacted leaves the bus."""
         if not kinds.known(event.kind):  # sentinel.store.kinds is the one table of kinds
             log.error("unregistered_event_kind", kind=event.kind, layer=event.layer)
-        with correlation(event.id):
-            for sink in list(self.sinks):
+        if event.dst_name or event.exe or event.stack or event.detail:
+            event = redact_event(event)  # a kernel sighting has no free text: as it is
+        token = _CID.set(event.id)  # `correlation(event.id)` without its generator (hot path)
+        shared = _REDACTED.set(event)
+        try:
+            for sink in tuple(self.sinks):
                 try:
                     sink(event)
                 except Exception:  # noqa: BLE001
                     log.exception("sink_failed", sink=getattr(sink, "__qualname__", str(sink)))
+        finally:
+            _REDACTED.reset(shared)
+            _CID.reset(token)
 
     def run_applied_hooks(self, policy: Policy, pins: dict) -> None:
         for hook in self.applied_hooks:
@@ -64,9 +79,13 @@ class Context:
 
 
 def log_sink(event: Event) -> None:
-    fields = dict(vars(event))  # shallow, the logger only reads it (to_dict deep-copies)
-    fields.pop("id")
-    log.info("event", event_id=event.id, **fields)
+    """The event's JSON log line, from the redacted event `emit` hands every sink (the stored
+    row has the same text); an event that did not come through `emit` is redacted here."""
+    if _REDACTED.get() is not event:
+        event = redact_event(event)
+    fields = dict(vars(event))  # shallow: the line only reads it
+    fields["event_id"] = fields.pop("id")
+    info_redacted("daemon", "event", fields)
 
 
 def quiet_log_sink(event: Event) -> None:
