@@ -356,6 +356,6 @@ def guard_processes(state_dir: str | Path | None = None, max_age: float = 10.0) 
 
 
 def _new_id() -> str:
-    import uuid
+    from sentinel.ids import new_id
 
-    return str(uuid.uuid4())
+    return new_id()

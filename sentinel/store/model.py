@@ -1,38 +1,19 @@
 """The one event schema for every layer (netfilter, dns, guard, tamper, ...).
 
-An event's id is also its correlation id. New ids are time-ordered UUIDs (the version 7
-layout: 48 bits of Unix milliseconds, then 74 random bits), so the store's primary-key index
-grows at its right edge instead of taking a random page for every insert; ids made elsewhere
-(the guard's uuid4) are stored the same way.
+An event's id is also its correlation id: a time-ordered UUID from `sentinel.ids`; ids made
+elsewhere (the guard's uuid4) are stored the same way.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from sentinel.ids import new_id
+
 LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
 VERDICTS = ("blocked", "audited", "info")
-
-_VERSION_7 = 0x7 << 76
-_VARIANT = 0b10 << 62
-_LOW_62 = (1 << 62) - 1
-
-
-def new_id() -> str:
-    """A time-ordered UUID (version 7 layout), its random part from os.urandom."""
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (
-        (time.time_ns() // 1_000_000) << 80
-        | _VERSION_7
-        | (rand >> 62 & 0xFFF) << 64
-        | _VARIANT
-        | (rand & _LOW_62)
-    )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def destination_text(
