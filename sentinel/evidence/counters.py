@@ -34,6 +34,7 @@ def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
         return {"error": exc.message, "present": False}
     nflog = nflog_packets(state)
     return {
+        "read_at": time.time(),
         "present": state.present,
         "sha256": state.sha256() if state.present else None,
         "nflog_packets": nflog,
@@ -106,7 +107,9 @@ def window_counters(
             started = True
             _start(growth, before, applied_at >= window.since, applied)
         growth.feed(s.detail)
-    if window.until >= time.time() - 2 and "nflog_packets" in kernel:
+    # the kernel's reading joins the series when the window ends when it was taken: judged
+    # by the reading's own time, as a report over a big store gets here seconds later
+    if window.until >= kernel.get("read_at", time.time()) - 2 and "nflog_packets" in kernel:
         if not started:
             started = True
             _start(growth, before, applied_at >= window.since, applied)
