@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sentinel.policy import netparse
 from sentinel.policy.netparse import fast_network
 
 CASES = [
@@ -78,3 +79,36 @@ def test_v6_networks(number, prefix):
     for text in (str(net), f"{ipaddress.IPv6Address(number)}/{prefix}", net.exploded):
         fast = fast_network(text)
         assert fast is None or fast == reference(text)
+
+
+def same_object(fast, ref):
+    """What the constructor would have built: type, attributes, address slots, behaviour."""
+    assert type(fast) is type(ref) and vars(fast).keys() == vars(ref).keys()
+    assert fast.network_address._ip == ref.network_address._ip
+    assert getattr(fast.network_address, "_scope_id", None) == getattr(
+        ref.network_address, "_scope_id", None
+    )
+    assert (fast.netmask, fast.prefixlen, hash(fast)) == (ref.netmask, ref.prefixlen, hash(ref))
+    assert fast.broadcast_address == ref.broadcast_address and str(fast) == str(ref)
+    if ref.prefixlen >= ref.max_prefixlen - 1:
+        assert list(fast.hosts()) == list(ref.hosts())
+
+
+def test_the_assembled_network_is_the_constructors():
+    assert netparse._build is netparse._assembled  # this Python's ipaddress passed the check
+    for text in ("198.18.0.0/15", "2001:db8::/32", "0.0.0.0/0", "::/0", "10.0.0.0/31", "::1"):
+        same_object(fast_network(text), ipaddress.ip_network(text))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_v4_assembled(number, prefix):
+    net = ipaddress.IPv4Network((number, prefix), strict=False)
+    same_object(fast_network(str(net)), net)
+
+
+@given(st.integers(0, 2**128 - 1), st.integers(0, 128))
+def test_v6_assembled(number, prefix):
+    net = ipaddress.IPv6Network((number, prefix), strict=False)
+    fast = fast_network(str(net))  # None for an embedded IPv4 form (ipaddress decides)
+    if fast is not None:
+        same_object(fast, net)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 import yaml
@@ -146,3 +147,44 @@ def test_lines_that_cannot_be_read_fall_back_to_the_full_parse(line):
     text = "allow:\n" + "\n".join([good] * 9 + [line]) + "\n"
     assert outcome(load_located, text)[0] == outcome(slow, text)[0]
     assert outcome(slow, text)[0][0] == "error"
+
+
+plain = st.sampled_from([s for s in SCALARS if re.fullmatch(yamlfast._PLAIN, s)])
+gap = st.sampled_from(["", " ", "  "])
+
+
+@st.composite
+def shaped_items(draw):
+    """`{name, cidr, ports[, protocol]}` lines: the shape yamlfast reads with one match."""
+    ports = draw(st.lists(plain, min_size=1, max_size=3))
+    sep = draw(gap) + "," + draw(gap)
+    text = f"name: {draw(plain)}{sep}cidr: {draw(plain)}{sep}ports: [{draw(gap)}"
+    text += (draw(gap) + "," + draw(gap)).join(ports) + draw(gap) + "]"
+    if draw(st.booleans()):
+        text += f"{sep}protocol: {draw(plain)}"
+    return "{" + draw(gap) + text + draw(gap) + "}" + draw(st.sampled_from(["", "  # c"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(shaped_items(), min_size=yamlfast.MIN_RUN, max_size=10))
+def test_the_common_shape_reads_as_the_general_reading_and_libyaml(items):
+    read = yamlfast._reader(yamlsrc._fold_scalar)
+    for line in (f"  - {i}" for i in items):
+        assert yamlfast._SHAPE.fullmatch(line) is not None, line
+        general = yamlfast._ITEM.fullmatch(line)
+        assert general is not None  # the shape is a sub-language of the general item
+        inner = general.group(2)
+        assert caught(read, line) == caught(general_reading, inner)
+    text = "allow:\n" + "".join(f"  - {i}\n" for i in items)
+    assert outcome(load_located, text)[0] == outcome(slow, text)[0]
+
+
+def general_reading(inner):
+    return "  ", yamlfast._mapping(inner, yamlsrc._fold_scalar)
+
+
+def caught(fn, line):
+    try:
+        return fn(line)
+    except yamlfast.Fallback as exc:  # e.g. 2001-13-45: both readings give up on the same token
+        return ("fallback", str(exc))

@@ -22,9 +22,19 @@ def plain_cidr_entry(value: Any, mode: Any) -> Allow | None:
         return None
     if type(ports) is not list or not ports:
         return None
-    if not all(type(p) is int and 1 <= p <= 65535 for p in ports):
-        return None
+    for port in ports:
+        if type(port) is not int or not 0 < port < 65536:
+            return None
     network = fast_network(value.get("cidr"))
     if network is None or safety.cidr_problem(network, mode) != (None, None):
         return None
-    return Allow(name=name, ports=tuple(sorted(set(ports))), protocol=protocol, cidr=network)
+    listed = tuple(ports)
+    unique = _PORTS.get(listed)  # a big allowlist repeats a few port lists
+    if unique is None:
+        unique = tuple(sorted(set(listed)))
+        if len(_PORTS) < 1024:
+            _PORTS[listed] = unique
+    return Allow(name=name, ports=unique, protocol=protocol, cidr=network)
+
+
+_PORTS: dict[tuple[int, ...], tuple[int, ...]] = {}  # as written -> sorted, without repeats

@@ -25,6 +25,13 @@ _PAIR = rf"[A-Za-z_][A-Za-z0-9_]*: +(?:{_VALUE})"
 _ITEM = re.compile(rf"( *)- \{{ *((?:{_PAIR})(?: *, *(?:{_PAIR}))*) *\}}(?: +#[^\n]*)?")
 _PAIRS = re.compile(rf"([A-Za-z_][A-Za-z0-9_]*): +({_VALUE})")
 _ITEMS = re.compile(_SCALAR)
+# The commonest item, `{name: X, cidr: Y, ports: [P, ...][, protocol: Z]}` of plain scalars: a
+# strict sub-language of _ITEM read by one match with its values in groups (no per-pair scan).
+_PLAIN = r"[A-Za-z0-9_][A-Za-z0-9_./-]*"
+_SHAPE = re.compile(
+    rf"( *)- \{{ *name: +({_PLAIN}) *, *cidr: +({_PLAIN}) *, *ports: +\[ *"
+    rf"({_PLAIN}(?: *, *{_PLAIN})*) *\](?: *, *protocol: +({_PLAIN}))? *\}}(?: +#[^\n]*)?"
+)
 MIN_RUN = 8  # shorter runs are not worth a placeholder
 
 Scalar = Callable[[str], Any]  # one token as written (quotes included) -> value, or Fallback
@@ -55,16 +62,17 @@ def fold(text: str, scalar: Scalar) -> Folded | None:
     if token in text:  # a placeholder must not already be in the text (48 random bits)
         return None
     runs: dict[str, Run] = {}
+    read = _reader(scalar)
     i = 0
     while i < len(lines):
-        first = _ITEM.fullmatch(lines[i])
+        first = read(lines[i])
         if first is None:
             i += 1
             continue
-        indent, j = first.group(1), i
+        indent, j = first[0], i
         entries, numbers = [], []
-        while j < len(lines) and (m := _ITEM.fullmatch(lines[j])) and m.group(1) == indent:
-            entries.append(_mapping(m.group(2), scalar))
+        while j < len(lines) and (item := read(lines[j])) and item[0] == indent:
+            entries.append(item[1])
             numbers.append(j + 1)
             j += 1
         if len(entries) >= MIN_RUN:
@@ -73,6 +81,26 @@ def fold(text: str, scalar: Scalar) -> Folded | None:
             lines[i:j] = [f"{indent}- {name}"] + [""] * (j - i - 1)
         i = j
     return Folded("\n".join(lines), runs) if runs else None
+
+
+def _reader(scalar: Scalar) -> Callable[[str], tuple[str, dict[str, Any]] | None]:
+    """line -> (indent, mapping) for a one-line item, else None (the _SHAPE match first)."""
+    name, cidr, ports, protocol = (scalar(k) for k in ("name", "cidr", "ports", "protocol"))
+    shape, item = _SHAPE.fullmatch, _ITEM.fullmatch
+
+    def read(line: str) -> tuple[str, dict[str, Any]] | None:
+        m = shape(line)
+        if m is not None:
+            indent, n, c, p, proto = m.groups()
+            listed = p.replace(" ", "").split(",")  # plain scalars hold no space or comma
+            out = {name: scalar(n), cidr: scalar(c), ports: [scalar(v) for v in listed]}
+            if proto is not None:
+                out[protocol] = scalar(proto)
+            return indent, out
+        m = item(line)
+        return None if m is None else (m.group(1), _mapping(m.group(2), scalar))
+
+    return read
 
 
 def _mapping(inner: str, scalar: Scalar) -> dict[str, Any]:
