@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from sentinel.store import events as ev
@@ -288,3 +289,66 @@ def test_wal_checkpoints_run_off_the_writer_and_keep_the_wal_bounded(tmp_path):
     assert auto == checkpoint.SAFETY_PAGES  # the writer's own checkpoint is only a safety net
     assert done >= 2, f"{done} checkpoints in {rounds} batches"
     assert biggest < checkpoint.SAFETY_PAGES * 4096
+
+
+def _gated_writes(monkeypatch, gate: threading.Event | None = None, pause: float = 0.0):
+    """The writer's batches go through, each after `pause` s or once `gate` opens."""
+    from sentinel.store import writer
+
+    real = writer.write_events
+
+    def slow(*args, **kwargs):
+        if gate is not None:
+            gate.wait(30)
+        time.sleep(pause)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "write_events", slow)
+
+
+def test_kernel_sightings_wait_for_room_other_producers_shed(tmp_path, monkeypatch):
+    # a slow writer and a small queue: the monitor's events wait (the kernel's socket buffer
+    # holds the rest of a burst), a DNS answer's event never makes its thread wait
+    _gated_writes(monkeypatch, pause=0.02)
+    store = EventStore(tmp_path / "e.db", maxsize=20, batch=10).start()
+    sightings = [Event(layer="netfilter", kind="egress_attempt", dst_port=i) for i in range(200)]
+    assert all(store.put(e) for e in sightings)
+    dns = [
+        store.put(Event(layer="dns", kind="dns_refused", dst_name=f"n{i}.test")) for i in range(50)
+    ]
+    assert store.flush(timeout=60)
+    stats = store.stats()
+    store.stop()
+    assert not all(dns) and stats["shed"] == dns.count(False)
+    conn = ev.connect(tmp_path / "e.db", readonly=True)
+    stored = {e.id for e in ev.query(conn, 0, time.time() + 1) if e.layer == "netfilter"}
+    assert stored == {e.id for e in sightings}
+
+
+def test_a_stalled_writer_sheds_kernel_sightings_after_one_bounded_wait(tmp_path, monkeypatch):
+    from sentinel.store import writer
+
+    gate = threading.Event()
+    _gated_writes(monkeypatch, gate=gate)
+    store = EventStore(tmp_path / "e.db", maxsize=5, batch=1).start()
+    try:
+        assert store.put(Event(layer="netfilter", kind="egress_attempt", dst_port=0))
+        deadline = time.monotonic() + 30
+        while store._pending and time.monotonic() < deadline:  # the writer took it, and hangs
+            time.sleep(0.01)
+        for i in range(1, 6):  # the queue fills
+            assert store.put(Event(layer="netfilter", kind="egress_attempt", dst_port=i))
+        began = time.monotonic()
+        assert not store.put(Event(layer="netfilter", kind="egress_attempt", dst_port=900))
+        waited = time.monotonic() - began
+        began = time.monotonic()
+        assert not store.put(Event(layer="netfilter", kind="egress_attempt", dst_port=901))
+        again = time.monotonic() - began
+        assert waited >= writer.PUT_WAIT * 0.9 and again < writer.PUT_WAIT / 2, (waited, again)
+        assert store.stats()["shed"] == 2
+        gate.set()  # the writer commits again: sightings wait for room again
+        assert store.flush(timeout=30)
+        assert not store._stalled
+    finally:
+        gate.set()
+        store.stop()

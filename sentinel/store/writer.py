@@ -1,4 +1,4 @@
-"""The store's writer: `EventStore.put()` never blocks; one thread commits batches.
+"""The store's writer: `EventStore.put()` does not block; one thread commits batches.
 
 `put()` redacts the event and appends it to a bounded in-memory queue. The writer thread takes
 everything queued (up to `batch`) and commits it in one transaction: under load batches grow
@@ -10,7 +10,12 @@ pruning a large backlog never holds new events up for much longer than one chunk
 Durability bound: an event is committed (in the WAL, surviving the process being killed)
 within `linger` + one batch commit of `put()` returning True, while the writer keeps up.
 `flush()` waits for everything put so far; `stop()` (the daemon's shutdown, SIGTERM) flushes
-and then writes whatever else was queued. A full queue sheds the event: `put()` returns False,
+and then writes whatever else was queued. Kernel sightings (layer `netfilter`) meeting a full
+queue wait up to `PUT_WAIT` for room: the monitor then reads the NFLOG socket later, and the
+kernel's socket buffer behind it (32 MiB) holds the burst, its overflow counted by sequence
+number. Once such a wait runs out, the next ones shed at once until a batch commits again (a
+stalled writer must not stall the monitor). Other producers (DNS answers, the guard receiver)
+never wait. A full queue sheds the event: `put()` returns False,
 and the count is written to the `shed` table with the next batch (report: shed_events; metrics:
 sentinel_events_shed_total). A batch the database refuses is counted the same way. What a
 SIGKILL or a crash takes with it is the queue: the events put since the last commit.
@@ -33,6 +38,8 @@ from sentinel.store.schema import connect, db_path
 from sentinel.store.sessions import close_session, open_session, record, recover
 
 DEFAULT_QUEUE = 50_000
+PUT_WAIT = 1.0  # s a kernel sighting waits for room in a full queue before it is shed
+WAIT_LAYERS = frozenset({"netfilter"})  # producers with the kernel's socket buffer behind them
 DEFAULT_RETENTION = 7 * 86400.0
 BATCH = 5000  # the most events in one transaction
 LINGER = 0.002  # s: after idling, let a burst gather before committing it
@@ -46,7 +53,8 @@ _WRITE_ERRORS = (sqlite3.Error, ValueError, OverflowError, TypeError)
 
 
 class EventStore:
-    """Non-blocking writer: `put()` never waits; a thread commits batches."""
+    """Batching writer: `put()` queues (kernel sightings wait, bounded, for room); a thread
+    commits batches."""
 
     def __init__(
         self,
@@ -74,6 +82,7 @@ class EventStore:
         self._wake = threading.Event()
         self._idle = True  # the writer waits (or is about to): put() must wake it
         self._stopping = False
+        self._stalled = False  # a kernel sighting's wait ran out: shed at once until a commit
         self._prune_size = PRUNE_CHUNK // 10
         self._next_prune = 0.0
         self._settled = 0  # of the events put: committed, or their loss in the shed table
@@ -95,8 +104,9 @@ class EventStore:
         return self
 
     def put(self, event: Event) -> bool:
-        """Queue an event, redacted; False (and counted) when the queue is full. Never blocks."""
-        if len(self._pending) >= self.maxsize:
+        """Queue an event, redacted; False (and counted) when the queue is full (after waiting
+        up to PUT_WAIT for room, for a kernel sighting)."""
+        if len(self._pending) >= self.maxsize and not self._room(event.layer):
             return self._shed_one(event.layer)
         event = redact_event(event)
         with self._lock:
@@ -108,6 +118,20 @@ class EventStore:
         return True
 
     __call__ = put  # usable directly as an emit callback
+
+    def _room(self, layer: str) -> bool:
+        """Wait (bounded) until the queue has room, for producers that have a kernel buffer
+        behind them; False at once for the others, while stalled, or without a writer."""
+        if layer not in WAIT_LAYERS or self._stalled or self._stopping:
+            return False
+        if not (self._started and self._thread.is_alive()):
+            return False
+        self._wake.set()
+        with self._done_changed:
+            room = self._done_changed.wait_for(lambda: len(self._pending) < self.maxsize, PUT_WAIT)
+        if not room:
+            self._stalled = True
+        return room
 
     def _shed_one(self, layer: str) -> bool:
         with self._lock:
@@ -202,6 +226,7 @@ class EventStore:
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
                 self._lost_batch(events, shed, lost, exc)
             else:
+                self._stalled = False
                 with self._lock:
                     self._settled = settled
                     self._counts["written"] += n
