@@ -1,23 +1,21 @@
-"""Event ids: time-ordered UUIDs (the version 7 layout) without a system call per id.
+"""Event ids: random version-4 UUIDs without a system call per id.
 
-An event's id is also its correlation id. The version 7 layout (48 bits of Unix milliseconds,
-then 74 random bits) makes the store's primary-key index grow at its right edge instead of
-taking a random page for every insert. The random bits come from a PRNG seeded from
-`os.urandom` (reseeded in a forked child), not `os.urandom` per id: that system call (~4.6 us)
-lets go of the GIL, and in a flood the monitor's thread then waited for the store's or the log
-writer's thread to hand it back (py-spy of `sentinel run` under 100,000 attempts in 10 s: ~40%
-of the monitor thread's samples, issue 17). An id is a correlation key, never a secret."""
+An event's id is also its correlation id, which alerts and logs carry as a UUIDv4 (the alert
+schema's contract, tests/schemas/). `uuid.uuid4()` reads `os.urandom(16)` for every id: ~4.6 us,
+and the system call lets go of the GIL, so in a flood the monitor's thread then waited for the
+store's or the log writer's thread to hand it back (py-spy of `sentinel run` under 100,000
+attempts in 10 s: ~40% of the monitor thread's samples, issue 17). Ids here come from a PRNG
+seeded from `os.urandom` (reseeded in a forked child): 122 random bits, as unique as uuid4's;
+an id is a correlation key, never a secret."""
 
 from __future__ import annotations
 
 import os
 import random
-import time
 
 _rng = random.Random(os.urandom(32))
-_VERSION_7 = 0x7 << 76
-_VARIANT = 0b10 << 62
-_LOW_62 = (1 << 62) - 1
+_MASK = ((1 << 128) - 1) ^ (0xF000 << 64) ^ (0xC000 << 48)  # version and variant bits cleared
+_BITS = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 
 
 def _reseed() -> None:
@@ -28,14 +26,6 @@ os.register_at_fork(after_in_child=_reseed)  # a child must not repeat its paren
 
 
 def new_id() -> str:
-    """A time-ordered UUID (version 7 layout) as text."""
-    rand = _rng.getrandbits(74)
-    value = (
-        (time.time_ns() // 1_000_000) << 80
-        | _VERSION_7
-        | (rand >> 62) << 64
-        | _VARIANT
-        | (rand & _LOW_62)
-    )
-    h = f"{value:032x}"
+    """A random UUID (version 4) as text, e.g. '1b4e28ba-2fa1-41d2-883f-0016d3cca427'."""
+    h = f"{_rng.getrandbits(128) & _MASK | _BITS:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

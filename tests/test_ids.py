@@ -1,5 +1,5 @@
-"""Hot-path event ids (sentinel.ids): valid time-ordered UUIDs (version 7 layout), distinct, and a forked child does
-not repeat its parent's sequence."""
+"""Hot-path event ids (sentinel.ids): valid random UUIDs (version 4: the correlation id alerts
+carry), distinct, and a forked child does not repeat its parent's sequence."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from sentinel.detect.packets import Flow
 from sentinel.ids import new_id
 
 
-def test_ids_are_distinct_version_7_uuids():
+def test_ids_are_distinct_version_4_uuids():
     ids = [new_id() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
     for text in ids[:500]:
         u = uuid.UUID(text)
-        assert u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == text
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == text
 
 
 def test_a_forked_child_draws_other_ids_than_its_parent():
@@ -36,4 +36,4 @@ def test_a_forked_child_draws_other_ids_than_its_parent():
 def test_kernel_sightings_get_such_ids():
     flow = Flow(family=4, protocol="udp", src_ip="198.18.0.10", dst_ip="198.18.5.5", dst_port=9)
     event = flow_event(flow, "blocked", 0.0)
-    assert uuid.UUID(event.id).version == 7
+    assert uuid.UUID(event.id).version == 4

@@ -1,6 +1,6 @@
 """The one event schema for every layer (netfilter, dns, guard, tamper, ...).
 
-An event's id is also its correlation id: a time-ordered UUID from `sentinel.ids`; ids made
+An event's id is also its correlation id: a random UUIDv4 from `sentinel.ids`; ids made
 elsewhere (the guard's uuid4) are stored the same way.
 """
 
