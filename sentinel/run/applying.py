@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sentinel.enforce import netfilter
+from sentinel.enforce.netfilter import NOT_HELD
 from sentinel.enforce.render import Link, Ruleset, held_after_pin_change, render_rules
 from sentinel.errors import SentinelError
 from sentinel.policy.decide import prepare_ruleset
 from sentinel.policy.load import Policy
 from sentinel.store.state import record_applied, state_dir
-
-NOT_HELD = "applied, but the kernel does not hold the expected ruleset"
 
 
 def write_guard_allowlist(policy: Policy, pins: dict) -> None:
