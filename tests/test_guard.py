@@ -117,11 +117,23 @@ def run_child(
     name: str = "child.py",
 ) -> subprocess.CompletedProcess:
     """Run CHILD_PRELUDE + body in a private network namespace; the script prints RESULTS."""
+    argv = child_argv(tmp_path, body, python, name)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def child_argv(tmp_path: Path, body: str, python: str = PYTHON, name: str = "child.py") -> list:
+    """The command that runs CHILD_PRELUDE + body in a private network namespace (lo up)."""
     script = tmp_path / name
     script.write_text(CHILD_PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(RESULTS))\n")
     cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    return subprocess.run(
-        [*cmd, python, str(script)], env=env, capture_output=True, text=True, timeout=timeout
+    return [*cmd, python, str(script)]
+
+
+def spawn_child(tmp_path: Path, body: str, env: dict[str, str]) -> subprocess.Popen:
+    """The same child, started: its lines read as they come (a "ready" first, say)."""
+    argv = child_argv(tmp_path, body)
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -476,13 +488,7 @@ def test_absent_receiver_never_blocks_and_drops_are_counted(tmp_path, state_dir)
     RESULTS["last"] = outcome(lambda: socket.getaddrinfo("after.example", 443))
     RESULTS["counters"] = status()["counters"]
     """
-    script = tmp_path / "child.py"
-    script.write_text(CHILD_PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(RESULTS))\n")
-    cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    proc = subprocess.Popen(
-        [*cmd, PYTHON, str(script)], env=guard_env(state_dir, policy_path),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn_child(tmp_path, body, guard_env(state_dir, policy_path))
     collector = Collector()
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -624,13 +630,7 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
     RESULTS["old"] = outcome(lambda: connect("198.18.0.2", 8080))
     RESULTS["generation"] = status()["generation"]
     """
-    script = tmp_path / "child.py"
-    script.write_text(CHILD_PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(RESULTS))\n")
-    cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    proc = subprocess.Popen(
-        [*cmd, PYTHON, str(script)], env=guard_env(state_dir, policy_path),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn_child(tmp_path, body, guard_env(state_dir, policy_path))
     try:
         assert proc.stdout.readline().strip() == "ready"
         moved = {"api.test": [ipaddress.ip_address("198.18.0.77")]}
