@@ -787,3 +787,30 @@ def test_guard_cannot_be_uninstalled_from_python(tmp_path, state_dir, armed):
     seen = collector.wait("egress_attempt", 2)  # the patched-builtins connect, the code swap
     tamper = [e for e in seen if e.protocol == "tamper"]
     assert tamper and "__code__" in tamper[0].detail["reason"], seen
+
+
+def test_sendmsg_packet_sockets_and_local_families_as_docs_guard_says(tmp_path, state_dir, armed):
+    """docs/guard.md's table: `sendmsg` is checked like `sendto`; an AF_PACKET socket is refused
+    when it is bound or sends; AF_NETLINK is local and the machine's own hostname is allowed."""
+    needs_root()
+    policy_path, collector, _ = armed
+    body = """
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    RESULTS["sendmsg"] = outcome(lambda: udp.sendmsg([b"x"], [], 0, ("198.18.5.5", 53)))
+    RESULTS["sendmsg_allowed"] = outcome(lambda: udp.sendmsg([b"x"], [], 0, ("198.18.9.9", 9100)))
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)  # made: refused when it is used
+    RESULTS["packet_bind"] = outcome(lambda: raw.bind(("lo", 0)))
+    RESULTS["packet_sendto"] = outcome(lambda: raw.sendto(b"x" * 14, ("lo", 0)))
+    RESULTS["netlink"] = outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close())
+    RESULTS["hostname"] = outcome(lambda: socket.getaddrinfo(socket.gethostname(), 80))
+    """
+    out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
+    for case in ("sendmsg", "packet_bind", "packet_sendto"):
+        assert out[case].startswith("security:[Errno 13] sentinel guard:"), (case, out[case])
+    assert "198.18.5.5 port 53/udp" in out["sendmsg"], out["sendmsg"]
+    assert "unreachable" in out["sendmsg_allowed"].lower(), out  # checked, allowed, no route
+    assert out["netlink"] == "ok:None", out
+    assert "security" not in out["hostname"], out
+    events = collector.wait("egress_attempt", 3)
+    seen = sorted((e.protocol, e.detail["event"]) for e in events)
+    assert seen == [("other", "socket.sendto"), ("raw", "socket.bind"), ("udp", "socket.sendmsg")]
