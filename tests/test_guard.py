@@ -814,3 +814,25 @@ def test_sendmsg_packet_sockets_and_local_families_as_docs_guard_says(tmp_path, 
     events = collector.wait("egress_attempt", 3)
     seen = sorted((e.protocol, e.detail["event"]) for e in events)
     assert seen == [("other", "socket.sendto"), ("raw", "socket.bind"), ("udp", "socket.sendmsg")]
+
+
+def test_a_callback_that_raises_is_counted_and_the_receiver_goes_on(state_dir):
+    """docs/guard.md: anything the callback raises is counted (`callback_errors`), never fatal."""
+    seen: list = []
+
+    def flaky(event) -> None:  # noqa: ANN001
+        seen.append(event)
+        if len(seen) == 1:
+            raise RuntimeError("the sink broke")
+
+    with GuardReceiver(state_dir, flaky) as receiver:
+        tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for i in range(2):
+            report = {"v": 1, "type": "egress_attempt", "pid": os.getpid(), "exe": "x",
+                      "host": f"a{i}.b", "port": 1, "protocol": "dns", "id": f"c0ffee{i}"}  # fmt: skip
+            tx.sendto(json.dumps(report).encode(), str(receiver.path))
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [e.dst_name for e in seen] == ["a0.b", "a1.b"]  # the second after the raise
+        assert receiver.callback_errors == 1
