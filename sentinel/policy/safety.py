@@ -20,9 +20,7 @@ wide networks, and a DNS upstream that is on none of this network namespace's ne
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
-import subprocess
 from typing import Any
 
 MIN_INTERVAL = 1.0  # seconds
@@ -103,7 +101,11 @@ def upstream_warning(address: str, networks: list[Any] | None = None) -> str | N
         ip = ipaddress.ip_address(address)
     except ValueError:
         return None
-    nets = local_networks() if networks is None else networks
+    if networks is None:
+        from sentinel.enforce.netdev import local_networks
+
+        networks = local_networks()
+    nets = networks
     if not nets or any(ip.version == n.version and ip in n for n in nets):
         return None
     shown = ", ".join(str(n) for n in nets if not n.is_loopback)[:200] or "loopback only"
@@ -111,27 +113,6 @@ def upstream_warning(address: str, networks: list[Any] | None = None) -> str | N
         f"DNS upstream {address} is on none of this network namespace's networks ({shown}): "
         "its queries leave through a gateway"
     )
-
-
-def local_networks() -> list[Any]:
-    """The networks of this namespace's interfaces (`ip -j addr`); [] when unknown."""
-    try:
-        out = subprocess.run(
-            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout
-        links = json.loads(out)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
-    nets = []
-    for link in links:
-        for info in link.get("addr_info", []):
-            try:
-                nets.append(
-                    ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)
-                )
-            except (KeyError, ValueError):
-                pass
-    return nets
 
 
 def run_warnings(policy: Any, upstream_address: str) -> list[str]:
