@@ -1,23 +1,25 @@
-"""sentinel's in-process guard. Runs inside the *application's* interpreter.
+# sentinel's in-process guard. Runs inside the *application's* interpreter.
+#
+# Standard library only (the app's virtualenv has none of sentinel's dependencies), and cheap at
+# start-up: nothing is imported that Python has not loaded already (no `socket`, `_socket`,
+# `json`, `threading`), the allowlist is read with `marshal`; `_socket` and `_json` are used only
+# once the app itself uses sockets or a report is sent.
+#
+# `boot()` (called by sitecustomize.py or the .pth loader) installs a `sys.addaudithook` hook that
+# checks every name resolution and every connect/sendto/sendmsg against the allowlist the
+# sentinel compiled to `$SENTINEL_STATE_DIR/guard/allowlist.marshal`, raises `SecurityError` for
+# anything else (enforce mode) and reports each attempt over a unix datagram socket without
+# ever blocking the app. See docs/guard.md for the contract and the limits.
+#
+# Hardening: the hook and everything it calls run from a private copy of this module (its own
+# globals and a snapshot of builtins), so rebinding this module's attributes, builtins or
+# `socket` functions does not change what the hook does; audit hooks cannot be removed. What the
+# hook takes from `_socket` it takes from C objects only: a socket's family and type through the
+# getters of the C type under the socket's class, `inet_pton`/`inet_ntop` only as C functions.
 
-Standard library only (the app's virtualenv has none of sentinel's dependencies), and cheap at
-start-up: no `re`, `json`, `threading`, `hashlib` or `socket` imports; the C modules `_json`,
-`_socket`, `_sha256`/`_sha2` and `_thread` do the work.
-
-`boot()` (called by sitecustomize.py or the .pth loader) installs a `sys.addaudithook` hook that
-checks every name resolution and every connect/sendto/sendmsg against the allowlist the
-sentinel compiled to `$SENTINEL_STATE_DIR/guard/allowlist.json`, raises `SecurityError` for
-anything else (enforce mode) and reports each attempt over a unix datagram socket without
-ever blocking the app. See docs/guard.md for the contract and the limits.
-
-Hardening: the hook and everything it calls run from a private copy of this module (its own
-globals and a snapshot of builtins), so rebinding this module's attributes, builtins or
-`socket` functions does not change what the hook does; audit hooks cannot be removed.
-"""
-
-import _socket
 import _thread
 import builtins
+import marshal
 import os
 import sys
 import time
@@ -32,18 +34,25 @@ if "SecurityError" not in globals():  # the private copy reuses the public class
 
 
 # --- constants and bound C functions (in the private copy these cannot be rebound by the app) --
-_AF_INET = _socket.AF_INET
-_AF_INET6 = _socket.AF_INET6
-_AF_UNIX = getattr(_socket, "AF_UNIX", 1)
-_LOCAL_FAMILIES = frozenset(
-    getattr(_socket, n) for n in ("AF_UNIX", "AF_NETLINK", "AF_ALG") if hasattr(_socket, n)
-)
-_AF_PACKET = getattr(_socket, "AF_PACKET", -1)
-_inet_pton = _socket.inet_pton
-_inet_ntop = _socket.inet_ntop
-_sock_family = _socket.socket.family.__get__
-_sock_type = _socket.socket.type.__get__
-_new_dgram = _socket.socket
+if sys.platform.startswith("linux"):  # Linux's values: no _socket import at start-up
+    _AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK, _AF_PACKET, _AF_ALG = 1, 2, 10, 16, 17, 38
+else:  # elsewhere (the pytest plugin on a laptop) ask _socket
+    import _socket
+
+    _AF_UNIX, _AF_INET, _AF_INET6 = _socket.AF_UNIX, _socket.AF_INET, _socket.AF_INET6
+    _AF_NETLINK = _AF_ALG = -2
+    _AF_PACKET = getattr(_socket, "AF_PACKET", -1)
+_LOCAL_FAMILIES = frozenset((_AF_UNIX, _AF_NETLINK, _AF_ALG))
+_TYPE_DICT = type.__dict__["__dict__"].__get__  # a type's own namespace (never a metaclass's)
+_TYPE_GETATTR = type.__getattribute__
+_TYPE_BASE = type.__dict__["__base__"].__get__
+_TYPE_FLAGS = type.__dict__["__flags__"].__get__
+_C_FIELDS = (type(type.__dict__["__dict__"]), type(type.__dict__["__base__"]))  # getset, member
+_C_FUNCTION = type(len)
+_MODULE = type(sys)
+_BORN_IN_C = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE (3.10+: every C type; no class statement)
+_HEAPTYPE = 1 << 9  # a type without it is a static C type (3.8, 3.9)
+_ADDR_FNS = []  # [inet_pton, inet_ntop] of _socket, taken (and checked) at first use
 _monotonic = time.monotonic
 _time = time.time
 _sleep = time.sleep
@@ -52,8 +61,10 @@ _getpid = os.getpid
 _urandom = os.urandom
 _stat = os.stat
 _fstat = os.fstat
+_uname = os.uname
 _open_fd, _close_fd, _O_RDONLY = os.open, os.close, os.O_RDONLY
 _environ_get = os.environ.get
+_marshal_loads = marshal.loads
 _EACCES = 13
 _PROTO_BY_TYPE = {1: "tcp", 2: "udp"}  # SOCK_STREAM, SOCK_DGRAM
 _PROTO_BY_NUMBER = {6: "tcp", 17: "udp"}
@@ -61,7 +72,8 @@ _LOCAL_NAMES = frozenset(
     ("", "localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 )
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
-_FORMATS = ("sentinel-guard-allowlist/1", "sentinel-guard-allowlist/2")
+_FORMAT = "sentinel-guard-allowlist/3"
+_MARSHAL_MAGIC = b"sentinel-guard-allowlist/3\n"  # then marshal (version 4) of the document
 _QUEUE_MAX = 256
 _CACHE_MAX = 4096
 _RELOAD_EVERY = 0.5
@@ -77,7 +89,7 @@ _BOOTED = []  # public-module flag: boot() runs once per interpreter
 
 # --- public entry points (run in the public module) -----------------------------------------
 def boot(origin="sitecustomize"):
-    """Install the guard once; any failure installs a deny-all hook instead (never fails open)."""
+    # Install the guard once; any failure installs a deny-all hook instead (never fails open).
     if _BOOTED:
         return
     _BOOTED.append(origin)
@@ -92,7 +104,7 @@ def boot(origin="sitecustomize"):
 
 
 def status():
-    """What the guard in this interpreter is doing (read-only snapshot, for diagnostics)."""
+    # What the guard in this interpreter is doing (read-only snapshot, for diagnostics).
     return dict(_STATUS[0]()) if _STATUS else {"installed": False, "booted": list(_BOOTED)}
 
 
@@ -101,7 +113,7 @@ if "_STATUS" not in globals():  # shared with the private copy: status() reads i
 
 
 def _private_copy():
-    """Execute this module's code again into a private namespace with a builtins snapshot."""
+    # Execute this module's code again into a private namespace with a builtins snapshot.
     ns = {
         "__builtins__": dict(builtins.__dict__),
         "__name__": "sentinel_guard.<private>",
@@ -114,7 +126,7 @@ def _private_copy():
 
 
 def deny_all(reason, stream=None):
-    """The fallback when the guard cannot run: every non-local network call raises."""
+    # The fallback when the guard cannot run: every non-local network call raises.
     local = _LOCAL_FAMILIES
 
     def hook(event, args):
@@ -131,7 +143,7 @@ def deny_all(reason, stream=None):
             if args[1] is None:
                 return
             try:
-                family = _sock_family(args[0])
+                family = _kind(args[0])[0]
             except Exception:  # noqa: BLE001
                 family = -1
             if family in local:
@@ -156,9 +168,91 @@ def _say(line, stream=None):
         pass
 
 
-# --- address and name helpers ---------------------------------------------------------------
+# --- sockets and addresses, read through C code only ------------------------------------------
+def _unarmed(sock):
+    raise TypeError("the socket getters are taken at the first socket event")
+
+
+_GS = [_unarmed, _unarmed]  # the C type's family and type getters, once a socket is seen
+
+
+def _c_socket_type(kind):
+    # The C type under the class `kind` that defines the socket getters, else None. Walks the
+    # real base chain (tp_base, not a metaclass's `__mro__`) and accepts only a type made by C
+    # code (no class statement can make one), so a subclass's `family` property cannot lie.
+    for _ in range(64):
+        if kind is None or kind is object:
+            return None
+        flags = _TYPE_FLAGS(kind)
+        if flags & _BORN_IN_C or not flags & _HEAPTYPE:
+            ns = _type_ns(kind)
+            if type(ns.get("family")) in _C_FIELDS and type(ns.get("type")) in _C_FIELDS:
+                return kind
+        kind = _TYPE_BASE(kind)
+    return None
+
+
+def _type_ns(kind):
+    # A C type's own namespace; a static type Python has not used yet gets it made first.
+    ns = _TYPE_DICT(kind)
+    if ns is None:  # not "ready" yet: any attribute lookup on the type readies it
+        _TYPE_GETATTR(kind, "__name__")
+        ns = _TYPE_DICT(kind)
+    return ns
+
+
+def _kind(sock):
+    # (family, type) of a socket by the C getters; taken from the socket's own C type the first
+    # time (or again for a socket of a second `_socket` instance, Python 3.12+).
+    gs = _GS
+    try:
+        return gs[0](sock), gs[1](sock)
+    except TypeError:
+        pass
+    base = _c_socket_type(type(sock))
+    if base is None:
+        raise TypeError(f"not a socket: {type(sock).__name__}")
+    ns = _type_ns(base)
+    gs[:] = ns["family"].__get__, ns["type"].__get__
+    return gs[0](sock), gs[1](sock)
+
+
+def _addr_fns():
+    # [inet_pton, inet_ntop] of `_socket`, accepted only as C functions bound to a module (the
+    # app may have rebound the module's names before the guard first needed them). Without them
+    # [None, None]: IPv4 literals are then read by _pton4 and every other literal is a name
+    # (refused unless allowlisted).
+    if not _ADDR_FNS:
+        fns = [None, None]
+        try:
+            mod = sys.modules.get("_socket") or __import__("_socket")
+            for i, name in enumerate(("inet_pton", "inet_ntop")):
+                fn = getattr(mod, name, None)
+                if type(fn) is _C_FUNCTION and fn.__name__ == name and type(fn.__self__) is _MODULE:
+                    fns[i] = fn
+        except Exception:  # noqa: BLE001 - no _socket at all: the fallback reads IPv4 only
+            pass
+        if fns[0] is None or fns[1] is None:
+            fns = [None, None]
+        _ADDR_FNS[:] = fns
+    return _ADDR_FNS
+
+
+def _pton4(host):
+    # A strict dotted quad (what glibc's inet_pton accepts, never more), else None.
+    parts = host.split(".")
+    if len(parts) != 4:
+        return None
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or part[0] == "0" != part:
+            return None
+        if int(part) > 255:
+            return None
+    return bytes(int(part) for part in parts)
+
+
 def _packed(host):
-    """An IP literal as normalized packed bytes (IPv4-mapped IPv6 -> 4 bytes); None for names."""
+    # An IP literal as normalized packed bytes (IPv4-mapped IPv6 -> 4 bytes); None for names.
     if isinstance(host, bytes):
         try:
             host = host.decode("ascii")
@@ -170,12 +264,15 @@ def _packed(host):
         return b"\x00\x00\x00\x00"  # INADDR_ANY: the kernel connects to this host
     if host == "<broadcast>":
         return b"\xff\xff\xff\xff"
+    pton = (_ADDR_FNS or _addr_fns())[0]
+    if pton is None:
+        return _pton4(host)
     try:
-        return _inet_pton(_AF_INET, host)
+        return pton(_AF_INET, host)
     except (OSError, ValueError):
         pass
     try:
-        raw = _inet_pton(_AF_INET6, host.partition("%")[0])
+        raw = pton(_AF_INET6, host.partition("%")[0])
     except (OSError, ValueError):
         return None
     return raw[12:] if raw[:12] == _V4_MAPPED else raw
@@ -204,14 +301,19 @@ def _norm_name(host):
 
 
 def _host_text(host):
-    """What a report shows as the name (anyio passes IDNA-encoded bytes)."""
+    # What a report shows as the name (anyio passes IDNA-encoded bytes).
     if isinstance(host, bytes):
         return host.decode("ascii", "replace")
     return None if host is None else str(host)
 
 
 def _ip_text(packed):
-    return _inet_ntop(_AF_INET if len(packed) == 4 else _AF_INET6, packed)
+    ntop = (_ADDR_FNS or _addr_fns())[1]
+    if ntop is not None:
+        return ntop(_AF_INET if len(packed) == 4 else _AF_INET6, packed)
+    if len(packed) == 4:
+        return ".".join(str(b) for b in packed)
+    return ":".join(packed[i : i + 2].hex() for i in range(0, 16, 2))
 
 
 def _port(value):
@@ -225,9 +327,9 @@ def _port(value):
 
 
 def _exact(value):
-    """An exact str, bytes or int for a subclass of one (anything else as it is): what CPython's
-    C code reads from it. A subclass's own __eq__, __hash__, __str__ or methods must never steer
-    a decision or match a remembered one (e.g. a str claiming to equal an allowed address)."""
+    # An exact str, bytes or int for a subclass of one (anything else as it is): what CPython's
+    # C code reads from it. A subclass's own __eq__, __hash__, __str__ or methods must never steer
+    # a decision or match a remembered one (e.g. a str claiming to equal an allowed address).
     kind = type(value)
     if kind is str or kind is int or kind is bytes or value is None:
         return value
@@ -241,15 +343,15 @@ def _exact(value):
 
 
 def _items(address):
-    """A tuple subclass's real items as an exact tuple (what CPython's C code parses; its own
-    __getitem__, __iter__ or __len__ could claim an allowed address); anything else as it is."""
+    # A tuple subclass's real items as an exact tuple (what CPython's C code parses; its own
+    # __getitem__, __iter__ or __len__ could claim an allowed address); anything else as it is.
     if type(address) is not tuple and isinstance(address, tuple):
         return _tuple_slice(address, _ALL)
     return address
 
 
 def _plain(values):
-    """True when every value is an exact str, bytes, int or None (safe as part of a set key)."""
+    # True when every value is an exact str, bytes, int or None (safe as part of a set key).
     for value in values:
         kind = type(value)
         if not (kind is str or kind is int or kind is bytes or value is None):
@@ -284,29 +386,6 @@ def _sha256_hex(data):
     return sha256(data).hexdigest()
 
 
-def _json_loads(text):
-    try:
-        import _json
-    except ImportError:
-        import json
-
-        return json.loads(text)
-
-    class _Ctx:
-        strict = True
-        object_hook = None
-        object_pairs_hook = None
-        parse_float = float
-        parse_int = int
-        parse_constant = float
-
-    start = len(text) - len(text.lstrip())
-    value, end = _json.make_scanner(_Ctx)(text, start)
-    if text[end:].strip():
-        raise ValueError("trailing data after the JSON document")
-    return value
-
-
 def _json_dumps(value):
     try:
         import _json
@@ -322,67 +401,54 @@ def _json_dumps(value):
 
 
 def _policy_sha(path):
-    """Same digest as sentinel.policy.load.parse_policy: sha256 of the UTF-8 text."""
+    # Same digest as sentinel.policy.load.parse_policy: sha256 of the UTF-8 text.
     with open(path, "rb") as f:
         raw = f.read()
     return _sha256_hex(raw if raw.isascii() else raw.decode("utf-8", "replace").encode())
 
 
 def _compile_rules(doc, generation):
-    """allowlist.json -> names and addresses with their (protocol, ports) specs, and the CIDRs as
-    (width, prefix, sorted packed networks, spec) groups; no per-network work for format /2."""
-    names, addrs, groups = {}, {}, {}
-    entries = doc.get("entries", ())
-    for entry in entries:
-        spec = (str(entry.get("protocol", "tcp")), frozenset(int(p) for p in entry["ports"]))
-        host = entry.get("host")
-        if host and _packed(host) is None:
-            names.setdefault(_norm_name(host), []).append(spec)
-        for address in entry.get("addresses", ()):
-            packed = _packed(address)
-            if packed is None:
-                raise _LoadError(f"entry {entry.get('name')!r}: {address!r} is not an address")
-            addrs.setdefault(packed, []).append(spec)
-        if entry.get("cidr"):  # format /1 keeps CIDRs among the entries
-            net, _, bits = str(entry["cidr"]).partition("/")
-            packed = _packed(net)
-            if packed is None or not bits.isdigit() or int(bits) > len(packed) * 8:
-                raise _LoadError(f"entry {entry.get('name')!r}: bad cidr {entry['cidr']!r}")
-            key = (len(packed), int(bits), spec)
-            groups.setdefault(key, set()).add(_masked(packed, int(bits)))
-    nets = [(w, bits, b"".join(sorted(v)), spec) for (w, bits, spec), v in groups.items()]
-    for group in doc.get("nets", ()):  # format /2: one sorted blob per (family, prefix, spec)
-        spec = (str(group["protocol"]), frozenset(int(p) for p in group["ports"]))
-        width = {4: 4, 6: 16}.get(group["family"])
-        bits = group["prefix"]
-        blob = bytes.fromhex(group["networks"])
-        if width is None or not isinstance(bits, int) or not 0 <= bits <= width * 8:
-            raise _LoadError(f"bad nets group (family {group['family']!r}, prefix {bits!r})")
-        if len(blob) % width:
-            raise _LoadError(f"bad nets group: {len(blob)} bytes is not a multiple of {width}")
-        nets.append((width, bits, blob, spec))
+    # allowlist.marshal: names, packed addresses and CIDR groups (each a sorted blob of packed
+    # networks, binary-searched: no per-network work at start-up) as the sentinel compiled them
+    # (sentinel.guard.compile.guard_document); only their types are checked here.
+    names, addrs, nets = doc["names"], doc["addrs"], []
+    if type(names) is not dict or type(addrs) is not dict:
+        raise _LoadError("names and addrs must be dicts")
+    for key, specs in (*names.items(), *addrs.items()):
+        if not (type(key) is str and key in names or type(key) is bytes and len(key) in (4, 16)):
+            raise _LoadError(f"bad name or address {key!r}")
+        for proto, ports in specs:
+            if type(proto) is not str or type(ports) is not frozenset:
+                raise _LoadError(f"bad spec for {key!r}")
+    count = doc["rules"]
+    for width, bits, blob, proto, ports in doc["nets"]:
+        if width not in (4, 16) or type(bits) is not int or not 0 <= bits <= width * 8:
+            raise _LoadError(f"bad nets group (width {width!r}, prefix {bits!r})")
+        if type(blob) is not bytes or len(blob) % width or type(ports) is not frozenset:
+            raise _LoadError(f"bad nets group of width {width}")
+        nets.append((width, bits, blob, (str(proto), ports)))
     return {
-        "names": {k: tuple(v) for k, v in names.items()},
-        "addrs": {k: tuple(v) for k, v in addrs.items()},
+        "names": names,
+        "addrs": addrs,
         "nets": tuple(nets),
         "mode": str(doc.get("mode", "enforce")),
         "policy_sha256": str(doc.get("policy_sha256", "")),
         "generation": generation,
-        "entries": len(entries) + sum(len(n[2]) // n[0] for n in nets[len(groups) :]),
+        "entries": count,
         "cache": {},  # decisions for this allowlist only; replaced with it
         "allowed": set(),  # raw audit arguments already allowed (the hook's fast path)
     }
 
 
 def _masked(packed, bits):
-    """The network of `packed` at prefix length `bits`, as packed bytes of the same width."""
+    # The network of `packed` at prefix length `bits`, as packed bytes of the same width.
     width = len(packed)
     shift = width * 8 - bits
     return ((int.from_bytes(packed, "big") >> shift) << shift).to_bytes(width, "big")
 
 
 def _in_blob(blob, width, key):
-    """Binary search for `key` in a sorted concatenation of `width`-byte records."""
+    # Binary search for `key` in a sorted concatenation of `width`-byte records.
     lo, hi = 0, len(blob) // width
     while lo < hi:
         mid = (lo + hi) // 2
@@ -408,10 +474,10 @@ def _spec_allows(specs, port, proto):
 # created (the hook and everything it calls keep their references in closure cells, as one
 # function did before), so a step function rebound after start-up changes nothing.
 def _install(mode_env, origin):
-    """Load the allowlist, install the audit hook and start the reporter thread."""
+    # Load the allowlist, install the audit hook and start the reporter thread.
     cfg = _config(mode_env)
     st, counts, queue = _new_state()
-    hostname = _norm_name(_socket.gethostname())
+    hostname = _norm_name(_uname().nodename)  # what gethostname() returns
     try_load = _loader(cfg, st, counts)
     try_load(True)
     mode = _pick_mode(cfg, st)
@@ -436,7 +502,7 @@ def _install(mode_env, origin):
 
 
 def _new_state():
-    """The guard's mutable state, its counters and the report queue."""
+    # The guard's mutable state, its counters and the report queue.
     st = {  # all mutable state lives here, reachable only through the hook's closure
         "rules": None,
         "allowed": frozenset(),  # rules["allowed"] of the rules in force (the hook reads it)
@@ -465,7 +531,7 @@ def _new_state():
 
 
 def _loader(cfg, st, counts):
-    """try_load(first): (re)load the allowlist when its files changed; keep the last good one."""
+    # try_load(first): (re)load the allowlist when its files changed; keep the last good one.
 
     def try_load(first):
         key = (_stat_key(cfg["allowlist"]), _stat_key(cfg["policy"]) if cfg["policy"] else None)
@@ -491,7 +557,7 @@ def _loader(cfg, st, counts):
 
 
 def _pick_mode(cfg, st):
-    """SENTINEL_GUARD, else the allowlist's mode; anything else (or nothing) enforces."""
+    # SENTINEL_GUARD, else the allowlist's mode; anything else (or nothing) enforces.
     mode = cfg["mode"] or (st["rules"]["mode"] if st["rules"] else "enforce")
     if mode not in ("enforce", "audit"):
         mode = "enforce"
@@ -499,8 +565,8 @@ def _pick_mode(cfg, st):
 
 
 def _reporting(st, counts, queue, mode, enforce):
-    """Messages to the sentinel: the common fields, the violation (raises when enforcing), the
-    never-blocking queue."""
+    # Messages to the sentinel: the common fields, the violation (raises when enforcing), the
+    # never-blocking queue.
 
     def base_message(kind):
         return {
@@ -546,10 +612,10 @@ def _reporting(st, counts, queue, mode, enforce):
 
 
 def _decider(st, try_load, hostname):
-    """decide(kind, host, port, proto) -> None (allowed) or the reason; cached per allowlist."""
+    # decide(kind, host, port, proto) -> None (allowed) or the reason; cached per allowlist.
 
     def denial(rules, kind, host, port, proto):
-        """None when allowed, else the reason. kind: 'name' | 'addr' | 'reverse'."""
+        # None when allowed, else the reason. kind: 'name' | 'addr' | 'reverse'.
         if rules is None:
             return None if _is_local_host(host) else f"fail closed: {st['fail_reason']}"
         packed = _packed(host)
@@ -586,9 +652,9 @@ def _decider(st, try_load, hostname):
         return reason
 
     def refresh():
-        """Before refusing, look at the allowlist now (two stat calls): the sentinel writes new
-        pins before it releases the DNS answer, so a connect to a just-pinned address must not
-        wait for the reporter's next poll. True when a different allowlist was loaded."""
+        # Before refusing, look at the allowlist now (two stat calls): the sentinel writes new
+        # pins before it releases the DNS answer, so a connect to a just-pinned address must not
+        # wait for the reporter's next poll. True when a different allowlist was loaded.
         before = st["rules"]
         try_load(False)
         return st["rules"] is not before
@@ -616,16 +682,15 @@ def _decider(st, try_load, hostname):
 
 
 def _address_checks(st, counts, decide, violation):
-    """Handlers for connect/sendto/sendmsg and the name and reverse lookups."""
+    # Handlers for connect/sendto/sendmsg and the name and reverse lookups.
 
     def on_address(event, args):
         sock, address = args[0], _items(args[1])
         if address is None:  # sendmsg on a connected socket: its connect was checked
             return
-        family = _sock_family(sock)
+        family, sock_type = _kind(sock)
         if family in _LOCAL_FAMILIES:
             return
-        sock_type = _sock_type(sock)
         rules = st["rules"]  # the hook's fast path already looked in rules["allowed"]
         counts["checks"] += 1  # decisions made (fast-path hits are not counted)
         proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
@@ -656,7 +721,7 @@ def _address_checks(st, counts, decide, violation):
             violation(event, host, None, port, "dns", reason)
 
     def remember(rules, key):
-        """Allowed calls skip the decision next time; bounded, and replaced with the rules."""
+        # Allowed calls skip the decision next time; bounded, and replaced with the rules.
         if rules is None:
             return
         allowed = rules["allowed"]
@@ -694,11 +759,11 @@ def _address_checks(st, counts, decide, violation):
 
 
 def _socket_checks(st, enforce, decide, violation, handlers):
-    """Handlers for socket creation (AF_PACKET; patching socket.py once it is imported) and
-    bind, and the precheck the patched socket methods run."""
+    # Handlers for socket creation (AF_PACKET; patching socket.py once it is imported) and
+    # bind, and the precheck the patched socket methods run.
 
     def on_new(event, args):
-        """Only until socket.py is patched; then AF_PACKET is caught at bind/sendto instead."""
+        # Only until socket.py is patched; then AF_PACKET is caught at bind/sendto instead.
         if args[1] == _AF_PACKET:
             violation(event, None, None, None, "raw", "AF_PACKET sockets bypass the allowlist")
         if enforce and not _patch_socket_module(precheck, literals):
@@ -707,13 +772,13 @@ def _socket_checks(st, enforce, decide, violation, handlers):
         handlers.pop("socket.__new__", None)  # one Python call less on every socket created
 
     def on_bind(event, args):
-        if _sock_family(args[0]) == _AF_PACKET:  # a bound packet socket can send() raw frames
+        if _kind(args[0])[0] == _AF_PACKET:  # a bound packet socket can send() raw frames
             violation(event, None, None, None, "raw", "AF_PACKET sockets bypass the allowlist")
 
     literals = set()  # hosts known to be IP literals: the socket wrappers skip precheck
 
     def precheck(sock, address):
-        """Python-level check before CPython resolves a *name* inside connect()/sendto()."""
+        # Python-level check before CPython resolves a *name* inside connect()/sendto().
         address = _items(address)
         if not isinstance(address, tuple) or len(address) < 2:
             return
@@ -725,11 +790,11 @@ def _socket_checks(st, enforce, decide, violation, handlers):
                 literals.add(host)
             return
         try:
-            family = _sock_family(sock)
+            family, sock_type = _kind(sock)
         except Exception:  # noqa: BLE001
             return
         if family in (_AF_INET, _AF_INET6):
-            proto = _PROTO_BY_TYPE.get(_sock_type(sock) & 0xF, "other")
+            proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
             reason = decide("addr", host, address[1], proto)
             if reason is not None:
                 violation("socket.connect", host, None, address[1], proto, reason)
@@ -741,7 +806,7 @@ def _socket_checks(st, enforce, decide, violation, handlers):
 
 
 def _tamper_check(counts, violation):
-    """Audited writes (e.g. `__code__`) to the guard's own functions count and are refused."""
+    # Audited writes (e.g. `__code__`) to the guard's own functions count and are refused.
     own = set()
 
     def on_tamper(event, args):
@@ -757,12 +822,13 @@ def _tamper_check(counts, violation):
 
 
 def _dispatch(handlers, st):
-    """The audit hook. String comparisons serve the hot path without hashing the event name (a
-    new string at every call): a connect/sendto to an address allowed before for the same
-    socket family and type returns at once, and so does socket creation once socket.py is
-    patched; a getaddrinfo allowed before returns at once too. Every other event: one dict
-    lookup, then its handler."""
+    # The audit hook. String comparisons serve the hot path without hashing the event name (a
+    # new string at every call): a connect/sendto to an address allowed before for the same
+    # socket family and type returns at once, and so does socket creation once socket.py is
+    # patched; a getaddrinfo allowed before returns at once too. Every other event: one dict
+    # lookup, then its handler.
     lookup = handlers.get
+    gs = _GS  # the getters, once taken (until then they raise TypeError: the handler decides)
     on_address = handlers["socket.connect"]
     on_getaddrinfo = handlers["socket.getaddrinfo"]
 
@@ -777,7 +843,7 @@ def _dispatch(handlers, st):
                     type(address) is tuple
                     and type(address[0]) is str
                     and type(address[1]) is int
-                    and (address, _sock_type(args[0]), _sock_family(args[0])) in st["allowed"]
+                    and (address, gs[1](args[0]), gs[0](args[0])) in st["allowed"]
                 ):
                     return
             except (IndexError, TypeError):  # a short or unhashable address: the handler decides
@@ -811,7 +877,7 @@ def _protect(st, own, protected):
 
 
 def _snapshot(st, counts, origin, mode):
-    """status(): what this guard is doing (read-only)."""
+    # status(): what this guard is doing (read-only).
 
     def snapshot():
         rules = st["rules"]
@@ -847,7 +913,7 @@ def _announce_fail_closed(st, enforce, base_message, submit):
 
 
 def _follow_fork_and_exit(st, queue, reporter):
-    """A forked child gets its own pid, an empty queue and a reporter; at exit, drain."""
+    # A forked child gets its own pid, an empty queue and a reporter; at exit, drain.
 
     def after_fork():
         st["pid"] = _getpid()
@@ -875,7 +941,7 @@ def _config(mode_env):
         "mode": mode,
         "policy": _environ_get("SENTINEL_POLICY") or None,
         "allowlist": _environ_get("SENTINEL_GUARD_ALLOWLIST")
-        or os.path.join(state, "guard", "allowlist.json"),
+        or os.path.join(state, "guard", "allowlist.marshal"),
         "socket": _environ_get("SENTINEL_GUARD_SOCKET") or os.path.join(state, "guard.sock"),
         "heartbeat": max(0.05, beat),
     }
@@ -902,14 +968,18 @@ def _load(cfg, generation):
         raise _LoadError(f"cannot read policy {cfg['policy']}: {exc.strerror or exc}") from None
     try:
         with open(cfg["allowlist"], "rb") as f:  # no text wrapper: decoded below, at once
-            doc = _json_loads(f.read().decode("utf-8"))
+            raw = f.read()
     except OSError as exc:
         raise _LoadError(
             f"cannot read allowlist {cfg['allowlist']}: {exc.strerror or exc}"
         ) from None
-    except (ValueError, StopIteration) as exc:
-        raise _LoadError(f"allowlist {cfg['allowlist']} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") not in _FORMATS:
+    if not raw.startswith(_MARSHAL_MAGIC):  # e.g. allowlist.json, a file for people
+        raise _LoadError(f"allowlist {cfg['allowlist']} has an unknown format")
+    try:
+        doc = _marshal_loads(raw[len(_MARSHAL_MAGIC) :])
+    except (ValueError, EOFError, TypeError) as exc:
+        raise _LoadError(f"allowlist {cfg['allowlist']} is not valid marshal data: {exc}") from None
+    if type(doc) is not dict or doc.get("format") != _FORMAT:
         raise _LoadError(f"allowlist {cfg['allowlist']} has an unknown format")
     # The sentinel records the (size, mtime) of the file it hashed; when the file still has them,
     # hashing it again (8 ms for a 10,000-entry policy) proves nothing new. Otherwise: hash.
@@ -927,8 +997,21 @@ def _load(cfg, generation):
         )
     try:
         return _compile_rules(doc, generation)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _LoadError(f"allowlist {cfg['allowlist']}: bad entry ({exc})") from None
+
+
+def _report_socket():
+    # A non-blocking AF_UNIX datagram socket of the C socket type (imports _socket if the app
+    # has not).
+    mod = sys.modules.get("_socket") or __import__("_socket")
+    cls = getattr(mod, "socket", None)
+    base = _c_socket_type(cls) if isinstance(cls, type) else None
+    if base is None:
+        raise OSError("no C socket type in _socket")
+    sock = base(_AF_UNIX, 2)  # SOCK_DGRAM
+    sock.setblocking(False)
+    return sock
 
 
 def _uuid4():
@@ -940,7 +1023,7 @@ def _uuid4():
 
 
 def _stack(limit=12):
-    """(the frame that made the call, innermost-last short stack) without linecache."""
+    # (the frame that made the call, innermost-last short stack) without linecache.
     frames = []
     f = _getframe(1)
     while f is not None and len(frames) < 64:
@@ -971,18 +1054,18 @@ def _origin(filename):
 
 
 def _patch_socket_module(precheck, literals):
-    """Check names in socket.socket.connect/sendto before CPython resolves them in C.
-
-    Fast path: an address whose host is a known IP literal goes straight to the C method (the
-    audit hook checks it there); everything else takes one `precheck` call.
-    """
+    # Check names in socket.socket.connect/sendto before CPython resolves them in C.
+    #
+    # Fast path: an address whose host is a known IP literal goes straight to the C method (the
+    # audit hook checks it there); everything else takes one `precheck` call.
     mod = sys.modules.get("socket")
     cls = getattr(mod, "socket", None)
-    if cls is None or cls is _socket.socket or not isinstance(cls, type):
+    base = _c_socket_type(cls) if isinstance(cls, type) else None
+    if base is None or cls is base:
         return False
-    base = _socket.socket
-    real_connect, real_connect_ex = base.connect, base.connect_ex
-    real_sendto, real_sendmsg = base.sendto, base.sendmsg
+    ns = _type_ns(base)  # the C methods themselves, whatever the module's names now hold
+    real_connect, real_connect_ex = ns["connect"], ns["connect_ex"]
+    real_sendto, real_sendmsg = ns["sendto"], ns["sendmsg"]
 
     # The fast path is inlined (no extra call): a known literal host goes straight to C.
     def connect(self, address):
@@ -1030,7 +1113,7 @@ def _patch_socket_module(precheck, literals):
 
 
 class _Reporter:
-    """Background thread: drains the queue to the unix socket, heartbeats, reloads."""
+    # Background thread: drains the queue to the unix socket, heartbeats, reloads.
 
     def __init__(self, cfg, st, counts, queue, try_load, snapshot, base_message):
         self.cfg, self.st, self.counts, self.queue = cfg, st, counts, queue
@@ -1067,7 +1150,7 @@ class _Reporter:
             _sleep(_TICK)
 
     def drain(self):
-        """Send what is queued. True when the queue is empty (False: receiver busy, retry)."""
+        # Send what is queued. True when the queue is empty (False: receiver busy, retry).
         queue, counts = self.queue, self.counts
         while queue:
             try:
@@ -1088,7 +1171,7 @@ class _Reporter:
         return True
 
     def heartbeat(self, state):
-        """Send one heartbeat; after the "exit" one, none (so "exit" is always the last)."""
+        # Send one heartbeat; after the "exit" one, none (so "exit" is always the last).
         if not self.beat_lock.acquire(timeout=0.05):
             return
         try:
@@ -1117,11 +1200,11 @@ class _Reporter:
             _sleep(0.001)
 
     def send(self, msg):
-        """One non-blocking datagram: True sent, None receiver busy, False nobody listens."""
+        # One non-blocking datagram: True sent, None receiver busy, False nobody listens.
         try:
             if self.sock is None:
-                self.sock = _new_dgram(_AF_UNIX, 2)  # SOCK_DGRAM
-                self.sock.setblocking(False)
+                _stat(self.cfg["socket"])  # no receiver's socket: nobody listens (no _socket)
+                self.sock = _report_socket()
             data = _json_dumps(msg).encode()
             if len(data) > 60000:
                 msg["stack"] = msg.get("stack", [])[-4:]
@@ -1130,7 +1213,7 @@ class _Reporter:
             return True
         except BlockingIOError:  # EAGAIN: alive but busy (its datagram queue is full)
             return None
-        except OSError:
+        except Exception:  # noqa: BLE001 - e.g. no socket file; counted as lost, never raised
             self.counts["send_errors"] += 1
             self._reset()  # e.g. the app closed every fd while daemonizing: start afresh
             return False
