@@ -11,8 +11,8 @@ can cache bytecode at run time, as with a read-only mount or a tree the app cann
   source       a bind-mounted folder WITHOUT bytecode (what --compile fixes), for comparison
 each with a small allowlist (3 entries) and a 10,000-CIDR one. Rounds alternate the variants;
 the median wall-clock and CPU time (user + system, all threads) per start are printed with the
-cost added over no guard (median of each start's difference to the no-guard start just before
-it). Goal: <= +3 ms, judged on CPU time (wall-clock on this shared machine
+cost added over no guard (median of each start's difference to the no-guard start of the same
+round, with a 95 % distribution-free confidence interval). Goal: <= +3 ms, judged on CPU time (wall-clock on this shared machine
 swings by more than the whole figure; it is printed too). No network traffic; nothing outside a
 temp directory is written.
 """
@@ -28,11 +28,12 @@ from pathlib import Path
 
 from bench_guard_common import (
     ROOT,
-    alternate,
+    alternate_pairs,
     armed,
     big_policy,
     clean_env,
     make_venv,
+    median_ci,
     medians,
     run_timed,
     verdict,
@@ -103,28 +104,32 @@ def main() -> None:
             exe, env = spec
             return run_timed([exe, "-c", args.code], env, timeout=60)[:2]
 
-        alternate(variants, 1, measure)  # warm the page cache
-        samples = alternate(variants, args.starts, measure)
+        alternate_pairs(variants, 1, measure)  # warm the page cache
+        samples = alternate_pairs(variants, args.starts, measure)
         med = {k: medians(v) for k, v in samples.items()}
-        # the cost added, start by start against the no-guard start just before it: steadier
-        # than the difference of two medians when the machine's load swings
+        # the cost added, start by start against the no-guard start of the same round: steadier
+        # than the difference of two medians when the machine's load swings; with a 95 %
+        # distribution-free interval for that median
         added = {
-            k: medians(
-                [(s[0] - n[0], s[1] - n[1]) for s, n in zip(v, samples["none"], strict=True)]
+            k: (
+                median_ci([s[0] - n[0] for s, n in zip(v, samples["none"], strict=True)]),
+                median_ci([s[1] - n[1] for s, n in zip(v, samples["none"], strict=True)]),
             )
             for k, v in samples.items()
         }
         print(f"python {sys.version.split()[0]}, python -c {args.code!r}, "
-              f"{args.starts} starts per variant, medians")  # fmt: skip
-        print(f"{'variant':18} {'wall ms':>8} {'added':>7} {'cpu ms':>8} {'added':>7}  "
-              f"goal <= +{GOAL_MS:g} ms CPU")  # fmt: skip
+              f"{args.starts} starts per variant, medians [95% CI of the added median]")  # fmt: skip
+        print(f"{'variant':18} {'wall ms':>8} {'added':>7} {'cpu ms':>8} {'added':>7} "
+              f"{'CI':>13}  goal <= +{GOAL_MS:g} ms CPU")  # fmt: skip
         for name, (wall, cpu) in med.items():
-            added_w, added_c = added[name][0] * 1e3, added[name][1] * 1e3
+            (added_w, _, _), (added_c, lo, hi) = added[name]
             judged = (
-                "" if name in ("none",) or name.startswith("source") else verdict(added_c, GOAL_MS)
+                ""
+                if name in ("none",) or name.startswith("source")
+                else verdict(added_c * 1e3, GOAL_MS)
             )
-            print(f"{name:18} {wall * 1e3:8.1f} {added_w:+7.1f} {cpu * 1e3:8.1f} {added_c:+7.1f}  "
-                  f"{judged}")  # fmt: skip
+            print(f"{name:18} {wall * 1e3:8.1f} {added_w * 1e3:+7.1f} {cpu * 1e3:8.1f} "
+                  f"{added_c * 1e3:+7.1f} {lo * 1e3:+6.1f}..{hi * 1e3:+5.1f}  {judged}")  # fmt: skip
 
 
 if __name__ == "__main__":

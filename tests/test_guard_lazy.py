@@ -9,14 +9,18 @@ SecurityError.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 from test_guard import PINS, guard_env, needs_root, results, write_policy
 
+from sentinel.guard import RUNTIME_FILE
 from sentinel.guard.compile import write_allowlist
 from sentinel.policy.load import load_policy
 
@@ -145,3 +149,18 @@ def test_every_way_to_a_socket_before_the_guard_saw_one_is_still_guarded(tmp_pat
     assert "unreachable" in out["good"].lower(), out  # allowed: the guard let it through
     if "v6" in out:  # without C inet_pton an IPv6 literal is a name: refused, never allowed
         assert out["v6"].startswith("SecurityError:"), out
+
+
+def test_the_builtins_snapshot_holds_every_builtin_the_guard_uses():
+    """The private copy sees only the builtins listed in _BUILTINS (a snapshot, so the app cannot
+    rebind them); a name missing there would be a NameError on some rarely taken path."""
+    text = RUNTIME_FILE.read_text()
+    names, todo = set(), [compile(text, str(RUNTIME_FILE), "exec")]
+    while todo:
+        co = todo.pop()
+        names.update(co.co_names)
+        todo.extend(c for c in co.co_consts if isinstance(c, types.CodeType))
+    used = {n for n in names if n in vars(builtins) and n not in ("__name__", "__doc__")}
+    start = text.index("_BUILTINS = (") + len("_BUILTINS = ")
+    listed = set(ast.literal_eval(text[start : text.index(")", start) + 1]))
+    assert used | {"__build_class__"} <= listed, sorted(used - listed)

@@ -80,6 +80,17 @@ _RELOAD_EVERY = 0.5
 _TICK = 0.05
 _STDLIB = os.path.dirname(os.__file__)
 _HERE = __file__
+# The builtins the private copy may use, snapshotted at boot (the app may rebind builtins later;
+# a copy of all ~160 cost ~0.1 ms at every start and exit). tests/test_guard_lazy.py checks that
+# every builtin name this file's code looks up is listed.
+_BUILTINS = (
+    "AttributeError", "BaseException", "BlockingIOError", "EOFError", "Exception", "ImportError",
+    "IndexError", "KeyError", "OSError", "PermissionError", "TypeError", "UnicodeDecodeError",
+    "ValueError", "__build_class__", "__import__", "bool", "bytearray", "bytes", "callable",
+    "dict", "enumerate", "exec", "filter", "float", "format", "frozenset", "getattr", "globals",
+    "hasattr", "hex", "id", "int", "isinstance", "issubclass", "len", "list", "map", "max",
+    "object", "open", "range", "reversed", "set", "setattr", "slice", "str", "tuple", "type", "zip",
+)  # fmt: skip
 
 _tuple_slice = tuple.__getitem__
 _ALL = slice(None)
@@ -115,7 +126,8 @@ if "_STATUS" not in globals():  # shared with the private copy: status() reads i
 def _private_copy():
     # Execute this module's code again into a private namespace with a builtins snapshot.
     ns = {
-        "__builtins__": dict(builtins.__dict__),
+        # (zip without strict=: the guard runs on Pythons older than 3.10)
+        "__builtins__": dict(zip(_BUILTINS, map(builtins.__dict__.__getitem__, _BUILTINS))),  # noqa: B905
         "__name__": "sentinel_guard.<private>",
         "__file__": __file__,
         "SecurityError": SecurityError,
@@ -249,7 +261,7 @@ def _pton4(host):
             return None
         if int(part) > 255:
             return None
-    return bytes(int(part) for part in parts)
+    return bytes(map(int, parts))  # (no generator: one code object less to load)
 
 
 def _packed(host):
@@ -313,8 +325,8 @@ def _ip_text(packed):
     if ntop is not None:
         return ntop(_AF_INET if len(packed) == 4 else _AF_INET6, packed)
     if len(packed) == 4:
-        return ".".join(str(b) for b in packed)
-    return ":".join(packed[i : i + 2].hex() for i in range(0, 16, 2))
+        return ".".join(map(str, packed))
+    return packed.hex(":", 2)  # uncompressed, still a valid IPv6 address
 
 
 def _port(value):
@@ -869,8 +881,8 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
 
     def _protect(st, own, protected):
         # ids are only unique while the object lives: keep every protected object referenced
-        protected += [v for v in globals().values() if callable(v)]
-        own.update(id(f) for f in protected)
+        protected += filter(callable, globals().values())
+        own.update(map(id, protected))
         st["protected"] = protected
 
     def _snapshot(st, counts, origin, mode):
@@ -1034,7 +1046,9 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
                 break
         if caller is None and frames:
             caller = "{}:{} in {}".format(*frames[0])
-        short = ["{}:{} in {}".format(*fr) for fr in reversed(frames[:limit])]
+        short = []
+        for fr in reversed(frames[:limit]):
+            short.append("{}:{} in {}".format(*fr))
         return caller, short
 
     def _origin(filename):
