@@ -164,3 +164,28 @@ def test_the_builtins_snapshot_holds_every_builtin_the_guard_uses():
     start = text.index("_BUILTINS = (") + len("_BUILTINS = ")
     listed = set(ast.literal_eval(text[start : text.index(")", start) + 1]))
     assert used | {"__build_class__"} <= listed, sorted(used - listed)
+
+
+def test_the_deny_all_fallback_takes_the_socket_getters_from_c_too(tmp_path, guarded):
+    """deny_all() (what boot() installs when the guard cannot start) runs in the public module
+    with the same lazily taken getters: a subclass claiming AF_UNIX is still refused, loopback
+    and a unix socket are not."""
+    needs_root()
+    body = """
+import sentinel_guard
+sentinel_guard.deny_all("test: the guard could not start")
+import socket
+class Sneaky(socket.socket):
+    family = property(lambda self: socket.AF_UNIX)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+RESULTS["loopback"] = outcome(lambda: connect_with(socket.socket, *srv.getsockname()))
+RESULTS["bad"] = outcome(lambda: connect_with(Sneaky, "198.18.0.2", 8080))
+RESULTS["name"] = outcome(lambda: socket.getaddrinfo("api.test", 8080))
+unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+RESULTS["unix"] = outcome(lambda: unix.connect("/nonexistent/sock"))
+"""
+    out = run_case(tmp_path, body, {**guarded, "SENTINEL_GUARD": "off"})
+    assert out["loaded_at_start"] == [] and out["loopback"] == "ok:None", out
+    for key in ("bad", "name"):
+        assert out[key].startswith("SecurityError:[Errno 13] sentinel guard (deny-all)"), out
+    assert out["unix"].startswith("FileNotFoundError"), out  # local: not the guard's business
