@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import marshal
 import os
 import shutil
 import socket
@@ -23,7 +24,12 @@ import pytest
 from conftest import needs_tools, unavailable
 
 from sentinel.guard import PTH_FILE, RUNTIME_FILE, guard_path
-from sentinel.guard.compile import allowlist_path, compile_allowlist, write_allowlist
+from sentinel.guard.compile import (
+    allowlist_path,
+    compile_allowlist,
+    guard_allowlist_path,
+    write_allowlist,
+)
 from sentinel.guard.receiver import GuardReceiver, guard_processes
 from sentinel.policy.load import load_policy, parse_policy
 
@@ -209,7 +215,23 @@ def test_write_allowlist_is_atomic_and_world_readable(tmp_path):
     assert path == allowlist_path(tmp_path / "state")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert json.loads(path.read_text())["entries"][0]["host"] == "api.test"
-    assert [p.name for p in path.parent.iterdir()] == ["allowlist.json"]  # no temp files left
+    fast = guard_allowlist_path(tmp_path / "state")
+    assert stat.S_IMODE(fast.stat().st_mode) == 0o644
+    # no temp files left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["allowlist.json", "allowlist.marshal"]
+    raw = fast.read_bytes()
+    assert raw.startswith(b"sentinel-guard-allowlist/3\n")
+    doc = marshal.loads(raw[len(b"sentinel-guard-allowlist/3\n") :])
+    assert doc["format"] == "sentinel-guard-allowlist/3" and doc["policy_sha256"] == policy.sha256
+    tcp = ("tcp", frozenset({8080}))
+    assert doc["names"] == {"api.test": (tcp,)}  # the literal host 198.18.9.9 is no name
+    assert doc["addrs"] == {
+        bytes([198, 18, 0, 2]): (tcp,),
+        bytes.fromhex("20010db8" + "0" * 23 + "2"): (tcp,),
+        bytes([198, 18, 9, 9]): (("udp", frozenset({9100})),),
+    }
+    assert doc["nets"] == ((4, 24, bytes([198, 18, 7, 0]), "tcp", frozenset({443})),)
+    assert doc["rules"] == 3
 
 
 # --- enforce / audit / off ----------------------------------------------------------------
@@ -385,6 +407,7 @@ def test_enforce_fails_closed_when_the_policy_cannot_be_verified(
         policy_path.write_text(POLICY + "# edited after compiling\n")
     elif problem == "no_allowlist":
         allowlist_path(state_dir).unlink()
+        guard_allowlist_path(state_dir).unlink()
     env = guard_env(state_dir, None if problem == "unset" else policy_path)
     proc = run_child(tmp_path, FAIL_BODY, env)
     out = results(proc)
