@@ -81,6 +81,7 @@ def ruleset():
 def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     monkeypatch.setattr(netfilter, "_run", kernel.run)
     monkeypatch.setattr(netfilter, "_read_sets_netlink", lambda: None)  # the text path here
+    monkeypatch.setattr(netfilter, "_netlink_session", lambda: None)  # sets filled by ipset
     monkeypatch.setattr(netfilter, "ensure_not_root_netns", lambda: None)
     # the netdev table (nft) is absent here: these rulesets have no link (test_l2_netns.py)
     monkeypatch.setattr(netfilter, "read_netdev", lambda: ("", {}))
@@ -153,6 +154,10 @@ def test_first_apply_commands_and_documents(monkeypatch, ruleset):
         assert all(f"add {s.name}-new {e.replace(',tcp:', ',')}\n" in staged for e in s.entries)
         assert f"swap {s.name}-new {s.name}\n" in staged
     assert "add sentinel-allow4-new 198.18.0.10,5432\n" in staged
+    kinds = [line.split()[0] for line in staged.splitlines()]
+    # every swap after every add: an entry ipset refuses leaves all live sets as they were
+    assert kinds.index("swap") > len(kinds) - 1 - kinds[::-1].index("add")
+    assert kinds[-len(ruleset.sets) :] == ["swap"] * len(ruleset.sets)
     assert cleanup == "".join(f"destroy {s.name}-new\n" for s in ruleset.sets)
 
 

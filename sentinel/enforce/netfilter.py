@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import replace
 
-from sentinel.enforce import ipsetdump
+from sentinel.enforce import ipsetdump, ipsetload
 from sentinel.enforce.netdev import NETDEV_TABLE, apply_netdev, read_netdev
 from sentinel.enforce.render import OUR_SETS, IpSet, Ruleset
 from sentinel.enforce.rootns import ensure_not_root_netns, in_root_netns  # noqa: F401
@@ -114,7 +114,7 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
         apply_netdev(netdev_before, ruleset.netdev)
         raise
     staging = [_staging(s.name) for s in ruleset.sets]
-    _run(["ipset", "restore"], "".join(f"destroy {name}\n" for name in staging))
+    _destroy(staging)
     state.set_names.difference_update(staging)
     state.created_tables = [
         f"{family}/{table}"
@@ -125,13 +125,28 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
     return state
 
 
+def _destroy(names: list[str]) -> None:
+    session = _netlink_session()
+    if session is None:
+        _run(["ipset", "restore"], "".join(f"destroy {name}\n" for name in names))
+        return
+    with session:
+        for name in names:
+            session.destroy(name)
+
+
 def _staging(name: str) -> str:
     return f"{name}-new"
 
 
 def _stage_sets(ruleset: Ruleset, existing: set[str]) -> list[str]:
-    """Fill a staging copy of each set and swap it in (atomic per set). `existing`: every
-    set's name now. Returns the live sets this created (a rollback removes them again)."""
+    """Fill a staging copy of each set, then swap them all in (atomic per set; a refused
+    entry leaves every live set as it was). `existing`: every set's name now. Returns the
+    live sets this created (a rollback removes them again).
+
+    The entries go to the kernel as netlink messages (ipsetload: no getaddrinfo() per entry)
+    unless that is unavailable or an entry is not in its form: then `ipset restore` reads them."""
+    fills = _fills(ruleset)
     lines = []
     for s in ruleset.sets:
         stage = _staging(s.name)
@@ -140,12 +155,46 @@ def _stage_sets(ruleset: Ruleset, existing: set[str]) -> list[str]:
         if s.name not in existing:
             lines.append(s.create_line())
         lines.append(s.create_line(stage))
-        if s.entries:  # one line per entry, each through restore_entry's rewrite
+        if fills is None and s.entries:  # one line per entry, each through restore_entry's rewrite
             add = f"add {stage} "
             lines.append(restore_entries(add + f"\n{add}".join(s.entries)))
-        lines.append(f"swap {stage} {s.name}")
-    _run(["ipset", "restore"], "\n".join(lines) + "\n")
-    return [s.name for s in ruleset.sets if s.name not in existing]
+    created = [s.name for s in ruleset.sets if s.name not in existing]
+    if fills is None:
+        lines += [f"swap {_staging(s.name)} {s.name}" for s in ruleset.sets]
+        _run(["ipset", "restore"], "\n".join(lines) + "\n")
+        return created
+    session, requests = fills
+    swapped: list[str] = []
+    with session:
+        _run(["ipset", "restore"], "\n".join(lines) + "\n")
+        try:
+            for s, adds in zip(ruleset.sets, requests, strict=True):
+                session.add(_staging(s.name), s.family, adds)
+            for s in ruleset.sets:
+                session.swap(_staging(s.name), s.name)
+                swapped.append(s.name)
+        except SentinelError:
+            undo = [f"swap {_staging(n)} {n}" for n in swapped]  # the old contents back first
+            undo += [f"destroy {_staging(s.name)}" for s in ruleset.sets]
+            undo += [f"destroy {n}" for n in created]
+            _run(["ipset", "restore"], "\n".join(undo) + "\n")
+            raise
+    return created
+
+
+def _fills(ruleset: Ruleset) -> tuple[ipsetload.Session, list[list[bytes]]] | None:
+    """A netlink session and every set's ADD requests, or None: `ipset restore` fills them."""
+    requests = []
+    for s in ruleset.sets:
+        encoded = ipsetload.encode(_staging(s.name), s.family, s.entries)
+        if encoded is None:
+            return None
+        requests.append(encoded)
+    session = _netlink_session()
+    return None if session is None else (session, requests)
+
+
+_netlink_session = ipsetload.Session.open  # tests of the text path (test_netfilter_text) replace it
 
 
 def _rollback(
