@@ -80,7 +80,9 @@ def ruleset():
 
 def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     monkeypatch.setattr(netfilter, "_run", kernel.run)
-    monkeypatch.setattr(netfilter, "_read_sets_netlink", lambda: None)  # the text path here
+    monkeypatch.setattr(
+        netfilter, "_read_sets_netlink", lambda counters=True: None
+    )  # the text path here
     monkeypatch.setattr(netfilter, "_netlink_session", lambda: None)  # sets filled by ipset
     monkeypatch.setattr(netfilter, "ensure_not_root_netns", lambda: None)
     # the netdev table (nft) is absent here: these rulesets have no link (test_l2_netns.py)

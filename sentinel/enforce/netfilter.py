@@ -66,13 +66,13 @@ def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
     the NFLOG packet counters that account for attempts made while no sentinel was watching,
     are left alone. `rules_replaced` on the result says which path was taken."""
     ensure_not_root_netns()
-    current = read_state(backend)
+    current = read_state(backend, set_counters=False)
     if _same_rules(current, ruleset):
         try:
             update_sets(replace(ruleset, sets=tuple(current.sets)), ruleset)
         except SentinelError:  # e.g. a set too small for the new entries: rebuild it all
-            return _apply_all(ruleset, backend, read_state(backend))
-        state = read_state(backend)
+            return _apply_all(ruleset, backend, read_state(backend, set_counters=False))
+        state = read_state(backend, set_counters=False)
         if state.sha256() != ruleset.sha256():  # changed under us: the full path verifies
             return _apply_all(ruleset, backend, state)
         state.rules_replaced = False
@@ -106,7 +106,7 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
                 restore_doc(ruleset, family, before[family]),
             )
             done.append(family)
-        state = read_state(backend)  # exactly the ruleset, or it all goes back
+        state = read_state(backend, set_counters=False)  # exactly the ruleset, or all goes back
         if state.sha256() != ruleset.sha256():
             raise SentinelError(NOT_HELD)
     except SentinelError:
@@ -217,23 +217,27 @@ def _save(tool: str, counters: bool = False) -> str:
     return _run([f"{tool}-save", *(["-c"] if counters else [])])
 
 
-def read_state(backend: str = DEFAULT_BACKEND) -> KernelState:
+def read_state(backend: str = DEFAULT_BACKEND, set_counters: bool = True) -> KernelState:
     """What the kernel holds of ours right now, with packet counters: one `iptables-save -c`
-    per family and one read of every set (ours kept: ipsetdump, else `ipset save`)."""
+    per family and one read of every set (ours kept: ipsetdump, else `ipset save`).
+    `set_counters=False` (apply's own reads, which compare entries only): the per-entry
+    counters may be left empty."""
     state = KernelState()
     for family, tool in BACKENDS[backend].items():
         saved = _save(tool, counters=True)
         state.dumps[family] = saved
         state.text[family] = family_text(saved)
         state.counters.update(rule_counters(saved, family))
-    state.sets, state.set_counters, state.set_names = _read_sets()
+    state.sets, state.set_counters, state.set_names = _read_sets(set_counters)
     state.netdev, state.netdev_counters = read_netdev()
     return state
 
 
-def _read_sets() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]]:
+def _read_sets(
+    counters: bool = True,
+) -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]]:
     """The kernel's dump when ipsetdump can read it exactly, else `ipset save`'s text."""
-    fast = _read_sets_netlink()
+    fast = _read_sets_netlink(counters)
     if fast is not None:
         return fast
     saved = _run(["ipset", "save"])
