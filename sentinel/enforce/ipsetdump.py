@@ -66,6 +66,7 @@ def _layout(family: int) -> tuple[struct.Struct, re.Pattern[bytes]]:
 
 
 _LAYOUT = {4: _layout(4), 6: _layout(6)}
+_DOTTED = struct.Struct(">12xBBBB4xH2x4xB3x4xB3x4xQ4xQ")  # _LAYOUT[4]'s, the address by byte
 
 
 def read(
@@ -114,6 +115,12 @@ def _entries(
         return False
     af, full = (socket.AF_INET, 32) if family == 4 else (socket.AF_INET6, 128)
     ntop, proto_name = socket.inet_ntop, _PROTO
+    if counters is None and family == 4:  # the address's four bytes: dotted as inet_ntop's
+        out += [
+            f"{a}.{b}.{c}.{d}{'' if cidr == 32 else f'/{cidr}'},{proto_name[proto]}:{port}"
+            for a, b, c, d, port, cidr, proto, _b, _p in _DOTTED.iter_unpack(adt)
+        ]
+        return True
     if counters is None:
         out += [
             f"{ntop(af, addr) if cidr == full else f'{ntop(af, addr)}/{cidr}'},"
