@@ -156,3 +156,29 @@ def test_requests_are_split_below_the_attribute_limit():
 )
 def test_entries_not_in_renders_form_are_left_to_ipset(entry):
     assert ipsetload.encode("s", 4, ["198.18.0.2,tcp:1", entry]) is None
+
+
+BIG_APPLY = """
+import ipaddress, json, subprocess
+from dataclasses import replace
+from sentinel.enforce import netfilter
+from sentinel.enforce.render import SET_NAME, render_rules
+from sentinel.policy.load import load_policy
+policy = load_policy("policies/mem0.yaml")
+rs = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
+many = tuple(sorted(f"198.19.{i // 256}.{i % 256},tcp:{p}" for i in range(2500) for p in (443, 8443)))
+big = replace(rs, sets=tuple(replace(s, entries=many) if s.name == SET_NAME[4] else s
+                             for s in rs.sets))
+state = netfilter.apply(big)
+header = subprocess.run(["ipset", "list", "-t", SET_NAME[4]], capture_output=True, text=True)
+print(json.dumps({"held": state.sha256() == big.sha256(), "header": header.stdout,
+                  "names": sorted(netfilter.read_state().set_names)}))
+"""
+
+
+@pytest.mark.netns
+def test_a_big_apply_is_staged_by_netlink_with_room_for_its_entries(topo):
+    out = json.loads(topo.run("app", sys.executable, "-c", BIG_APPLY).stdout)
+    assert out["held"], out  # the read back is exactly the 5,000 entries
+    assert "hashsize 2048" in out["header"] and "Number of entries: 5000" in out["header"], out
+    assert not [n for n in out["names"] if n.endswith("-new")], out

@@ -238,3 +238,23 @@ def test_read_state_parses_the_recorded_kernel(monkeypatch, ruleset):
     assert state.set_counters[(SET_NAME[4], "198.18.0.10,tcp:5432")] == (0, 0)
     assert ("other", "198.18.9.9,tcp:22") not in state.set_counters  # not ours: not read
     assert "other" in state.set_names and "other" not in {s.name for s in state.sets}
+
+
+def test_a_big_set_is_staged_with_room_for_its_entries(monkeypatch, ruleset):
+    """Above 4,096 entries the staging copy is created with hashsize ~entries/4 (no rehash on
+    the way), a small one as before; the live set, and what dry-run prints, are unchanged."""
+    many = tuple(f"198.19.{i // 256}.{i % 256},tcp:443" for i in range(20_000))
+    big = dataclasses.replace(
+        ruleset,
+        sets=tuple(
+            dataclasses.replace(s, entries=many) if s.family == 4 else s for s in ruleset.sets
+        ),
+    )
+    kernel = install(monkeypatch, FakeKernel())
+    with pytest.raises(SentinelError, match=netfilter.NOT_HELD):  # the recorded kernel differs
+        netfilter.apply(big)
+    staged = kernel.stdin_of("ipset")[0].splitlines()
+    assert f"{big.sets[0].create_line(SET_NAME[4] + '-new')} hashsize 8192" in staged
+    assert big.sets[0].create_line() in staged  # the live set: as always
+    small = [s for s in big.sets if s.family == 6][0]
+    assert small.create_line(small.name + "-new") in staged
