@@ -7,6 +7,7 @@ errors. Both read the one table of these commands' options and run the same bodi
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from sentinel.fastcmds import ARGUMENT, COMMANDS, FLAG, LIST, complete, run
@@ -51,6 +52,12 @@ def parse_fast(argv: list[str]) -> tuple[str, dict] | None:
     return argv[0], out
 
 
+# Commands that read a whole policy and exit: the cyclic GC only costs them time (10,000
+# entries allocate ~100,000 containers and start ~90 collections, ~15 ms of an apply, that find
+# nothing: reference counting frees what they build). The process ends after the command.
+ONE_SHOT = ("check", "apply")
+
+
 def _echo(text: str, nl: bool = True, err: bool = False) -> None:
     (sys.stderr if err else sys.stdout).write(text + ("\n" if nl else ""))
 
@@ -65,6 +72,8 @@ def main() -> None:
     from sentinel.errors import SentinelError
 
     command, given = fast
+    if command in ONE_SHOT:
+        gc.disable()
     try:
         run(command, complete(command, given), _echo)
     except SentinelError as exc:
