@@ -258,3 +258,49 @@ def test_a_big_set_is_staged_with_room_for_its_entries(monkeypatch, ruleset):
     assert big.sets[0].create_line() in staged  # the live set: as always
     small = [s for s in big.sets if s.family == 6][0]
     assert small.create_line(small.name + "-new") in staged
+
+
+class FakeSession:
+    """ipsetload.Session as the kernel answers it here: adds go in, the swap of `refuse` fails."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse, self.calls = refuse, []
+
+    def __enter__(self) -> FakeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add(self, name: str, family: int, requests: list) -> None:
+        self.calls.append(("add", name))
+
+    def swap(self, name: str, other: str) -> None:
+        self.calls.append(("swap", name))
+        if other == self.refuse:
+            raise SentinelError(f"ipset swap {name} {other} refused by the kernel: scripted")
+
+    def destroy(self, name: str) -> None:
+        self.calls.append(("destroy", name))
+
+
+def test_a_refused_swap_puts_back_the_sets_already_swapped(monkeypatch, ruleset):
+    """The netlink fill: every add before any swap; when the second swap is refused, the first
+    set gets its old contents back, every staging copy and every set this apply made go, and
+    no rule was touched."""
+    kernel = install(monkeypatch, FakeKernel())
+    session = FakeSession(refuse=SET_NAME[6])
+    monkeypatch.setattr(netfilter, "_netlink_session", lambda: session)
+    with pytest.raises(SentinelError, match="scripted"):
+        netfilter.apply(ruleset)
+    kinds = [kind for kind, _ in session.calls]
+    assert kinds[: len(ruleset.sets)] == ["add"] * len(ruleset.sets)
+    swaps = [("swap", f"{SET_NAME[4]}-new"), ("swap", f"{SET_NAME[6]}-new")]
+    assert session.calls[len(ruleset.sets) :] == swaps
+    create, undo = kernel.stdin_of("ipset")
+    assert "add " not in create and "swap " not in create  # the tool only created the sets
+    undo_lines = undo.splitlines()
+    assert undo_lines[0] == f"swap {SET_NAME[4]}-new {SET_NAME[4]}"
+    assert {f"destroy {s.name}-new" for s in ruleset.sets} <= set(undo_lines)
+    assert {f"destroy {s.name}" for s in ruleset.sets} <= set(undo_lines)  # made by this apply
+    assert not any(cmd[0].endswith("-restore") for cmd in kernel.argv())

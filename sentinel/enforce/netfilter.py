@@ -173,11 +173,14 @@ def _stage_sets(ruleset: Ruleset, existing: set[str]) -> list[str]:
             for s in ruleset.sets:
                 session.swap(_staging(s.name), s.name)
                 swapped.append(s.name)
-        except SentinelError:
+        except SentinelError as exc:
             undo = [f"swap {_staging(n)} {n}" for n in swapped]  # the old contents back first
             undo += [f"destroy {_staging(s.name)}" for s in ruleset.sets]
             undo += [f"destroy {n}" for n in created]
-            _run(["ipset", "restore"], "\n".join(undo) + "\n")
+            try:
+                _run(["ipset", "restore"], "\n".join(undo) + "\n")
+            except SentinelError as failed:
+                raise SentinelError(f"{exc.message}; undoing it failed: {failed.message}") from None
             raise
     return created
 
