@@ -15,9 +15,10 @@ NOT_NEEDED = ("typer", "click", "rich", "httpx", "dns", "tempfile", "shutil", "s
 CODE = """
 import json, sys
 sys.argv = ["sentinel", "apply", "-p", sys.argv[1]]
+import atexit
+atexit.register(lambda: print(json.dumps(sorted(m for m in {names!r} if m in sys.modules))))
 from sentinel.entry import main
 main()
-print(json.dumps(sorted(m for m in {names!r} if m in sys.modules)))
 """
 POLICY = "version: 1\nmode: enforce\nallow:\n" + "".join(
     f"  - {{name: e{i}, cidr: 198.19.{i}.0/24, ports: [443, 8443]}}\n" for i in range(20)
