@@ -49,6 +49,21 @@ def cidr_problem(network: Any, mode: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+_METADATA_INT = int(_METADATA)
+
+
+def quiet_network(network: Any) -> bool:
+    """Whether cidr_problem(network, mode) is (None, None) in every mode, without building a
+    message: at least /8 (IPv4) or /16 (IPv6) and, for IPv4, not containing the metadata
+    service. The check of 10,000 plain entries (plainentry.py); tests/test_plain_entry.py
+    compares it with cidr_problem."""
+    prefix = network.prefixlen
+    if network.version == 6:
+        return prefix >= 16
+    shift = 32 - prefix
+    return prefix >= 8 and (int(network.network_address) >> shift) != (_METADATA_INT >> shift)
+
+
 def host_problem(host: str) -> str | None:
     """Why an allowlisted host is refused, or None."""
     text = host.strip()
