@@ -67,17 +67,35 @@ def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
     are left alone. `rules_replaced` on the result says which path was taken."""
     ensure_not_root_netns()
     current = read_state(backend, set_counters=False)
-    if _same_rules(current, ruleset):
-        try:
-            update_sets(replace(ruleset, sets=tuple(current.sets)), ruleset)
-        except SentinelError:  # e.g. a set too small for the new entries: rebuild it all
-            return _apply_all(ruleset, backend, read_state(backend, set_counters=False))
+    if not _same_rules(current, ruleset):
+        return _apply_all(ruleset, backend, current)
+    held = replace(ruleset, sets=tuple(current.sets))
+    try:
+        update_sets(held, ruleset)
         state = read_state(backend, set_counters=False)
-        if state.sha256() != ruleset.sha256():  # changed under us: the full path verifies
-            return _apply_all(ruleset, backend, state)
-        state.rules_replaced = False
-        return state
-    return _apply_all(ruleset, backend, current)
+        if state.sha256() == ruleset.sha256():
+            state.rules_replaced = False
+            return state
+    except SentinelError:  # e.g. a set too small for the new entries: rebuild it all
+        pass
+    return _apply_all_after_update(ruleset, backend, held)
+
+
+def _apply_all_after_update(ruleset: Ruleset, backend: str, held: Ruleset) -> KernelState:
+    """The sets-only path did not land (refused part-way, or the kernel changed under us):
+    its adds and deletes are undone first, so a full path that fails too rolls back to the
+    entries held before this apply began, never to a half update."""
+    try:
+        update_sets(ruleset, held)  # -exist: what is already back in place is a no-op
+    except SentinelError as undo:
+        try:
+            return _apply_all(ruleset, backend, read_state(backend, set_counters=False))
+        except SentinelError as exc:
+            raise SentinelError(
+                f"{exc.message}; and undoing the refused set update failed first "
+                f"({undo.message}): the sets may hold part of the new entries"
+            ) from None
+    return _apply_all(ruleset, backend, read_state(backend, set_counters=False))
 
 
 def _same_rules(current: KernelState, ruleset: Ruleset) -> bool:
