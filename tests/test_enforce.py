@@ -254,7 +254,9 @@ def test_kernel_refusal_on_the_first_apply_leaves_nothing_half_applied(topo):
     assert "SENTINEL" not in save(topo) and "SENTINEL" not in save(topo, "ip6tables-nft-save")
 
 
-PARTIAL_UPDATE = ROLLBACK.split("# the kernel refuses")[0] + """
+PARTIAL_UPDATE = (
+    ROLLBACK.split("# the kernel refuses")[0]
+    + """
 real = netfilter._run
 fail = {"sets": True}
 
@@ -281,6 +283,7 @@ except SentinelError as exc:
                       "same": after.sha256() == before.sha256() == good.sha256(),
                       "sets": [s.entries for s in after.sets]}))
 """
+)
 
 
 def test_a_failed_pin_update_then_a_failed_full_apply_leaves_the_old_entries(topo):
