@@ -55,14 +55,14 @@ def caps_summary() -> dict:
 
 def monitoring_status() -> dict | None:
     """The running daemon's watchdog (parts lost, or the watchdog itself gone stale)."""
-    from sentinel.run.watchdog import read_status
+    from sentinel.run.watchstatus import read_status
 
     return read_status()
 
 
 def guard_status() -> dict:
     """guard_active per guarded process, from what the guard receiver last wrote."""
-    from sentinel.guard.receiver import guard_processes
+    from sentinel.guard.processes import guard_processes
     from sentinel.store.state import state_dir
 
     procs = guard_processes(state_dir()).get("processes", {})
