@@ -84,10 +84,12 @@ def test_growth_and_netflow_are_the_plain_definitions(readings, in_window_baseli
         counters.MAX_NETFLOW, saved = limit, counters.MAX_NETFLOW
         try:
             rows, summary = netflow(kernel, applied, got)
+            plain = netflow(kernel, applied, {**got, "sets": dict(got["sets"])})
         finally:
             counters.MAX_NETFLOW = saved
         everything = set(expected) | set(kernel_sets)
         want = plain_busiest(everything, expected, kernel_sets, limit)
+        assert (rows, summary) == plain  # the same from a plain dict of every entry
         assert [r["entry"] for r in rows] == want
         assert summary["entries"] == len(everything)
         assert summary["packets"] == sum(pb[0] for pb in expected.values())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import compress
 from operator import itemgetter
 from typing import Any
@@ -95,12 +95,39 @@ class _Growth:
         self._epoch, self._nflog, self._sets = epoch, nflog, sets
         self.count += 1
 
-    def sets(self) -> dict[str, list[int]]:
-        """Every entry's growth, in entry order."""
-        out = {entry: [0, 0] for entry in sorted(self.entries)}
-        for entry, pb in self.grown.items():
-            out[entry] = [int(pb[0]), int(pb[1])]
-        return out
+    def sets(self) -> EntryGrowth:
+        grown = {entry: [int(pb[0]), int(pb[1])] for entry, pb in self.grown.items()}
+        return EntryGrowth(self.entries, {e: pb for e, pb in grown.items() if any(pb)})
+
+
+class EntryGrowth(Mapping):
+    """{entry: [packets, bytes]} grown in the window, for every entry of every reading, in
+    entry order; held as the entries and the non-zero growths (most of a 20,000-entry
+    allowlist grew by nothing), so the report never builds a list per idle entry."""
+
+    __slots__ = ("entries", "grown")
+
+    def __init__(self, entries: set[str], grown: dict[str, list[int]]) -> None:
+        self.entries, self.grown = entries, grown
+
+    def __getitem__(self, entry: str) -> list[int]:
+        if entry in self.grown:
+            return self.grown[entry]
+        if entry in self.entries:
+            return [0, 0]
+        raise KeyError(entry)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, entry: object) -> bool:
+        return entry in self.entries
+
+    def __repr__(self) -> str:
+        return f"EntryGrowth({dict(self)!r})"
 
 
 def window_counters(
@@ -168,19 +195,20 @@ def netflow(
     since = (applied or {}).get("applied_at")
     now = _by_entry(kernel.get("set_counters", {}))
     window = counted["sets"]
+    grown = window.grown if isinstance(window, EntryGrowth) else window  # else a plain dict
     entries = set(now)
-    entries.update(window)
+    entries.update(window.entries if isinstance(window, EntryGrowth) else window)
     summary = {
         "entries": len(entries),
         "listed": min(len(entries), MAX_NETFLOW),
         "left_out": max(0, len(entries) - MAX_NETFLOW),
-        "packets": sum(map(itemgetter(0), window.values())),
-        "bytes": sum(map(itemgetter(1), window.values())),
+        "packets": sum(map(itemgetter(0), grown.values())),
+        "bytes": sum(map(itemgetter(1), grown.values())),
         "packets_since_apply": sum(map(itemgetter(0), now.values())),
         "bytes_since_apply": sum(map(itemgetter(1), now.values())),
     }
     if len(entries) > MAX_NETFLOW:
-        entries = _busiest(entries, window, now)
+        entries = _busiest(entries, grown, now)
     rows = []
     for entry in sorted(entries):
         net, _, proto_port = entry.partition(",")
@@ -200,7 +228,7 @@ def netflow(
     return rows, summary
 
 
-def _busiest(entries: set[str], window: dict[str, Any], now: dict[str, Any]) -> set[str]:
+def _busiest(entries: set[str], window: Mapping[str, Any], now: dict[str, Any]) -> set[str]:
     """The MAX_NETFLOW first entries by (window packets, window bytes, packets since the
     apply) descending, then entry. Entries with none of these (most of a big allowlist) all
     tie at zero and come in entry order: only the active ones are sorted by their counts."""
