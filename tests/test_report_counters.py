@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_ipsetdump import entry as kernel_entry
 
+from sentinel.enforce import ipsetdump
 from sentinel.evidence import counters
 from sentinel.evidence.counters import netflow, window_counters
 from sentinel.evidence.window import Window
@@ -49,9 +51,22 @@ reading = st.fixed_dictionaries(
 )
 
 
+def dumped(sets: dict[str, list[int]]) -> ipsetdump.Counters:
+    """The kernel's counters as the netlink dump reader holds them (decoded on first use)."""
+    out = ipsetdump.Counters()
+    adt = b"".join(
+        kernel_entry(e.split(",")[0], 32, int(e.split(":")[1]), 6, pb[0], pb[1])
+        for e, pb in sets.items()
+    )
+    assert ipsetdump._entries(adt, 4, "sentinel-allow4", [], out)
+    return out
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(reading, min_size=1, max_size=5), st.booleans(), st.booleans())
-def test_growth_and_netflow_are_the_plain_definitions(readings, in_window_baseline, with_kernel):
+@given(st.lists(reading, min_size=1, max_size=5), st.booleans(), st.booleans(), st.booleans())
+def test_growth_and_netflow_are_the_plain_definitions(
+    readings, in_window_baseline, with_kernel, from_dump
+):
     start = 1000.0
     snaps = [
         Event(
@@ -69,6 +84,11 @@ def test_growth_and_netflow_are_the_plain_definitions(readings, in_window_baseli
         "nflog_packets": {4: 0, 6: 0},
         "set_counters": {("sentinel-allow4", e): tuple(pb) for e, pb in kernel_sets.items()},
     }
+    if from_dump:
+        kernel["set_counters"] = dumped(kernel_sets)
+        assert dict(kernel["set_counters"]) == {
+            ("sentinel-allow4", e): tuple(pb) for e, pb in kernel_sets.items()
+        }
     applied = {"applied_at": 0.5}
     series = [r for r, s in zip(readings, snaps, strict=True) if s.ts >= window.since]
     before = [r for r, s in zip(readings, snaps, strict=True) if s.ts < window.since][-1:]

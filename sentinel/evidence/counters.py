@@ -180,8 +180,12 @@ def _start(growth: _Growth, before: dict | None, fresh: bool, applied: dict | No
         growth.feed({"nflog": {}, "sets": {}, "applied_at": (applied or {}).get("applied_at")})
 
 
-def _by_entry(set_counters: dict[tuple[str, str], Any]) -> dict[str, Any]:
-    """{(set, entry): counters} as {entry: counters} (the later set wins, as it always did)."""
+def _by_entry(set_counters: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
+    """{(set, entry): counters} as {entry: counters} (the later set wins, as it always did);
+    the kernel's own dump (ipsetdump.Counters) makes it straight from its columns, once."""
+    by_entry = getattr(set_counters, "by_entry", None)
+    if by_entry is not None:
+        return by_entry()
     return dict(zip(map(itemgetter(1), set_counters), set_counters.values(), strict=True))
 
 
