@@ -155,15 +155,20 @@ def read() -> tuple[list[IpSet], Counters, set[str]] | None:
 
 
 def _entries(adt: bytes, family: int, name: str, out: list[str], counters: Counters) -> bool:
+    """Append one chunk's entries to `out` (its counters to `counters`, decoded when used).
+    Column-wise: the text after the address ("/CIDR,PROTO:PORT") is made once per distinct
+    (cidr, proto, port); the addresses and the joining are C-level maps."""
     values, layout = _LAYOUT[family]
     if len(adt) % values.size or layout.fullmatch(adt) is None:
         return False
+    if not adt:
+        return True
+    addrs, ports, cidrs, protos, _nbytes, _packets = zip(*values.iter_unpack(adt), strict=True)
     af, full = (socket.AF_INET, 32) if family == 4 else (socket.AF_INET6, 128)
-    ntop, proto_name = socket.inet_ntop, _PROTO
-    chunk = []
-    for addr, port, cidr, proto, _nbytes, _packets in values.iter_unpack(adt):
-        net = ntop(af, addr) if cidr == full else f"{ntop(af, addr)}/{cidr}"
-        chunk.append(f"{net},{proto_name[proto]}:{port}")
+    keys = list(zip(cidrs, protos, ports, strict=True))
+    suffix = {k: f"{'' if k[0] == full else f'/{k[0]}'},{_PROTO[k[1]]}:{k[2]}" for k in set(keys)}
+    nets = map(socket.inet_ntop, repeat(af), addrs)
+    chunk = list(map(str.__add__, nets, map(suffix.__getitem__, keys)))
     out += chunk
     counters.add(name, family, adt, chunk)
     return True
