@@ -30,6 +30,7 @@ def status_data() -> dict:
         applied = None
     backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
     kernel = netfilter.read_state(backend)
+    kernel_sha = kernel.sha256() if kernel.present else None  # once: 20,000 entries to hash
     expected = (applied or {}).get("ruleset_sha256")
     return {
         "applied": applied is not None,
@@ -38,8 +39,8 @@ def status_data() -> dict:
         "policy": (applied or {}).get("policy"),
         "policy_sha256": (applied or {}).get("policy_sha256"),
         "ruleset_sha256_expected": expected,
-        "ruleset_sha256_kernel": kernel.sha256() if kernel.present else None,
-        "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
+        "ruleset_sha256_kernel": kernel_sha,
+        "in_sync": bool(expected) and kernel.present and kernel_sha == expected,
         "pins": (applied or {}).get("pins", {}),
         "guard": guard_status(),
         "capabilities": caps_summary(),
