@@ -129,6 +129,31 @@ def test_status_does_not_import_the_cli_framework():
     assert out.stdout.strip() == "[]"
 
 
+HEAVY = ("typer", "click", "rich", "httpx", "prometheus_client", "dns", "yaml", "structlog")
+LOADED = (  # argv[1]: the modules to look for when the command exits
+    "import atexit, sys; absent = sys.argv.pop(1).split(','); atexit.register(lambda: "
+    "sys.stderr.write('LOADED %r\\n' % sorted(m for m in absent if m in sys.modules))); "
+)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    "args, absent",
+    [
+        (("status",), (*HEAVY, "asyncio", "sqlite3", "sentinel.store.events", "tempfile")),
+        (("report", "--last", "10m"), (*HEAVY, "asyncio", "tempfile")),
+    ],
+)
+def test_status_and_report_run_without_the_daemons_imports(topo, tmp_path, args, absent):
+    # run for real over an applied ruleset: every module the command body imports is loaded
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nallow:\n  - {name: lan, cidr: 198.18.0.0/24, ports: [443]}\n")
+    topo.run("app", PYTHON, "-c", FAST, "apply", "-p", str(policy))
+    done = topo.run("app", PYTHON, "-c", LOADED + FAST, ",".join(absent), *args, check=False)
+    assert done.returncode in (0, 1), done.stderr
+    assert "LOADED []" in done.stderr, done.stderr
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),

@@ -108,14 +108,26 @@ def entry(
 
 
 def test_entries_in_the_kernels_layout():
-    out, counters = [], {}
+    out, counters = [], ipsetdump.Counters()
     adt = entry("198.18.0.10", 32, 5432, 6, 5, 300) + entry("10.20.0.0", 16, 53, 17, 0, 0)
     assert ipsetdump._entries(adt, 4, "sentinel-allow4", out, counters)
     assert out == ["198.18.0.10,tcp:5432", "10.20.0.0/16,udp:53"]
-    assert counters[("sentinel-allow4", "198.18.0.10,tcp:5432")] == (5, 300)
     out6: list[str] = []
-    assert ipsetdump._entries(entry("2001:db8::", 64, 443, 6, 1, 2), 6, "s6", out6, {})
+    big = 2**64 - 2
+    assert ipsetdump._entries(entry("2001:db8::", 64, 443, 6, big, 2), 6, "s6", out6, counters)
     assert out6 == ["2001:db8::/64,tcp:443"]
+    # the counters, decoded on first use, in the dump's order
+    assert dict(counters) == {
+        ("sentinel-allow4", "198.18.0.10,tcp:5432"): (5, 300),
+        ("sentinel-allow4", "10.20.0.0/16,udp:53"): (0, 0),
+        ("s6", "2001:db8::/64,tcp:443"): (big, 2),
+    }
+    assert list(counters)[0] == ("sentinel-allow4", "198.18.0.10,tcp:5432") and len(counters) == 3
+    held = ipsetdump.Counters()  # the same entry in two sets: by entry, the later set's
+    for name, packets in (("sentinel-allow4", 5), ("sentinel-held4", 7)):
+        assert ipsetdump._entries(entry("198.18.0.10", 32, 5432, 6, packets, 1), 4, name, [], held)
+    assert held.by_entry() == {e: pb for (_set, e), pb in held.items()}
+    assert held.by_entry() == {"198.18.0.10,tcp:5432": (7, 1)} and len(held) == 2
 
 
 def test_layouts_the_fast_reading_refuses():
@@ -125,7 +137,7 @@ def test_layouts_the_fast_reading_refuses():
     flagged = entry("198.18.0.10", 32, 5432, 6, 5, 300, flags=nomatch) + good
     short = good[:-12]  # no packets counter
     for adt in (icmp, flagged, flagged[: len(good)], short, good + b"\0" * 4):
-        assert not ipsetdump._entries(adt, 4, "sentinel-allow4", [], {})
+        assert not ipsetdump._entries(adt, 4, "sentinel-allow4", [], ipsetdump.Counters())
 
 
 def test_read_keeps_ours_and_declines_what_it_cannot_read_exactly(monkeypatch):

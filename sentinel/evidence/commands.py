@@ -30,6 +30,7 @@ def status_data() -> dict:
         applied = None
     backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
     kernel = netfilter.read_state(backend)
+    kernel_sha = kernel.sha256() if kernel.present else None  # once: 20,000 entries to hash
     expected = (applied or {}).get("ruleset_sha256")
     return {
         "applied": applied is not None,
@@ -38,8 +39,8 @@ def status_data() -> dict:
         "policy": (applied or {}).get("policy"),
         "policy_sha256": (applied or {}).get("policy_sha256"),
         "ruleset_sha256_expected": expected,
-        "ruleset_sha256_kernel": kernel.sha256() if kernel.present else None,
-        "in_sync": bool(expected) and kernel.present and kernel.sha256() == expected,
+        "ruleset_sha256_kernel": kernel_sha,
+        "in_sync": bool(expected) and kernel.present and kernel_sha == expected,
         "pins": (applied or {}).get("pins", {}),
         "guard": guard_status(),
         "capabilities": caps_summary(),
@@ -55,14 +56,14 @@ def caps_summary() -> dict:
 
 def monitoring_status() -> dict | None:
     """The running daemon's watchdog (parts lost, or the watchdog itself gone stale)."""
-    from sentinel.run.watchdog import read_status
+    from sentinel.run.watchstatus import read_status
 
     return read_status()
 
 
 def guard_status() -> dict:
     """guard_active per guarded process, from what the guard receiver last wrote."""
-    from sentinel.guard.receiver import guard_processes
+    from sentinel.guard.processes import guard_processes
     from sentinel.store.state import state_dir
 
     procs = guard_processes(state_dir()).get("processes", {})

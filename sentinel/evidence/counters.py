@@ -10,9 +10,12 @@ and states how many it left out, with the totals of all of them.
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 from sentinel.errors import SentinelError
@@ -58,12 +61,15 @@ def _step(e0: Any, before: float, e1: Any, after: float) -> float:
 
 class _Growth:
     """`increase` of every counter of a series of readings, fed one reading at a time. A
-    counter missing from a reading reads 0 there (its growth into that reading is 0)."""
+    counter missing from a reading reads 0 there (its growth into that reading is 0), and so
+    does a counter that reads 0 (a restart, or no traffic yet): only the entries with traffic
+    are stepped, the rest are only named (a reading of 20,000 entries is mostly zeros)."""
 
     def __init__(self) -> None:
         self.count = 0
         self.nflog = {"4": 0.0, "6": 0.0}
-        self.sets: dict[str, list[float]] = {}
+        self.entries: set[str] = set()  # every entry of every reading
+        self.grown: dict[str, list[float]] = {}  # entries that read non-zero after the first
         self._epoch: Any = None
         self._nflog: dict = {}
         self._sets: dict = {}
@@ -78,14 +84,50 @@ class _Growth:
         for f in ("4", "6"):
             if not first:
                 self.nflog[f] += _step(self._epoch, self._nflog.get(f, 0), epoch, nflog.get(f, 0))
-        for entry, pb in sets.items():
-            total = self.sets.setdefault(entry, [0.0, 0.0])
-            if not first:
-                before = self._sets.get(entry, [0, 0])
+        self.entries.update(sets)
+        if not first:
+            previous, grown = self._sets, self.grown
+            for entry in compress(sets, map(any, sets.values())):
+                pb, before = sets[entry], previous.get(entry, (0, 0))
+                total = grown.setdefault(entry, [0.0, 0.0])
                 for i in (0, 1):
                     total[i] += _step(self._epoch, before[i], epoch, pb[i])
         self._epoch, self._nflog, self._sets = epoch, nflog, sets
         self.count += 1
+
+    def sets(self) -> EntryGrowth:
+        grown = {entry: [int(pb[0]), int(pb[1])] for entry, pb in self.grown.items()}
+        return EntryGrowth(self.entries, {e: pb for e, pb in grown.items() if any(pb)})
+
+
+class EntryGrowth(Mapping):
+    """{entry: [packets, bytes]} grown in the window, for every entry of every reading, in
+    entry order; held as the entries and the non-zero growths (most of a 20,000-entry
+    allowlist grew by nothing), so the report never builds a list per idle entry."""
+
+    __slots__ = ("entries", "grown")
+
+    def __init__(self, entries: set[str], grown: dict[str, list[int]]) -> None:
+        self.entries, self.grown = entries, grown
+
+    def __getitem__(self, entry: str) -> list[int]:
+        if entry in self.grown:
+            return self.grown[entry]
+        if entry in self.entries:
+            return [0, 0]
+        raise KeyError(entry)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, entry: object) -> bool:
+        return entry in self.entries
+
+    def __repr__(self) -> str:
+        return f"EntryGrowth({dict(self)!r})"
 
 
 def window_counters(
@@ -113,10 +155,9 @@ def window_counters(
         if not started:
             started = True
             _start(growth, before, applied_at >= window.since, applied)
-        sets = {e: list(pb) for (_s, e), pb in kernel.get("set_counters", {}).items()}
         now = {
             "nflog": {str(f): n for f, n in kernel["nflog_packets"].items()},
-            "sets": sets,
+            "sets": _by_entry(kernel.get("set_counters", {})),
             "applied_at": (applied or {}).get("applied_at"),
         }
         growth.feed(now)
@@ -126,7 +167,7 @@ def window_counters(
         "exact": before is not None or applied_at >= window.since,
         "readings": growth.count,
         "nflog": {f"ipv{f}": int(growth.nflog[f]) for f in ("4", "6")},
-        "sets": {e: [int(pb[0]), int(pb[1])] for e, pb in sorted(growth.sets.items())},
+        "sets": growth.sets(),
     }
 
 
@@ -139,6 +180,15 @@ def _start(growth: _Growth, before: dict | None, fresh: bool, applied: dict | No
         growth.feed({"nflog": {}, "sets": {}, "applied_at": (applied or {}).get("applied_at")})
 
 
+def _by_entry(set_counters: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
+    """{(set, entry): counters} as {entry: counters} (the later set wins, as it always did);
+    the kernel's own dump (ipsetdump.Counters) makes it straight from its columns, once."""
+    by_entry = getattr(set_counters, "by_entry", None)
+    if by_entry is not None:
+        return by_entry()
+    return dict(zip(map(itemgetter(1), set_counters), set_counters.values(), strict=True))
+
+
 def netflow(
     kernel: dict[str, Any], applied: dict[str, Any] | None, counted: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -147,25 +197,22 @@ def netflow(
     entry order) and a summary of all of them (how many were left out, the totals)."""
     by_ip = {ip: name for name, ips in (applied or {}).get("pins", {}).items() for ip in ips}
     since = (applied or {}).get("applied_at")
-    now = {entry: pb for (_set, entry), pb in kernel.get("set_counters", {}).items()}
-    entries = set(now) | set(counted["sets"])
+    now = _by_entry(kernel.get("set_counters", {}))
     window = counted["sets"]
+    grown = window.grown if isinstance(window, EntryGrowth) else window  # else a plain dict
+    entries = set(now)
+    entries.update(window.entries if isinstance(window, EntryGrowth) else window)
     summary = {
         "entries": len(entries),
         "listed": min(len(entries), MAX_NETFLOW),
         "left_out": max(0, len(entries) - MAX_NETFLOW),
-        "packets": sum(pb[0] for pb in window.values()),
-        "bytes": sum(pb[1] for pb in window.values()),
-        "packets_since_apply": sum(pb[0] for pb in now.values()),
-        "bytes_since_apply": sum(pb[1] for pb in now.values()),
+        "packets": sum(map(itemgetter(0), grown.values())),
+        "bytes": sum(map(itemgetter(1), grown.values())),
+        "packets_since_apply": sum(map(itemgetter(0), now.values())),
+        "bytes_since_apply": sum(map(itemgetter(1), now.values())),
     }
     if len(entries) > MAX_NETFLOW:
-
-        def busy(entry: str) -> tuple:
-            pb, kb = window.get(entry, [0, 0]), now.get(entry, (0, 0))
-            return (-pb[0], -pb[1], -(kb[0] or 0), entry)
-
-        entries = set(sorted(entries, key=busy)[:MAX_NETFLOW])
+        entries = _busiest(entries, grown, now)
     rows = []
     for entry in sorted(entries):
         net, _, proto_port = entry.partition(",")
@@ -183,6 +230,22 @@ def netflow(
             }
         )
     return rows, summary
+
+
+def _busiest(entries: set[str], window: Mapping[str, Any], now: dict[str, Any]) -> set[str]:
+    """The MAX_NETFLOW first entries by (window packets, window bytes, packets since the
+    apply) descending, then entry. Entries with none of these (most of a big allowlist) all
+    tie at zero and come in entry order: only the active ones are sorted by their counts."""
+
+    def busy(entry: str) -> tuple:
+        pb, kb = window.get(entry, [0, 0]), now.get(entry, (0, 0))
+        return (-pb[0], -pb[1], -(kb[0] or 0), entry)
+
+    active = set(compress(window, map(any, window.values())))
+    active.update(compress(now, map(itemgetter(0), now.values())))
+    first = sorted(active, key=busy)[:MAX_NETFLOW]
+    first += heapq.nsmallest(MAX_NETFLOW, entries - active)  # their keys: (0, 0, 0, entry)
+    return set(sorted(first, key=busy)[:MAX_NETFLOW])
 
 
 def completeness(

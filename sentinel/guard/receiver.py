@@ -10,7 +10,6 @@ is recorded as a claim.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -23,13 +22,12 @@ from typing import Any
 from sentinel.atomic import write_json_atomic
 from sentinel.guard import wire
 from sentinel.guard.identity import CREDS_SPACE, Identities, Sender
+from sentinel.guard.processes import PROCESSES_FILE, guard_processes  # noqa: F401 - re-exported
 from sentinel.guard.wire import MAX_DATAGRAM
 from sentinel.lazylog import get_logger
 from sentinel.store.events import Event
-from sentinel.store.state import state_dir as default_state_dir
 
 SOCKET_NAME = "guard.sock"
-PROCESSES_FILE = "guard_processes.json"
 MAX_PROCESSES = 4096  # identities tracked at once
 CLOCK_SLACK = 5.0  # a claimed ts further than this from our clock is replaced by ours
 log = get_logger("sentinel.guard")  # structlog (and rich) only once something is logged
@@ -339,20 +337,6 @@ class GuardReceiver:
                 log.warning(
                     "guard_status_write_failed", error=repr(exc), failures=self._write_failures
                 )
-
-
-def guard_processes(state_dir: str | Path | None = None, max_age: float = 10.0) -> dict[str, Any]:
-    """What the receiver last wrote (for `sentinel status`); guard_active re-judged by age."""
-    path = Path(state_dir or default_state_dir()) / PROCESSES_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {"processes": {}}
-    now = time.time()
-    for proc in data.get("processes", {}).values():
-        if now - float(data.get("written_at", 0)) > max_age:
-            proc["guard_active"] = False  # the receiver itself stopped updating
-    return data
 
 
 def _new_id() -> str:

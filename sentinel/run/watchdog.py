@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.log import get_logger
+from sentinel.run.watchstatus import STALE_AFTER, STATE_FILE, read_status  # noqa: F401
 from sentinel.store.events import Event
 from sentinel.store.state import write_json
 
-STATE_FILE = "watchdog.json"
-STALE_AFTER = 10.0  # `status`: a watchdog file older than this means nobody is checking
 log = get_logger("watchdog")
 
 
@@ -334,27 +333,3 @@ def _alert_parts(service: Any) -> list[Part]:
 
         parts.append(Part(f"alert-{name}", worker, restart_worker))
     return parts
-
-
-def read_status(now: float | None = None) -> dict[str, Any] | None:
-    """What `sentinel status` shows: None when no daemon ever ran a watchdog here (or it
-    stopped cleanly); else `ok` is False while any part is lost or the file went stale."""
-    from sentinel.store.state import read_json
-
-    try:
-        state = read_json(STATE_FILE)
-    except Exception:  # noqa: BLE001 - unreadable: say so, never a traceback
-        return {"ok": False, "problem": f"{STATE_FILE} is unreadable"}
-    if not state or state.get("stopped"):
-        return None
-    now = time.time() if now is None else now
-    age = now - float(state.get("checked_at") or 0)
-    lost = state.get("lost") or {}
-    problem = None
-    if age > STALE_AFTER:
-        problem = f"the daemon's watchdog last checked {age:.0f} s ago (is sentinel run alive?)"
-    elif lost:
-        problem = "monitor lost: " + "; ".join(
-            f"{name}: {info.get('reason')}" for name, info in sorted(lost.items())
-        )
-    return {"ok": problem is None, "problem": problem, "lost": lost, "age": round(age, 1)}
