@@ -14,8 +14,6 @@ from typing import Any
 def write_atomic(path: str | Path, data: str | bytes, mode: int | None = None) -> Path:
     """Write `data` to `path` atomically; `mode` (e.g. 0o644) where others must read it
     (mkstemp's 0o600 otherwise). Parents are created; the temp file never outlives a failure."""
-    import tempfile  # here: readers of the state (status, report) never load it
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _mkstemp(path.parent, f".{path.name}.")
