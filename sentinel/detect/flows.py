@@ -9,7 +9,7 @@ had more than one packet, an update with the same id and the final count follows
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 from sentinel.detect.packets import Flow
@@ -30,23 +30,63 @@ def flow_event(flow: Flow, verdict: str, now: float) -> Event:
     if flow.groups:
         detail["records"], detail["groups"] = flow.groups[0], list(flow.groups[1])
     canary = verdict.startswith(CANARY_PREFIX)  # our own probe: recorded, never an attempt
-    return Event(
-        layer="canary" if canary else "netfilter",
-        kind="canary_probe" if canary else "egress_attempt",
-        verdict=verdict.removeprefix(CANARY_PREFIX),
-        protocol=flow.protocol,
-        dst_ip=flow.dst_ip,
-        dst_port=flow.dst_port,
-        family=flow.family,
-        src_ip=flow.src_ip,
-        src_port=flow.src_port,
-        detail=detail,
-        ts=now,
-        id=new_id(),  # not uuid4: no system call per attempt (sentinel.ids)
+    return sighting(
+        {
+            "layer": "canary" if canary else "netfilter",
+            "kind": "canary_probe" if canary else "egress_attempt",
+            "verdict": verdict.removeprefix(CANARY_PREFIX),
+            "protocol": flow.protocol,
+            "dst_ip": flow.dst_ip,
+            "dst_port": flow.dst_port,
+            "family": flow.family,
+            "src_ip": flow.src_ip,
+            "src_port": flow.src_port,
+            "detail": detail,
+            "ts": now,
+            "id": new_id(),  # not uuid4: no system call per attempt (sentinel.ids)
+        }
     )
 
 
-@dataclass
+_GIVEN = ("layer", "kind", "detail", "ts", "id")  # what `sighting` is always handed
+
+
+def _defaults() -> dict[str, Any] | None:
+    """Every field's default, in field order; None when an Event cannot be made from field
+    values alone (a __post_init__, or a field without a plain default beyond `_GIVEN`)."""
+    if hasattr(Event, "__post_init__"):
+        return None
+    out: dict[str, Any] = {}
+    for f in fields(Event):
+        if f.name in _GIVEN:
+            out[f.name] = None
+        elif f.default is not MISSING:
+            out[f.name] = f.default
+        else:
+            return None
+    return out
+
+
+_DEFAULTS = _defaults()
+_new = object.__new__
+_setattr = object.__setattr__
+
+
+def sighting(values: dict[str, Any]) -> Event:
+    """`Event(**values)` (`values` holds at least the `_GIVEN` fields) without the frozen
+    dataclass' per-field `object.__setattr__` calls: the monitor makes one per attempt (issue
+    17). The same event: equal, hashed and copied (`replace`) as one made by `Event(...)`
+    (tests/test_monitor.py compares them)."""
+    if _DEFAULTS is None:  # Event grew something this shortcut cannot honour
+        return Event(**values)
+    event = _new(Event)
+    state = _DEFAULTS.copy()
+    state.update(values)
+    _setattr(event, "__dict__", state)
+    return event
+
+
+@dataclass(slots=True)
 class _Open:
     event: Event
     packets: int

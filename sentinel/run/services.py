@@ -8,6 +8,7 @@ and returns start()/stop().
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sentinel.detect.canary import CanaryService
@@ -16,10 +17,30 @@ from sentinel.detect.nflog import monitor_service
 from sentinel.guard.compile import write_allowlist
 from sentinel.guard.receiver import GuardReceiver
 from sentinel.log import get_logger
-from sentinel.store.events import store_service
+from sentinel.store.events import Event, EventStore
+from sentinel.store.events import store_service as _store_service
 from sentinel.store.state import state_dir
 
 log = get_logger("services")
+
+
+def store_service(ctx: Any) -> EventStore:
+    """The store's factory (it subscribes `store.put`), with the batch form of that sink."""
+    store = _store_service(ctx)
+    ctx.batched[store.put] = put_each(store)
+    return store
+
+
+def put_each(store: EventStore) -> Callable[[list[Event]], None]:
+    """The store sink's batch form: `put` for each event, in order, without the bus' per-event
+    correlation binding (the store logs nothing)."""
+    put = store.put
+
+    def put_many(events: list[Event]) -> None:
+        for event in events:
+            put(event)
+
+    return put_many
 
 
 class GuardService:
@@ -47,7 +68,7 @@ class MetricsService:
         from sentinel.evidence import metrics
 
         self.metrics, self.ctx = metrics, ctx
-        ctx.add_sink(metrics.observe_event)
+        ctx.add_sink(metrics.observe_event, many=metrics.observe_events)
 
     def start(self) -> None:
         if "store" in self.ctx.services:
