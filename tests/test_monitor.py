@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
 import struct
@@ -189,6 +190,21 @@ def test_a_kernel_sighting_is_the_event_the_dataclass_makes(flow, verdict):
     assert made.detail is not flow_event(flow, verdict, 5.0).detail  # never a shared dict
     with pytest.raises(FrozenInstanceError):
         made.packets = 2  # type: ignore[misc]
+    # folded: the update is the first event with the count and the last packet's time
+    folder = Folder(window=2.0)
+    first, _ = folder.feed(flow, verdict, 5.0)
+    assert folder.feed(flow, verdict, 6.0) == (None, []) and folder.event_id(flow, verdict)
+    assert folder.expire(9.0) == [replace(first, packets=2, last_ts=6.0)]
+
+
+def test_open_flows_are_not_left_for_the_garbage_collector_to_rescan():
+    folder = Folder(window=2.0)
+    for port in range(100):
+        folder.feed(Flow(4, "udp", "198.18.0.10", "198.18.5.5", 40000, port), "blocked", 1.0)
+    gc.collect()  # plain tuples of plain values: no longer tracked (the outer one, after the
+    gc.collect()  # inner one: by the next collection, before they could reach the oldest)
+    assert not any(gc.is_tracked(v) for v in folder._open.values())
+    assert not any(gc.is_tracked(k) for k in folder._open)
 
 
 def _shape(events: list) -> list[tuple]:
