@@ -2,14 +2,17 @@
 against no guard, an empty audit hook and pytest-socket-style socket patching. Start-up cost:
 bench_guard_start.py (every install form).
 
-Prints figures; not a test. Every variant runs in its own child interpreter, rounds alternate
-between variants, and the fastest round's per-call wall-clock and CPU time (user + system, all
-threads, measured inside the child around the timed loop) are reported, with the ratio to no
-guard; then the median over rounds of each round's ratio to the no-guard run just before it
-(steadier on a loaded machine). Goal for the loopback connect: <= 1.05x in both, judged on the
-median per-round ratios.
+Prints figures; not a test. Every variant runs in its own child interpreter; rounds alternate
+between variants (A B C D, then D C B A, ...), and inside the child the timed loop is measured
+by wall-clock (perf_counter) and by CPU time of the whole process (process_time: user + system,
+all threads, the guard's reporter included). Per round, each variant's per-call figure is
+paired with the no-guard run of the same round; printed: the median over rounds of those
+ratios with a 95 % distribution-free confidence interval for the median (order statistics),
+and the median per-call difference. Goal for the loopback connect: <= 1.05x in both wall-clock
+and CPU time: "met" when the interval lies at or below 1.05, "MISSED" when it lies above,
+"not shown" when it spans 1.05 (the machine's noise is larger than the question).
 
-    python bench/bench_guard.py [--calls 4000] [--rounds 7] [--instructions 1000]
+    python bench/bench_guard.py [--calls 2000] [--rounds 21] [--instructions 1000]
 
 --instructions N also counts the user-space instructions of one loopback connect cycle under
 callgrind (valgrind): the same every run, where time on a shared machine is not.
@@ -30,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_guard_common import alternate, armed, clean_env, run_timed, verdict
+from bench_guard_common import alternate_pairs, armed, clean_env, median_ci, run_timed
 
 from sentinel.guard import guard_path
 
@@ -91,10 +94,10 @@ for _ in range(200):
     once()
 # CPU time (user + system, all threads, the reporter's included): less disturbed than wall
 # time by other load on a shared machine
-w, t = time.perf_counter(), time.process_time()
+w, t = time.perf_counter_ns(), time.process_time_ns()
 for _ in range(n):
     once()
-print(json.dumps([(time.perf_counter() - w) / n, (time.process_time() - t) / n]))
+print(json.dumps([(time.perf_counter_ns() - w) / n / 1e9, (time.process_time_ns() - t) / n / 1e9]))
 """
 
 
@@ -129,10 +132,18 @@ def instructions(python: str, env: dict, calls: int, tmp: Path) -> float | None:
     return (totals[1] - totals[0]) / calls
 
 
+def judged(low: float, high: float) -> str:
+    if high <= GOAL:
+        return "met"
+    if low > GOAL:
+        return "MISSED"
+    return "not shown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=4000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument(
         "--instructions", type=int, default=0, metavar="N",
         help="also count instructions per connect cycle under callgrind (N cycles)",
@@ -152,13 +163,13 @@ def main() -> None:
         variants = {
             "none": base_env,
             "guard": guard_env,
-            patch_name: {**base_env, "BENCH_SETUP": patch_setup},
             "empty-hook": {**base_env, "BENCH_SETUP": EMPTY_HOOK},
+            patch_name: {**base_env, "BENCH_SETUP": patch_setup},
         }
         python = sys.executable
-        print(f"python {sys.version.split()[0]}  calls/round {args.calls}  rounds {args.rounds}"
-              "  (fastest round; wall / CPU per call)")  # fmt: skip
-        print(f"{'per call':12} " + " ".join(f"{v:>20}" for v in variants) + "   ratios to none")
+        print(f"python {sys.version.split()[0]}  calls/round {args.calls}  rounds {args.rounds}; "
+              "per variant: median per-call wall / CPU, then the median of per-round ratios to "
+              "none [95% CI]")  # fmt: skip
         for what in ("connect", "getaddrinfo", "gai_numeric", "decision"):
             netns = what == "decision"
             if netns and not root:
@@ -167,43 +178,34 @@ def main() -> None:
             todo = {  # the patch baseline has no allowlist decision to compare
                 k: v for k, v in variants.items() if not (netns and k == patch_name)
             }
-            samples = alternate(
+            samples = alternate_pairs(
                 todo,
                 args.rounds,
                 lambda _, env, what=what, netns=netns: per_call(
                     python, what, env, args.calls, netns
                 ),
             )
-            best = {k: (min(s[0] for s in v), min(s[1] for s in v)) for k, v in samples.items()}
-            paired = {  # per round against the none run just before it: steadier under load
-                k: (
-                    statistics.median(s[0] / n[0] for s, n in zip(v, samples["none"], strict=True)),
-                    statistics.median(s[1] / n[1] for s, n in zip(v, samples["none"], strict=True)),
+            none = samples["none"]
+            cells = []
+            for name, runs in samples.items():
+                wall = statistics.median(r[0] for r in runs) * 1e6
+                cpu = statistics.median(r[1] for r in runs) * 1e6
+                if name == "none":
+                    cells.append(f"none {wall:.2f}/{cpu:.2f} us")
+                    continue
+                rw = median_ci([r[0] / n[0] for r, n in zip(runs, none, strict=True)])
+                rc = median_ci([r[1] / n[1] for r, n in zip(runs, none, strict=True)])
+                dc = statistics.median((r[1] - n[1]) * 1e6 for r, n in zip(runs, none, strict=True))
+                cells.append(
+                    f"{name} {wall:.2f}/{cpu:.2f} us: wall x{rw[0]:.3f} [{rw[1]:.3f}-{rw[2]:.3f}]"
+                    f" CPU x{rc[0]:.3f} [{rc[1]:.3f}-{rc[2]:.3f}] ({dc:+.2f} us)"
                 )
-                for k, v in samples.items()
-            }
-            cells = " ".join(
-                f"{best[v][0] * 1e6:8.2f} /{best[v][1] * 1e6:6.2f} us"
-                if v in best
-                else f"{'-':>20}"
-                for v in variants
-            )
-            none_w, none_c = best["none"]
-            ratios = "  ".join(
-                f"{v} {best[v][0] / none_w:.3f}/{best[v][1] / none_c:.3f}"
-                for v in variants
-                if v in best and v != "none"
-            )
-            print(f"{what:12} {cells}   {ratios}")
-            pairs = "  ".join(
-                f"{v} {paired[v][0]:.3f}/{paired[v][1]:.3f}" for v in variants if v in paired
-            )
-            print(f"{'':12} median of per-round ratios (wall/CPU): {pairs}")
+                if what == "connect" and name == "guard":
+                    verdicts = (judged(rw[1], rw[2]), judged(rc[1], rc[2]))
+            print(f"{what:12} " + "\n             ".join(cells))
             if what == "connect":
-                wall, cpu = paired["guard"]
-                print(f"{'':12} guard loopback connect (median per-round ratio): wall "
-                      f"{wall:.3f}x, CPU {cpu:.3f}x; goal <= {GOAL}x in both: "
-                      f"{verdict(max(wall, cpu), GOAL)}")  # fmt: skip
+                print(f"{'':12} guard loopback connect, goal <= {GOAL}x: wall {verdicts[0]}, "
+                      f"CPU {verdicts[1]}")  # fmt: skip
         if args.instructions:
             counts = {
                 k: instructions(python, env, args.instructions, Path(tmpdir))

@@ -7,6 +7,7 @@ Not a bench itself. Nothing outside the caller's temporary directory is written;
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import resource
 import statistics
@@ -90,6 +91,33 @@ def alternate(variants: dict[str, object], rounds: int, measure) -> dict[str, li
     for _ in range(rounds):
         for name, spec in variants.items():
             samples[name].append(measure(name, spec))
+    return samples
+
+
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high): the median and a distribution-free confidence interval for it, the
+    k-th smallest and k-th largest values, k the largest with P(Binomial(n, 1/2) < k) <= (1 -
+    confidence) / 2 (no assumption about the shape of the noise; k = 1 when n is too small)."""
+    ordered = sorted(values)
+    n, tail, k, below = len(ordered), (1 - confidence) / 2, 0, 0.0
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n  # P(X = k) added: P(X <= k)
+        if below > tail:
+            break
+        k += 1
+    k = max(k, 1)
+    return statistics.median(ordered), ordered[k - 1], ordered[n - k]
+
+
+def alternate_pairs(variants: dict[str, object], rounds: int, measure) -> dict[str, list]:
+    """Like alternate(), but every other round runs the variants in reverse order (A B C, C B A,
+    …), so that the first variant's neighbour is not always the same one and a drift inside a
+    round does not favour a position."""
+    samples: dict[str, list] = {name: [] for name in variants}
+    names = list(variants)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            samples[name].append(measure(name, variants[name]))
     return samples
 
 

@@ -1,6 +1,6 @@
 """Guard start-up cost in every install form, against the same interpreter without the guard.
 
-    python bench/bench_guard_start.py [--starts 40] [--entries 10000] [--code pass]
+    python bench/bench_guard_start.py [--starts 40] [--entries 10000] [--code pass] [--instructions]
 
 Forms (each a fresh `python -c CODE` of a clean venv, PYTHONDONTWRITEBYTECODE=1 so that no form
 can cache bytecode at run time, as with a read-only mount or a tree the app cannot write):
@@ -11,15 +11,18 @@ can cache bytecode at run time, as with a read-only mount or a tree the app cann
   source       a bind-mounted folder WITHOUT bytecode (what --compile fixes), for comparison
 each with a small allowlist (3 entries) and a 10,000-CIDR one. Rounds alternate the variants;
 the median wall-clock and CPU time (user + system, all threads) per start are printed with the
-cost added over no guard (median of each start's difference to the no-guard start just before
-it). Goal: <= +3 ms, judged on CPU time (wall-clock on this shared machine
-swings by more than the whole figure; it is printed too). No network traffic; nothing outside a
-temp directory is written.
+cost added over no guard (median of each start's difference to the no-guard start of the same
+round, with a 95 % distribution-free confidence interval). Goal: <= +3 ms, judged on CPU time (wall-clock on this shared machine
+swings by more than the whole figure; it is printed too). --instructions also counts the
+user-space instructions of one start of each variant under callgrind (valgrind): the same in
+every run, where CPU time on a shared machine is not (the kernel's share is not in it). No
+network traffic; nothing outside a temp directory is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -28,11 +31,12 @@ from pathlib import Path
 
 from bench_guard_common import (
     ROOT,
-    alternate,
+    alternate_pairs,
     armed,
     big_policy,
     clean_env,
     make_venv,
+    median_ci,
     medians,
     run_timed,
     verdict,
@@ -78,11 +82,23 @@ def forms(tmp: Path, python: str, pth_python: str) -> dict[str, tuple[str, dict[
     }
 
 
+def instructions(exe: str, env: dict[str, str], code: str, tmp: Path) -> int | None:
+    """User-space instructions of one whole `exe -c code` (all threads), None without valgrind."""
+    if shutil.which("valgrind") is None:
+        return None
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", exe, "-c", code],
+        env=env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return int(re.findall(r"Collected : (\d+)", out.stderr)[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--starts", type=int, default=40)
     ap.add_argument("--entries", type=int, default=10_000)
     ap.add_argument("--code", default="pass", help="what each start runs (python -c CODE)")
+    ap.add_argument("--instructions", action="store_true", help="also count (callgrind)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-guard-start-") as tmpdir:
         tmp = Path(tmpdir)
@@ -103,28 +119,42 @@ def main() -> None:
             exe, env = spec
             return run_timed([exe, "-c", args.code], env, timeout=60)[:2]
 
-        alternate(variants, 1, measure)  # warm the page cache
-        samples = alternate(variants, args.starts, measure)
+        alternate_pairs(variants, 1, measure)  # warm the page cache
+        samples = alternate_pairs(variants, args.starts, measure)
         med = {k: medians(v) for k, v in samples.items()}
-        # the cost added, start by start against the no-guard start just before it: steadier
-        # than the difference of two medians when the machine's load swings
+        # the cost added, start by start against the no-guard start of the same round: steadier
+        # than the difference of two medians when the machine's load swings; with a 95 %
+        # distribution-free interval for that median
         added = {
-            k: medians(
-                [(s[0] - n[0], s[1] - n[1]) for s, n in zip(v, samples["none"], strict=True)]
+            k: (
+                median_ci([s[0] - n[0] for s, n in zip(v, samples["none"], strict=True)]),
+                median_ci([s[1] - n[1] for s, n in zip(v, samples["none"], strict=True)]),
             )
             for k, v in samples.items()
         }
         print(f"python {sys.version.split()[0]}, python -c {args.code!r}, "
-              f"{args.starts} starts per variant, medians")  # fmt: skip
-        print(f"{'variant':18} {'wall ms':>8} {'added':>7} {'cpu ms':>8} {'added':>7}  "
-              f"goal <= +{GOAL_MS:g} ms CPU")  # fmt: skip
+              f"{args.starts} starts per variant, medians [95% CI of the added median]")  # fmt: skip
+        print(f"{'variant':18} {'wall ms':>8} {'added':>7} {'cpu ms':>8} {'added':>7} "
+              f"{'CI':>13}  goal <= +{GOAL_MS:g} ms CPU")  # fmt: skip
         for name, (wall, cpu) in med.items():
-            added_w, added_c = added[name][0] * 1e3, added[name][1] * 1e3
+            (added_w, _, _), (added_c, lo, hi) = added[name]
             judged = (
-                "" if name in ("none",) or name.startswith("source") else verdict(added_c, GOAL_MS)
+                ""
+                if name in ("none",) or name.startswith("source")
+                else verdict(added_c * 1e3, GOAL_MS)
             )
-            print(f"{name:18} {wall * 1e3:8.1f} {added_w:+7.1f} {cpu * 1e3:8.1f} {added_c:+7.1f}  "
-                  f"{judged}")  # fmt: skip
+            print(f"{name:18} {wall * 1e3:8.1f} {added_w * 1e3:+7.1f} {cpu * 1e3:8.1f} "
+                  f"{added_c * 1e3:+7.1f} {lo * 1e3:+6.1f}..{hi * 1e3:+5.1f}  {judged}")  # fmt: skip
+        if args.instructions:
+            counts = {k: instructions(*v, args.code, tmp) for k, v in variants.items()}
+            if counts["none"] is None:
+                print("instructions: skipped (no valgrind)")
+                return
+            print("user-space instructions per start (callgrind), added over none:")
+            for name, count in counts.items():
+                added_i = count - counts["none"]
+                print(f"  {name:18} {count / 1e6:7.2f}M  {added_i / 1e6:+6.2f}M "
+                      f"({added_i / counts['none']:+.1%})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -144,17 +144,21 @@ def latencies(
     reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     lat: list[float] = []
     pending: dict[str, float] = {}
+    starts: dict[str, float] = {}  # id -> the event's ts (the reader looks along events_ts)
     t0 = time.perf_counter()
     deadline = time.monotonic() + (180 if old_before else 20)
     while time.monotonic() < deadline:  # bounded
         e = attempt(rng)
         pending[e.id] = time.perf_counter()
+        starts[e.id] = e.ts
         store.put(e)
         time.sleep(0.002)
         ids = list(pending)
         marks = ",".join("?" * len(ids))
-        for (found,) in reader.execute(f"SELECT id FROM events WHERE id IN ({marks})", ids):
+        sql = f"SELECT id FROM events WHERE ts >= ? AND id IN ({marks})"  # along events_ts
+        for (found,) in reader.execute(sql, [min(starts.values()), *ids]):
             lat.append(time.perf_counter() - pending.pop(found))
+            starts.pop(found)
         if old_before is None:
             if time.perf_counter() - t0 > 10 and not pending:
                 break

@@ -7,6 +7,8 @@ errors. Both read the one table of these commands' options and run the same bodi
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 
 from sentinel.fastcmds import ARGUMENT, COMMANDS, FLAG, LIST, complete, run
@@ -51,6 +53,13 @@ def parse_fast(argv: list[str]) -> tuple[str, dict] | None:
     return argv[0], out
 
 
+# Commands that read a whole policy and exit: the cyclic GC only costs them time (10,000
+# entries allocate ~100,000 containers and start ~90 collections, ~15 ms of an apply, that find
+# nothing: reference counting frees what they build). The process ends after the command,
+# without the interpreter's teardown (`_leave`).
+ONE_SHOT = ("check", "apply")
+
+
 def _echo(text: str, nl: bool = True, err: bool = False) -> None:
     (sys.stderr if err else sys.stdout).write(text + ("\n" if nl else ""))
 
@@ -65,6 +74,8 @@ def main() -> None:
     from sentinel.errors import SentinelError
 
     command, given = fast
+    if command in ONE_SHOT:
+        gc.disable()
     try:
         run(command, complete(command, given), _echo)
     except SentinelError as exc:
@@ -72,6 +83,25 @@ def main() -> None:
         sys.stderr.write(f"sentinel: {exc.message}\n")
         sys.exit(exc.code)
     sys.stdout.flush()
+    if command in ONE_SHOT:
+        _leave()
+
+
+def _leave() -> None:
+    """A one-shot command is done: exit without the interpreter's teardown (freeing the
+    policy's ~100,000 objects one by one, module clean-up and a last full collection: ~50 ms
+    of an apply). What a normal exit does that matters is done first: both streams flushed,
+    the atexit handlers run. With another thread alive, the normal exit (it joins them)."""
+    sys.stderr.flush()
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

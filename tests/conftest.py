@@ -296,3 +296,13 @@ def scrape(topo) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def by_layer(values: dict[str, float]) -> dict[str, int]:
+    """A scrape's `sentinel_blocked_attempts_total` summed per layer (the report's count)."""
+    out: dict[str, int] = {}
+    for name, value in values.items():
+        if name.startswith("sentinel_blocked_attempts_total{") and value:
+            layer = name.split('layer="', 1)[1].split('"', 1)[0]
+            out[layer] = out.get(layer, 0) + int(value)
+    return out

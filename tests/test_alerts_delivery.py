@@ -202,6 +202,23 @@ def test_resolve_is_sent_to_pagerduty_once_quiet(rx, make):
     assert d.stats()["resolves"] == 1
 
 
+def test_a_resolve_never_overtakes_its_trigger(rx, make):
+    """docs/alerts.md: the outbox delivers in priority then FIFO order. PagerDuty is down past
+    resolve_after, so the resolve is queued behind its still undelivered trigger; once the sink
+    is back the trigger goes first."""
+    clock = Clock()
+    rx.always("/pagerduty", Answer(503, "maintenance"))
+    d = make(clock, backoff=Backoff(base=1.0, cap=20.0))
+    d.submit(attempt())
+    assert rx.wait_for(lambda: len(rx.recorded("/pagerduty")) >= 1, timeout=5)
+    drive(clock, lambda: d.stats()["resolves"] == 1, step=5, timeout=10)  # 10m quiet: resolve
+    assert d.stats()["resolves"] == 1 and not rx.accepted("/pagerduty")
+    rx.always("/pagerduty", Answer(202, "{}"))
+    assert drive(clock, lambda: len(rx.accepted("/pagerduty")) == 2, step=1.0, timeout=20)
+    accepted = [r.json()["event_action"] for r in rx.accepted("/pagerduty")]
+    assert accepted == ["trigger", "resolve"], accepted
+
+
 # --- failure handling -----------------------------------------------------------------------
 def test_400_is_not_retried_and_counted_as_failed(rx, make):
     clock = Clock()
@@ -260,6 +277,19 @@ def test_5xx_is_retried_with_exponential_backoff_and_jitter(rx, make):
     for wait, gap in zip(waits, gaps, strict=True):  # and the retries did wait that long
         assert gap >= wait - 0.5, (waits, gaps)
     assert d.stats()["sinks"]["webhook"]["retries"] == 4
+
+
+def test_408_is_retried_like_a_5xx_and_other_4xx_are_not(rx, make):
+    """docs/alerts.md: 408 (the receiver timed the request out) is retried with backoff, unlike
+    the rest of 4xx."""
+    clock = Clock()
+    rx.script("/hook", Answer(408, "request timeout"))
+    d = make(clock, backoff=Backoff(base=2.0, cap=60.0))
+    d.submit(attempt())
+    assert drive(clock, lambda: bool(rx.accepted("/hook")), step=0.1, timeout=30)
+    assert len(rx.recorded("/hook")) == 2 and len(rx.accepted("/hook")) == 1
+    hook = d.stats()["sinks"]["webhook"]
+    assert hook["retries"] == 1 and hook["failed"] == 0 and hook["sent"] == 1, hook
 
 
 def test_slow_receiver_times_out_and_the_alert_is_retried(rx, make):

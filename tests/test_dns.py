@@ -457,3 +457,22 @@ def test_bulk_parser_never_raises_on_mutated_replies():
         for _ in range(rng.randint(1, 4)):
             mutated[rng.randrange(12 + len(question), len(mutated))] = rng.randrange(256)
         parse_reply(bytes(mutated[: rng.randint(12, len(mutated))]), q.id, question)
+
+
+def test_the_answer_ttl_is_what_is_left_of_the_pin_and_never_0(world):
+    """docs/dns.md: an allowlisted name's answer carries what is left of the clamped TTL, never
+    0 (a 0 would defeat every client cache); stale within the grace, a short TTL."""
+    pins, resolver, upstream, clock, *_ = world
+    upstream.ttl = 3600
+    assert ask(resolver, "postgres").answer[0].ttl == 30  # clamped to max_ttl
+    resolver._cache.clear()  # the template cache runs on the real clock; this test moves its own
+    clock.now += 12
+    assert ask(resolver, "postgres").answer[0].ttl == 18
+    resolver._cache.clear()
+    clock.now += 17.6  # 0.4 s left
+    assert ask(resolver, "postgres").answer[0].ttl == 1
+    resolver._cache.clear()
+    upstream.down = True  # the refresh fails: stale, inside stale_grace
+    clock.now += 3
+    reply = ask(resolver, "postgres")
+    assert [r.address for r in reply.answer[0]] == ["198.18.0.2"] and reply.answer[0].ttl == 5

@@ -252,3 +252,44 @@ def test_kernel_refusal_on_the_first_apply_leaves_nothing_half_applied(topo):
     assert out["raised"], out
     assert out["same"], f"nothing of ours may stay after a refused first apply: {out}"
     assert "SENTINEL" not in save(topo) and "SENTINEL" not in save(topo, "ip6tables-nft-save")
+
+
+PARTIAL_UPDATE = (
+    ROLLBACK.split("# the kernel refuses")[0]
+    + """
+real = netfilter._run
+fail = {"sets": True}
+
+
+def run(cmd, stdin=None):
+    # the fast path's one `ipset -exist restore` gets as far as its adds, then the kernel
+    # refuses (as a full set would); the full path then fails at IPv6 after IPv4 committed
+    if cmd[:3] == ["ipset", "-exist", "restore"] and fail.pop("sets", False):
+        real(cmd, "".join(line + "\\n" for line in stdin.splitlines() if line.startswith("add ")))
+        raise SentinelError("ipset -exist restore failed: scripted refusal after the adds")
+    if cmd[0] == "ip6tables-nft-restore":
+        raise SentinelError("ip6tables-nft-restore failed: scripted refusal")
+    return real(cmd, stdin)
+
+
+netfilter._run = run
+assert netfilter._same_rules(before, moved)  # the pin change takes the sets-only path first
+try:
+    netfilter.apply(moved)
+    print(json.dumps({"raised": False}))
+except SentinelError as exc:
+    after = netfilter.read_state()
+    print(json.dumps({"raised": True, "message": exc.message,
+                      "same": after.sha256() == before.sha256() == good.sha256(),
+                      "sets": [s.entries for s in after.sets]}))
+"""
+)
+
+
+def test_a_failed_pin_update_then_a_failed_full_apply_leaves_the_old_entries(topo):
+    """The sets-only path's adds landed before it failed; the full path that follows must
+    roll back to the entries in force before the apply began, not to the half update."""
+    out = json.loads(topo.run("app", topo_python(), "-c", PARTIAL_UPDATE).stdout)
+    assert out["raised"] and "ip6tables-nft-restore" in out["message"], out
+    assert out["same"], f"the half-done pin update must be undone too: {out}"
+    assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]  # the old pin is still allowed

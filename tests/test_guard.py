@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import marshal
 import os
 import shutil
 import socket
@@ -23,7 +24,12 @@ import pytest
 from conftest import needs_tools, unavailable
 
 from sentinel.guard import PTH_FILE, RUNTIME_FILE, guard_path
-from sentinel.guard.compile import allowlist_path, compile_allowlist, write_allowlist
+from sentinel.guard.compile import (
+    allowlist_path,
+    compile_allowlist,
+    guard_allowlist_path,
+    write_allowlist,
+)
 from sentinel.guard.receiver import GuardReceiver, guard_processes
 from sentinel.policy.load import load_policy, parse_policy
 
@@ -117,11 +123,23 @@ def run_child(
     name: str = "child.py",
 ) -> subprocess.CompletedProcess:
     """Run CHILD_PRELUDE + body in a private network namespace; the script prints RESULTS."""
+    argv = child_argv(tmp_path, body, python, name)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def child_argv(tmp_path: Path, body: str, python: str = PYTHON, name: str = "child.py") -> list:
+    """The command that runs CHILD_PRELUDE + body in a private network namespace (lo up)."""
     script = tmp_path / name
     script.write_text(CHILD_PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(RESULTS))\n")
     cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    return subprocess.run(
-        [*cmd, python, str(script)], env=env, capture_output=True, text=True, timeout=timeout
+    return [*cmd, python, str(script)]
+
+
+def spawn_child(tmp_path: Path, body: str, env: dict[str, str]) -> subprocess.Popen:
+    """The same child, started: its lines read as they come (a "ready" first, say)."""
+    argv = child_argv(tmp_path, body)
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -197,7 +215,23 @@ def test_write_allowlist_is_atomic_and_world_readable(tmp_path):
     assert path == allowlist_path(tmp_path / "state")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert json.loads(path.read_text())["entries"][0]["host"] == "api.test"
-    assert [p.name for p in path.parent.iterdir()] == ["allowlist.json"]  # no temp files left
+    fast = guard_allowlist_path(tmp_path / "state")
+    assert stat.S_IMODE(fast.stat().st_mode) == 0o644
+    # no temp files left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["allowlist.json", "allowlist.marshal"]
+    raw = fast.read_bytes()
+    assert raw.startswith(b"sentinel-guard-allowlist/3\n")
+    doc = marshal.loads(raw[len(b"sentinel-guard-allowlist/3\n") :])
+    assert doc["format"] == "sentinel-guard-allowlist/3" and doc["policy_sha256"] == policy.sha256
+    tcp = ("tcp", frozenset({8080}))
+    assert doc["names"] == {"api.test": (tcp,)}  # the literal host 198.18.9.9 is no name
+    assert doc["addrs"] == {
+        bytes([198, 18, 0, 2]): (tcp,),
+        bytes.fromhex("20010db8" + "0" * 23 + "2"): (tcp,),
+        bytes([198, 18, 9, 9]): (("udp", frozenset({9100})),),
+    }
+    assert doc["nets"] == ((4, 24, bytes([198, 18, 7, 0]), "tcp", frozenset({443})),)
+    assert doc["rules"] == 3
 
 
 # --- enforce / audit / off ----------------------------------------------------------------
@@ -373,6 +407,7 @@ def test_enforce_fails_closed_when_the_policy_cannot_be_verified(
         policy_path.write_text(POLICY + "# edited after compiling\n")
     elif problem == "no_allowlist":
         allowlist_path(state_dir).unlink()
+        guard_allowlist_path(state_dir).unlink()
     env = guard_env(state_dir, None if problem == "unset" else policy_path)
     proc = run_child(tmp_path, FAIL_BODY, env)
     out = results(proc)
@@ -476,13 +511,7 @@ def test_absent_receiver_never_blocks_and_drops_are_counted(tmp_path, state_dir)
     RESULTS["last"] = outcome(lambda: socket.getaddrinfo("after.example", 443))
     RESULTS["counters"] = status()["counters"]
     """
-    script = tmp_path / "child.py"
-    script.write_text(CHILD_PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(RESULTS))\n")
-    cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    proc = subprocess.Popen(
-        [*cmd, PYTHON, str(script)], env=guard_env(state_dir, policy_path),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn_child(tmp_path, body, guard_env(state_dir, policy_path))
     collector = Collector()
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -624,13 +653,7 @@ def test_running_guard_picks_up_new_pins(tmp_path, state_dir, armed):
     RESULTS["old"] = outcome(lambda: connect("198.18.0.2", 8080))
     RESULTS["generation"] = status()["generation"]
     """
-    script = tmp_path / "child.py"
-    script.write_text(CHILD_PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(RESULTS))\n")
-    cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    proc = subprocess.Popen(
-        [*cmd, PYTHON, str(script)], env=guard_env(state_dir, policy_path),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn_child(tmp_path, body, guard_env(state_dir, policy_path))
     try:
         assert proc.stdout.readline().strip() == "ready"
         moved = {"api.test": [ipaddress.ip_address("198.18.0.77")]}
@@ -787,3 +810,52 @@ def test_guard_cannot_be_uninstalled_from_python(tmp_path, state_dir, armed):
     seen = collector.wait("egress_attempt", 2)  # the patched-builtins connect, the code swap
     tamper = [e for e in seen if e.protocol == "tamper"]
     assert tamper and "__code__" in tamper[0].detail["reason"], seen
+
+
+def test_sendmsg_packet_sockets_and_local_families_as_docs_guard_says(tmp_path, state_dir, armed):
+    """docs/guard.md's table: `sendmsg` is checked like `sendto`; an AF_PACKET socket is refused
+    when it is bound or sends; AF_NETLINK is local and the machine's own hostname is allowed."""
+    needs_root()
+    policy_path, collector, _ = armed
+    body = """
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    RESULTS["sendmsg"] = outcome(lambda: udp.sendmsg([b"x"], [], 0, ("198.18.5.5", 53)))
+    RESULTS["sendmsg_allowed"] = outcome(lambda: udp.sendmsg([b"x"], [], 0, ("198.18.9.9", 9100)))
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)  # made: refused when it is used
+    RESULTS["packet_bind"] = outcome(lambda: raw.bind(("lo", 0)))
+    RESULTS["packet_sendto"] = outcome(lambda: raw.sendto(b"x" * 14, ("lo", 0)))
+    RESULTS["netlink"] = outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close())
+    RESULTS["hostname"] = outcome(lambda: socket.getaddrinfo(socket.gethostname(), 80))
+    """
+    out = results(run_child(tmp_path, body, guard_env(state_dir, policy_path)))
+    for case in ("sendmsg", "packet_bind", "packet_sendto"):
+        assert out[case].startswith("security:[Errno 13] sentinel guard:"), (case, out[case])
+    assert "198.18.5.5 port 53/udp" in out["sendmsg"], out["sendmsg"]
+    assert "unreachable" in out["sendmsg_allowed"].lower(), out  # checked, allowed, no route
+    assert out["netlink"] == "ok:None", out
+    assert "security" not in out["hostname"], out
+    events = collector.wait("egress_attempt", 3)
+    seen = sorted((e.protocol, e.detail["event"]) for e in events)
+    assert seen == [("other", "socket.sendto"), ("raw", "socket.bind"), ("udp", "socket.sendmsg")]
+
+
+def test_a_callback_that_raises_is_counted_and_the_receiver_goes_on(state_dir):
+    """docs/guard.md: anything the callback raises is counted (`callback_errors`), never fatal."""
+    seen: list = []
+
+    def flaky(event) -> None:  # noqa: ANN001
+        seen.append(event)
+        if len(seen) == 1:
+            raise RuntimeError("the sink broke")
+
+    with GuardReceiver(state_dir, flaky) as receiver:
+        tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for i in range(2):
+            report = {"v": 1, "type": "egress_attempt", "pid": os.getpid(), "exe": "x",
+                      "host": f"a{i}.b", "port": 1, "protocol": "dns", "id": f"c0ffee{i}"}  # fmt: skip
+            tx.sendto(json.dumps(report).encode(), str(receiver.path))
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [e.dst_name for e in seen] == ["a0.b", "a1.b"]  # the second after the raise
+        assert receiver.callback_errors == 1

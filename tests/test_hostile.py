@@ -425,8 +425,13 @@ def test_forged_reports_page_a_bounded_number_of_times(topo, tmp_path):
         topo.run("app", PYTHON, "-I", "-c", FORGER, sock, "300", "1", timeout=60)
         topo.run("app", PYTHON, "-I", "-c", FORGER, sock, "10", "30", timeout=60)
         assert wait_for(lambda: len(s.events("egress_attempt", layer="guard")) >= 600, 20)
-        time.sleep(5)  # what would have been sent is sent by now
-        pages = [b for b in receiver.bodies() if b.get("layer") == "guard"]
+
+        def paged() -> list[dict]:
+            return [b for b in receiver.bodies() if b.get("layer") == "guard"]
+
+        assert wait_for(paged, 30), "no guard page arrived"  # the first is on its way at once
+        time.sleep(5)  # the budget's upper bound: what would have been sent is sent by now
+        pages = paged()
         firsts = [b for b in pages if not b.get("rollup")]
         assert 1 <= len(pages) <= 20, len(pages)  # the budget: 20 P1 alerts a minute
         for body in firsts:

@@ -28,7 +28,7 @@ dns: {min_ttl: 30s, max_ttl: 1h, stale_grace: 10s}
 canary: {target: 198.18.0.99, port: 443, interval: 1s}
 """
 
-WORKLOAD = """
+TCP = """
 import json, socket
 def tcp(host, port):
     try:
@@ -36,9 +36,14 @@ def tcp(host, port):
             return "ok"
     except OSError as exc:
         return type(exc).__name__
+"""  # the outcome of one connect, as the app would make it
+WORKLOAD = (
+    TCP
+    + """
 print(json.dumps({"api": tcp("api.example.com", 443), "v6": tcp("2001:db8::5", 443),
                   "pg": tcp("postgres", 5432), "pg_again": tcp("postgres", 5432)}))
 """
+)
 
 
 def _stored(db: Path, sql: str, *args: object) -> list[tuple]:
@@ -216,17 +221,13 @@ ENFORCE = POLICY.replace("mode: audit", "mode: enforce").replace(
     "canary: {target: 198.18.0.99, port: 443, interval: 1s}\n", ""
 )
 
-GUARDED = """
-import json, socket
-def tcp(host, port):
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return "ok"
-    except OSError as exc:
-        return type(exc).__name__
+GUARDED = (
+    TCP
+    + """
 print(json.dumps({"api": tcp("api.example.com", 443), "ip": tcp("198.18.5.5", 8443),
                   "pg": tcp("postgres", 5432)}))
 """
+)
 
 
 def test_suggest_from_blocked_attempts_with_the_guard_in_enforce_mode(topo, tmp_path):

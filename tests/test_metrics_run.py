@@ -11,7 +11,7 @@ import os
 import pytest
 
 from sentinel.lab.netns import PYTHON
-from tests.conftest import RECORDS, RunningSentinel, query, scrape, wait_for
+from tests.conftest import RECORDS, RunningSentinel, by_layer, query, scrape, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -31,15 +31,6 @@ for _ in range(5):
     r = dns.query.udp(dns.message.make_query("postgres", "A"), "198.18.0.53", timeout=3)
     print(*[x.address for rr in r.answer for x in rr])
 """
-
-
-def by_layer(values: dict[str, float]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name, value in values.items():
-        if name.startswith("sentinel_blocked_attempts_total{") and value:
-            layer = name.split('layer="', 1)[1].split('"', 1)[0]
-            out[layer] = out.get(layer, 0) + int(value)
-    return out
 
 
 def test_metrics_of_a_running_sentinel_move_with_real_traffic(topo, tmp_path):

@@ -80,7 +80,10 @@ def ruleset():
 
 def install(monkeypatch, kernel: FakeKernel) -> FakeKernel:
     monkeypatch.setattr(netfilter, "_run", kernel.run)
-    monkeypatch.setattr(netfilter, "_read_sets_netlink", lambda: None)  # the text path here
+    monkeypatch.setattr(
+        netfilter, "_read_sets_netlink", lambda counters=True: None
+    )  # the text path here
+    monkeypatch.setattr(netfilter, "_netlink_session", lambda: None)  # sets filled by ipset
     monkeypatch.setattr(netfilter, "ensure_not_root_netns", lambda: None)
     # the netdev table (nft) is absent here: these rulesets have no link (test_l2_netns.py)
     monkeypatch.setattr(netfilter, "read_netdev", lambda: ("", {}))
@@ -153,6 +156,10 @@ def test_first_apply_commands_and_documents(monkeypatch, ruleset):
         assert all(f"add {s.name}-new {e.replace(',tcp:', ',')}\n" in staged for e in s.entries)
         assert f"swap {s.name}-new {s.name}\n" in staged
     assert "add sentinel-allow4-new 198.18.0.10,5432\n" in staged
+    kinds = [line.split()[0] for line in staged.splitlines()]
+    # every swap after every add: an entry ipset refuses leaves all live sets as they were
+    assert kinds.index("swap") > len(kinds) - 1 - kinds[::-1].index("add")
+    assert kinds[-len(ruleset.sets) :] == ["swap"] * len(ruleset.sets)
     assert cleanup == "".join(f"destroy {s.name}-new\n" for s in ruleset.sets)
 
 
@@ -231,3 +238,69 @@ def test_read_state_parses_the_recorded_kernel(monkeypatch, ruleset):
     assert state.set_counters[(SET_NAME[4], "198.18.0.10,tcp:5432")] == (0, 0)
     assert ("other", "198.18.9.9,tcp:22") not in state.set_counters  # not ours: not read
     assert "other" in state.set_names and "other" not in {s.name for s in state.sets}
+
+
+def test_a_big_set_is_staged_with_room_for_its_entries(monkeypatch, ruleset):
+    """Above 4,096 entries the staging copy is created with hashsize ~entries/4 (no rehash on
+    the way), a small one as before; the live set, and what dry-run prints, are unchanged."""
+    many = tuple(f"198.19.{i // 256}.{i % 256},tcp:443" for i in range(20_000))
+    big = dataclasses.replace(
+        ruleset,
+        sets=tuple(
+            dataclasses.replace(s, entries=many) if s.family == 4 else s for s in ruleset.sets
+        ),
+    )
+    kernel = install(monkeypatch, FakeKernel())
+    with pytest.raises(SentinelError, match=netfilter.NOT_HELD):  # the recorded kernel differs
+        netfilter.apply(big)
+    staged = kernel.stdin_of("ipset")[0].splitlines()
+    assert f"{big.sets[0].create_line(SET_NAME[4] + '-new')} hashsize 8192" in staged
+    assert big.sets[0].create_line() in staged  # the live set: as always
+    small = [s for s in big.sets if s.family == 6][0]
+    assert small.create_line(small.name + "-new") in staged
+
+
+class FakeSession:
+    """ipsetload.Session as the kernel answers it here: adds go in, the swap of `refuse` fails."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse, self.calls = refuse, []
+
+    def __enter__(self) -> FakeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add(self, name: str, family: int, requests: list) -> None:
+        self.calls.append(("add", name))
+
+    def swap(self, name: str, other: str) -> None:
+        self.calls.append(("swap", name))
+        if other == self.refuse:
+            raise SentinelError(f"ipset swap {name} {other} refused by the kernel: scripted")
+
+    def destroy(self, name: str) -> None:
+        self.calls.append(("destroy", name))
+
+
+def test_a_refused_swap_puts_back_the_sets_already_swapped(monkeypatch, ruleset):
+    """The netlink fill: every add before any swap; when the second swap is refused, the first
+    set gets its old contents back, every staging copy and every set this apply made go, and
+    no rule was touched."""
+    kernel = install(monkeypatch, FakeKernel())
+    session = FakeSession(refuse=SET_NAME[6])
+    monkeypatch.setattr(netfilter, "_netlink_session", lambda: session)
+    with pytest.raises(SentinelError, match="scripted"):
+        netfilter.apply(ruleset)
+    kinds = [kind for kind, _ in session.calls]
+    assert kinds[: len(ruleset.sets)] == ["add"] * len(ruleset.sets)
+    swaps = [("swap", f"{SET_NAME[4]}-new"), ("swap", f"{SET_NAME[6]}-new")]
+    assert session.calls[len(ruleset.sets) :] == swaps
+    create, undo = kernel.stdin_of("ipset")
+    assert "add " not in create and "swap " not in create  # the tool only created the sets
+    undo_lines = undo.splitlines()
+    assert undo_lines[0] == f"swap {SET_NAME[4]}-new {SET_NAME[4]}"
+    assert {f"destroy {s.name}-new" for s in ruleset.sets} <= set(undo_lines)
+    assert {f"destroy {s.name}" for s in ruleset.sets} <= set(undo_lines)  # made by this apply
+    assert not any(cmd[0].endswith("-restore") for cmd in kernel.argv())

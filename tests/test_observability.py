@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +114,11 @@ def test_real_prometheus_scrapes_a_running_sentinel_until_the_egress_alert_fires
         )
         assert up, "prometheus never scraped the sentinel"
         assert not [a for a in get("/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"]
-        time.sleep(2)  # two scrapes of the zero-initialised attempt series
+        # two scrapes of the zero-initialised attempt series, so increase() sees the attempt
+        zeros = "min(count_over_time(sentinel_blocked_attempts_total[5m])) >= 2"
+        scraped = wait_for(lambda: get("/api/v1/query", query=zeros).get("data", {}).get("result"),
+                           60, 0.5)  # fmt: skip
+        assert scraped, "prometheus never scraped the attempt series twice"
         assert query(topo, "api.openai.com")["rcode"] == "REFUSED"  # one egress attempt
         s.wait_event("egress_attempt", dst_name="api.openai.com")
 

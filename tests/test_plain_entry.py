@@ -69,3 +69,37 @@ def test_a_big_policy_reads_the_same_both_ways(monkeypatch):
     assert len(taken) == 2_000 and all(taken)  # every entry took the fast check
     monkeypatch.setattr(validate, "plain_cidr_entry", lambda value, mode: None)
     assert fast == parse_policy(text) and len(fast.allow) == 2_000
+
+
+def test_quiet_network_is_cidr_problem_without_a_message():
+    """safety.quiet_network (the plain entries' check) says "no problem" exactly when
+    cidr_problem finds neither an error nor a warning, in both modes."""
+    import ipaddress
+    import random
+
+    from sentinel.policy.safety import cidr_problem, quiet_network
+
+    rng = random.Random(17)
+    nets = [
+        "0.0.0.0/0", "128.0.0.0/1", "10.0.0.0/7", "10.0.0.0/8", "169.0.0.0/8", "168.0.0.0/7",
+        "169.254.0.0/16", "169.254.169.0/24", "169.254.169.254/32", "169.254.169.255/32",
+        "169.254.169.252/30", "169.254.170.0/24", "::/0", "2000::/15", "2001::/16",
+        "2001:db8::/32", "::ffff:0:0/96", "fe80::/10",
+    ]  # fmt: skip
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            prefix = rng.randint(0, 32)
+            base = rng.choice(
+                [rng.getrandbits(32), 0xA9FEA9FE ^ rng.getrandbits(rng.randint(0, 12))]
+            )
+            nets.append(
+                str(ipaddress.IPv4Network((base >> (32 - prefix) << (32 - prefix), prefix)))
+            )
+        else:
+            prefix = rng.randint(0, 128)
+            base = rng.getrandbits(128) >> (128 - prefix) << (128 - prefix) if prefix else 0
+            nets.append(str(ipaddress.IPv6Network((base, prefix))))
+    for text in nets:
+        net = ipaddress.ip_network(text)
+        for mode in ("enforce", "audit"):
+            assert quiet_network(net) == (cidr_problem(net, mode) == (None, None)), (text, mode)

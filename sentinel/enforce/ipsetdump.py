@@ -66,10 +66,15 @@ def _layout(family: int) -> tuple[struct.Struct, re.Pattern[bytes]]:
 
 
 _LAYOUT = {4: _layout(4), 6: _layout(6)}
+_DOTTED = struct.Struct(">12xBBBB4xH2x4xB3x4xB3x4xQ4xQ")  # _LAYOUT[4]'s, the address by byte
 
 
-def read() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]] | None:
-    """(our sets in OUR_SETS order, their per-entry counters, every set's name) or None."""
+def read(
+    counters: bool = True,
+) -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]] | None:
+    """(our sets in OUR_SETS order, their per-entry counters, every set's name) or None.
+    `counters=False`: the counters stay empty (an apply's read-backs compare entries only;
+    building 20,000 keyed counters is most of the reading's cost)."""
     try:
         messages = _dump()
     except OSError:
@@ -77,7 +82,7 @@ def read() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str
     families = {name: family for family, name in OUR_SETS}
     names: set[str] = set()
     entries: dict[str, list[str]] = {}
-    counters: dict[tuple[str, str], tuple[int, int]] = {}
+    counted: dict[tuple[str, str], tuple[int, int]] | None = {} if counters else None
     for attrs in messages:
         name = attrs.get(ATTR_SETNAME, b"").rstrip(b"\0").decode()
         names.add(name)
@@ -88,14 +93,14 @@ def read() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str
             return None
         found = entries.setdefault(name, [])
         adt = attrs.get(ATTR_ADT)
-        if adt is not None and not _entries(adt, families[name], name, found, counters):
+        if adt is not None and not _entries(adt, families[name], name, found, counted):
             return None
     sets = [
         IpSet(name, family, tuple(sorted(entries[name])))
         for family, name in OUR_SETS
         if name in entries
     ]
-    return sets, counters, names
+    return sets, counted or {}, names
 
 
 def _entries(
@@ -103,13 +108,26 @@ def _entries(
     family: int,
     name: str,
     out: list[str],
-    counters: dict[tuple[str, str], tuple[int, int]],
+    counters: dict[tuple[str, str], tuple[int, int]] | None,
 ) -> bool:
     values, layout = _LAYOUT[family]
     if len(adt) % values.size or layout.fullmatch(adt) is None:
         return False
     af, full = (socket.AF_INET, 32) if family == 4 else (socket.AF_INET6, 128)
     ntop, proto_name = socket.inet_ntop, _PROTO
+    if counters is None and family == 4:  # the address's four bytes: dotted as inet_ntop's
+        out += [
+            f"{a}.{b}.{c}.{d}{'' if cidr == 32 else f'/{cidr}'},{proto_name[proto]}:{port}"
+            for a, b, c, d, port, cidr, proto, _b, _p in _DOTTED.iter_unpack(adt)
+        ]
+        return True
+    if counters is None:
+        out += [
+            f"{ntop(af, addr) if cidr == full else f'{ntop(af, addr)}/{cidr}'},"
+            f"{proto_name[proto]}:{port}"
+            for addr, port, cidr, proto, _b, _p in values.iter_unpack(adt)
+        ]
+        return True
     for addr, port, cidr, proto, nbytes, packets in values.iter_unpack(adt):
         net = ntop(af, addr) if cidr == full else f"{ntop(af, addr)}/{cidr}"
         entry = f"{net},{proto_name[proto]}:{port}"

@@ -1,9 +1,11 @@
 """The netdev egress table (`table netdev sentinel`): apply, read back, and the link facts it
-is rendered for. Called only by `netfilter.apply`/`read_state`/`teardown`."""
+is rendered for (`apply_netdev`/`read_netdev` are called only by `netfilter.apply`/`read_state`/
+`teardown`). Also the namespace's own networks, for the DNS upstream check (policy.safety)."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -11,7 +13,7 @@ import subprocess
 from sentinel.enforce.render import NETDEV_TABLE, Link
 from sentinel.errors import SentinelError
 
-__all__ = ["NETDEV_TABLE", "apply_netdev", "read_link", "read_netdev"]
+__all__ = ["NETDEV_TABLE", "apply_netdev", "local_networks", "read_link", "read_netdev"]
 _NFT_COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
 
 
@@ -45,6 +47,28 @@ def read_link() -> Link:
     except OSError:
         pass
     return Link(tuple(devices), tuple(sorted(addresses)))
+
+
+def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks of this namespace's interfaces, lo included (`ip -j addr`: IPv4 has no
+    /proc file of its own); [] when unknown. For policy.safety's DNS upstream check."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+        links = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    nets = []
+    for link in links:
+        for info in link.get("addr_info", []):
+            try:
+                nets.append(
+                    ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)
+                )
+            except (KeyError, ValueError):
+                pass
+    return nets
 
 
 def apply_netdev(text: str, current: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import replace
 
-from sentinel.enforce import ipsetdump
+from sentinel.enforce import ipsetdump, ipsetload
 from sentinel.enforce.netdev import NETDEV_TABLE, apply_netdev, read_netdev
 from sentinel.enforce.render import OUR_SETS, IpSet, Ruleset
 from sentinel.enforce.rootns import ensure_not_root_netns, in_root_netns  # noqa: F401
@@ -66,18 +66,36 @@ def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
     the NFLOG packet counters that account for attempts made while no sentinel was watching,
     are left alone. `rules_replaced` on the result says which path was taken."""
     ensure_not_root_netns()
-    current = read_state(backend)
-    if _same_rules(current, ruleset):
+    current = read_state(backend, set_counters=False)
+    if not _same_rules(current, ruleset):
+        return _apply_all(ruleset, backend, current)
+    held = replace(ruleset, sets=tuple(current.sets))
+    try:
+        update_sets(held, ruleset)
+        state = read_state(backend, set_counters=False)
+        if state.sha256() == ruleset.sha256():
+            state.rules_replaced = False
+            return state
+    except SentinelError:  # e.g. a set too small for the new entries: rebuild it all
+        pass
+    return _apply_all_after_update(ruleset, backend, held)
+
+
+def _apply_all_after_update(ruleset: Ruleset, backend: str, held: Ruleset) -> KernelState:
+    """The sets-only path did not land (refused part-way, or the kernel changed under us):
+    its adds and deletes are undone first, so a full path that fails too rolls back to the
+    entries held before this apply began, never to a half update."""
+    try:
+        update_sets(ruleset, held)  # -exist: what is already back in place is a no-op
+    except SentinelError as undo:
         try:
-            update_sets(replace(ruleset, sets=tuple(current.sets)), ruleset)
-        except SentinelError:  # e.g. a set too small for the new entries: rebuild it all
-            return _apply_all(ruleset, backend, read_state(backend))
-        state = read_state(backend)
-        if state.sha256() != ruleset.sha256():  # changed under us: the full path verifies
-            return _apply_all(ruleset, backend, state)
-        state.rules_replaced = False
-        return state
-    return _apply_all(ruleset, backend, current)
+            return _apply_all(ruleset, backend, read_state(backend, set_counters=False))
+        except SentinelError as exc:
+            raise SentinelError(
+                f"{exc.message}; and undoing the refused set update failed first "
+                f"({undo.message}): the sets may hold part of the new entries"
+            ) from None
+    return _apply_all(ruleset, backend, read_state(backend, set_counters=False))
 
 
 def _same_rules(current: KernelState, ruleset: Ruleset) -> bool:
@@ -106,7 +124,7 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
                 restore_doc(ruleset, family, before[family]),
             )
             done.append(family)
-        state = read_state(backend)  # exactly the ruleset, or it all goes back
+        state = read_state(backend, set_counters=False)  # exactly the ruleset, or all goes back
         if state.sha256() != ruleset.sha256():
             raise SentinelError(NOT_HELD)
     except SentinelError:
@@ -114,7 +132,7 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
         apply_netdev(netdev_before, ruleset.netdev)
         raise
     staging = [_staging(s.name) for s in ruleset.sets]
-    _run(["ipset", "restore"], "".join(f"destroy {name}\n" for name in staging))
+    _destroy(staging)
     state.set_names.difference_update(staging)
     state.created_tables = [
         f"{family}/{table}"
@@ -125,13 +143,28 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
     return state
 
 
+def _destroy(names: list[str]) -> None:
+    session = _netlink_session()
+    if session is None:
+        _run(["ipset", "restore"], "".join(f"destroy {name}\n" for name in names))
+        return
+    with session:
+        for name in names:
+            session.destroy(name)
+
+
 def _staging(name: str) -> str:
     return f"{name}-new"
 
 
 def _stage_sets(ruleset: Ruleset, existing: set[str]) -> list[str]:
-    """Fill a staging copy of each set and swap it in (atomic per set). `existing`: every
-    set's name now. Returns the live sets this created (a rollback removes them again)."""
+    """Fill a staging copy of each set, then swap them all in (atomic per set; a refused
+    entry leaves every live set as it was). `existing`: every set's name now. Returns the
+    live sets this created (a rollback removes them again).
+
+    The entries go to the kernel as netlink messages (ipsetload: no getaddrinfo() per entry)
+    unless that is unavailable or an entry is not in its form: then `ipset restore` reads them."""
+    fills = _fills(ruleset)
     lines = []
     for s in ruleset.sets:
         stage = _staging(s.name)
@@ -139,13 +172,59 @@ def _stage_sets(ruleset: Ruleset, existing: set[str]) -> list[str]:
             lines.append(f"destroy {stage}")
         if s.name not in existing:
             lines.append(s.create_line())
-        lines.append(s.create_line(stage))
-        if s.entries:  # one line per entry, each through restore_entry's rewrite
+        lines.append(s.create_line(stage) + _hashsize(len(s.entries)))
+        if fills is None and s.entries:  # one line per entry, each through restore_entry's rewrite
             add = f"add {stage} "
             lines.append(restore_entries(add + f"\n{add}".join(s.entries)))
-        lines.append(f"swap {stage} {s.name}")
-    _run(["ipset", "restore"], "\n".join(lines) + "\n")
-    return [s.name for s in ruleset.sets if s.name not in existing]
+    created = [s.name for s in ruleset.sets if s.name not in existing]
+    if fills is None:
+        lines += [f"swap {_staging(s.name)} {s.name}" for s in ruleset.sets]
+        _run(["ipset", "restore"], "\n".join(lines) + "\n")
+        return created
+    session, requests = fills
+    swapped: list[str] = []
+    with session:
+        _run(["ipset", "restore"], "\n".join(lines) + "\n")
+        try:
+            for s, adds in zip(ruleset.sets, requests, strict=True):
+                session.add(_staging(s.name), s.family, adds)
+            for s in ruleset.sets:
+                session.swap(_staging(s.name), s.name)
+                swapped.append(s.name)
+        except SentinelError as exc:
+            undo = [f"swap {_staging(n)} {n}" for n in swapped]  # the old contents back first
+            undo += [f"destroy {_staging(s.name)}" for s in ruleset.sets]
+            undo += [f"destroy {n}" for n in created]
+            try:
+                _run(["ipset", "restore"], "\n".join(undo) + "\n")
+            except SentinelError as failed:
+                raise SentinelError(f"{exc.message}; undoing it failed: {failed.message}") from None
+            raise
+    return created
+
+
+def _hashsize(entries: int) -> str:
+    """A staging copy sized for its entries up front (about 4 a bucket): the kernel's default
+    1,024 buckets are rehashed three times on the way to 20,000 entries. Small sets: as before."""
+    size = 1024
+    while size * 4 < entries:
+        size *= 2
+    return f" hashsize {size}" if size > 1024 else ""
+
+
+def _fills(ruleset: Ruleset) -> tuple[ipsetload.Session, list[list[bytes]]] | None:
+    """A netlink session and every set's ADD requests, or None: `ipset restore` fills them."""
+    requests = []
+    for s in ruleset.sets:
+        encoded = ipsetload.encode(_staging(s.name), s.family, s.entries)
+        if encoded is None:
+            return None
+        requests.append(encoded)
+    session = _netlink_session()
+    return None if session is None else (session, requests)
+
+
+_netlink_session = ipsetload.Session.open  # tests of the text path (test_netfilter_text) replace it
 
 
 def _rollback(
@@ -168,23 +247,27 @@ def _save(tool: str, counters: bool = False) -> str:
     return _run([f"{tool}-save", *(["-c"] if counters else [])])
 
 
-def read_state(backend: str = DEFAULT_BACKEND) -> KernelState:
+def read_state(backend: str = DEFAULT_BACKEND, set_counters: bool = True) -> KernelState:
     """What the kernel holds of ours right now, with packet counters: one `iptables-save -c`
-    per family and one read of every set (ours kept: ipsetdump, else `ipset save`)."""
+    per family and one read of every set (ours kept: ipsetdump, else `ipset save`).
+    `set_counters=False` (apply's own reads, which compare entries only): the per-entry
+    counters may be left empty."""
     state = KernelState()
     for family, tool in BACKENDS[backend].items():
         saved = _save(tool, counters=True)
         state.dumps[family] = saved
         state.text[family] = family_text(saved)
         state.counters.update(rule_counters(saved, family))
-    state.sets, state.set_counters, state.set_names = _read_sets()
+    state.sets, state.set_counters, state.set_names = _read_sets(set_counters)
     state.netdev, state.netdev_counters = read_netdev()
     return state
 
 
-def _read_sets() -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]]:
+def _read_sets(
+    counters: bool = True,
+) -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]]:
     """The kernel's dump when ipsetdump can read it exactly, else `ipset save`'s text."""
-    fast = _read_sets_netlink()
+    fast = _read_sets_netlink(counters)
     if fast is not None:
         return fast
     saved = _run(["ipset", "save"])

@@ -91,6 +91,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class IpSet:
+    """One of our ipsets and its entries, sorted."""
+
     name: str
     family: int
     entries: tuple[str, ...]  # "198.18.0.2,tcp:5432", "10.20.0.0/16,tcp:443"
@@ -125,6 +127,8 @@ class Link:
 
 @dataclass(frozen=True)
 class Ruleset:
+    """Everything one apply puts into the kernel (pure data; render_rules builds it)."""
+
     mode: str
     policy_sha256: str
     rules: tuple[tuple[int, Rule], ...]  # (family, rule)

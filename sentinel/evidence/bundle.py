@@ -6,6 +6,9 @@ ruleset that was applied, the monitor's kernel counter readings, redacted logs, 
 MANIFEST.sha256 (`sha256sum -c MANIFEST.sha256`
 verifies it). Logs and events are redacted; report.json is not, because redaction would also
 mask the hashes that are the point of it (its attempt list is redacted when the report is built).
+The two event files are streamed: the window is read in slices of about SLICE_ROWS events
+through the store's query and written line by line, so a day of millions of events needs the
+memory of one slice (the same bytes as one query of the whole window gave).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,49 +40,73 @@ def write_bundle(
         raise SentinelError(f"--bundle {directory}: {exc.strerror or exc}") from None
     files: dict[str, str] = {"report.json": json.dumps(report, indent=2, default=str) + "\n"}
     files.update(evidence_text(report.get("backend") or DEFAULT_BACKEND))
-    files["flows.jsonl"], files["kernel-counters.jsonl"] = _flows(
-        report, store or ev.db_path(state)
-    )
     files["netflow.json"] = json.dumps(report.get("netflow", []), indent=2) + "\n"
     files.update(_policy_files(state))
     files.update(_logs(state))
-    names = []
-    for name, text in sorted(files.items()):
+    for name, text in files.items():
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        names.append(name)
+    streamed = _write_flows(directory, report["window"], store or ev.db_path(state))
+    names = sorted({*files, *streamed})
     manifest = "".join(f"{_sha256(directory / n)}  {n}\n" for n in names)
     (directory / MANIFEST).write_text(manifest)
     return directory / MANIFEST
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as f:  # in blocks: flows.jsonl of a busy day is hundreds of MB
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _flows(report: dict[str, Any], store: Path) -> tuple[str, str]:
-    """(every attempt/alarm event of the window, redacted; the monitor's kernel counter
-    readings, which hold only counters and hashes) as JSON lines."""
-    window = report["window"]
-    if not store.exists():  # nothing recorded; nothing is created either
-        return "", ""
-    conn = ev.connect(store, readonly=True)
-    try:
-        rows = ev.query(conn, window["since"], window["until"])
-    finally:
-        conn.close()
-    flows = [
-        json.dumps(redact_obj(e.to_dict()), sort_keys=True, default=str)
-        for e in rows
-        if e.verdict != "info"
-    ]
-    counters = [
-        json.dumps({"ts": e.ts, **e.detail}, sort_keys=True)
-        for e in rows
-        if e.kind == "kernel_counters"
-    ]
-    return "".join(f"{x}\n" for x in flows), "".join(f"{x}\n" for x in counters)
+FLOWS, COUNTERS = "flows.jsonl", "kernel-counters.jsonl"
+SLICE_ROWS = 5000  # the events one slice of the window should hold (memory stays bounded)
+
+
+def _write_flows(directory: Path, window: dict[str, Any], store: Path) -> tuple[str, str]:
+    """flows.jsonl (every attempt/alarm event of the window, redacted) and
+    kernel-counters.jsonl (the monitor's kernel counter readings, which hold only counters and
+    hashes), one JSON line an event, written as the window is read: slice by slice in time
+    order, so memory holds one slice, never the window (a day can hold millions of events)."""
+    with (directory / FLOWS).open("w") as flows, (directory / COUNTERS).open("w") as counters:
+        if not store.exists():  # nothing recorded; nothing is created either
+            return FLOWS, COUNTERS
+        conn = ev.connect(store, readonly=True)
+        try:
+            memo: dict[str, str] = {}
+            for rows in _slices(conn, window["since"], window["until"]):
+                flows.writelines(_flow_line(e, memo) for e in rows if e.verdict != "info")
+                counters.writelines(_counter_line(e) for e in rows if e.kind == "kernel_counters")
+                if len(memo) > 4096:  # the same texts again are the common case, not a rule
+                    memo.clear()
+        finally:
+            conn.close()
+    return FLOWS, COUNTERS
+
+
+def _slices(conn: Any, since: float, until: float) -> Iterator[list[ev.Event]]:
+    """The window's events in time order (ties in store order, as one query returns them), in
+    consecutive [lo, hi) slices read with the store's query: a slice that held many more events
+    than SLICE_ROWS halves the next one's span, one that held far fewer doubles it."""
+    lo, span = since, 60.0
+    while lo < until:
+        hi = min(until, lo + span)
+        rows = ev.query(conn, lo, hi)
+        yield rows
+        if len(rows) > 2 * SLICE_ROWS:
+            span = max(span / 2, 0.001)  # a burst in one millisecond is read whole
+        elif len(rows) < SLICE_ROWS // 2:
+            span = min(span * 2, 7 * 86_400.0)
+        lo = hi
+
+
+def _flow_line(event: ev.Event, memo: dict[str, str]) -> str:
+    plain = {name: getattr(event, name) for name in ev.COLUMNS}  # = to_dict(): nothing nested
+    return json.dumps(redact_obj(plain, memo=memo), sort_keys=True, default=str) + "\n"
+
+
+def _counter_line(event: ev.Event) -> str:
+    return json.dumps({"ts": event.ts, **event.detail}, sort_keys=True) + "\n"
 
 
 def _policy_files(state: Path) -> dict[str, str]:

@@ -12,7 +12,9 @@ HERE = Path(__file__).resolve().parent
 PYTHONPATH_DIR = HERE / "pythonpath"
 PTH_FILE = HERE / "sentinel_guard.pth"
 RUNTIME_FILE = PYTHONPATH_DIR / "sentinel_guard.py"
-ALLOWLIST_FORMAT = "sentinel-guard-allowlist/2"
+ALLOWLIST_FORMAT = "sentinel-guard-allowlist/2"  # allowlist.json
+GUARD_FORMAT = "sentinel-guard-allowlist/3"  # allowlist.marshal, what the guard reads
+GUARD_MAGIC = GUARD_FORMAT.encode() + b"\n"  # the file's first line, then marshal data
 
 
 def guard_path() -> Path:

@@ -1,9 +1,11 @@
-"""Policy + DNS pins -> the JSON allowlist the in-process guard reads (standard-library JSON).
+"""Policy + DNS pins -> the allowlist the in-process guard reads.
 
-Format sentinel-guard-allowlist/2 (docs/guard.md); the guard also still reads /1.
-
-The sentinel writes it atomically to `$SENTINEL_STATE_DIR/guard/allowlist.json` on `apply` and
-whenever pins change; guards in running apps re-read it within about half a second.
+Two files, written atomically on `apply` and whenever pins change: `guard/allowlist.json`
+(format sentinel-guard-allowlist/2, for people and tools; docs/guard.md) and
+`guard/allowlist.marshal` (format /3: the same rules as the guard holds them, in `marshal`,
+which every Python has loaded before its first line: no `json` at the app's start-up). Guards
+read the second, and still read /2 and /1 JSON from a file named by SENTINEL_GUARD_ALLOWLIST;
+guards in running apps re-read it within about half a second.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import marshal
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -19,15 +22,69 @@ from typing import Any
 
 from sentinel.atomic import write_atomic
 from sentinel.errors import SentinelError
-from sentinel.guard import ALLOWLIST_FORMAT
+from sentinel.guard import ALLOWLIST_FORMAT, GUARD_FORMAT, GUARD_MAGIC
 from sentinel.policy.load import Policy
 
 ALLOWLIST_DIR = "guard"
 ALLOWLIST_NAME = "allowlist.json"
+GUARD_NAME = "allowlist.marshal"
+MARSHAL_VERSION = 4  # read by every Python 3.4+ (the app's Python may differ from ours)
 
 
 def allowlist_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / ALLOWLIST_DIR / ALLOWLIST_NAME
+
+
+def guard_allowlist_path(state_dir: str | Path) -> Path:
+    """What the guard reads by default (format /3)."""
+    return Path(state_dir) / ALLOWLIST_DIR / GUARD_NAME
+
+
+def _packed(text: str) -> bytes | None:
+    """The guard's reading of an address: packed, IPv4-mapped IPv6 as 4 bytes; None: a name."""
+    try:
+        ip = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).packed
+
+
+def guard_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A /2 document as the guard holds its rules (format /3): names normalized (lower case, no
+    trailing dot) with their (protocol, ports) specs, pinned and literal addresses packed, CIDR
+    groups as (width, prefix, sorted packed networks, protocol, ports); ports as frozensets."""
+    names: dict[str, list] = {}
+    addrs: dict[bytes, list] = {}
+    for entry in doc["entries"]:
+        spec = (entry["protocol"], frozenset(entry["ports"]))
+        host = entry.get("host")
+        if host and _packed(host) is None:
+            names.setdefault(host.rstrip(".").lower(), []).append(spec)
+        for address in entry["addresses"]:
+            packed = _packed(address)
+            if packed is None:
+                raise SentinelError(f"guard allowlist: {address!r} is not an address")
+            addrs.setdefault(packed, []).append(spec)
+    nets = []
+    for group in doc["nets"]:
+        width = 4 if group["family"] == 4 else 16
+        blob = bytes.fromhex(group["networks"])
+        nets.append((width, group["prefix"], blob, group["protocol"], frozenset(group["ports"])))
+    keep = ("policy", "policy_sha256", "policy_stat", "mode", "generated_at", "entry_count")
+    return {
+        **{k: doc[k] for k in keep},
+        "format": GUARD_FORMAT,
+        "names": {k: tuple(v) for k, v in names.items()},
+        "addrs": {k: tuple(v) for k, v in addrs.items()},
+        "nets": tuple(nets),
+        "rules": len(doc["entries"]) + sum(len(n[2]) // n[0] for n in nets),
+    }
+
+
+def encode_guard_allowlist(doc: Mapping[str, Any]) -> bytes:
+    """The bytes of allowlist.marshal for a /2 document."""
+    return GUARD_MAGIC + marshal.dumps(guard_document(doc), MARSHAL_VERSION)
 
 
 def _addresses(values: Iterable[Any]) -> list[str]:
@@ -103,13 +160,17 @@ def compile_allowlist(policy: Policy, pins: Mapping[str, Iterable[Any]]) -> dict
 def write_allowlist(
     policy: Policy, pins: Mapping[str, Iterable[Any]], state_dir: str | Path
 ) -> Path:
-    """Atomic write (temp file + rename, world-readable: the app may run as another user)."""
+    """Both files, each atomic (temp file + rename, world-readable: the app may run as another
+    user); the guard's first. Returns the JSON one's path."""
     path = allowlist_path(state_dir)
     data = compile_allowlist(policy, pins)
-    try:
+    for target, content in (
+        (guard_allowlist_path(state_dir), encode_guard_allowlist(data)),
         # compact: the C encoder (indent= falls back to pure Python: 1 s at 10,000 entries)
-        text = json.dumps(data, separators=(",", ":"), sort_keys=True)
-        write_atomic(path, text, mode=0o644)
-    except OSError as exc:
-        raise SentinelError(f"cannot write {path}: {exc.strerror or exc}") from None
+        (path, json.dumps(data, separators=(",", ":"), sort_keys=True)),
+    ):
+        try:
+            write_atomic(target, content, mode=0o644)
+        except OSError as exc:
+            raise SentinelError(f"cannot write {target}: {exc.strerror or exc}") from None
     return path

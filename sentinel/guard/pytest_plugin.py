@@ -109,7 +109,7 @@ class GuardPlugin:
         resolved = self._resolve([n for n in self.policy.hostnames if n not in self.pins])
         self.base = compile_allowlist(self.policy, {**resolved, **self.pins})
         self.dir = Path(tempfile.mkdtemp(prefix="sentinel-pytest-"))
-        self.allowlist = self.dir / "allowlist.json"
+        self.allowlist = self.dir / "allowlist.marshal"
         self.socket_path = self.dir / "guard.sock"
         self.refused: list[dict[str, Any]] = []
         self.current = "<collection>"
@@ -134,8 +134,10 @@ class GuardPlugin:
         return out
 
     def _write(self, doc: dict[str, Any]) -> None:
-        tmp = self.allowlist.with_name(".allowlist.json.tmp")
-        tmp.write_text(json.dumps(doc))
+        from sentinel.guard.compile import encode_guard_allowlist
+
+        tmp = self.allowlist.with_name(".allowlist.marshal.tmp")
+        tmp.write_bytes(encode_guard_allowlist(doc))  # what the guard reads (format /3)
         os.replace(tmp, self.allowlist)  # a new inode: the guard sees the change at once
 
     def _boot(self) -> Any:

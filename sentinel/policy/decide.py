@@ -21,6 +21,8 @@ _PLACEHOLDER6 = ipaddress.ip_network("2001:db8:ffff::/64")
 
 @dataclass(frozen=True)
 class Packet:
+    """A new connection as the rules see it."""
+
     dst: IPAddress
     port: int
     proto: str  # tcp | udp | icmp

@@ -23,6 +23,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # an allow entry's name
 
 @dataclass(frozen=True)
 class Allow:
+    """One allowlist entry: a host (pinned by DNS) or a cidr, its ports and protocol."""
+
     name: str
     ports: tuple[int, ...]
     protocol: str = "tcp"
@@ -40,6 +42,8 @@ class Allow:
 
 @dataclass(frozen=True)
 class DnsSettings:
+    """The `dns:` section."""
+
     upstream: str = "auto"  # "auto" = resolv.conf at start-up, else "IP" or "IP:port"
     min_ttl: float = 30.0
     max_ttl: float = 3600.0
@@ -50,6 +54,8 @@ class DnsSettings:
 
 @dataclass(frozen=True)
 class SinkSettings:
+    """One alert sink of the `alerts:` section."""
+
     kind: str  # slack | pagerduty | webhook
     env: dict[str, str] = field(default_factory=dict, hash=False)  # role -> env var name
     options: dict[str, Any] = field(default_factory=dict, hash=False)
@@ -57,6 +63,8 @@ class SinkSettings:
 
 @dataclass(frozen=True)
 class AlertSettings:
+    """The `alerts:` section."""
+
     sinks: tuple[SinkSettings, ...] = ()
     routing: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (severity, sink kinds)
     dedup_window: float = 300.0
@@ -68,6 +76,8 @@ class AlertSettings:
 
 @dataclass(frozen=True)
 class MonitorSettings:
+    """The `monitor:` section."""
+
     tamper_interval: float = 5.0
     fold_window: float = 2.0
     retention: float = 7 * 86400.0
@@ -86,6 +96,8 @@ class CanarySettings:
 
 @dataclass(frozen=True)
 class PolicyTest:
+    """One of the policy's own `tests:`."""
+
     to: str  # "host:port" as written
     host: str
     port: int
@@ -96,6 +108,8 @@ class PolicyTest:
 
 @dataclass(frozen=True)
 class Policy:
+    """A validated policy file (load.py builds it)."""
+
     version: int
     mode: str
     allow: tuple[Allow, ...]

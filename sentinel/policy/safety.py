@@ -20,9 +20,7 @@ wide networks, and a DNS upstream that is on none of this network namespace's ne
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
-import subprocess
 from typing import Any
 
 MIN_INTERVAL = 1.0  # seconds
@@ -49,6 +47,21 @@ def cidr_problem(network: Any, mode: str) -> tuple[str | None, str | None]:
     if network.version == 4 and _METADATA in network:
         return None, f"{network} includes the cloud metadata service 169.254.169.254"
     return None, None
+
+
+_METADATA_INT = int(_METADATA)
+
+
+def quiet_network(network: Any) -> bool:
+    """Whether cidr_problem(network, mode) is (None, None) in every mode, without building a
+    message: at least /8 (IPv4) or /16 (IPv6) and, for IPv4, not containing the metadata
+    service. The check of 10,000 plain entries (plainentry.py); tests/test_plain_entry.py
+    compares it with cidr_problem."""
+    prefix = network.prefixlen
+    if network.version == 6:
+        return prefix >= 16
+    shift = 32 - prefix
+    return prefix >= 8 and (int(network.network_address) >> shift) != (_METADATA_INT >> shift)
 
 
 def host_problem(host: str) -> str | None:
@@ -103,7 +116,11 @@ def upstream_warning(address: str, networks: list[Any] | None = None) -> str | N
         ip = ipaddress.ip_address(address)
     except ValueError:
         return None
-    nets = local_networks() if networks is None else networks
+    if networks is None:
+        from sentinel.enforce.netdev import local_networks
+
+        networks = local_networks()
+    nets = networks
     if not nets or any(ip.version == n.version and ip in n for n in nets):
         return None
     shown = ", ".join(str(n) for n in nets if not n.is_loopback)[:200] or "loopback only"
@@ -111,27 +128,6 @@ def upstream_warning(address: str, networks: list[Any] | None = None) -> str | N
         f"DNS upstream {address} is on none of this network namespace's networks ({shown}): "
         "its queries leave through a gateway"
     )
-
-
-def local_networks() -> list[Any]:
-    """The networks of this namespace's interfaces (`ip -j addr`); [] when unknown."""
-    try:
-        out = subprocess.run(
-            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout
-        links = json.loads(out)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
-    nets = []
-    for link in links:
-        for info in link.get("addr_info", []):
-            try:
-                nets.append(
-                    ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)
-                )
-            except (KeyError, ValueError):
-                pass
-    return nets
 
 
 def run_warnings(policy: Any, upstream_address: str) -> list[str]:

@@ -12,8 +12,8 @@ or on any error), so a line inside a block scalar or a multi-line string is neve
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +58,7 @@ def fold(text: str, scalar: Scalar) -> Folded | None:
     if "- {" not in text:
         return None
     lines = text.split("\n")
-    token = f"sentinel_fold_{secrets.token_hex(6)}_"
+    token = f"sentinel_fold_{os.urandom(6).hex()}_"  # secrets.token_hex's bytes, no import
     if token in text:  # a placeholder must not already be in the text (48 random bits)
         return None
     runs: dict[str, Run] = {}

@@ -122,7 +122,12 @@ def resolve_many(
         for rdtype, _, _ in TYPES:
             steps = chase_steps(name, rdtype)
             todo.append(((name, rdtype), steps, next(steps)))
-    _pipeline(upstream, todo, answers, window)
+    try:
+        _pipeline(upstream, todo, answers, window)
+    except OSError as exc:  # no socket or no route to the upstream: every name failed, as
+        # one blocking query would say (not a traceback out of `apply`)
+        failed = UpstreamError(f"{_where(upstream)}: {type(exc).__name__}: {exc}")
+        return dict.fromkeys(names, failed)
     out: dict[str, Resolution | UpstreamError] = {}
     for name in names:
         try:

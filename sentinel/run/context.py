@@ -7,7 +7,6 @@ receive events by `context.add_sink(fn)` and report them with `context.emit(even
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,12 @@ from sentinel.run import eventlines
 from sentinel.store import kinds
 from sentinel.store.events import Event, redact_event
 from sentinel.store.kinds import QUIET_KINDS
+from sentinel.store.model import BUS_REDACTED as _REDACTED
 
 log = get_logger("daemon")
 
-# the redacted event `emit` is handing out in this thread/task: a sink given it needs no second
-# redaction (`log_sink` called any other way redacts)
-_REDACTED: contextvars.ContextVar[Event | None] = contextvars.ContextVar("redacted", default=None)
+# `_REDACTED`: the redacted event `emit` is handing out in this thread/task: a sink given it
+# needs no second redaction (`log_sink` and the store's `put` called any other way redact)
 
 
 class Service(Protocol):

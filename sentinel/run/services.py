@@ -19,6 +19,7 @@ from sentinel.guard.receiver import GuardReceiver
 from sentinel.log import get_logger
 from sentinel.store.events import Event, EventStore
 from sentinel.store.events import store_service as _store_service
+from sentinel.store.model import BUS_REDACTED
 from sentinel.store.state import state_dir
 
 log = get_logger("services")
@@ -32,13 +33,22 @@ def store_service(ctx: Any) -> EventStore:
 
 
 def put_each(store: EventStore) -> Callable[[list[Event]], None]:
-    """The store sink's batch form: `put` for each event, in order, without the bus' per-event
-    correlation binding (the store logs nothing)."""
+    """The store sink's batch form: `put` for each event of the bus' batch, in order, without
+    its per-event correlation binding (the store logs nothing). The events come redacted by the
+    bus: one with free text is handed over as the bus' redacted event (`BUS_REDACTED`, so `put`
+    does not redact it twice); a kernel sighting has none, and `put` takes it as it is."""
     put = store.put
 
     def put_many(events: list[Event]) -> None:
         for event in events:
-            put(event)
+            if event.dst_name or event.exe or event.stack or event.detail:
+                token = BUS_REDACTED.set(event)
+                try:
+                    put(event)
+                finally:
+                    BUS_REDACTED.reset(token)
+            else:
+                put(event)
 
     return put_many
 

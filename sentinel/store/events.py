@@ -15,6 +15,7 @@ from sentinel.store.model import (
     destination_text,
     new_id,
     redact_event,
+    redact_once,
 )
 from sentinel.store.reads import _event, last_before, query, shed_counts
 from sentinel.store.rows import PRUNE_CHUNK, UPSERT, prune, write_events
@@ -58,6 +59,7 @@ __all__ = [
     "query",
     "readonly_uri",
     "redact_event",
+    "redact_once",
     "shed_counts",
     "store_service",
     "transaction",

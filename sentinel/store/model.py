@@ -6,6 +6,7 @@ elsewhere (the guard's uuid4) are stored the same way.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -54,6 +55,21 @@ class Event:
 
 
 COLUMNS = tuple(f.name for f in fields(Event))
+
+
+# The event the bus (`run.context.Context.emit`) is handing its sinks in this thread/task,
+# redacted there once: a sink given exactly that object (identity, not equality) needs no second
+# redaction (the log sink, the store's `put`); any other event is redacted by whoever stores it.
+BUS_REDACTED: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "bus_redacted", default=None
+)
+
+
+def redact_once(event: Event) -> Event:
+    """`redact_event`, unless `event` is the one the bus already redacted for its sinks."""
+    if BUS_REDACTED.get() is event:
+        return event
+    return redact_event(event)
 
 
 def redact_event(event: Event) -> Event:

@@ -45,7 +45,7 @@ def _clean(column: str, value: Any) -> Any:
         return time.time()
     if column == "packets":
         return 1
-    if column in ("layer", "kind", "verdict"):
+    if column in ("id", "layer", "kind", "verdict"):
         return str(value)
     return None
 
@@ -55,10 +55,16 @@ def _clean_row(row: tuple) -> tuple:
 
 
 INSERT = f"INSERT INTO events ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# An event already stored (the same ts and id: a fold update and the event it updates share
+# both) is updated in place. Schema 4's unique index events_ts (ts, id) finds it (its keys
+# grow with time, so it is written at its end, not at random places as the id alone was); a
+# store of schema 1-3 finds it by its id, the primary key there. No conflict target: either.
 UPSERT = (
-    f"{INSERT} ON CONFLICT(id) DO UPDATE SET packets = excluded.packets, "
+    f"{INSERT} ON CONFLICT DO UPDATE SET packets = excluded.packets, "
     "last_ts = excluded.last_ts, detail = excluded.detail"
 )
+_ID = ROW_COLUMNS.index("id")
+_CHANGED = tuple(ROW_COLUMNS.index(c) for c in ("packets", "last_ts", "detail"))
 
 
 def write_events(
@@ -67,9 +73,9 @@ def write_events(
     shed: dict[str, int],
     also: Callable[[sqlite3.Connection], None] | None = None,
 ) -> None:
-    """One transaction: the events (upserted by id), the shed counts since the last one, and
-    `also` (the writer session's counts)."""
-    rows = [_row(e) for e in events]
+    """One transaction: the events (one already stored, the same ts and id, is an update of
+    that row), the shed counts since the last one, and `also` (the writer session's counts)."""
+    rows = _one_per_id([_row(e) for e in events])
     if not all(math.isfinite(e.ts) for e in events):  # NaN binds as NULL, inf hides the row
         rows = [_clean_row(r) for r in rows]
     with transaction(conn):
@@ -89,9 +95,29 @@ def write_events(
             also(conn)
 
 
+def _one_per_id(rows: list[tuple]) -> list[tuple]:
+    """A batch holding an id twice (an event and its fold update) becomes one row per id: the
+    first one's columns with the last one's changes, in the first one's place."""
+    if len({r[_ID] for r in rows}) == len(rows):
+        return rows
+    first: dict[Any, int] = {}
+    out: list[tuple] = []
+    for r in rows:
+        at = first.get(r[_ID])
+        if at is None:
+            first[r[_ID]] = len(out)
+            out.append(r)
+            continue
+        merged = list(out[at])
+        for i in _CHANGED:
+            merged[i] = r[i]
+        out[at] = tuple(merged)
+    return out
+
+
 def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
-    """Plain INSERTs (the cheaper statement) until a row's id is already stored: from that
-    row on the batch is upserted (an update of a folded event, or a row sent twice)."""
+    """Plain INSERTs (the cheaper statement) until a row is already stored: from that row on
+    the batch is upserted (an update of a folded event, or a row sent twice)."""
     before = conn.total_changes
     try:
         conn.executemany(INSERT, rows)

@@ -19,10 +19,28 @@ from urllib.parse import quote
 from sentinel.errors import EXIT_BAD_INPUT, EXIT_VIOLATION, SentinelError
 
 DB_NAME = "events.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORE_CREATED = "store_created"  # one row, written when the store is made (see migrate)
 
-# Index i holds the script that takes the schema from version i to i + 1.
+_EVENT_COLUMNS = """
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, ts REAL NOT NULL, layer TEXT NOT NULL,
+    kind TEXT NOT NULL, verdict TEXT NOT NULL, protocol TEXT, family INTEGER, src_ip TEXT,
+    src_port INTEGER, dst_ip TEXT, dst_port INTEGER, dst_name TEXT,
+    packets INTEGER NOT NULL DEFAULT 1, last_ts REAL, pid INTEGER, exe TEXT, stack TEXT,
+    detail TEXT NOT NULL DEFAULT '{}'
+"""
+_COPIED = (
+    "id, ts, layer, kind, verdict, protocol, family, src_ip, src_port, dst_ip, dst_port, "
+    "dst_name, packets, last_ts, pid, exe, stack, detail"
+)
+_EVENT_INDEXES = """
+    CREATE UNIQUE INDEX events_ts ON events (ts, id);
+    CREATE INDEX events_layer_ts ON events (layer, ts);
+    CREATE INDEX events_kind_ts ON events (kind, ts);
+"""
+
+# Index i holds the script that takes the schema from version i to i + 1. Append only; never
+# edit a shipped one (a store at version i has run exactly scripts 0 .. i - 1).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE events (
@@ -48,6 +66,18 @@ MIGRATIONS: tuple[str, ...] = (
         accepted INTEGER NOT NULL DEFAULT 0, settled INTEGER NOT NULL DEFAULT 0,
         closed INTEGER NOT NULL DEFAULT 0
     );
+    """,
+    # v4 (storefast): the table's key is its integer rowid, in write order; the id stays a text
+    # column with no index of its own. A random UUIDv4 key made every insert a write into a
+    # random page of a primary-key index (SQLite's insert rate halved, the WAL grew with it).
+    # Fold updates and repeats are found by (ts, id) along events_ts (store/rows.py). The
+    # rowids are kept (the report orders ties by rowid).
+    f"""
+    CREATE TABLE events_v4 ({_EVENT_COLUMNS});
+    INSERT INTO events_v4 (seq, {_COPIED}) SELECT rowid, {_COPIED} FROM events ORDER BY rowid;
+    DROP TABLE events;
+    ALTER TABLE events_v4 RENAME TO events;
+    {_EVENT_INDEXES}
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -121,6 +151,19 @@ def migrate(conn: sqlite3.Connection) -> int:
     records when it was created (STORE_CREATED, never pruned): nothing watched from this state
     dir before then, so the report does not call that time a coverage gap."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        return SCHEMA_VERSION
+    # a migration that copies or indexes a big table sorts on disk, not in the writer's memory
+    temp_store = conn.execute("PRAGMA temp_store").fetchone()[0]
+    conn.execute("PRAGMA temp_store=FILE")
+    try:
+        _steps(conn, version)
+    finally:
+        conn.execute(f"PRAGMA temp_store={int(temp_store)}")
+    return SCHEMA_VERSION
+
+
+def _steps(conn: sqlite3.Connection, version: int) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(conn):
             for statement in MIGRATIONS[target - 1].split(";"):
@@ -132,7 +175,6 @@ def migrate(conn: sqlite3.Connection) -> int:
                     (str(uuid.uuid4()), time.time(), "store", STORE_CREATED, "info"),
                 )
             conn.execute(f"PRAGMA user_version = {target}")
-    return SCHEMA_VERSION
 
 
 def created_at(conn: sqlite3.Connection) -> float | None:

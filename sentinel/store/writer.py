@@ -1,10 +1,11 @@
 """The store's writer: `EventStore.put()` does not block; one thread commits batches.
 
-`put()` redacts the event and appends it to a bounded in-memory queue. The writer thread takes
-everything queued (up to `batch`) and commits it in one transaction: under load batches grow
-by themselves, and after an idle spell it waits `linger` so a burst shares one transaction.
-Between batches it deletes at most one chunk of expired events, sized so a chunk takes about
-`PRUNE_TARGET`, and paced (at most `PRUNE_RATE` rows/s, so the WAL checkpoints keep up):
+`put()` redacts the event (unless the bus already did: `model.redact_once`) and appends it
+to a bounded in-memory queue. The writer thread takes everything queued (up to `batch`) and
+commits it in one transaction: under load batches grow by themselves, and after an idle
+spell it waits `linger` so a burst shares one transaction. Between batches it deletes at
+most one chunk of expired events, sized so a chunk takes about `PRUNE_TARGET`, and paced (at
+most `PRUNE_RATE` rows/s, so the WAL checkpoints keep up):
 pruning a large backlog never holds new events up for much longer than one chunk.
 
 Durability bound: an event is committed (in the WAL, surviving the process being killed)
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.store.checkpoint import SAFETY_PAGES, Checkpointer
-from sentinel.store.model import Event, redact_event
+from sentinel.store.model import Event, redact_once
 from sentinel.store.rows import PRUNE_CHUNK, prune, write_events
 from sentinel.store.schema import connect, db_path
 from sentinel.store.sessions import close_session, open_session, record, recover
@@ -104,11 +105,12 @@ class EventStore:
         return self
 
     def put(self, event: Event) -> bool:
-        """Queue an event, redacted; False (and counted) when the queue is full (after waiting
-        up to PUT_WAIT for room, for a kernel sighting)."""
+        """Queue an event, redacted (once: the bus's own redacted event as it is); False (and
+        counted) when the queue is full (after waiting up to PUT_WAIT for room, for a kernel
+        sighting)."""
         if len(self._pending) >= self.maxsize and not self._room(event.layer):
             return self._shed_one(event.layer)
-        event = redact_event(event)
+        event = redact_once(event)
         with self._lock:
             self._pending.append(event)
             self._counts["put"] += 1
