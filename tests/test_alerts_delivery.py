@@ -408,6 +408,20 @@ def test_submit_never_blocks_and_overflow_is_reported(rx, make):
     assert stats["events_dropped"] == 9995 and stats["dropped"] >= 9995
 
 
+def test_a_batch_from_the_bus_is_queued_and_its_overflow_reported_as_one_by_one(rx, make):
+    d = make(start=False, queue_size=5)
+    batch = [attempt(port=p, exe=f"/bin/p{p}") for p in range(1, 10_001)]
+    assert d.submit_many(batch[:3]) == 3
+    assert d.submit_many(batch[3:]) == 2  # room for two more: the rest is overflow
+    d.start()
+    assert rx.wait_for(lambda: len(rx.accepted("/hook")) == 5, timeout=10)
+    bodies = p1_bodies(rx, "/hook")
+    assert sorted(b["details"]["dst_port"] for b in bodies) == [1, 2, 3, 4, 5]  # the first
+    assert bodies[0]["dropped_alerts"] == 9995
+    stats = d.stats()
+    assert stats["events_dropped"] == 9995 and stats["dropped"] >= 9995
+
+
 def test_secrets_never_reach_logs_or_stats(rx, make):
     clock = Clock()
     secrets = list(env_for(rx).values())

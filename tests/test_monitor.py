@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
 import struct
+from dataclasses import FrozenInstanceError, asdict, replace
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentinel.detect.flows import Folder
+from sentinel.detect.flows import Folder, flow_event
 from sentinel.detect.nflog import Monitor
 from sentinel.detect.packets import (
     NFULA_PAYLOAD,
@@ -22,6 +25,7 @@ from sentinel.detect.packets import (
 )
 from sentinel.enforce.nflog_socket import _attr
 from sentinel.policy.load import MonitorSettings
+from sentinel.store.events import Event
 
 
 def ipv4(proto: int, rest: bytes, dst: str = "198.18.5.5", frag: int = 0) -> bytes:
@@ -163,3 +167,66 @@ def test_canary_probes_are_told_apart_by_their_mark():
         ("canary", "canary_probe", "blocked"),
         ("netfilter", "egress_attempt", "blocked"),  # any other mark is an ordinary attempt
     ]
+
+
+@pytest.mark.parametrize(
+    "flow, verdict",
+    [
+        (Flow(4, "udp", "198.18.0.10", "198.18.5.5", 40000, 53), "blocked"),
+        (Flow(6, "icmpv6", "2001:db8::10", "2001:db8::5", icmp_type=128, icmp_id=9), "audited"),
+        (Flow(4, "tcp", "198.18.0.10", "198.18.5.5", 1, 443), "canary-blocked"),
+        (
+            Flow(4, "ether-0x88cc", "02:00:00:00:00:01", "02:00:00:00:00:02", link="frame"),
+            "blocked",
+        ),
+    ],
+)
+def test_a_kernel_sighting_is_the_event_the_dataclass_makes(flow, verdict):
+    made = flow_event(flow, verdict, 5.0)  # without the dataclass' __init__ (the hot path)
+    plain = Event(**{name: getattr(made, name) for name in Event.__dataclass_fields__})
+    assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    assert asdict(made) == asdict(plain) and list(vars(made)) == list(vars(plain))
+    assert replace(made, packets=3, last_ts=6.0) == replace(plain, packets=3, last_ts=6.0)
+    assert made.detail is not flow_event(flow, verdict, 5.0).detail  # never a shared dict
+    with pytest.raises(FrozenInstanceError):
+        made.packets = 2  # type: ignore[misc]
+    # folded: the update is the first event with the count and the last packet's time
+    folder = Folder(window=2.0)
+    first, _ = folder.feed(flow, verdict, 5.0)
+    assert folder.feed(flow, verdict, 6.0) == (None, []) and folder.event_id(flow, verdict)
+    assert folder.expire(9.0) == [replace(first, packets=2, last_ts=6.0)]
+
+
+def test_open_flows_are_not_left_for_the_garbage_collector_to_rescan():
+    folder = Folder(window=2.0)
+    for port in range(100):
+        folder.feed(Flow(4, "udp", "198.18.0.10", "198.18.5.5", 40000, port), "blocked", 1.0)
+    gc.collect()  # plain tuples of plain values: no longer tracked (the outer one, after the
+    gc.collect()  # inner one: by the next collection, before they could reach the oldest)
+    assert not any(gc.is_tracked(v) for v in folder._open.values())
+    assert not any(gc.is_tracked(k) for k in folder._open)
+
+
+def _shape(events: list) -> list[tuple]:
+    return [(e.kind, e.layer, e.dst_port, e.packets, e.last_ts, e.verdict) for e in events]
+
+
+def test_a_read_batch_makes_the_events_one_by_one_handling_makes():
+    """`handle_many` (the reader's path: one batch to the bus) against `handle` per message:
+    the same events, fold updates of evicted flows in their place, the same counts."""
+    bodies = [nflog(ipv4(6, tcp(40000 + i % 2)), seq=i) for i in range(9)]  # two flows
+    bodies += [b"\x02\x00", nflog(ipv4(17, tcp(5, 53)), prefix=b"someone-else\0", seq=9)]
+    bodies += [nflog(ipv4(6, tcp(40000 + i)), seq=10 + i) for i in range(5, 8)]
+    one, got = _monitor()
+    one.folder = Folder(window=2.0, max_flows=3)  # so flows are evicted, with updates
+    for body in bodies:
+        one.handle(body, 1.0)
+    batches: list[list] = []
+    policy = SimpleNamespace(nflog_group=1, monitor=MonitorSettings(fold_window=2.0))
+    many = Monitor(policy, lambda e: pytest.fail(f"emitted alone: {e}"), emit_many=batches.append)
+    many.folder = Folder(window=2.0, max_flows=3)
+    many.handle_many(bodies, 1.0)
+    assert len(batches) == 1 and _shape(batches[0]) == _shape(got)
+    # the two folded flows' updates (evicted by the size cap) are in it, in their place
+    assert [e.packets for e in got if e.last_ts is not None] == [4, 5]  # least recent first
+    assert many.counts == one.counts and one.counts["malformed"] == 1

@@ -130,6 +130,25 @@ class AlertDispatcher:
             self._submitted += 1
         return True
 
+    def submit_many(self, events: list[Event]) -> int:
+        """`submit` for a batch, under one lock of the queue: as many as it has room for are
+        queued (in order), the rest counted as overflow like `submit`'s. Returns how many."""
+        q = self._queue
+        with q.mutex:  # queue.Queue's own lock: put_nowait's work, once for the batch
+            room = q.maxsize - len(q.queue) if q.maxsize > 0 else len(events)
+            taken = events[: max(room, 0)]
+            if taken:
+                q.queue.extend(taken)
+                q.unfinished_tasks += len(taken)
+                q.not_empty.notify()
+        refused = len(events) - len(taken)
+        with self._lock:
+            self._submitted += len(taken)
+            if refused:
+                self._overflow += refused
+                self._overflow_total += refused
+        return len(taken)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop threads; queued events are routed and pending roll-ups persisted first."""
         self._stopping.set()

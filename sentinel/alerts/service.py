@@ -32,7 +32,7 @@ class AlertService:
         self._swapping = False
         self._pending: list[Event] = []
         self.dispatcher = self._make(ctx.policy)
-        ctx.add_sink(self.on_event)
+        ctx.add_sink(self.on_event, many=self.on_events)
         ctx.reload_hooks.append(self.reload)
 
     def _make(self, policy: Policy) -> AlertDispatcher:
@@ -52,6 +52,14 @@ class AlertService:
                 self._pending.append(event)
             else:
                 self.dispatcher.submit(event)
+
+    def on_events(self, events: list[Event]) -> None:
+        """`on_event` for a batch from the bus: one lock, one hand-over to the dispatcher."""
+        with self._lock:
+            if self._swapping:
+                self._pending.extend(events)
+            else:
+                self.dispatcher.submit_many(events)
 
     def reload(self, policy: Policy) -> None:
         current = self.dispatcher.policy

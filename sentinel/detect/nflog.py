@@ -53,12 +53,17 @@ class Monitor:
         snapshot: Callable[[], dict[str, Any]] | None = None,
         snapshot_every: float = 30.0,
         rcvbuf: int = RCVBUF,
+        emit_many: Callable[[list[Event]], Any] | None = None,
     ) -> None:
         self.group = policy.nflog_group
         self.rcvbuf = rcvbuf  # the kernel socket's buffer: what a burst may queue while we read
         self.folder = Folder(policy.monitor.fold_window)
         self.emit = emit
         self.update = update or emit
+        # the batch form of `emit`: the events of the messages one read returned, in one call
+        # (fold updates too, unless `update` goes elsewhere)
+        self.emit_many = emit_many
+        self._updates_batched = update is None
         self.heartbeat = heartbeat
         self.info = info or applied_info
         self.snapshot = snapshot or kernel_snapshot
@@ -134,8 +139,8 @@ class Monitor:
                     self.counts["errors"] += 1
                     time.sleep(0.2)
             now = time.time()
-            for body in bodies:
-                self.handle(body, now)
+            if bodies:
+                self.handle_many(bodies, now)
             for update in self.folder.expire(now):
                 self.update(update)
             if time.monotonic() >= next_beat:
@@ -163,12 +168,28 @@ class Monitor:
 
     def handle(self, body: bytes, now: float) -> None:
         """One NFLOG message -> at most one new event. Never raises on bad input."""
-        event_id = self._handle(body, now)
+        event_id = self._handle(body, now, None)
         if self.tap is not None:
             self.tap(body, now, event_id)
 
-    def _handle(self, body: bytes, now: float) -> str | None:
-        """The event id the message went to (new or folded), None if it made none."""
+    def handle_many(self, bodies: list[bytes], now: float) -> None:
+        """The messages one read returned: their events go to `emit_many` in one batch (one
+        pass over the bus for up to QTHRESH attempts), or one by one without it."""
+        if self.emit_many is None:
+            for body in bodies:
+                self.handle(body, now)
+            return
+        out: list[Event] = []
+        for body in bodies:
+            event_id = self._handle(body, now, out)
+            if self.tap is not None:
+                self.tap(body, now, event_id)
+        if out:
+            self.emit_many(out)
+
+    def _handle(self, body: bytes, now: float, out: list[Event] | None) -> str | None:
+        """The event id the message went to (new or folded), None if it made none. Its event
+        (and fold updates) are appended to `out` when given, else emitted."""
         self.counts["messages"] += 1
         try:
             packet = parse_nflog(body)
@@ -189,12 +210,18 @@ class Monitor:
         self.counts["packets"] += 1
         event, evicted = self.folder.feed(flow, verdict, now)
         for update in evicted:
-            self.update(update)
+            if out is not None and self._updates_batched:
+                out.append(update)
+            else:
+                self.update(update)
         if event is None:
             self.counts["folded"] += 1
             return self.folder.event_id(flow, verdict)
         self.counts["events"] += 1
-        self.emit(event)
+        if out is not None:
+            out.append(event)
+        else:
+            self.emit(event)
         return event.id
 
     def _check_seq(self, seq: int | None) -> None:
@@ -245,9 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         store.put(event)
         metrics.observe_event(event)
 
+    def emit_many(events: list[Event]) -> None:
+        for event in events:
+            store.put(event)
+        metrics.observe_events(events)
+
     monitor = Monitor(
         policy,
         emit,
+        emit_many=emit_many,
         heartbeat=args.heartbeat,
         snapshot_every=args.snapshot_every,
         rcvbuf=args.rcvbuf,
@@ -273,4 +306,4 @@ if __name__ == "__main__":
 def monitor_service(ctx: Any) -> Monitor:
     """Factory for `run.services.SERVICES`. Events and fold updates (same id, `last_ts` set) both go
     to `ctx.emit`; sinks that must act once per attempt (alerts) skip events with `last_ts`."""
-    return Monitor(ctx.policy, ctx.emit)
+    return Monitor(ctx.policy, ctx.emit, emit_many=ctx.emit_many)

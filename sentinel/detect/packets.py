@@ -26,6 +26,10 @@ _TLV = struct.Struct("=HH")
 _GENMSG = struct.Struct("!BBH")
 _U16 = struct.Struct("!H")
 _PORTS = struct.Struct("!HH")
+_V4 = struct.Struct("!H2xHxB2x4s4s")  # from offset 2: total length, fragment, protocol, addresses
+_V6 = struct.Struct("!HB1x16s16s")  # from offset 4: payload length, next header, addresses
+_ntoa = socket.inet_ntoa
+_flow = tuple.__new__  # a Flow from its ten fields, without NamedTuple's Python-level __new__
 
 
 class NflogPacket(NamedTuple):
@@ -107,18 +111,18 @@ def parse_ip(packet: bytes) -> Flow:
 
 
 def _parse_v4(p: bytes) -> Flow:
-    if len(p) < 20:
+    end = len(p)
+    if end < 20:
         raise Malformed("short IPv4 header")
     ihl = (p[0] & 0x0F) * 4
-    if ihl < 20 or len(p) < ihl:
+    if ihl < 20 or end < ihl:
         raise Malformed("bad IPv4 header length")
-    total = _U16.unpack_from(p, 2)[0]
+    total, frag, proto, src, dst = _V4.unpack_from(p, 2)
     if total < ihl:
         raise Malformed("IPv4 total length shorter than the header")
-    p = p[:total]  # bytes past the packet's own length are not its ports (found by scapy)
-    frag_offset = _U16.unpack_from(p, 6)[0] & 0x1FFF
-    src, dst = socket.inet_ntoa(p[12:16]), socket.inet_ntoa(p[16:20])
-    return _transport(4, p[9], src, dst, p[ihl:] if frag_offset == 0 else b"")
+    end = min(end, total)  # bytes past the packet's own length are not its ports (scapy)
+    start = ihl if frag & 0x1FFF == 0 else end  # ports only in the first fragment
+    return _transport(4, proto, _ntoa(src), _ntoa(dst), p, start, end)
 
 
 def _v6_text(raw: bytes) -> str:
@@ -127,37 +131,40 @@ def _v6_text(raw: bytes) -> str:
 
 
 def _parse_v6(p: bytes) -> Flow:
-    if len(p) < 40:
+    end = len(p)
+    if end < 40:
         raise Malformed("short IPv6 header")
-    src, dst = _v6_text(p[8:24]), _v6_text(p[24:40])
-    nxt, offset = p[6], 40
-    payload_length = _U16.unpack_from(p, 4)[0]
+    payload_length, nxt, src, dst = _V6.unpack_from(p, 4)
+    src, dst = _v6_text(src), _v6_text(dst)
+    offset = 40
     if payload_length or nxt != 0:  # 0 after a hop-by-hop header: a jumbogram (RFC 2675)
-        p = p[: 40 + payload_length]
+        end = min(end, 40 + payload_length)
     for _ in range(8):  # bounded walk over extension headers
         if nxt == 44:  # fragment header: ports only in the first fragment
-            if len(p) < offset + 8:
+            if end < offset + 8:
                 raise Malformed("short fragment header")
             first = _U16.unpack_from(p, offset + 2)[0] >> 3 == 0
             nxt, offset = p[offset], offset + 8
             if not first:
-                return _transport(6, nxt, src, dst, b"")
+                return _transport(6, nxt, src, dst, p, end, end)
         elif nxt in _V6_EXT:
-            if len(p) < offset + 2:
+            if end < offset + 2:
                 raise Malformed("short extension header")
             size = (p[offset + 1] + 2) * 4 if nxt == 51 else (p[offset + 1] + 1) * 8
             nxt, offset = p[offset], offset + size
         else:
             break
-    return _transport(6, nxt, src, dst, p[offset:])
+    return _transport(6, nxt, src, dst, p, offset, end)
 
 
-def _transport(family: int, proto: int, src: str, dst: str, rest: bytes) -> Flow:
-    name = PROTO_NAMES.get(proto, f"ip-{proto}")
-    if proto in (6, 17) and len(rest) >= 4:
-        sport, dport = _PORTS.unpack_from(rest, 0)
-        return Flow(family, name, src, dst, sport, dport)
-    if proto in (1, 58) and len(rest) >= 1:
-        ident = _U16.unpack_from(rest, 4)[0] if len(rest) >= 6 else None
-        return Flow(family, name, src, dst, icmp_type=rest[0], icmp_id=ident)
+def _transport(family: int, proto: int, src: str, dst: str, p: bytes, at: int, end: int) -> Flow:
+    """The flow of a transport header at `p[at:end]` (empty when `at >= end`)."""
+    name = PROTO_NAMES.get(proto) or f"ip-{proto}"
+    left = end - at
+    if left >= 4 and (proto == 17 or proto == 6):
+        sport, dport = _PORTS.unpack_from(p, at)
+        return _flow(Flow, (family, name, src, dst, sport, dport, None, None, None, None))
+    if left >= 1 and (proto == 1 or proto == 58):
+        ident = _U16.unpack_from(p, at + 4)[0] if left >= 6 else None
+        return _flow(Flow, (family, name, src, dst, None, None, p[at], ident, None, None))
     return Flow(family, name, src, dst)  # other protocol, or a non-first fragment

@@ -169,6 +169,11 @@ class _Attempts:
         with self.lock:
             self.counts[key] = self.counts.get(key, 0) + 1
 
+    def add_counts(self, counts: dict[tuple[str, str, str], int]) -> None:
+        with self.lock:
+            for key, n in counts.items():
+                self.counts[key] = self.counts.get(key, 0) + n
+
     def collect(self):
         family = CounterMetricFamily(
             "sentinel_blocked_attempts",
@@ -201,6 +206,25 @@ def observe_event(event: Event) -> None:
         EXTERNAL.inc()
         with _external_lock:
             _external_times.append(event.ts)
+
+
+def observe_events(events: list[Event]) -> None:
+    """`observe_event` for a batch from the bus (the monitor's read of up to 100 messages):
+    the same counts, taken under one lock."""
+    counts: dict[tuple[str, str, str], int] = {}
+    external: list[float] = []
+    for event in events:
+        if event.last_ts is not None or not is_attempt(event.layer, event.kind, event.verdict):
+            continue
+        key = (_one_of(event.layer, LAYERS), _one_of(event.protocol, PROTOCOLS), event.verdict)
+        counts[key] = counts.get(key, 0) + 1
+        if event.layer == "netfilter" and event.verdict == "audited":
+            external.append(event.ts)
+    ATTEMPTS.add_counts(counts)
+    if external:
+        EXTERNAL.inc(len(external))
+        with _external_lock:
+            _external_times.extend(external)
 
 
 def _external_last_10m() -> float:

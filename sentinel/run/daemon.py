@@ -10,6 +10,7 @@ run.readiness (daemon.json and the ready file).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -91,6 +92,7 @@ class Daemon:
             for event in self.early:  # readings taken before the store was up
                 self.ctx.emit(event)
             self.watchdog = Watchdog(self).start()  # supervises every part started above
+            gc.freeze()  # what start-up made lives as long as we do: never rescanned (issue 17)
             self._signal_ready()
             log.info(
                 "running",

@@ -8,6 +8,7 @@ and returns start()/stop().
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sentinel.detect.canary import CanaryService
@@ -16,10 +17,40 @@ from sentinel.detect.nflog import monitor_service
 from sentinel.guard.compile import write_allowlist
 from sentinel.guard.receiver import GuardReceiver
 from sentinel.log import get_logger
-from sentinel.store.events import store_service
+from sentinel.store.events import Event, EventStore
+from sentinel.store.events import store_service as _store_service
+from sentinel.store.model import BUS_REDACTED
 from sentinel.store.state import state_dir
 
 log = get_logger("services")
+
+
+def store_service(ctx: Any) -> EventStore:
+    """The store's factory (it subscribes `store.put`), with the batch form of that sink."""
+    store = _store_service(ctx)
+    ctx.batched[store.put] = put_each(store)
+    return store
+
+
+def put_each(store: EventStore) -> Callable[[list[Event]], None]:
+    """The store sink's batch form: `put` for each event of the bus' batch, in order, without
+    its per-event correlation binding (the store logs nothing). The events come redacted by the
+    bus: one with free text is handed over as the bus' redacted event (`BUS_REDACTED`, so `put`
+    does not redact it twice); a kernel sighting has none, and `put` takes it as it is."""
+    put = store.put
+
+    def put_many(events: list[Event]) -> None:
+        for event in events:
+            if event.dst_name or event.exe or event.stack or event.detail:
+                token = BUS_REDACTED.set(event)
+                try:
+                    put(event)
+                finally:
+                    BUS_REDACTED.reset(token)
+            else:
+                put(event)
+
+    return put_many
 
 
 class GuardService:
@@ -47,7 +78,7 @@ class MetricsService:
         from sentinel.evidence import metrics
 
         self.metrics, self.ctx = metrics, ctx
-        ctx.add_sink(metrics.observe_event)
+        ctx.add_sink(metrics.observe_event, many=metrics.observe_events)
 
     def start(self) -> None:
         if "store" in self.ctx.services:
