@@ -18,6 +18,7 @@ import pytest
 from sentinel.evidence import report as rep
 from sentinel.redact import add_secret
 from sentinel.run.context import Context
+from sentinel.run.services import put_each
 from sentinel.store import events as ev
 from sentinel.store import model
 from sentinel.store.events import Event, EventStore
@@ -201,3 +202,30 @@ def test_an_event_equal_to_the_bus_one_but_not_it_is_still_redacted(tmp_path):
     assert store.flush()
     store.stop()
     assert SECRET.encode() not in _on_disk(path)
+
+
+def test_put_many_redacts_a_batch_that_is_not_the_bus_one(tmp_path):
+    # `put_many` without redacted=True (anything but the bus' batch form): each event with
+    # free text is redacted before it is queued; a batch through the bus is stored as it is
+    add_secret("hunter2hunter2")
+    path = tmp_path / "events.db"
+    store = EventStore(path).start()
+    ctx = Context(None, tmp_path, "nft")  # type: ignore[arg-type]
+    ctx.add_sink(store.put, many=put_each(store))
+    sighting = Event("netfilter", "egress_attempt", dst_ip="198.18.5.5", dst_port=443)
+    direct = [_secret_event(), sighting, _secret_event()]
+    through_bus = [_secret_event(), _secret_event()]
+    assert store.put_many(direct) == 3
+    ctx.emit_many(through_bus)
+    assert store.flush()
+    on_disk = _on_disk(path)
+    store.stop()
+    conn = ev.connect(path, readonly=True)
+    stored = {e.id: e for e in ev.query(conn, 0, time.time() + 1)}
+    conn.close()
+    assert {e.id for e in direct + through_bus} <= set(stored)
+    assert stored[sighting.id] == sighting
+    for e in [e for e in direct + through_bus if e is not sighting]:
+        assert SECRET not in stored[e.id].dst_name and "hunter2" not in str(stored[e.id].detail)
+    for raw in (on_disk, _on_disk(path)):
+        assert SECRET.encode() not in raw and b"hunter2hunter2" not in raw

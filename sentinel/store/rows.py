@@ -22,7 +22,8 @@ _encode = json.JSONEncoder(sort_keys=True, default=str).encode  # = json.dumps(.
 
 
 def _row(event: Event) -> tuple:
-    return (*_VALUES(event), _encode(event.detail) if event.detail else "{}")
+    detail = event.detail
+    return (*_VALUES(event), _encode(detail) if detail else "{}")
 
 
 _INT64 = 2**63
@@ -64,6 +65,8 @@ UPSERT = (
     "last_ts = excluded.last_ts, detail = excluded.detail"
 )
 _ID = ROW_COLUMNS.index("id")
+_ID_OF = operator.itemgetter(_ID)
+_TS = operator.attrgetter("ts")
 _CHANGED = tuple(ROW_COLUMNS.index(c) for c in ("packets", "last_ts", "detail"))
 
 
@@ -75,8 +78,8 @@ def write_events(
 ) -> None:
     """One transaction: the events (one already stored, the same ts and id, is an update of
     that row), the shed counts since the last one, and `also` (the writer session's counts)."""
-    rows = _one_per_id([_row(e) for e in events])
-    if not all(math.isfinite(e.ts) for e in events):  # NaN binds as NULL, inf hides the row
+    rows = _one_per_id(list(map(_row, events)))
+    if not all(map(math.isfinite, map(_TS, events))):  # NaN binds as NULL, inf hides the row
         rows = [_clean_row(r) for r in rows]
     with transaction(conn):
         try:
@@ -98,7 +101,7 @@ def write_events(
 def _one_per_id(rows: list[tuple]) -> list[tuple]:
     """A batch holding an id twice (an event and its fold update) becomes one row per id: the
     first one's columns with the last one's changes, in the first one's place."""
-    if len({r[_ID] for r in rows}) == len(rows):
+    if len(set(map(_ID_OF, rows))) == len(rows):
         return rows
     first: dict[Any, int] = {}
     out: list[tuple] = []
