@@ -7,6 +7,7 @@ redacts each event once, never letting an unredacted one reach the file."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 import time
@@ -20,7 +21,7 @@ from sentinel.redact import add_secret
 from sentinel.run.context import Context
 from sentinel.run.services import put_each
 from sentinel.store import events as ev
-from sentinel.store import model
+from sentinel.store import model, rows
 from sentinel.store.events import Event, EventStore
 
 V3 = Path(__file__).parent / "data" / "store_v3.db"
@@ -229,3 +230,21 @@ def test_put_many_redacts_a_batch_that_is_not_the_bus_one(tmp_path):
         assert SECRET not in stored[e.id].dst_name and "hunter2" not in str(stored[e.id].detail)
     for raw in (on_disk, _on_disk(path)):
         assert SECRET.encode() not in raw and b"hunter2hunter2" not in raw
+
+
+def test_a_detail_is_stored_as_json_dumps_writes_it_and_a_cycle_fails_only_its_batch():
+    odd = object()
+    details = [
+        {"qtype": "A"},
+        {"b": [1.5, None, True], "a": {"z": 'é\n"<', "y": float("nan")}, "o": odd},
+        {"inf": float("inf"), "big": 2**70, "t": (1, 2)},
+    ]
+    cyclic: dict = {"n": 1}
+    cyclic["self"] = cyclic
+    for detail in (*details, cyclic, *details):  # after the failure: still the same text
+        if detail is cyclic:
+            with pytest.raises(ValueError, match="Circular"):
+                rows._row(Event("dns", "dns_refused", detail=detail))
+            continue
+        want = json.dumps(detail, sort_keys=True, default=str)
+        assert rows._row(Event("dns", "dns_refused", detail=detail))[-1] == want
