@@ -232,7 +232,7 @@ def test_put_many_redacts_a_batch_that_is_not_the_bus_one(tmp_path):
         assert SECRET.encode() not in raw and b"hunter2hunter2" not in raw
 
 
-def test_a_detail_is_stored_as_json_dumps_writes_it_and_a_cycle_fails_only_its_batch():
+def test_a_detail_is_stored_as_json_dumps_writes_it_and_a_cycle_still_raises():
     odd = object()
     details = [
         {"qtype": "A"},
