@@ -146,6 +146,34 @@ def test_an_update_is_the_same_ts_and_id_a_repeat_is_stored_once(tmp_path):
     assert got == [(T, 3), (T + 50, 1)]
 
 
+@pytest.mark.parametrize("at", [0, 1, rows.MULTI - 1, rows.MULTI, 2 * rows.MULTI + 7])
+def test_a_stored_row_inside_a_many_row_statement_is_updated_every_other_row_once(tmp_path, at):
+    # rows go MULTI to an INSERT: one already stored (a fold update) anywhere in a statement
+    # rolls that statement back whole, and from there the batch is upserted, every row once
+    conn = ev.connect(tmp_path / "e.db")
+    n = 3 * rows.MULTI + 11
+    events = [Event("netfilter", "egress_attempt", dst_port=i, ts=T + i) for i in range(n)]
+    ev.write_events(conn, [events[at]], {})
+    batch = list(events)
+    batch[at] = replace(events[at], packets=7, last_ts=T + at + 1)
+    ev.write_events(conn, batch, {})
+    got = [(e.id, e.packets) for e in ev.query(conn, 0, T + n + 1) if e.kind == "egress_attempt"]
+    conn.close()
+    assert sorted(got) == sorted((e.id, 7 if i == at else 1) for i, e in enumerate(events))
+
+
+def test_a_value_sqlite_cannot_hold_in_a_many_row_statement_fails_no_row(tmp_path):
+    conn = ev.connect(tmp_path / "e.db")
+    n = 2 * rows.MULTI + 3
+    events = [Event("netfilter", "egress_attempt", dst_port=i, ts=T + i) for i in range(n)]
+    events[rows.MULTI + 2] = replace(events[rows.MULTI + 2], dst_port=2**70)
+    ev.write_events(conn, events, {})
+    got = {e.id: e.dst_port for e in ev.query(conn, 0, T + n + 1) if e.kind == "egress_attempt"}
+    conn.close()
+    assert set(got) == {e.id for e in events} and got[events[rows.MULTI + 2].id] is None
+    assert sum(1 for p in got.values() if p is not None) == n - 1
+
+
 SECRET = "sk-proj-ABCDEFGHIJKLMNOPQRSTUV"
 
 

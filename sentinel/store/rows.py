@@ -9,6 +9,7 @@ import operator
 import sqlite3
 import time
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from sentinel.store.model import COLUMNS, Event
@@ -142,14 +143,31 @@ def _one_per_id(rows: list[tuple]) -> list[tuple]:
     return out
 
 
+# Rows go MULTI to a statement: one statement step (and one release of the GIL, which the
+# monitor's thread then takes, and a wait to get it back) per MULTI rows rather than per row.
+MULTI = 50
+_INSERT_MULTI = f"INSERT INTO events ({', '.join(ROW_COLUMNS)}) VALUES " + ", ".join(
+    [f"({', '.join('?' * len(ROW_COLUMNS))})"] * MULTI
+)
+_STEP = MULTI * len(ROW_COLUMNS)
+
+
 def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
-    """Plain INSERTs (the cheaper statement) until a row is already stored: from that row on
-    the batch is upserted (an update of a folded event, or a row sent twice)."""
+    """Plain INSERTs (the cheaper statement) until a row is already stored: from the first
+    statement holding one on, the batch is upserted (an update of a folded event, or a row
+    sent twice). A failed statement is rolled back whole (SQLite's ABORT) and not counted in
+    `total_changes`, so what the count says is done is a prefix of the rows."""
     before = conn.total_changes
+    whole = len(rows) - len(rows) % MULTI if MULTI > 1 else 0
     try:
-        conn.executemany(INSERT, rows)
+        if whole:
+            flat = list(chain.from_iterable(rows[:whole]))
+            conn.executemany(
+                _INSERT_MULTI, [flat[i : i + _STEP] for i in range(0, len(flat), _STEP)]
+            )
+        conn.executemany(INSERT, rows[whole:])
     except sqlite3.IntegrityError:
-        done = conn.total_changes - before  # the failed row's own change is rolled back
+        done = conn.total_changes - before
         conn.executemany(UPSERT, rows[done:])
 
 
