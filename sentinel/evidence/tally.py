@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.evidence.attempts import Joins
-from sentinel.evidence.storeview import Scope
+from sentinel.evidence.storeview import ATTEMPT_SQL, Scope
 from sentinel.evidence.window import iso
 from sentinel.store.events import destination_text
 from sentinel.store.kinds import is_attempt
@@ -34,7 +34,9 @@ _WHOLE = "COUNT(*), SUM(packets), MIN(ts), MAX(ts)"
 _GROUPS = (
     "SELECT {key}, {sums}, SUM(ts >= :last10) FROM events {hint} "
     "WHERE ts >= :lo AND ts < :hi AND layer IN ('netfilter', 'dns', 'guard', 'canary') "
-    "AND NOT (layer = 'guard' AND verdict = 'audited') GROUP BY {key}"
+    "AND NOT (layer = 'guard' AND verdict = 'audited') "
+    # a DNS or guard row counts only as an attempt (heartbeats never reach the sorter)
+    f"AND (layer IN ('netfilter', 'canary') OR {ATTEMPT_SQL}) GROUP BY {{key}}"
 )
 
 
@@ -52,6 +54,8 @@ def _groups_sql(scope: Scope, since: float, until: float) -> str:
 # record order at one instant: kernel/DNS records, then guard records; inside a joined
 # record the guard layer comes first (attempts.joined)
 _RANK = {"guard": 2}
+_RANKS = {layer: (rank, 1) for layer, rank in _RANK.items()}  # (rank, 1), made once
+_RANK1 = (1, 1)
 
 
 _SLOTS = ("netfilter", "dns", "guard", "blocked", "audited")  # attempt layers, then verdicts
@@ -116,8 +120,11 @@ class Tally:
         self.protocols[protocol or "?"] += n
         self.external += n if layer == "netfilter" and verdict == "audited" else 0
         self.blocked += n if verdict == "blocked" else 0
-        dest = self.dests.setdefault(destination_text(name, ip, port, protocol), Destination())
-        dest.add(layer, verdict, n, packets or 0, first, last, (_RANK.get(layer, 1), 1))
+        text = destination_text(name, ip, port, protocol)
+        dest = self.dests.get(text)
+        if dest is None:  # one Destination per destination, not one per group
+            dest = self.dests[text] = Destination()
+        dest.add(layer, verdict, n, packets or 0, first, last, _RANKS.get(layer, _RANK1))
 
     def destinations(self) -> list[dict[str, Any]]:
         rows = sorted(self.dests.items(), key=lambda kv: (-kv[1].attempts, kv[0]))
@@ -139,10 +146,15 @@ def tally(scope: Scope, joins: Joins, since: float, until: float, last10: float)
     out = Tally()
     args = {"since": since, "until": until, "last10": last10, "lo": scope.lo, "hi": scope.hi}
     rows = scope.conn.execute(_groups_sql(scope, since, until), args)
+    verdicts: dict[tuple, bool] = {}  # is_attempt per (layer, kind, verdict): a few keys
     for ip, port, name, proto, layer, verdict, kind, family, n, packets, first, last, n10 in rows:
         if layer in ("netfilter", "canary") and n:
             out.stored[f"ipv{family}"] += packets or 0
-        if is_attempt(layer, kind, verdict):
+        key = (layer, kind, verdict)
+        attempt = verdicts.get(key)
+        if attempt is None:
+            attempt = verdicts[key] = is_attempt(layer, kind, verdict)
+        if attempt:
             out.add(layer, verdict, proto, name, ip, port, n or 0, packets, first, last, n10)
     for g in joins.guards:  # the audited guard sightings: counted unless absorbed
         if g.rowid not in joins.used and g.ts >= scope.lo:
