@@ -23,8 +23,10 @@ from sentinel.store.kinds import is_attempt
 MAX_DESTINATIONS = 1000  # destinations listed; attempts_total and the other counts stay whole
 
 # grouped by the raw columns, the most varied first (no expression per row where the window
-# is the whole scope: SQLite's sorter is the cost here)
-_KEY = "dst_ip, dst_port, dst_name, protocol, layer, verdict, kind, family"
+# is the whole scope: SQLite's sorter is the cost here, and it grows with the key's width).
+# `kind` is not in the key: the WHERE below admits DNS and guard rows only when they are
+# attempts, and a netfilter row is one by its verdict alone (kinds.is_attempt).
+_KEY = "dst_ip, dst_name, dst_port, protocol, layer, verdict, family"
 _IN = "ts >= :since AND ts < :until"
 _WINDOWED = (
     f"SUM({_IN}), SUM(CASE WHEN {_IN} THEN packets END), MIN(CASE WHEN {_IN} THEN ts END), "
@@ -142,18 +144,25 @@ class Tally:
         ]
 
 
+def _attempt(layer: str, verdict: str) -> bool:
+    """kinds.is_attempt of a group's rows: DNS and guard rows reach the groups only when they
+    are attempts (_GROUPS' WHERE), netfilter rows are attempts by their verdict whatever their
+    kind, canary rows never."""
+    return layer in ("dns", "guard") or is_attempt(layer, "", verdict)
+
+
 def tally(scope: Scope, joins: Joins, since: float, until: float, last10: float) -> Tally:
     out = Tally()
     args = {"since": since, "until": until, "last10": last10, "lo": scope.lo, "hi": scope.hi}
     rows = scope.conn.execute(_groups_sql(scope, since, until), args)
-    verdicts: dict[tuple, bool] = {}  # is_attempt per (layer, kind, verdict): a few keys
-    for ip, port, name, proto, layer, verdict, kind, family, n, packets, first, last, n10 in rows:
+    verdicts: dict[tuple, bool] = {}  # attempt or not per (layer, verdict): a few keys
+    for ip, name, port, proto, layer, verdict, family, n, packets, first, last, n10 in rows:
         if layer in ("netfilter", "canary") and n:
             out.stored[f"ipv{family}"] += packets or 0
-        key = (layer, kind, verdict)
+        key = (layer, verdict)
         attempt = verdicts.get(key)
         if attempt is None:
-            attempt = verdicts[key] = is_attempt(layer, kind, verdict)
+            attempt = verdicts[key] = _attempt(layer, verdict)
         if attempt:
             out.add(layer, verdict, proto, name, ip, port, n or 0, packets, first, last, n10)
     for g in joins.guards:  # the audited guard sightings: counted unless absorbed
