@@ -17,6 +17,7 @@
 # hook takes from `_socket` it takes from C objects only: a socket's family and type through the
 # getters of the C type under the socket's class, `inet_pton`/`inet_ntop` only as C functions.
 
+import _imp
 import _thread
 import builtins
 import marshal
@@ -53,6 +54,11 @@ _MODULE = type(sys)
 _BORN_IN_C = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE (3.10+: every C type; no class statement)
 _HEAPTYPE = 1 << 9  # a type without it is a static C type (3.8, 3.9)
 _ADDR_FNS = []  # [inet_pton, inet_ntop] of _socket, taken (and checked) at first use
+_SOCK_TYPE = []  # the C socket type of the first socket the hook saw (the report socket's type)
+# the real _socket even when the app hid it from imports (the report socket needs it)
+_create_dynamic, _create_builtin = _imp.create_dynamic, _imp.create_builtin
+_ext_suffixes = _imp.extension_suffixes
+_BUILTIN_NAMES = sys.builtin_module_names
 _monotonic = time.monotonic
 _time = time.time
 _sleep = time.sleep
@@ -227,6 +233,7 @@ def _kind(sock):
         raise TypeError(f"not a socket: {type(sock).__name__}")
     ns = _type_ns(base)
     gs[:] = ns["family"].__get__, ns["type"].__get__
+    _SOCK_TYPE[:] = (base,)
     return gs[0](sock), gs[1](sock)
 
 
@@ -1009,16 +1016,47 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             raise _LoadError(f"allowlist {cfg['allowlist']}: bad entry ({exc})") from None
 
     def _report_socket():
-        # A non-blocking AF_UNIX datagram socket of the C socket type (imports _socket if the app
-        # has not).
-        mod = sys.modules.get("_socket") or __import__("_socket")
-        cls = getattr(mod, "socket", None)
-        base = _c_socket_type(cls) if isinstance(cls, type) else None
+        # A non-blocking AF_UNIX datagram socket of the real C socket type: the type of a socket
+        # the hook saw, else `_socket`'s if it is the C type `_socket.socket`, else the type of
+        # `_socket` loaded past sys.modules and sys.meta_path (the app may have hidden it there
+        # before the first report: every report would be lost).
+        base = _SOCK_TYPE[0] if _SOCK_TYPE else None
         if base is None:
+            try:
+                cls = getattr(sys.modules.get("_socket") or __import__("_socket"), "socket", None)
+                base = _c_socket_type(cls)
+            except Exception:  # noqa: BLE001 - hidden, or not a type: load it past the import system
+                base = None
+            if base is None or not _is_c_socket_type(base):
+                base = _c_socket_type(_real_socket_module().socket)
+        if base is None or not _is_c_socket_type(base):
             raise OSError("no C socket type in _socket")
         sock = base(_AF_UNIX, 2)  # SOCK_DGRAM
         sock.setblocking(False)
         return sock
+
+    def _is_c_socket_type(kind):
+        # A C type's name is set by C code: only `_socket` makes a C type "_socket.socket".
+        return _TYPE_GETATTR(kind, "__module__") == "_socket" and (
+            _TYPE_GETATTR(kind, "__qualname__") == "socket"
+        )
+
+    class _Spec:
+        def __init__(self, name, origin):
+            self.name, self.origin = name, origin
+
+    def _real_socket_module():
+        # `_socket` from the interpreter itself (builtin) or its shared library in lib-dynload.
+        if "_socket" in _BUILTIN_NAMES:
+            return _create_builtin(_Spec("_socket", None))
+        for suffix in _ext_suffixes():
+            path = _STDLIB + "/lib-dynload/_socket" + suffix
+            try:
+                _stat(path)
+            except OSError:
+                continue
+            return _create_dynamic(_Spec("_socket", path))
+        raise OSError("no _socket library")
 
     def _uuid4():
         b = bytearray(_urandom(16))
