@@ -7,10 +7,16 @@ SecurityError. Where a case is about reporting, a live receiver checks that the 
 
 from __future__ import annotations
 
-import pytest
-from test_guard import Collector, needs_root
-from test_guard_lazy import guarded, run_case  # noqa: F401 - guarded is a fixture
+import shutil
+import subprocess
+import sys
 
+import pytest
+from conftest import needs_tools
+from test_guard import Collector, needs_root, results
+from test_guard_lazy import PRELUDE, guarded, run_case  # noqa: F401 - guarded is a fixture
+
+from sentinel.guard import PTH_FILE, guard_path
 from sentinel.guard.receiver import GuardReceiver
 
 REFUSED = "SecurityError:[Errno 13] sentinel guard:"
@@ -70,3 +76,109 @@ time.sleep(0.5)  # several reporter ticks while the app still runs
     assert "unreachable" in out["good"].lower(), out
     events = collector.wait("egress_attempt", 1)
     assert [e.dst_ip for e in events] == ["198.18.5.5"], events
+
+
+# The app rewrites /etc/hosts (root in its container, or a writable bind mount): an allowlisted
+# name, or a name the guard counts as local (`*.localhost`), now resolves to an address that is
+# not allowlisted. Passed *by name* to connect()/sendto(), the name used to be checked and C then
+# connected to whatever it resolved. Now the socket.py methods resolve the name themselves, check
+# the address and hand C the literal; a name reaching the audit hook unresolved (a socket class
+# the guard could not wrap, `_socket` used directly) is resolved again and every address checked.
+HOSTS_BODY = """
+with open("/etc/hosts", "a") as f:
+    f.write("198.18.5.5 api.test evil.localhost\\n")
+import socket, _socket
+RESULTS["allowlisted_name"] = outcome(lambda: connect_with(socket.socket, "api.test", 8080))
+RESULTS["local_name"] = outcome(lambda: connect_with(socket.socket, "evil.localhost", 8080))
+def udp(cls, host):
+    s = cls(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        return s.sendto(b"x", (host, 8080))
+    finally:
+        s.close()
+RESULTS["udp_local_name"] = outcome(lambda: udp(socket.socket, "evil.localhost"))
+RESULTS["raw_name"] = outcome(lambda: connect_with(_socket.socket, "api.test", 8080))
+RESULTS["raw_local_name"] = outcome(lambda: connect_with(_socket.socket, "evil.localhost", 8080))
+RESULTS["good_literal"] = outcome(lambda: connect_with(socket.socket, "198.18.0.2", 8080))
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+RESULTS["localhost"] = outcome(lambda: connect_with(socket.socket, "localhost", srv.getsockname()[1]))
+RESULTS["raw_localhost"] = outcome(
+    lambda: connect_with(_socket.socket, "localhost", srv.getsockname()[1]))
+"""
+
+
+def run_with_own_hosts(tmp_path, body, env):
+    # As run_case, plus a private mount namespace whose /etc/hosts is a copy the app may write.
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    script = tmp_path / "case.py"
+    script.write_text(PRELUDE + body + "\nprint(json.dumps(RESULTS))\n")
+    inner = 'mount --bind "$0" /etc/hosts && ip link set lo up && exec "$@"'
+    cmd = ["unshare", "-n", "-m", "--propagation", "private", "--", "sh", "-c", inner]
+    proc = subprocess.run(
+        [*cmd, str(hosts), sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return results(proc)
+
+
+def test_a_name_mapped_to_another_address_in_etc_hosts_is_refused(tmp_path, receiving):
+    needs_root()
+    needs_tools("mount")
+    env, collector = receiving
+    out = run_with_own_hosts(tmp_path, HOSTS_BODY, env)
+    for key in ("allowlisted_name", "local_name", "udp_local_name", "raw_name", "raw_local_name"):
+        assert out[key].startswith(REFUSED), (key, out)
+        assert "198.18.5.5" in out[key], (key, out)
+    assert "unreachable" in out["good_literal"].lower(), out
+    assert out["localhost"] == "ok:None" and out["raw_localhost"] == "ok:None", out
+    events = collector.wait("egress_attempt", 5)
+    names = sorted(e.detail["reason"].rpartition("(")[2].split()[0] for e in events)
+    assert names == sorted(
+        ["api.test", "evil.localhost", "evil.localhost", "api.test", "evil.localhost"]
+    ), events
+    assert {e.dst_ip for e in events} == {"198.18.5.5"}, events
+
+
+# The deny-all fallbacks (the guard failed closed: deny_all(); sentinel_guard could not be
+# imported: the inline hooks of sitecustomize.py and the .pth line) counted a *name* in connect()
+# as local when it looked local ("localhost", "*.localhost", or anything starting with "127."),
+# and C then connected wherever /etc/hosts or DNS sent it; "127.evil.example" was even looked up.
+DENY_ALL_SETUP = {
+    "deny_all": 'import sentinel_guard\nsentinel_guard.deny_all("test: could not start")\n',
+    "sitecustomize_inline": "",  # PYTHONPATH is a copy with a broken sentinel_guard.py
+    "pth_inline": (
+        'sys.modules["sentinel_guard"] = None  # import fails: the inline fallback\n'
+        f"exec(open({str(PTH_FILE)!r}).read().splitlines()[-1])\n"
+    ),
+}
+DENY_ALL_BODY = """
+with open("/etc/hosts", "a") as f:
+    f.write("198.18.5.5 evil.localhost 127.evil.example localhost\\n")
+import socket, _socket
+RESULTS["local_name"] = outcome(lambda: connect_with(_socket.socket, "evil.localhost", 8080))
+RESULTS["dotted_name"] = outcome(lambda: connect_with(_socket.socket, "127.evil.example", 8080))
+RESULTS["lookup_dotted"] = outcome(lambda: _socket.getaddrinfo("127.evil.example", 80))
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+RESULTS["loopback"] = outcome(lambda: connect_with(socket.socket, *srv.getsockname()))
+RESULTS["lookup_localhost"] = outcome(lambda: socket.getaddrinfo("localhost", 80)[0][4][0])
+"""
+
+
+@pytest.mark.parametrize("case", sorted(DENY_ALL_SETUP))
+def test_deny_all_fallbacks_count_no_name_in_connect_as_local(tmp_path, guarded, case):  # noqa: F811
+    needs_root()
+    needs_tools("mount")
+    env = {**guarded, "SENTINEL_GUARD": "off"}
+    if case == "sitecustomize_inline":
+        broken = tmp_path / "broken"
+        shutil.copytree(guard_path(), broken)
+        (broken / "sentinel_guard.py").write_text("raise RuntimeError('corrupt install')\n")
+        env = {**guarded, "PYTHONPATH": str(broken)}
+    out = run_with_own_hosts(tmp_path, DENY_ALL_SETUP[case] + DENY_ALL_BODY, env)
+    for key in ("local_name", "dotted_name", "lookup_dotted"):
+        assert out[key].startswith("SecurityError:[Errno 13] sentinel guard (deny-all)"), (key, out)
+    assert out["loopback"] == "ok:None" and out["lookup_localhost"].startswith("ok:"), out

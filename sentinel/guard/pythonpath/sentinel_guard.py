@@ -168,10 +168,13 @@ def deny_all(reason, stream=None):
             if family in local:
                 return
             address = _items(args[1])
-            host = address[0] if isinstance(address, tuple) and address else None
-        else:
-            host = args[0]
-        if _is_local_host(_exact(host)):
+            host = _exact(address[0]) if isinstance(address, tuple) and address else None
+            # only a loopback literal: C resolves a name in connect() unseen (/etc/hosts may
+            # send "localhost" anywhere)
+            packed = None if host is None else _packed(host)
+            if host is None or packed is not None and _is_loopback(packed):
+                return
+        elif _is_local_host(_exact(args[0])):
             return
         raise SecurityError(_EACCES, f"sentinel guard (deny-all): {reason}")
 
@@ -714,7 +717,23 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
                 return  # CPython rejects it before any packet (the event fires after parsing)
             host, port = _exact(address[0]), _exact(address[1])
             reason = decide("addr", host, port, proto)
-            if reason is None:
+            if reason is None and isinstance(host, (str, bytes)) and _packed(host) is None:  # noqa: UP038
+                # A name C has resolved unseen (not through the socket.py methods, which pass a
+                # checked literal): resolve it again; every address must be allowed. Never
+                # remembered (/etc/hosts or DNS may change).
+                try:
+                    ips = _addresses(host, family)
+                except OSError as exc:
+                    ips = ()
+                    reason = f"cannot check where {_norm_name(host)!r} leads ({exc})"
+                for ip in ips:
+                    reason = decide("addr", ip, port, proto)
+                    if reason is not None:
+                        reason = f"{reason} ({_norm_name(host)} resolved to it)"
+                        return violation(event, host, ip, port, proto, reason)
+                if reason is None:
+                    return None
+            elif reason is None:
                 if type(address) is tuple and _plain(address):
                     remember(rules, (address, sock_type, family))  # the key the hook looks up
             else:
@@ -794,25 +813,35 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             # Python-level check before CPython resolves a *name* inside connect()/sendto().
             address = _items(address)
             if not isinstance(address, tuple) or len(address) < 2:
-                return
+                return None
             host = _exact(address[0])
             if not isinstance(host, (str, bytes)):  # noqa: UP038
-                return
+                return None
             if (
                 _packed(host) is not None
             ):  # checked by the audit hook, after parsing, before sending
                 if len(literals) < _CACHE_MAX and type(address[0]) is str:
                     literals.add(host)
-                return
+                return None
             try:
                 family, sock_type = _kind(sock)
             except Exception:  # noqa: BLE001
-                return
+                return None
             if family in (_AF_INET, _AF_INET6):
                 proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
                 reason = decide("addr", host, address[1], proto)
                 if reason is not None:
                     violation("socket.connect", host, None, address[1], proto, reason)
+                # Where the name leads (C would resolve it unseen, e.g. via an /etc/hosts the app
+                # rewrote): the first address, checked, is what C gets, as a literal.
+                ips = _addresses(host, family)
+                for ip in ips:
+                    reason = decide("addr", ip, address[1], proto)
+                    if reason is not None:
+                        reason = f"{reason} ({_norm_name(host)} resolved to it)"
+                        violation("socket.connect", host, ip, address[1], proto, reason)
+                return (ips[0], *address[1:])
+            return None
 
         return {
             "socket.__new__": on_new,
@@ -1058,6 +1087,36 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             return _create_dynamic(_Spec("_socket", path))
         raise OSError("no _socket library")
 
+    _GAI = []  # _socket's C getaddrinfo, taken (and checked) at first use
+
+    def _addresses(host, family):
+        # The addresses C's connect() gets for a name (getaddrinfo with the socket's family), as
+        # literals; a failed lookup raises what C would have raised (socket.gaierror).
+        if not _GAI:
+            fn = None
+            for attempt in (0, 1):  # _socket as imported, else loaded past the import system
+                try:
+                    if attempt == 0:
+                        mod = sys.modules.get("_socket") or __import__("_socket")
+                    else:
+                        mod = _real_socket_module()
+                    fn = mod.getaddrinfo
+                except Exception:  # noqa: BLE001 - hidden or broken: the next attempt
+                    fn = None
+                if not (type(fn) is _C_FUNCTION and fn.__name__ == "getaddrinfo"):
+                    fn = None
+                elif type(fn.__self__) is _MODULE:
+                    break
+            if fn is None:
+                raise OSError("no C getaddrinfo in _socket")
+            _GAI[:] = (fn,)
+        out = []
+        for entry in _GAI[0](host, None, family):  # (family, type, proto, canonname, sockaddr)
+            out.append(entry[4][0])
+        if not out:
+            raise OSError(f"no address for {host!r}")
+        return out
+
     def _uuid4():
         b = bytearray(_urandom(16))
         b[6] = (b[6] & 0x0F) | 0x40
@@ -1117,7 +1176,7 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001 - not a (host, port) tuple: CPython handles it
                 skip = True
             if not skip:
-                precheck(self, address)
+                address = precheck(self, address) or address
             return real_connect(self, address)
 
         def connect_ex(self, address):
@@ -1126,7 +1185,7 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001
                 skip = True
             if not skip:
-                precheck(self, address)
+                address = precheck(self, address) or address
             return real_connect_ex(self, address)
 
         def sendto(self, *args):
@@ -1136,7 +1195,9 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001
                 skip = True
             if not skip:
-                precheck(self, args[-1])
+                checked = precheck(self, args[-1])
+                if checked is not None:
+                    args = (*args[:-1], checked)
             return real_sendto(self, *args)
 
         def sendmsg(self, *args):
@@ -1146,7 +1207,9 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001
                 skip = True
             if not skip:
-                precheck(self, args[3])
+                checked = precheck(self, args[3])
+                if checked is not None:
+                    args = (*args[:3], checked, *args[4:])
             return real_sendmsg(self, *args)
 
         for fn in (connect, connect_ex, sendto, sendmsg):
