@@ -182,3 +182,100 @@ def test_deny_all_fallbacks_count_no_name_in_connect_as_local(tmp_path, guarded,
     for key in ("local_name", "dotted_name", "lookup_dotted"):
         assert out[key].startswith("SecurityError:[Errno 13] sentinel guard (deny-all)"), (key, out)
     assert out["loopback"] == "ok:None" and out["lookup_localhost"].startswith("ok:"), out
+
+
+# Attempts that found nothing to exploit: kept so that they stay that way. Each runs before the
+# app's first socket (nothing of socket/_socket is loaded yet).
+HELD = {
+    # threads race to make the first socket (the getters are taken then): every one is checked
+    "threads_race_first_socket": """
+import threading
+import _socket
+out = []
+def attempt(host):
+    out.append((host, outcome(lambda: connect_with(_socket.socket, host, 8080))))
+threads = [threading.Thread(target=attempt, args=("198.18.5.5" if i % 2 else "198.18.0.2",))
+           for i in range(16)]
+for t in threads: t.start()
+for t in threads: t.join(10)
+RESULTS["bad"] = sorted({o for h, o in out if h == "198.18.5.5"})[0]
+RESULTS["bad_count"] = sum(1 for h, o in out if h == "198.18.5.5" and o.startswith("SecurityError"))
+RESULTS["good"] = sorted({o for h, o in out if h == "198.18.0.2"})[0]
+""",
+    # the app points SENTINEL_GUARD_ALLOWLIST at its own permissive copy, rebinds marshal.loads,
+    # open, os.stat and os.fstat to hand the guard that copy, then makes the guard reload
+    # (mtime of the real file changed): the guard read its config and functions at start-up
+    "allowlist_swap_on_reload": """
+import os, marshal, builtins, time
+real = os.environ["SENTINEL_STATE_DIR"] + "/guard/allowlist.marshal"
+data = open(real, "rb").read()
+magic, _, rest = data.partition(b"\\n")
+doc = marshal.loads(rest)
+doc["addrs"][bytes([198, 18, 5, 5])] = (("tcp", frozenset([8080])),)
+evil = os.environ["SENTINEL_STATE_DIR"] + "/evil.marshal"
+open(evil, "wb").write(magic + b"\\n" + marshal.dumps(doc))
+os.environ["SENTINEL_GUARD_ALLOWLIST"] = evil
+real_loads, real_open = marshal.loads, builtins.open
+marshal.loads = lambda raw: doc
+builtins.open = lambda path, *a, **k: real_open(evil if path == real else path, *a, **k)
+os.utime(real, ns=(time.time_ns(), time.time_ns() + 10**9))
+time.sleep(1.2)  # two reload polls
+marshal.loads, builtins.open = real_loads, real_open  # (importlib needs the real ones)
+import socket
+RESULTS["bad"] = outcome(lambda: connect_with(socket.socket, "198.18.5.5", 8080))
+RESULTS["good"] = outcome(lambda: connect_with(socket.socket, "198.18.0.2", 8080))
+""",
+    # an instance `__class__` that claims another class, a metaclass `__mro__`/`__bases__` that
+    # claim object only, and `__class__` reassigned between two C-socket subclasses
+    "class_and_mro_lies": """
+import _socket
+class Meta(type):
+    __mro__ = property(lambda cls: (cls, object))
+    __bases__ = property(lambda cls: (object,))
+class Unixy(_socket.socket, metaclass=Meta):
+    __class__ = property(lambda self: int)
+    family = property(lambda self: 1)
+class Other(_socket.socket):
+    pass
+def swapped():
+    s = Other()
+    s.__class__ = Unixy
+    s.settimeout(2)
+    try:
+        s.connect(("198.18.5.5", 8080))
+    finally:
+        s.close()
+RESULTS["bad"] = outcome(lambda: connect_with(Unixy, "198.18.5.5", 8080))
+RESULTS["bad_again"] = outcome(swapped)
+RESULTS["good"] = outcome(lambda: connect_with(Unixy, "198.18.0.2", 8080))
+""",
+    # fork before any socket: the child's first socket is checked by the guard it inherited
+    "fork_before_first_socket": """
+import os
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    import _socket
+    os.write(w, outcome(lambda: connect_with(_socket.socket, "198.18.5.5", 8080)).encode())
+    os._exit(0)
+os.close(w)
+os.waitpid(pid, 0)
+RESULTS["bad"] = os.read(r, 4096).decode()
+import _socket
+RESULTS["good"] = outcome(lambda: connect_with(_socket.socket, "198.18.0.2", 8080))
+""",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HELD))
+def test_attempts_that_found_nothing_stay_refused(tmp_path, guarded, case):  # noqa: F811
+    needs_root()
+    out = run_case(tmp_path, HELD[case], guarded)
+    assert out["loaded_at_start"] == [], out
+    for key in ("bad", "bad_again"):
+        if key in out:
+            assert out[key].startswith(REFUSED), (key, out)
+    assert "198.18.5.5 port 8080/tcp is not allowlisted" in out["bad"], out
+    assert "unreachable" in out["good"].lower(), out
+    if "bad_count" in out:
+        assert out["bad_count"] == 8, out
