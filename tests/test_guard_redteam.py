@@ -113,7 +113,10 @@ def run_with_own_hosts(tmp_path, body, env):
     hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
     script = tmp_path / "case.py"
     script.write_text(PRELUDE + body + "\nprint(json.dumps(RESULTS))\n")
-    inner = 'mount --bind "$0" /etc/hosts && ip link set lo up && exec "$@"'
+    inner = (
+        'mount --bind "$0" /etc/hosts && ip link set lo up'
+        ' && sysctl -qw net.ipv4.ping_group_range="0 2147483647" && exec "$@"'
+    )  # (ping sockets: unprivileged ICMP, as Docker allows by default)
     cmd = ["unshare", "-n", "-m", "--propagation", "private", "--", "sh", "-c", inner]
     proc = subprocess.run(
         [*cmd, str(hosts), sys.executable, str(script)],
@@ -279,3 +282,33 @@ def test_attempts_that_found_nothing_stay_refused(tmp_path, guarded, case):  # n
     assert "unreachable" in out["good"].lower(), out
     if "bad_count" in out:
         assert out["bad_count"] == 8, out
+
+
+# A datagram socket is not always UDP: an ICMP "ping" socket (SOCK_DGRAM, IPPROTO_ICMP; Docker
+# allows them to every user) was judged as UDP, so an echo (with any payload) to a host
+# allowlisted for UDP passed the guard, and after one allowed UDP datagram to that address the
+# fast path let ICMP through without a decision. The protocol is read with the C getter too.
+ICMP_BODY = """
+import socket
+def send(proto, host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, proto)
+    try:
+        return s.sendto(b"\\x08\\x00\\x00\\x00\\x00\\x01\\x00\\x01", (host, port))
+    finally:
+        s.close()
+RESULTS["icmp_first"] = outcome(lambda: send(socket.IPPROTO_ICMP, "198.18.9.9", 9100))
+RESULTS["udp"] = outcome(lambda: send(0, "198.18.9.9", 9100))
+RESULTS["udp_again"] = outcome(lambda: send(socket.IPPROTO_UDP, "198.18.9.9", 9100))
+RESULTS["icmp_after_udp"] = outcome(lambda: send(socket.IPPROTO_ICMP, "198.18.9.9", 9100))
+"""
+
+
+def test_an_icmp_datagram_socket_is_not_udp(tmp_path, guarded):  # noqa: F811
+    needs_root()
+    needs_tools("mount", "sysctl")
+    out = run_with_own_hosts(tmp_path, ICMP_BODY, guarded)
+    for key in ("icmp_first", "icmp_after_udp"):
+        assert out[key].startswith(REFUSED), (key, out)
+        assert "198.18.9.9 port 9100/other" in out[key], (key, out)
+    for key in ("udp", "udp_again"):
+        assert "unreachable" in out[key].lower(), (key, out)

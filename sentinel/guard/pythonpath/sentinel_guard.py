@@ -73,7 +73,7 @@ _environ_get = os.environ.get
 _marshal_loads = marshal.loads
 _EACCES = 13
 _PROTO_BY_TYPE = {1: "tcp", 2: "udp"}  # SOCK_STREAM, SOCK_DGRAM
-_PROTO_BY_NUMBER = {6: "tcp", 17: "udp"}
+_PROTO_BY_NUMBER = {6: "tcp", 17: "udp", 262: "tcp"}  # 262: MPTCP
 _LOCAL_NAMES = frozenset(
     ("", "localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 )
@@ -195,7 +195,7 @@ def _unarmed(sock):
     raise TypeError("the socket getters are taken at the first socket event")
 
 
-_GS = [_unarmed, _unarmed]  # the C type's family and type getters, once a socket is seen
+_GS = [_unarmed, _unarmed, _unarmed]  # the C type's family, type and proto getters, once seen
 
 
 def _c_socket_type(kind):
@@ -208,7 +208,11 @@ def _c_socket_type(kind):
         flags = _TYPE_FLAGS(kind)
         if flags & _BORN_IN_C or not flags & _HEAPTYPE:
             ns = _type_ns(kind)
-            if type(ns.get("family")) in _C_FIELDS and type(ns.get("type")) in _C_FIELDS:
+            if (
+                type(ns.get("family")) in _C_FIELDS
+                and type(ns.get("type")) in _C_FIELDS
+                and type(ns.get("proto")) in _C_FIELDS
+            ):
                 return kind
         kind = _TYPE_BASE(kind)
     return None
@@ -235,7 +239,7 @@ def _kind(sock):
     if base is None:
         raise TypeError(f"not a socket: {type(sock).__name__}")
     ns = _type_ns(base)
-    gs[:] = ns["family"].__get__, ns["type"].__get__
+    gs[:] = ns["family"].__get__, ns["type"].__get__, ns["proto"].__get__
     _SOCK_TYPE[:] = (base,)
     return gs[0](sock), gs[1](sock)
 
@@ -380,6 +384,15 @@ def _plain(values):
         if not (kind is str or kind is int or kind is bytes or value is None):
             return False
     return True
+
+
+def _sock_proto(sock_type, number):
+    # What a socket speaks: its type's protocol unless its protocol number says otherwise (an ICMP
+    # "ping" socket is SOCK_DGRAM, SCTP can be SOCK_STREAM): those are "other", never tcp/udp.
+    name = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
+    if number and _PROTO_BY_NUMBER.get(number) != name:
+        return "other"
+    return name
 
 
 def _proto(sock_type, number=0):
@@ -710,7 +723,8 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
                 return
             rules = st["rules"]  # the hook's fast path already looked in rules["allowed"]
             counts["checks"] += 1  # decisions made (fast-path hits are not counted)
-            proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
+            sock_proto = _GS[2](sock)  # (the getters are this socket type's now)
+            proto = _sock_proto(sock_type, sock_proto)
             if family not in (_AF_INET, _AF_INET6):
                 return violation(event, None, None, None, proto, f"address family {family} leaves")
             if not isinstance(address, tuple) or len(address) < 2:
@@ -735,7 +749,7 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
                     return None
             elif reason is None:
                 if type(address) is tuple and _plain(address):
-                    remember(rules, (address, sock_type, family))  # the key the hook looks up
+                    remember(rules, (address, sock_type, family, sock_proto))  # the hook's key
             else:
                 packed = _packed(host)
                 ip = _ip_text(packed) if packed is not None else None
@@ -828,7 +842,7 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001
                 return None
             if family in (_AF_INET, _AF_INET6):
-                proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
+                proto = _sock_proto(sock_type, _GS[2](sock))
                 reason = decide("addr", host, address[1], proto)
                 if reason is not None:
                     violation("socket.connect", host, None, address[1], proto, reason)
@@ -887,7 +901,8 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
                         type(address) is tuple
                         and type(address[0]) is str
                         and type(address[1]) is int
-                        and (address, gs[1](args[0]), gs[0](args[0])) in st["allowed"]
+                        and (address, gs[1](args[0]), gs[0](args[0]), gs[2](args[0]))
+                        in st["allowed"]
                     ):
                         return
                 except (
