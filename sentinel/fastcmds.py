@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sentinel.enforce.netfilter import DEFAULT_BACKEND
+from sentinel.enforce.kernelstate import DEFAULT_BACKEND
 
 ARGUMENT, VALUE, FLAG, LIST = "argument", "value", "flag", "list"  # how a parameter is given
 

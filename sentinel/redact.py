@@ -15,11 +15,8 @@ runs; the key comes from `use_key` (env var or a file in the state dir, never ex
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import re
-import secrets
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -30,54 +27,68 @@ EMAIL_MASK = "[EMAIL]"
 PHONE_MASK = "[PHONE]"
 _MIN_SECRET_LEN = 6  # shorter registered values would redact ordinary words
 
+
+class _lazy:  # noqa: N801 - named as the re.compile it stands for
+    """A regex compiled on its first use: `sentinel report` imports this module and runs few of
+    its ~25 patterns (most are gated out), so compiling them all at import cost ~5 ms of it.
+    After the first use its methods are the compiled pattern's own (no call in between)."""
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self._args = (pattern, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        compiled = re.compile(*self._args)
+        for method in ("sub", "subn", "match", "search", "fullmatch", "findall", "finditer"):
+            self.__dict__[method] = getattr(compiled, method)
+        return getattr(compiled, name)
+
+
 # Keys whose values are secrets whatever they look like.
-_SECRET_KEY_RE = re.compile(
+_SECRET_KEY_RE = _lazy(
     r"(pass(word|wd)?|secret|token|api[_-]?key|apikey|auth(orization)?|cookie|session|"
     r"routing[_-]?key|webhook[_-]?url|private[_-]?key|credential|signature)",
     re.IGNORECASE,
 )
 
 # (pattern, replacement); order matters: whole URLs and headers before their parts.
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+_PATTERNS: list[tuple[_lazy, str]] = [
     # PEM private keys
     (
-        re.compile(
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL
-        ),
+        _lazy(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL),
         MASK,
     ),
     # Slack/Discord/PagerDuty-style webhook URLs: the path is the secret
     (
-        re.compile(r"https?://hooks\.slack\.com/[^\s\"'<>]+", re.IGNORECASE),
+        _lazy(r"https?://hooks\.slack\.com/[^\s\"'<>]+", re.IGNORECASE),
         "https://hooks.slack.com/" + MASK,
     ),
     (
-        re.compile(r"(https?://[^\s/\"'<>]*discord(?:app)?\.com/api/webhooks/)[^\s\"'<>]+"),
+        _lazy(r"(https?://[^\s/\"'<>]*discord(?:app)?\.com/api/webhooks/)[^\s\"'<>]+"),
         r"\1" + MASK,
     ),
     # user:password@ in any URL
     (
-        re.compile(r"([a-z][a-z0-9+.-]*://)[^\s/:@\"'<>]+:[^\s/@\"'<>]+@", re.IGNORECASE),
+        _lazy(r"([a-z][a-z0-9+.-]*://)[^\s/:@\"'<>]+:[^\s/@\"'<>]+@", re.IGNORECASE),
         r"\1" + MASK + "@",
     ),
     # Authorization headers and bearer tokens
     (
-        re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.IGNORECASE),
+        _lazy(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.IGNORECASE),
         r"\1 " + MASK,
     ),
     # JSON Web Tokens
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"), MASK),
+    (_lazy(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"), MASK),
     # Provider key shapes
-    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), MASK),  # AWS access key id
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), MASK),  # Slack tokens
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), MASK),  # GitHub tokens
-    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{30,}\b"), MASK),
-    (re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}"), MASK),  # OpenAI/Anthropic-style
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), MASK),  # Google API key
-    (re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b"), MASK),  # Stripe
+    (_lazy(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), MASK),  # AWS access key id
+    (_lazy(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), MASK),  # Slack tokens
+    (_lazy(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), MASK),  # GitHub tokens
+    (_lazy(r"\bgithub_pat_[A-Za-z0-9_]{30,}\b"), MASK),
+    (_lazy(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}"), MASK),  # OpenAI/Anthropic-style
+    (_lazy(r"\bAIza[0-9A-Za-z_-]{35}\b"), MASK),  # Google API key
+    (_lazy(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b"), MASK),  # Stripe
     # key=value / "key": "value" where the key names a secret
     (
-        re.compile(
+        _lazy(
             r"(?P<k>[\"']?[A-Za-z0-9_-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key|apikey|"
             r"routing[_-]?key|private[_-]?key|credential)[A-Za-z0-9_-]*[\"']?\s*[:=]\s*)"
             r"(?P<v>\"[^\"]*\"|'[^']*'|[^\s,;&\"'}]+)",
@@ -87,25 +98,23 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     ),
     # secrets in URL query strings (?sig=..., &key=...)
     (
-        re.compile(
-            r"([?&](?:sig|signature|key|code|access_token|auth)=)[^&\s\"'<>]+", re.IGNORECASE
-        ),
+        _lazy(r"([?&](?:sig|signature|key|code|access_token|auth)=)[^&\s\"'<>]+", re.IGNORECASE),
         r"\1" + MASK,
     ),
     # long hex strings (32+ chars: integration keys, hashes of secrets, session ids)
-    (re.compile(r"\b[0-9a-fA-F]{32,}\b"), MASK),
+    (_lazy(r"\b[0-9a-fA-F]{32,}\b"), MASK),
     # e-mail addresses
     (
-        re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+        _lazy(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
         EMAIL_MASK,
     ),
     # phone numbers: +E.164, or 3-3-4 digit groups with separators ("(555) 123-4567",
     # "555.123.4567"); IPv4 addresses never match (their groups have at most 3 digits).
     (
-        re.compile(r"(?<![\w.])\+\d{1,3}[\s.-]?(?:\(?\d{1,4}\)?[\s.-]?){2,4}\d{2,4}(?![\w.])"),
+        _lazy(r"(?<![\w.])\+\d{1,3}[\s.-]?(?:\(?\d{1,4}\)?[\s.-]?){2,4}\d{2,4}(?![\w.])"),
         PHONE_MASK,
     ),
-    (re.compile(r"(?<![\w.])\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w.])"), PHONE_MASK),
+    (_lazy(r"(?<![\w.])\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\w.])"), PHONE_MASK),
 ]
 
 # What each pattern above cannot match without (same order): ("s", needles) a substring of
@@ -146,21 +155,27 @@ _GATED = tuple(
 
 # user ids: `user_id=42`, `"userId": "abc"` become a stable keyed pseudonym u_<hex>
 # (not `uid`: that is a Unix uid the kernel vouches for, which the evidence needs as it is)
-_USER_ID_KEY_RE = re.compile(r"^(?:user[_-]?id|userid)$", re.IGNORECASE)
-_USER_ID_TEXT_RE = re.compile(
+_USER_ID_KEY_RE = _lazy(r"^(?:user[_-]?id|userid)$", re.IGNORECASE)
+_USER_ID_TEXT_RE = _lazy(
     r"(?P<k>(?<![A-Za-z0-9])(?:user[_-]?id|userid)[\"']?\s*[:=]\s*)"
     # quoted: the whole quoted value; bare: up to a separator (a dot, slash or colon ends it,
     # so `user_id=42.example.org` and `user_id=42/app.py` both give 42's pseudonym)
     r"(?:(?P<q>[\"'])(?P<qv>[^\"'\n]+)(?P=q)|(?P<v>[^\s,;&\"'}\]./:]+))",
     re.IGNORECASE,
 )
-_PSEUDONYM_RE = re.compile(r"^u_[0-9a-f]{24}$")
+_PSEUDONYM_RE = _lazy(r"^u_[0-9a-f]{24}$")
 KEY_ENV = "SENTINEL_REDACT_KEY"
 KEY_FILE = "redact.key"
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
 _user_key: bytes | None = None
+
+
+def _token() -> bytes:
+    import secrets  # only when no key is given: base64, binascii and hmac are not imported
+
+    return secrets.token_hex(32).encode()
 
 
 def add_secret(value: str | None) -> None:
@@ -190,7 +205,7 @@ def use_key(state_dir: Path | None, create: bool) -> None:
             _user_key = path.read_bytes().strip() or None
         elif path is not None and create:
             path.parent.mkdir(parents=True, exist_ok=True)
-            key = secrets.token_hex(32).encode()
+            key = _token()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(key + b"\n")
@@ -198,7 +213,7 @@ def use_key(state_dir: Path | None, create: bool) -> None:
     except OSError:
         _user_key = None  # unreadable/unwritable: the per-process key below
     if _user_key is None:
-        _user_key = secrets.token_hex(32).encode()
+        _user_key = _token()
 
 
 def _pseudonym(value: str) -> str:
@@ -206,7 +221,7 @@ def _pseudonym(value: str) -> str:
     if _PSEUDONYM_RE.match(value):
         return value  # already hashed (an event redacted before it was stored)
     if _user_key is None:
-        _user_key = secrets.token_hex(32).encode()
+        _user_key = _token()
     return hash_user_id(value, _user_key)
 
 
@@ -303,8 +318,8 @@ def redact_obj(obj: Any, key: str = "", memo: dict[str, str] | None = None) -> A
     return obj
 
 
-_DIGEST_KEY_RE = re.compile(r"(^|_)(sha256|expected|found|kept)$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST_KEY_RE = _lazy(r"(^|_)(sha256|expected|found|kept)$")
+_SHA256_RE = _lazy(r"^[0-9a-f]{64}$")
 
 
 def _is_our_digest(key: str, value: str) -> bool:
@@ -326,6 +341,9 @@ def hash_user_id(value: str | int, key: str | bytes) -> str:
     """A stable pseudonym for a user id: HMAC-SHA256 with a secret key, 12 bytes, hex."""
     if not key:
         raise ValueError("hash_user_id needs a non-empty key (an unkeyed hash can be reversed)")
+    import hashlib
+    import hmac
+
     raw_key = key.encode() if isinstance(key, str) else key
     digest = hmac.new(raw_key, str(value).encode(), hashlib.sha256).hexdigest()
     return f"u_{digest[:24]}"  # 96 bits; shorter than the 32-hex pattern, so it survives redaction

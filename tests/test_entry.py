@@ -130,6 +130,15 @@ def test_status_does_not_import_the_cli_framework():
 
 
 HEAVY = ("typer", "click", "rich", "httpx", "prometheus_client", "dns", "yaml", "structlog")
+# what only an apply or the daemon needs: the kernel read path (enforce/kernelread.py) is enough
+APPLY_SIDE = (
+    "asyncio",
+    "tempfile",
+    "sentinel.enforce.netfilter",
+    "sentinel.enforce.render",
+    "sentinel.enforce.ipsetload",
+)
+ALERTS_SIDE = ("sentinel.alerts.outbox", "sentinel.alerts.model", "sentinel.lazylog")
 LOADED = (  # argv[1]: the modules to look for when the command exits
     "import atexit, sys; absent = sys.argv.pop(1).split(','); atexit.register(lambda: "
     "sys.stderr.write('LOADED %r\\n' % sorted(m for m in absent if m in sys.modules))); "
@@ -140,8 +149,11 @@ LOADED = (  # argv[1]: the modules to look for when the command exits
 @pytest.mark.parametrize(
     "args, absent",
     [
-        (("status",), (*HEAVY, "asyncio", "sqlite3", "sentinel.store.events", "tempfile")),
-        (("report", "--last", "10m"), (*HEAVY, "asyncio", "tempfile")),
+        (
+            ("status",),
+            (*HEAVY, *APPLY_SIDE, "sqlite3", "sentinel.store.events", "dataclasses", "inspect"),
+        ),
+        (("report", "--last", "10m"), (*HEAVY, *APPLY_SIDE, *ALERTS_SIDE)),
     ],
 )
 def test_status_and_report_run_without_the_daemons_imports(topo, tmp_path, args, absent):

@@ -162,12 +162,12 @@ BIG_APPLY = """
 import ipaddress, json, subprocess
 from dataclasses import replace
 from sentinel.enforce import netfilter
-from sentinel.enforce.render import SET_NAME, render_rules
+from sentinel.enforce.render import SET_NAME, IpSet, render_rules
 from sentinel.policy.load import load_policy
 policy = load_policy("policies/mem0.yaml")
 rs = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
 many = tuple(sorted(f"198.19.{i // 256}.{i % 256},tcp:{p}" for i in range(2500) for p in (443, 8443)))
-big = replace(rs, sets=tuple(replace(s, entries=many) if s.name == SET_NAME[4] else s
+big = replace(rs, sets=tuple(IpSet(s.name, s.family, many) if s.name == SET_NAME[4] else s
                              for s in rs.sets))
 state = netfilter.apply(big)
 header = subprocess.run(["ipset", "list", "-t", SET_NAME[4]], capture_output=True, text=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.enforce import netfilter
-from sentinel.enforce.render import OUR_SETS, SET_NAME
+from sentinel.enforce.render import OUR_SETS, SET_NAME, IpSet
 from sentinel.errors import SentinelError
 from sentinel.policy.decide import prepare_ruleset
 from sentinel.policy.load import load_policy
@@ -246,9 +246,7 @@ def test_a_big_set_is_staged_with_room_for_its_entries(monkeypatch, ruleset):
     many = tuple(f"198.19.{i // 256}.{i % 256},tcp:443" for i in range(20_000))
     big = dataclasses.replace(
         ruleset,
-        sets=tuple(
-            dataclasses.replace(s, entries=many) if s.family == 4 else s for s in ruleset.sets
-        ),
+        sets=tuple(IpSet(s.name, s.family, many) if s.family == 4 else s for s in ruleset.sets),
     )
     kernel = install(monkeypatch, FakeKernel())
     with pytest.raises(SentinelError, match=netfilter.NOT_HELD):  # the recorded kernel differs

@@ -3,6 +3,9 @@ network facts (IPs, ports, hostnames, UUID correlation ids) do."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -175,3 +178,20 @@ def test_a_secret_registered_after_a_text_was_redacted_is_removed_from_it_too():
     assert redact_text(text) == text  # remembered as it is
     add_secret("rmbrd-value-9f2")
     assert redact_text(text) == f"dial tcp 198.18.0.9:443 with {MASK} failed"
+
+
+def test_importing_redact_compiles_no_pattern():
+    """`sentinel report` imports redact and runs few of its patterns: they compile on first use
+    (and then redact as before: every test above runs them)."""
+    code = (
+        "import functools, os, pathlib, re, threading, typing\n"
+        "calls = []\n"
+        "real = re.compile\n"
+        "re.compile = lambda *a, **k: calls.append(a[0]) or real(*a, **k)\n"
+        "import sentinel.redact as r\n"
+        "print(len(calls))\n"
+        "assert r.redact_text('x user_id=42 token=abcdefgh') != 'x user_id=42 token=abcdefgh'\n"
+        "print(len(calls) > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "True"]

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
 
-from sentinel.enforce.render import OUR_SETS, IpSet
+from sentinel.enforce.kernelstate import OUR_SETS, IpSet
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_IPSET, IPSET_CMD_SAVE, IPSET_PROTOCOL = 6, 8, 6

@@ -9,9 +9,13 @@ import json
 import os
 import re
 import subprocess
+from typing import TYPE_CHECKING
 
-from sentinel.enforce.render import NETDEV_TABLE, Link
+from sentinel.enforce.kernelstate import NETDEV_TABLE
 from sentinel.errors import SentinelError
+
+if TYPE_CHECKING:
+    from sentinel.enforce.render import Link
 
 __all__ = ["NETDEV_TABLE", "apply_netdev", "local_networks", "read_link", "read_netdev"]
 _NFT_COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
@@ -33,6 +37,8 @@ def run(cmd: list[str], stdin: str) -> None:
 def read_link() -> Link:
     """This namespace's interfaces other than lo, and its IPv6 addresses (for the netdev
     layer). Read from /sys and /proc: no tool, no privilege."""
+    from sentinel.enforce.render import Link  # a kernel read (status) needs no dataclasses
+
     try:
         devices = sorted(d for d in os.listdir("/sys/class/net") if d != "lo")
     except OSError:

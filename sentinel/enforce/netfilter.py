@@ -11,12 +11,12 @@ from the kernel's own netlink dump (ipsetdump.py), or by `ipset save` when it de
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
 
-from sentinel.enforce import ipsetdump, ipsetload
+from sentinel.enforce import ipsetdump, ipsetload, kernelread
+from sentinel.enforce.kernelstate import BACKENDS, DEFAULT_BACKEND  # noqa: F401 - re-exported
 from sentinel.enforce.netdev import NETDEV_TABLE, apply_netdev, read_netdev
-from sentinel.enforce.render import OUR_SETS, IpSet, Ruleset
+from sentinel.enforce.render import OUR_SETS, IpSet, Ruleset  # noqa: F401 - IpSet re-exported
 from sentinel.enforce.rootns import ensure_not_root_netns, in_root_netns  # noqa: F401
 from sentinel.enforce.savetext import (  # noqa: F401 - OUR_CHAINS, KernelState: re-exported
     OUR_CHAINS,
@@ -35,25 +35,11 @@ from sentinel.enforce.savetext import (  # noqa: F401 - OUR_CHAINS, KernelState:
 )
 from sentinel.errors import SentinelError
 
-BACKENDS = {
-    "nft": {4: "iptables-nft", 6: "ip6tables-nft"},
-    "legacy": {4: "iptables-legacy", 6: "ip6tables-legacy"},
-}
-DEFAULT_BACKEND = "nft"
 # the words run/applying.py's callers also use when a read back differs (one message, one test)
 NOT_HELD = "applied, but the kernel does not hold the expected ruleset"
 
 
-def _run(cmd: list[str], stdin: str | None = None) -> str:
-    try:
-        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise SentinelError(f"{cmd[0]} not found: install iptables and ipset") from None
-    except subprocess.TimeoutExpired:
-        raise SentinelError(f"{cmd[0]} did not finish in 60 s") from None
-    if done.returncode != 0:
-        raise SentinelError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
-    return done.stdout
+_run = kernelread.run  # every tool run of an apply; tests replace it here
 
 
 def apply(ruleset: Ruleset, backend: str = DEFAULT_BACKEND) -> KernelState:
@@ -248,30 +234,15 @@ def _save(tool: str, counters: bool = False) -> str:
 
 
 def read_state(backend: str = DEFAULT_BACKEND, set_counters: bool = True) -> KernelState:
-    """What the kernel holds of ours right now, with packet counters: one `iptables-save -c`
-    per family and one read of every set (ours kept: ipsetdump, else `ipset save`).
-    `set_counters=False` (apply's own reads, which compare entries only): the per-entry
-    counters may be left empty."""
-    state = KernelState()
-    for family, tool in BACKENDS[backend].items():
-        saved = _save(tool, counters=True)
-        state.dumps[family] = saved
-        state.text[family] = family_text(saved)
-        state.counters.update(rule_counters(saved, family))
-    state.sets, state.set_counters, state.set_names = _read_sets(set_counters)
-    state.netdev, state.netdev_counters = read_netdev()
-    return state
-
-
-def _read_sets(
-    counters: bool = True,
-) -> tuple[list[IpSet], dict[tuple[str, str], tuple[int, int]], set[str]]:
-    """The kernel's dump when ipsetdump can read it exactly, else `ipset save`'s text."""
-    fast = _read_sets_netlink(counters)
-    if fast is not None:
-        return fast
-    saved = _run(["ipset", "save"])
-    return (*parse_sets(saved), set_names(saved))
+    """kernelread.read_state through this module's `_run`, `_read_sets_netlink` and
+    `read_netdev` (looked up per call: what tests replace here is what an apply reads with)."""
+    return kernelread.read_state(
+        backend,
+        set_counters,
+        runner=_run,
+        read_sets_netlink=_read_sets_netlink,
+        read_netdev=read_netdev,
+    )
 
 
 _read_sets_netlink = ipsetdump.read  # tests of the text path (test_netfilter_text) replace it

@@ -8,30 +8,33 @@ one ipset per family (hash:net,port), so per-packet cost does not grow with the 
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sentinel.enforce.kernelstate import (  # noqa: F401 - re-exported: the names stay here too
+    CHAIN_DENY,
+    CHAIN_DNS,
+    CHAIN_OUT,
+    HELD_SET,
+    NETDEV_TABLE,
+    OUR_SETS,
+    SET_NAME,
+    IpSet,
+    canonical_lines,
+    ruleset_hash,
+)
+
 if TYPE_CHECKING:  # `status` reads rules without loading the policy module (and PyYAML)
     from sentinel.policy.load import Allow, IPAddress, Policy
 
-CHAIN_OUT = "SENTINEL-OUT"
-CHAIN_DENY = "SENTINEL-DENY"
-CHAIN_DNS = "SENTINEL-DNS"
-SET_NAME = {4: "sentinel-allow4", 6: "sentinel-allow6"}
-# Addresses a DNS pin move retired from a name still allowlisted: open flows to them go on
-# (established only), new ones do not. Emptied by every full apply (start, reload, mode).
-HELD_SET = {4: "sentinel-held4", 6: "sentinel-held6"}
-OUR_SETS = ((4, SET_NAME[4]), (6, SET_NAME[6]), (4, HELD_SET[4]), (6, HELD_SET[6]))
 DOCKER_DNS = "127.0.0.11/32"  # Docker's embedded resolver: reachable only by the sentinel
 # Neighbour discovery as the kernel sends it (RFC 4861: hop limit 255; no user socket, so a raw
 # ICMPv6 socket cannot use these rules to carry data): type -> (destination, max IPv6 length)
 ICMP6_ND = {133: ("ff02::2/128", 64), 135: (None, 96), 136: (None, 96)}
 MLD2_REPORT, MLD_MAX_LEN = 143, 40 + 8 + 8 + 20 * 8  # the kernel's own reports: hop limit 1
-NETDEV_TABLE = "sentinel"  # `table netdev sentinel`: the layer AF_PACKET frames also pass
 NFLOG_PREFIX = {"enforce": "sentinel:deny", "audit": "sentinel:audit"}
 Pins = Mapping[str, Iterable["IPAddress"]]
 
@@ -87,20 +90,6 @@ class Rule:
 
     def save_line(self) -> str:
         return " ".join(["-A", self.chain, *self.args()])
-
-
-@dataclass(frozen=True)
-class IpSet:
-    """One of our ipsets and its entries, sorted."""
-
-    name: str
-    family: int
-    entries: tuple[str, ...]  # "198.18.0.2,tcp:5432", "10.20.0.0/16,tcp:443"
-
-    def create_line(self, name: str | None = None) -> str:
-        inet = "inet" if self.family == 4 else "inet6"
-        maxelem = max(65536, 2 * len(self.entries))
-        return f"create {name or self.name} hash:net,port family {inet} maxelem {maxelem} counters"
 
 
 @dataclass(frozen=True)
@@ -178,26 +167,6 @@ class Ruleset:
             cached = ruleset_hash(self.save_text(4), self.save_text(6), self.sets, self.netdev)
             object.__setattr__(self, "_sha256", cached)
         return cached
-
-
-def canonical_lines(chains: Iterable[str], hooks: Iterable[str], rules: Iterable[str]) -> list[str]:
-    """One order for expected and kernel text: chains sorted, hooks, rules grouped by chain."""
-    chains = sorted(chains)
-    by_chain = sorted(
-        rules, key=lambda line: chains.index(line.split()[1]) if line.split()[1] in chains else -1
-    )
-    return [f":{c} - [0:0]" for c in chains] + list(hooks) + by_chain
-
-
-def ruleset_hash(v4_text: str, v6_text: str, sets: Iterable[IpSet], netdev: str = "") -> str:
-    """Hash of what matters: rules per family, set contents (order-free), the netdev table."""
-    h = hashlib.sha256()
-    for part in (v4_text, "\0", v6_text, *(("\0netdev\0", netdev) if netdev else ())):
-        h.update(part.encode())
-    for s in sorted(sets, key=lambda s: s.name):
-        h.update(f"\0{s.name}\0".encode())
-        h.update("\n".join(sorted(s.entries)).encode())
-    return h.hexdigest()
 
 
 def render_rules(

@@ -8,49 +8,24 @@ No process runs here: netfilter.py runs the tools and hands their output to thes
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sentinel.enforce.render import (
-    CHAIN_DENY,
-    CHAIN_DNS,
-    CHAIN_OUT,
+from sentinel.enforce.kernelstate import (  # noqa: F401 - KernelState: re-exported
+    OUR_CHAINS,
     OUR_SETS,
+    TABLES,
     IpSet,
-    Ruleset,
+    KernelState,
     canonical_lines,
-    ruleset_hash,
 )
 
-OUR_CHAINS = (CHAIN_OUT, CHAIN_DENY, CHAIN_DNS)
-TABLES = ("filter", "nat")
+if TYPE_CHECKING:
+    from sentinel.enforce.render import Ruleset
+
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\] (.*)$")
 _OUR_SET_NAMES = {name: family for family, name in OUR_SETS}
 # `add NAME ENTRY [packets P bytes B]` as `ipset save` prints one entry of our sets
 _SET_ENTRY = re.compile(r"^add (\S+) (\S+)(?:.*? packets (\d+) bytes (\d+))?", re.M)
-
-
-@dataclass
-class KernelState:
-    """Our part of the kernel's tables, in the same canonical text as Ruleset.save_text."""
-
-    text: dict[int, str] = field(default_factory=dict)
-    sets: list[IpSet] = field(default_factory=list)
-    counters: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # (fam, line)
-    set_counters: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
-    created_tables: list[str] = field(default_factory=list)  # "6/nat": absent before our apply
-    rules_replaced: bool = True  # False: the rules were already in force, only sets changed
-    netdev: str = ""  # our netdev table as Ruleset.netdev renders it
-    netdev_counters: dict[int, int] = field(default_factory=dict)  # logged frames per family
-    # the raw reads: `iptables-save -c` per family, and every ipset's name (ours or not)
-    dumps: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
-    set_names: set[str] = field(default_factory=set, repr=False, compare=False)
-
-    @property
-    def present(self) -> bool:
-        return any(t.strip() for t in self.text.values()) or bool(self.sets) or bool(self.netdev)
-
-    def sha256(self) -> str:
-        return ruleset_hash(self.text.get(4, ""), self.text.get(6, ""), self.sets, self.netdev)
 
 
 def restore_doc(ruleset: Ruleset, family: int, current: str) -> str:

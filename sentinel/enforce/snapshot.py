@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sentinel.enforce import netfilter
-from sentinel.enforce.netfilter import KernelState
+from sentinel.enforce.kernelstate import KernelState
 
 
 def nflog_packets(state: KernelState) -> dict[int, int]:
@@ -26,6 +25,8 @@ MAX_SET_ENTRIES = 1000  # per snapshot: entries with traffic, busiest first
 
 def kernel_snapshot(backend: str | None = None) -> dict[str, Any]:
     """NFLOG packets per family and per-entry set counters (entries with traffic only)."""
+    from sentinel.enforce import netfilter  # the daemon's read; `report` needs only nflog_packets
+
     applied = applied_info()
     state = netfilter.read_state(backend or applied.get("backend") or netfilter.DEFAULT_BACKEND)
     nflog = {str(family): n for family, n in nflog_packets(state).items()}

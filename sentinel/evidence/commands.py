@@ -11,7 +11,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from sentinel.enforce import netfilter
+from sentinel.enforce import kernelread
+from sentinel.enforce.kernelstate import DEFAULT_BACKEND
 from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
 from sentinel.store.state import APPLIED, read_json
 
@@ -28,8 +29,8 @@ def status_data() -> dict:
     applied = read_json(APPLIED)
     if applied and "ruleset_sha256" not in applied:  # torn down since
         applied = None
-    backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
-    kernel = netfilter.read_state(backend)
+    backend = (applied or {}).get("backend", DEFAULT_BACKEND)
+    kernel = kernelread.read_state(backend)
     kernel_sha = kernel.sha256() if kernel.present else None  # once: 20,000 entries to hash
     expected = (applied or {}).get("ruleset_sha256")
     return {

@@ -27,12 +27,13 @@ MAX_NETFLOW = 100  # set entries listed in the netflow; the summary counts every
 
 def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
     """Hash, NFLOG counters per family and per-upstream set counters, read from the kernel."""
-    from sentinel.enforce import netfilter
+    from sentinel.enforce import kernelread
+    from sentinel.enforce.kernelstate import DEFAULT_BACKEND
     from sentinel.enforce.snapshot import nflog_packets
 
-    backend = (applied or {}).get("backend", netfilter.DEFAULT_BACKEND)
+    backend = (applied or {}).get("backend", DEFAULT_BACKEND)
     try:
-        state = netfilter.read_state(backend)
+        state = kernelread.read_state(backend)
     except SentinelError as exc:
         return {"error": exc.message, "present": False}
     nflog = nflog_packets(state)

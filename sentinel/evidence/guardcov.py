@@ -55,8 +55,13 @@ def guard_status(
     if not beats:
         return {"status": "absent", "heartbeats": 0, "gaps": [], "dropped": 0, "processes": []}
     groups: dict[str, list[Event]] = defaultdict(list)
+    seen: dict[tuple, str] = {}  # identity per (detail, pid): beats share their detail objects
     for b in sorted(beats, key=lambda b: b.ts):
-        groups[identity(b)].append(b)
+        at = (id(b.detail), b.pid)
+        key = seen.get(at)
+        if key is None:
+            key = seen[at] = identity(b)
+        groups[key].append(b)
     before: dict[str, list[Event]] = defaultdict(list)
     for b in earlier:
         before[identity(b)].append(b)
@@ -66,8 +71,11 @@ def guard_status(
         exited = last.detail.get("state") == "exit"
         until = last.ts if exited else window.until
         span = type(window)(run[0].ts, max(until, run[0].ts))
-        beat_interval = min(interval(b) for b in run)
-        found = [] if span.until <= span.since else gaps_of(_clamped(run), span, beat_interval)
+        claims = _intervals(run)
+        beat_interval = min(claims)
+        found = (
+            [] if span.until <= span.since else gaps_of(_clamped(run, claims), span, beat_interval)
+        )
         for g in found:
             g["identity"] = key
         gaps += found
@@ -98,13 +106,24 @@ def guard_status(
     }
 
 
-def _clamped(run: list[Event]) -> list[Event]:
+def _intervals(run: list[Event]) -> list[float]:
+    """interval(b) of each beat, computed once per distinct detail object."""
+    memo: dict[int, float] = {}
+    out = []
+    for b in run:
+        value = memo.get(id(b.detail))
+        if value is None:
+            value = memo[id(b.detail)] = interval(b)
+        out.append(value)
+    return out
+
+
+def _clamped(run: list[Event], claims: list[float] | None = None) -> list[Event]:
     """The beats with their claimed intervals clamped (a copy; the stored events stay)."""
     from dataclasses import replace
 
     out = []
-    for b in run:
-        value = interval(b)
+    for b, value in zip(run, _intervals(run) if claims is None else claims, strict=True):
         out.append(b if b.detail.get("interval") == value else replace(
             b, detail={**b.detail, "interval": value}))  # fmt: skip
     return out
@@ -112,7 +131,13 @@ def _clamped(run: list[Event]) -> list[Event]:
 
 def _dropped(run: list[Event], earlier: list[Event]) -> int:
     """Growth of the guard's cumulative drop counter over the window, for one identity."""
-    totals = [_total(b) for b in run]
+    memo: dict[int, int] = {}  # once per distinct detail object
+    totals = []
+    for b in run:
+        total = memo.get(id(b.detail))
+        if total is None:
+            total = memo[id(b.detail)] = _total(b)
+        totals.append(total)
     base = _total(max(earlier, key=lambda b: b.ts)) if earlier else 0
     return max(0, max(totals) - base) if totals else 0
 

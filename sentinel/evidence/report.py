@@ -89,7 +89,7 @@ def build_report(
 def _alert_summary(state: Path) -> dict[str, Any]:
     """Per-sink delivery counters from the alert outbox (sent, failed, pending, ...), read
     with `mode=ro`; an unreadable outbox is an error (exit 2), never set aside or replaced."""
-    from sentinel.alerts.outbox import read_summary
+    from sentinel.alerts.outboxread import read_summary
 
     return {"sinks": read_summary(state)}
 

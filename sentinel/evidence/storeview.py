@@ -135,6 +135,7 @@ def bookkeeping(scope: Scope) -> list[Beat]:
     )
     out = []
     loads, same, parsed = json.loads, {}, {}
+    one = same.setdefault  # layer, kind, verdict and exe are text or NULL: `_one` of them
     for row in scope.conn.execute(sql, (*BOOKKEEPING, *scope.args())):
         layer, kind, verdict, proto, ip, port, pid, exe, raw, ts = row
         detail = parsed.get((kind, raw))
@@ -143,8 +144,8 @@ def bookkeeping(scope: Scope) -> list[Beat]:
             if len(parsed) > 4096:  # the same text again is the common case, not a rule
                 parsed.clear()
             parsed[(kind, raw)] = detail
-        out.append(Beat(_one(layer, same), _one(kind, same), _one(verdict, same), proto, ip,
-                        port, pid, _one(exe, same), detail, ts))  # fmt: skip
+        out.append(Beat(one(layer, layer), one(kind, kind), one(verdict, verdict), proto, ip,
+                        port, pid, one(exe, exe), detail, ts))  # fmt: skip
     return out
 
 

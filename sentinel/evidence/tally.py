@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.evidence.attempts import Joins
-from sentinel.evidence.storeview import Scope
+from sentinel.evidence.storeview import ATTEMPT_SQL, Scope
 from sentinel.evidence.window import iso
 from sentinel.store.events import destination_text
 from sentinel.store.kinds import is_attempt
@@ -23,8 +23,10 @@ from sentinel.store.kinds import is_attempt
 MAX_DESTINATIONS = 1000  # destinations listed; attempts_total and the other counts stay whole
 
 # grouped by the raw columns, the most varied first (no expression per row where the window
-# is the whole scope: SQLite's sorter is the cost here)
-_KEY = "dst_ip, dst_port, dst_name, protocol, layer, verdict, kind, family"
+# is the whole scope: SQLite's sorter is the cost here, and it grows with the key's width).
+# `kind` is not in the key: the WHERE below admits DNS and guard rows only when they are
+# attempts, and a netfilter row is one by its verdict alone (kinds.is_attempt).
+_KEY = "dst_ip, dst_name, dst_port, protocol, layer, verdict, family"
 _IN = "ts >= :since AND ts < :until"
 _WINDOWED = (
     f"SUM({_IN}), SUM(CASE WHEN {_IN} THEN packets END), MIN(CASE WHEN {_IN} THEN ts END), "
@@ -34,7 +36,9 @@ _WHOLE = "COUNT(*), SUM(packets), MIN(ts), MAX(ts)"
 _GROUPS = (
     "SELECT {key}, {sums}, SUM(ts >= :last10) FROM events {hint} "
     "WHERE ts >= :lo AND ts < :hi AND layer IN ('netfilter', 'dns', 'guard', 'canary') "
-    "AND NOT (layer = 'guard' AND verdict = 'audited') GROUP BY {key}"
+    "AND NOT (layer = 'guard' AND verdict = 'audited') "
+    # a DNS or guard row counts only as an attempt (heartbeats never reach the sorter)
+    f"AND (layer IN ('netfilter', 'canary') OR {ATTEMPT_SQL}) GROUP BY {{key}}"
 )
 
 
@@ -52,6 +56,8 @@ def _groups_sql(scope: Scope, since: float, until: float) -> str:
 # record order at one instant: kernel/DNS records, then guard records; inside a joined
 # record the guard layer comes first (attempts.joined)
 _RANK = {"guard": 2}
+_RANKS = {layer: (rank, 1) for layer, rank in _RANK.items()}  # (rank, 1), made once
+_RANK1 = (1, 1)
 
 
 _SLOTS = ("netfilter", "dns", "guard", "blocked", "audited")  # attempt layers, then verdicts
@@ -116,8 +122,11 @@ class Tally:
         self.protocols[protocol or "?"] += n
         self.external += n if layer == "netfilter" and verdict == "audited" else 0
         self.blocked += n if verdict == "blocked" else 0
-        dest = self.dests.setdefault(destination_text(name, ip, port, protocol), Destination())
-        dest.add(layer, verdict, n, packets or 0, first, last, (_RANK.get(layer, 1), 1))
+        text = destination_text(name, ip, port, protocol)
+        dest = self.dests.get(text)
+        if dest is None:  # one Destination per destination, not one per group
+            dest = self.dests[text] = Destination()
+        dest.add(layer, verdict, n, packets or 0, first, last, _RANKS.get(layer, _RANK1))
 
     def destinations(self) -> list[dict[str, Any]]:
         rows = sorted(self.dests.items(), key=lambda kv: (-kv[1].attempts, kv[0]))
@@ -135,14 +144,26 @@ class Tally:
         ]
 
 
+def _attempt(layer: str, verdict: str) -> bool:
+    """kinds.is_attempt of a group's rows: DNS and guard rows reach the groups only when they
+    are attempts (_GROUPS' WHERE), netfilter rows are attempts by their verdict whatever their
+    kind, canary rows never."""
+    return layer in ("dns", "guard") or is_attempt(layer, "", verdict)
+
+
 def tally(scope: Scope, joins: Joins, since: float, until: float, last10: float) -> Tally:
     out = Tally()
     args = {"since": since, "until": until, "last10": last10, "lo": scope.lo, "hi": scope.hi}
     rows = scope.conn.execute(_groups_sql(scope, since, until), args)
-    for ip, port, name, proto, layer, verdict, kind, family, n, packets, first, last, n10 in rows:
+    verdicts: dict[tuple, bool] = {}  # attempt or not per (layer, verdict): a few keys
+    for ip, name, port, proto, layer, verdict, family, n, packets, first, last, n10 in rows:
         if layer in ("netfilter", "canary") and n:
             out.stored[f"ipv{family}"] += packets or 0
-        if is_attempt(layer, kind, verdict):
+        key = (layer, verdict)
+        attempt = verdicts.get(key)
+        if attempt is None:
+            attempt = verdicts[key] = _attempt(layer, verdict)
+        if attempt:
             out.add(layer, verdict, proto, name, ip, port, n or 0, packets, first, last, n10)
     for g in joins.guards:  # the audited guard sightings: counted unless absorbed
         if g.rowid not in joins.used and g.ts >= scope.lo:

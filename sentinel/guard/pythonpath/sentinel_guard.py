@@ -17,6 +17,7 @@
 # hook takes from `_socket` it takes from C objects only: a socket's family and type through the
 # getters of the C type under the socket's class, `inet_pton`/`inet_ntop` only as C functions.
 
+import _imp
 import _thread
 import builtins
 import marshal
@@ -53,6 +54,11 @@ _MODULE = type(sys)
 _BORN_IN_C = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE (3.10+: every C type; no class statement)
 _HEAPTYPE = 1 << 9  # a type without it is a static C type (3.8, 3.9)
 _ADDR_FNS = []  # [inet_pton, inet_ntop] of _socket, taken (and checked) at first use
+_SOCK_TYPE = []  # the C socket type of the first socket the hook saw (the report socket's type)
+# the real _socket even when the app hid it from imports (the report socket needs it)
+_create_dynamic, _create_builtin = _imp.create_dynamic, _imp.create_builtin
+_ext_suffixes = _imp.extension_suffixes
+_BUILTIN_NAMES = sys.builtin_module_names
 _monotonic = time.monotonic
 _time = time.time
 _sleep = time.sleep
@@ -67,7 +73,7 @@ _environ_get = os.environ.get
 _marshal_loads = marshal.loads
 _EACCES = 13
 _PROTO_BY_TYPE = {1: "tcp", 2: "udp"}  # SOCK_STREAM, SOCK_DGRAM
-_PROTO_BY_NUMBER = {6: "tcp", 17: "udp"}
+_PROTO_BY_NUMBER = {6: "tcp", 17: "udp", 262: "tcp"}  # 262: MPTCP
 _LOCAL_NAMES = frozenset(
     ("", "localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 )
@@ -162,10 +168,13 @@ def deny_all(reason, stream=None):
             if family in local:
                 return
             address = _items(args[1])
-            host = address[0] if isinstance(address, tuple) and address else None
-        else:
-            host = args[0]
-        if _is_local_host(_exact(host)):
+            host = _exact(address[0]) if isinstance(address, tuple) and address else None
+            # only a loopback literal: C resolves a name in connect() unseen (/etc/hosts may
+            # send "localhost" anywhere)
+            packed = None if host is None else _packed(host)
+            if host is None or packed is not None and _is_loopback(packed):
+                return
+        elif _is_local_host(_exact(args[0])):
             return
         raise SecurityError(_EACCES, f"sentinel guard (deny-all): {reason}")
 
@@ -186,7 +195,7 @@ def _unarmed(sock):
     raise TypeError("the socket getters are taken at the first socket event")
 
 
-_GS = [_unarmed, _unarmed]  # the C type's family and type getters, once a socket is seen
+_GS = [_unarmed, _unarmed, _unarmed]  # the C type's family, type and proto getters, once seen
 
 
 def _c_socket_type(kind):
@@ -199,7 +208,11 @@ def _c_socket_type(kind):
         flags = _TYPE_FLAGS(kind)
         if flags & _BORN_IN_C or not flags & _HEAPTYPE:
             ns = _type_ns(kind)
-            if type(ns.get("family")) in _C_FIELDS and type(ns.get("type")) in _C_FIELDS:
+            if (
+                type(ns.get("family")) in _C_FIELDS
+                and type(ns.get("type")) in _C_FIELDS
+                and type(ns.get("proto")) in _C_FIELDS
+            ):
                 return kind
         kind = _TYPE_BASE(kind)
     return None
@@ -226,7 +239,8 @@ def _kind(sock):
     if base is None:
         raise TypeError(f"not a socket: {type(sock).__name__}")
     ns = _type_ns(base)
-    gs[:] = ns["family"].__get__, ns["type"].__get__
+    gs[:] = ns["family"].__get__, ns["type"].__get__, ns["proto"].__get__
+    _SOCK_TYPE[:] = (base,)
     return gs[0](sock), gs[1](sock)
 
 
@@ -370,6 +384,15 @@ def _plain(values):
         if not (kind is str or kind is int or kind is bytes or value is None):
             return False
     return True
+
+
+def _sock_proto(sock_type, number):
+    # What a socket speaks: its type's protocol unless its protocol number says otherwise (an ICMP
+    # "ping" socket is SOCK_DGRAM, SCTP can be SOCK_STREAM): those are "other", never tcp/udp.
+    name = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
+    if number and _PROTO_BY_NUMBER.get(number) != name:
+        return "other"
+    return name
 
 
 def _proto(sock_type, number=0):
@@ -700,16 +723,33 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
                 return
             rules = st["rules"]  # the hook's fast path already looked in rules["allowed"]
             counts["checks"] += 1  # decisions made (fast-path hits are not counted)
-            proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
+            sock_proto = _GS[2](sock)  # (the getters are this socket type's now)
+            proto = _sock_proto(sock_type, sock_proto)
             if family not in (_AF_INET, _AF_INET6):
                 return violation(event, None, None, None, proto, f"address family {family} leaves")
             if not isinstance(address, tuple) or len(address) < 2:
                 return  # CPython rejects it before any packet (the event fires after parsing)
             host, port = _exact(address[0]), _exact(address[1])
             reason = decide("addr", host, port, proto)
-            if reason is None:
+            if reason is None and isinstance(host, (str, bytes)) and _packed(host) is None:  # noqa: UP038
+                # A name C has resolved unseen (not through the socket.py methods, which pass a
+                # checked literal): resolve it again; every address must be allowed. Never
+                # remembered (/etc/hosts or DNS may change).
+                try:
+                    ips = _addresses(host, family)
+                except OSError as exc:
+                    ips = ()
+                    reason = f"cannot check where {_norm_name(host)!r} leads ({exc})"
+                for ip in ips:
+                    reason = decide("addr", ip, port, proto)
+                    if reason is not None:
+                        reason = f"{reason} ({_norm_name(host)} resolved to it)"
+                        return violation(event, host, ip, port, proto, reason)
+                if reason is None:
+                    return None
+            elif reason is None:
                 if type(address) is tuple and _plain(address):
-                    remember(rules, (address, sock_type, family))  # the key the hook looks up
+                    remember(rules, (address, sock_type, family, sock_proto))  # the hook's key
             else:
                 packed = _packed(host)
                 ip = _ip_text(packed) if packed is not None else None
@@ -787,25 +827,35 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             # Python-level check before CPython resolves a *name* inside connect()/sendto().
             address = _items(address)
             if not isinstance(address, tuple) or len(address) < 2:
-                return
+                return None
             host = _exact(address[0])
             if not isinstance(host, (str, bytes)):  # noqa: UP038
-                return
+                return None
             if (
                 _packed(host) is not None
             ):  # checked by the audit hook, after parsing, before sending
                 if len(literals) < _CACHE_MAX and type(address[0]) is str:
                     literals.add(host)
-                return
+                return None
             try:
                 family, sock_type = _kind(sock)
             except Exception:  # noqa: BLE001
-                return
+                return None
             if family in (_AF_INET, _AF_INET6):
-                proto = _PROTO_BY_TYPE.get(sock_type & 0xF, "other")
+                proto = _sock_proto(sock_type, _GS[2](sock))
                 reason = decide("addr", host, address[1], proto)
                 if reason is not None:
                     violation("socket.connect", host, None, address[1], proto, reason)
+                # Where the name leads (C would resolve it unseen, e.g. via an /etc/hosts the app
+                # rewrote): the first address, checked, is what C gets, as a literal.
+                ips = _addresses(host, family)
+                for ip in ips:
+                    reason = decide("addr", ip, address[1], proto)
+                    if reason is not None:
+                        reason = f"{reason} ({_norm_name(host)} resolved to it)"
+                        violation("socket.connect", host, ip, address[1], proto, reason)
+                return (ips[0], *address[1:])
+            return None
 
         return {
             "socket.__new__": on_new,
@@ -851,7 +901,8 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
                         type(address) is tuple
                         and type(address[0]) is str
                         and type(address[1]) is int
-                        and (address, gs[1](args[0]), gs[0](args[0])) in st["allowed"]
+                        and (address, gs[1](args[0]), gs[0](args[0]), gs[2](args[0]))
+                        in st["allowed"]
                     ):
                         return
                 except (
@@ -1009,16 +1060,77 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             raise _LoadError(f"allowlist {cfg['allowlist']}: bad entry ({exc})") from None
 
     def _report_socket():
-        # A non-blocking AF_UNIX datagram socket of the C socket type (imports _socket if the app
-        # has not).
-        mod = sys.modules.get("_socket") or __import__("_socket")
-        cls = getattr(mod, "socket", None)
-        base = _c_socket_type(cls) if isinstance(cls, type) else None
+        # A non-blocking AF_UNIX datagram socket of the real C socket type: the type of a socket
+        # the hook saw, else `_socket`'s if it is the C type `_socket.socket`, else the type of
+        # `_socket` loaded past sys.modules and sys.meta_path (the app may have hidden it there
+        # before the first report: every report would be lost).
+        base = _SOCK_TYPE[0] if _SOCK_TYPE else None
         if base is None:
+            try:
+                cls = getattr(sys.modules.get("_socket") or __import__("_socket"), "socket", None)
+                base = _c_socket_type(cls)
+            except Exception:  # noqa: BLE001 - hidden, or not a type: load it past the import system
+                base = None
+            if base is None or not _is_c_socket_type(base):
+                base = _c_socket_type(_real_socket_module().socket)
+        if base is None or not _is_c_socket_type(base):
             raise OSError("no C socket type in _socket")
         sock = base(_AF_UNIX, 2)  # SOCK_DGRAM
         sock.setblocking(False)
         return sock
+
+    def _is_c_socket_type(kind):
+        # A C type's name is set by C code: only `_socket` makes a C type "_socket.socket".
+        return _TYPE_GETATTR(kind, "__module__") == "_socket" and (
+            _TYPE_GETATTR(kind, "__qualname__") == "socket"
+        )
+
+    class _Spec:
+        def __init__(self, name, origin):
+            self.name, self.origin = name, origin
+
+    def _real_socket_module():
+        # `_socket` from the interpreter itself (builtin) or its shared library in lib-dynload.
+        if "_socket" in _BUILTIN_NAMES:
+            return _create_builtin(_Spec("_socket", None))
+        for suffix in _ext_suffixes():
+            path = _STDLIB + "/lib-dynload/_socket" + suffix
+            try:
+                _stat(path)
+            except OSError:
+                continue
+            return _create_dynamic(_Spec("_socket", path))
+        raise OSError("no _socket library")
+
+    _GAI = []  # _socket's C getaddrinfo, taken (and checked) at first use
+
+    def _addresses(host, family):
+        # The addresses C's connect() gets for a name (getaddrinfo with the socket's family), as
+        # literals; a failed lookup raises what C would have raised (socket.gaierror).
+        if not _GAI:
+            fn = None
+            for attempt in (0, 1):  # _socket as imported, else loaded past the import system
+                try:
+                    if attempt == 0:
+                        mod = sys.modules.get("_socket") or __import__("_socket")
+                    else:
+                        mod = _real_socket_module()
+                    fn = mod.getaddrinfo
+                except Exception:  # noqa: BLE001 - hidden or broken: the next attempt
+                    fn = None
+                if not (type(fn) is _C_FUNCTION and fn.__name__ == "getaddrinfo"):
+                    fn = None
+                elif type(fn.__self__) is _MODULE:
+                    break
+            if fn is None:
+                raise OSError("no C getaddrinfo in _socket")
+            _GAI[:] = (fn,)
+        out = []
+        for entry in _GAI[0](host, None, family):  # (family, type, proto, canonname, sockaddr)
+            out.append(entry[4][0])
+        if not out:
+            raise OSError(f"no address for {host!r}")
+        return out
 
     def _uuid4():
         b = bytearray(_urandom(16))
@@ -1079,7 +1191,7 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001 - not a (host, port) tuple: CPython handles it
                 skip = True
             if not skip:
-                precheck(self, address)
+                address = precheck(self, address) or address
             return real_connect(self, address)
 
         def connect_ex(self, address):
@@ -1088,7 +1200,7 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001
                 skip = True
             if not skip:
-                precheck(self, address)
+                address = precheck(self, address) or address
             return real_connect_ex(self, address)
 
         def sendto(self, *args):
@@ -1098,7 +1210,9 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001
                 skip = True
             if not skip:
-                precheck(self, args[-1])
+                checked = precheck(self, args[-1])
+                if checked is not None:
+                    args = (*args[:-1], checked)
             return real_sendto(self, *args)
 
         def sendmsg(self, *args):
@@ -1108,7 +1222,9 @@ if __name__ == "sentinel_guard.<private>":  # the rest: the private copy only (t
             except Exception:  # noqa: BLE001
                 skip = True
             if not skip:
-                precheck(self, args[3])
+                checked = precheck(self, args[3])
+                if checked is not None:
+                    args = (*args[:3], checked, *args[4:])
             return real_sendmsg(self, *args)
 
         for fn in (connect, connect_ex, sendto, sendmsg):

@@ -18,6 +18,7 @@ def _deny_all_inline(reason):
     import _socket
 
     family = _socket.socket.family.__get__  # the C getter: a subclass's `family` cannot lie
+    pton = _socket.inet_pton  # taken now: the app may rebind the module's names later
 
     def hook(event, args):
         if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
@@ -35,8 +36,18 @@ def _deny_all_inline(reason):
             host = "".join((host,))
         elif issubclass(type(host), bytes):
             host = b"".join((host,))
-        if host in (None, "", "localhost", "::1") or str(host).startswith("127."):
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        # a name counts as local only when looked up ("localhost"); C resolves a name in
+        # connect() unseen (/etc/hosts may map it anywhere), and "127.x.example" is a name
+        if host is None or host == "" or host == "localhost" and event.startswith("socket.get"):
             return
+        for af, loop in ((2, b"\x7f"), (10, b"\x00" * 15 + b"\x01")):  # 127/8, ::1
+            try:
+                if pton(af, host).startswith(loop):
+                    return
+            except (OSError, TypeError, ValueError):
+                pass
         raise SecurityError(13, f"sentinel guard (deny-all): {reason}")
 
     sys.addaudithook(hook)
