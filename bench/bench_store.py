@@ -1,12 +1,15 @@
 """The event store's speed: ingest rate against raw SQLite, and event latency while pruning.
 
-    python bench/bench_store.py [--events 200000] [--rounds 3] [--prune 500000]
+    python bench/bench_store.py [--events 200000] [--rounds 3] [--prune 500000] [--against DIR]
 
 1. Ingest, each round in fresh processes (alternating): the baseline is a bare `sqlite3`
    `executemany` INSERT of the same rows (prebuilt tuples, same schema and pragmas, one
    transaction per 5,000 rows); the store is `EventStore.put()` of the same events from one
    thread, until `flush()` says all are committed; "built" also makes each `Event` (its id
-   and time; the field values ready) inside the timed loop, as the monitor does. Wall-clock and CPU time (all threads)
+   and time; the field values ready) inside the timed loop, as the monitor does; "bus" hands
+   the same events to the store through the daemon's event bus, 100 per `emit_many` (the
+   monitor's reads; the store's batch form `put_many`). `--against DIR` runs another checkout's
+   store and bus modes (e.g. main's tree) in the same rounds. Wall-clock and CPU time (all threads)
    of the timed part; events/s and the ratio store / baseline (goal: >= 50,000 events/s).
 2. Latency while pruning: a store holding --prune events older than the retention (written
    in time order, as the live writer writes them) starts (it prunes at once, in its writer thread) while an event is put every 2 ms; put -> visible to
@@ -29,8 +32,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# `--child ... --tree DIR`: that tree's sentinel (another checkout: `--against DIR`)
+TREE = Path(sys.argv[sys.argv.index("--tree") + 1]) if "--tree" in sys.argv else ROOT
+sys.path.insert(0, str(TREE))
 
+from sentinel.run.context import Context  # noqa: E402
+from sentinel.run.services import put_each  # noqa: E402
 from sentinel.store import rows, schema  # noqa: E402
 from sentinel.store.events import Event, EventStore  # noqa: E402
 
@@ -85,7 +92,12 @@ def child(mode: str, n: int, path: Path) -> dict[str, float]:
         store = EventStore(path, maxsize=n + 10)
         t0, c0 = time.perf_counter(), time.process_time()
         store.start()
-        if mode == "built":
+        if mode == "bus":  # the daemon's path: the bus' batches (the monitor's reads)
+            ctx = Context(None, path.parent, "nft")  # type: ignore[arg-type]
+            ctx.add_sink(store.put, many=put_each(store))
+            for i in range(0, n, 100):
+                ctx.emit_many(events[i : i + 100])
+        elif mode == "built":
             for f in fields:
                 store.put(Event(**f))
         else:
@@ -101,38 +113,51 @@ def child(mode: str, n: int, path: Path) -> dict[str, float]:
     return {"wall": wall, "cpu": cpu}
 
 
-def ingest(n: int, rounds: int, tmp: Path) -> None:
-    runs: dict[str, list[dict[str, float]]] = {"raw": [], "store": [], "built": []}
+LABELS = {
+    "raw": "baseline: sqlite3 executemany INSERT",
+    "store": "EventStore.put + flush",
+    "bus": "bus batches (emit_many) + flush",
+    "built": "EventStore.put + flush, Event built",
+}
+
+
+def ingest(n: int, rounds: int, tmp: Path, against: Path | None = None) -> None:
+    """Each round runs every mode once, in fresh processes; with `against`, that tree's
+    store and bus modes too, alternating with this tree's."""
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {
+        ("", m): [] for m in ("raw", "store", "bus", "built")
+    }
+    if against is not None:
+        runs.update({(str(against), m): [] for m in ("store", "bus")})
     for r in range(rounds):
-        for mode in runs:
+        for tree, mode in runs:
             path = tmp / f"{mode}{r}.db"
+            extra = ["--tree", tree] if tree else []
             out = subprocess.run(
-                [sys.executable, __file__, "--child", mode, "--events", str(n), "--db", str(path)],
+                [sys.executable, __file__, "--child", mode, "--events", str(n), "--db", str(path)]
+                + extra,
                 check=True,
                 capture_output=True,
                 text=True,
             ).stdout
-            runs[mode].append(json.loads(out.splitlines()[-1]))
+            runs[tree, mode].append(json.loads(out.splitlines()[-1]))
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
     med = {
         m: {k: statistics.median(x[k] for x in v) for k in ("wall", "cpu")} for m, v in runs.items()
     }
-    base = med["raw"]
+    base = med["", "raw"]
     print(f"ingest of {n:,} events, medians of {rounds} alternating rounds (fresh processes):")
-    for mode, label in (
-        ("raw", "baseline: sqlite3 executemany INSERT"),
-        ("store", "EventStore.put + flush"),
-        ("built", "EventStore.put + flush, Event built"),
-    ):
-        wall, cpu = n / med[mode]["wall"], n / med[mode]["cpu"]
+    for (tree, mode), _ in runs.items():
+        wall, cpu = n / med[tree, mode]["wall"], n / med[tree, mode]["cpu"]
         ratio = f"{wall / (n / base['wall']):.2f}x wall, {cpu / (n / base['cpu']):.2f}x CPU"
         goal = (
             ""
             if mode == "raw"
             else f"  goal >= {GOAL:,}/s: {'met' if wall >= GOAL else 'MISSED'} wall"
         )
-        print(f"  {label:38s} {wall:9,.0f}/s wall {cpu:9,.0f}/s CPU  ({ratio}){goal}")
+        label = LABELS[mode] if not tree else f"{Path(tree).name}: {LABELS[mode]}"
+        print(f"  {label:50s} {wall:9,.0f}/s wall {cpu:9,.0f}/s CPU  ({ratio}){goal}")
 
 
 # --- latency while pruning ------------------------------------------------------------
@@ -207,8 +232,10 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prune", type=int, default=500_000)
-    ap.add_argument("--child", choices=("raw", "store", "built"))
+    ap.add_argument("--child", choices=("raw", "store", "bus", "built"))
     ap.add_argument("--db", type=Path)
+    ap.add_argument("--tree", help=argparse.SUPPRESS)  # read before the imports (TREE)
+    ap.add_argument("--against", type=Path, help="another checkout (e.g. main) to alternate with")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.events, args.db)))
@@ -216,7 +243,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmpdir:
         tmp = Path(tmpdir)
         if args.events:
-            ingest(args.events, args.rounds, tmp)
+            ingest(args.events, args.rounds, tmp, args.against)
         if args.prune:
             prune_latency(args.prune, tmp)
 

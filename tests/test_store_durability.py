@@ -351,3 +351,26 @@ def test_a_stalled_writer_sheds_kernel_sightings_after_one_bounded_wait(tmp_path
     finally:
         gate.set()
         store.stop()
+
+
+def test_put_many_waits_and_sheds_as_put_does_and_counts_where(tmp_path, monkeypatch):
+    # batches (the bus' batch form) onto a slow writer with a small queue: a batch that fits
+    # is queued whole; one that does not goes event by event, kernel sightings waiting for
+    # room and the DNS layer's events shed and counted by layer; every event once
+    _gated_writes(monkeypatch, pause=0.02)
+    store = EventStore(tmp_path / "e.db", maxsize=20, batch=10).start()
+    sightings = [Event(layer="netfilter", kind="egress_attempt", dst_port=i) for i in range(200)]
+    queued = [store.put_many(sightings[i : i + 15]) for i in range(0, 200, 15)]
+    dns = [Event(layer="dns", kind="dns_refused", dst_name=f"n{i}.test") for i in range(60)]
+    queued_dns = sum(store.put_many(dns[i : i + 12]) for i in range(0, 60, 12))
+    assert store.flush(timeout=60)
+    stats = store.stats()
+    store.stop()
+    assert sum(queued) == 200 and queued_dns < 60
+    assert stats["shed"] == 60 - queued_dns and stats["written"] == 200 + queued_dns
+    assert stats["put"] == 200 + queued_dns
+    conn = ev.connect(tmp_path / "e.db", readonly=True)
+    stored = [e for e in ev.query(conn, 0, time.time() + 1) if e.layer in ("netfilter", "dns")]
+    assert sorted(e.id for e in stored if e.layer == "netfilter") == sorted(e.id for e in sightings)
+    assert len(stored) == len({e.id for e in stored}) == 200 + queued_dns
+    assert ev.shed_counts(conn, 0, time.time() + 1) == {"dns": 60 - queued_dns}

@@ -7,6 +7,7 @@ redacts each event once, never letting an unredacted one reach the file."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 import time
@@ -18,8 +19,9 @@ import pytest
 from sentinel.evidence import report as rep
 from sentinel.redact import add_secret
 from sentinel.run.context import Context
+from sentinel.run.services import put_each
 from sentinel.store import events as ev
-from sentinel.store import model
+from sentinel.store import model, rows
 from sentinel.store.events import Event, EventStore
 
 V3 = Path(__file__).parent / "data" / "store_v3.db"
@@ -144,6 +146,34 @@ def test_an_update_is_the_same_ts_and_id_a_repeat_is_stored_once(tmp_path):
     assert got == [(T, 3), (T + 50, 1)]
 
 
+@pytest.mark.parametrize("at", [0, 1, rows.MULTI - 1, rows.MULTI, 2 * rows.MULTI + 7])
+def test_a_stored_row_inside_a_many_row_statement_is_updated_every_other_row_once(tmp_path, at):
+    # rows go MULTI to an INSERT: one already stored (a fold update) anywhere in a statement
+    # rolls that statement back whole, and from there the batch is upserted, every row once
+    conn = ev.connect(tmp_path / "e.db")
+    n = 3 * rows.MULTI + 11
+    events = [Event("netfilter", "egress_attempt", dst_port=i, ts=T + i) for i in range(n)]
+    ev.write_events(conn, [events[at]], {})
+    batch = list(events)
+    batch[at] = replace(events[at], packets=7, last_ts=T + at + 1)
+    ev.write_events(conn, batch, {})
+    got = [(e.id, e.packets) for e in ev.query(conn, 0, T + n + 1) if e.kind == "egress_attempt"]
+    conn.close()
+    assert sorted(got) == sorted((e.id, 7 if i == at else 1) for i, e in enumerate(events))
+
+
+def test_a_value_sqlite_cannot_hold_in_a_many_row_statement_fails_no_row(tmp_path):
+    conn = ev.connect(tmp_path / "e.db")
+    n = 2 * rows.MULTI + 3
+    events = [Event("netfilter", "egress_attempt", dst_port=i, ts=T + i) for i in range(n)]
+    events[rows.MULTI + 2] = replace(events[rows.MULTI + 2], dst_port=2**70)
+    ev.write_events(conn, events, {})
+    got = {e.id: e.dst_port for e in ev.query(conn, 0, T + n + 1) if e.kind == "egress_attempt"}
+    conn.close()
+    assert set(got) == {e.id for e in events} and got[events[rows.MULTI + 2].id] is None
+    assert sum(1 for p in got.values() if p is not None) == n - 1
+
+
 SECRET = "sk-proj-ABCDEFGHIJKLMNOPQRSTUV"
 
 
@@ -201,3 +231,48 @@ def test_an_event_equal_to_the_bus_one_but_not_it_is_still_redacted(tmp_path):
     assert store.flush()
     store.stop()
     assert SECRET.encode() not in _on_disk(path)
+
+
+def test_put_many_redacts_a_batch_that_is_not_the_bus_one(tmp_path):
+    # `put_many` without redacted=True (anything but the bus' batch form): each event with
+    # free text is redacted before it is queued; a batch through the bus is stored as it is
+    add_secret("hunter2hunter2")
+    path = tmp_path / "events.db"
+    store = EventStore(path).start()
+    ctx = Context(None, tmp_path, "nft")  # type: ignore[arg-type]
+    ctx.add_sink(store.put, many=put_each(store))
+    sighting = Event("netfilter", "egress_attempt", dst_ip="198.18.5.5", dst_port=443)
+    direct = [_secret_event(), sighting, _secret_event()]
+    through_bus = [_secret_event(), _secret_event()]
+    assert store.put_many(direct) == 3
+    ctx.emit_many(through_bus)
+    assert store.flush()
+    on_disk = _on_disk(path)
+    store.stop()
+    conn = ev.connect(path, readonly=True)
+    stored = {e.id: e for e in ev.query(conn, 0, time.time() + 1)}
+    conn.close()
+    assert {e.id for e in direct + through_bus} <= set(stored)
+    assert stored[sighting.id] == sighting
+    for e in [e for e in direct + through_bus if e is not sighting]:
+        assert SECRET not in stored[e.id].dst_name and "hunter2" not in str(stored[e.id].detail)
+    for raw in (on_disk, _on_disk(path)):
+        assert SECRET.encode() not in raw and b"hunter2hunter2" not in raw
+
+
+def test_a_detail_is_stored_as_json_dumps_writes_it_and_a_cycle_still_raises():
+    odd = object()
+    details = [
+        {"qtype": "A"},
+        {"b": [1.5, None, True], "a": {"z": 'é\n"<', "y": float("nan")}, "o": odd},
+        {"inf": float("inf"), "big": 2**70, "t": (1, 2)},
+    ]
+    cyclic: dict = {"n": 1}
+    cyclic["self"] = cyclic
+    for detail in (*details, cyclic, *details):  # after the failure: still the same text
+        if detail is cyclic:
+            with pytest.raises(ValueError, match="Circular"):
+                rows._row(Event("dns", "dns_refused", detail=detail))
+            continue
+        want = json.dumps(detail, sort_keys=True, default=str)
+        assert rows._row(Event("dns", "dns_refused", detail=detail))[-1] == want

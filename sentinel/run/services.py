@@ -19,7 +19,6 @@ from sentinel.guard.receiver import GuardReceiver
 from sentinel.log import get_logger
 from sentinel.store.events import Event, EventStore
 from sentinel.store.events import store_service as _store_service
-from sentinel.store.model import BUS_REDACTED
 from sentinel.store.state import state_dir
 
 log = get_logger("services")
@@ -33,22 +32,13 @@ def store_service(ctx: Any) -> EventStore:
 
 
 def put_each(store: EventStore) -> Callable[[list[Event]], None]:
-    """The store sink's batch form: `put` for each event of the bus' batch, in order, without
-    its per-event correlation binding (the store logs nothing). The events come redacted by the
-    bus: one with free text is handed over as the bus' redacted event (`BUS_REDACTED`, so `put`
-    does not redact it twice); a kernel sighting has none, and `put` takes it as it is."""
-    put = store.put
+    """The store sink's batch form: the bus' batch queued in order under one lock
+    (`EventStore.put_many`), without the per-event correlation binding (the store logs
+    nothing). `emit_many` hands its batch forms only events it has redacted, so the store
+    takes them as they are (`redacted=True`), as `put` takes the bus' own event."""
 
     def put_many(events: list[Event]) -> None:
-        for event in events:
-            if event.dst_name or event.exe or event.stack or event.detail:
-                token = BUS_REDACTED.set(event)
-                try:
-                    put(event)
-                finally:
-                    BUS_REDACTED.reset(token)
-            else:
-                put(event)
+        store.put_many(events, redacted=True)
 
     return put_many
 

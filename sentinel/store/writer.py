@@ -108,9 +108,38 @@ class EventStore:
         """Queue an event, redacted (once: the bus's own redacted event as it is); False (and
         counted) when the queue is full (after waiting up to PUT_WAIT for room, for a kernel
         sighting)."""
+        if event.dst_name or event.exe or event.stack or event.detail:
+            event = redact_once(event)  # a kernel sighting has no free text: as it is
+        return self._queue(event)
+
+    __call__ = put  # usable directly as an emit callback
+
+    def put_many(self, events: list[Event], redacted: bool = False) -> int:
+        """`put` for each event, in order, under one lock while the queue has room for them
+        all; how many were queued (the others shed and counted, as `put` sheds them).
+        `redacted=True` only for a batch every event of which is already redacted: the bus'
+        batch (`run.context.Context.emit_many` redacts each before any sink sees it)."""
+        if not redacted:
+            events = [
+                redact_once(e) if e.dst_name or e.exe or e.stack or e.detail else e for e in events
+            ]
+        n = len(events)
+        with self._lock:
+            fits = len(self._pending) + n <= self.maxsize
+            if fits:
+                self._pending.extend(events)
+                self._counts["put"] += n
+        if not fits:  # event by event: kernel sightings wait for room, the rest shed
+            return sum(map(self._queue, events))
+        if self._idle and n:
+            self._idle = False
+            self._wake.set()
+        return n
+
+    def _queue(self, event: Event) -> bool:
+        """Append a redacted event, or shed it (after a kernel sighting's bounded wait)."""
         if len(self._pending) >= self.maxsize and not self._room(event.layer):
             return self._shed_one(event.layer)
-        event = redact_once(event)
         with self._lock:
             self._pending.append(event)
             self._counts["put"] += 1
@@ -118,8 +147,6 @@ class EventStore:
             self._idle = False
             self._wake.set()
         return True
-
-    __call__ = put  # usable directly as an emit callback
 
     def _room(self, layer: str) -> bool:
         """Wait (bounded) until the queue has room, for producers that have a kernel buffer
@@ -208,11 +235,14 @@ class EventStore:
 
     def _write_batch(self) -> None:
         with self._write_lock:
-            pending = self._pending
-            n = min(self.batch, len(pending))
-            self._max_depth = max(self._max_depth, len(pending))
-            events = [pending.popleft() for _ in range(n)]
             with self._lock:
+                pending = self._pending
+                n = min(self.batch, len(pending))
+                self._max_depth = max(self._max_depth, len(pending))
+                if n == len(pending):  # all of it (the usual case): the queue starts over
+                    events, self._pending = list(pending), deque()
+                else:
+                    events = [pending.popleft() for _ in range(n)]
                 shed, self._shed = self._shed, {}
                 lost, self._lost = self._lost, 0
                 accepted = self._counts["put"]
