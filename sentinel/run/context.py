@@ -66,18 +66,12 @@ class Context:
 
         The event is redacted once, here, and every sink gets that one redacted event: its log
         line and its stored row carry the same text, and nothing unredacted leaves the bus."""
-        if not kinds.known(event.kind):  # sentinel.store.kinds is the one table of kinds
-            log.error("unregistered_event_kind", kind=event.kind, layer=event.layer)
-        if event.dst_name or event.exe or event.stack or event.detail:
-            event = redact_event(event)  # a kernel sighting has no free text: as it is
+        event = _ready(event)
         token = _CID.set(event.id)  # `correlation(event.id)` without its generator (hot path)
         shared = _REDACTED.set(event)
         try:
             for sink in tuple(self.sinks):
-                try:
-                    sink(event)
-                except Exception:  # noqa: BLE001
-                    log.exception("sink_failed", sink=getattr(sink, "__qualname__", str(sink)))
+                _call(sink, event)
         finally:
             _REDACTED.reset(shared)
             _CID.reset(token)
@@ -88,27 +82,16 @@ class Context:
         by its batch form, or each event with its correlation id bound, as `emit` would. What
         a sink sees is the same as from `emit` event by event; only the interleaving of sinks
         differs (every sink still sees the events in order)."""
-        ready = []
-        for event in events:
-            if not kinds.known(event.kind):
-                log.error("unregistered_event_kind", kind=event.kind, layer=event.layer)
-            if event.dst_name or event.exe or event.stack or event.detail:
-                event = redact_event(event)
-            ready.append(event)
+        ready = [_ready(event) for event in events]
         for sink in tuple(self.sinks):
             many = self._batch_form(sink)
             if many is not None:
-                try:
-                    many(ready)
-                except Exception:  # noqa: BLE001
-                    log.exception("sink_failed", sink=getattr(many, "__qualname__", str(many)))
+                _call(many, ready)
                 continue
             for event in ready:
                 token, shared = _CID.set(event.id), _REDACTED.set(event)
                 try:
-                    sink(event)
-                except Exception:  # noqa: BLE001
-                    log.exception("sink_failed", sink=getattr(sink, "__qualname__", str(sink)))
+                    _call(sink, event)
                 finally:
                     _REDACTED.reset(shared)
                     _CID.reset(token)
@@ -125,6 +108,24 @@ class Context:
                 hook(policy, pins)
             except Exception:  # noqa: BLE001 - one hook must not stop the others
                 log.exception("applied_hook_failed", hook=getattr(hook, "__qualname__", ""))
+
+
+def _ready(event: Event) -> Event:
+    """An event as every sink gets it: its kind checked against sentinel.store.kinds (the one
+    table of kinds), redacted once (a kernel sighting has no free text: as it is)."""
+    if not kinds.known(event.kind):
+        log.error("unregistered_event_kind", kind=event.kind, layer=event.layer)
+    if event.dst_name or event.exe or event.stack or event.detail:
+        return redact_event(event)
+    return event
+
+
+def _call(sink: Callable[[Any], None], arg: Any) -> None:
+    """One sink's delivery; a failing sink is logged and never stops the others."""
+    try:
+        sink(arg)
+    except Exception:  # noqa: BLE001
+        log.exception("sink_failed", sink=getattr(sink, "__qualname__", str(sink)))
 
 
 def log_sink(event: Event) -> None:
