@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sentinel.store.events import Event
 
 MAX_INTERVAL = 60.0  # the most a heartbeat may claim (the receiver clamps the same way)
+T = TypeVar("T")
 GUARD_INTERVAL = 5.0
 
 
@@ -106,16 +107,22 @@ def guard_status(
     }
 
 
-def _intervals(run: list[Event]) -> list[float]:
-    """interval(b) of each beat, computed once per distinct detail object."""
-    memo: dict[int, float] = {}
+def _per_detail(run: list[Event], fn: Callable[[Event], T]) -> list[T]:
+    """fn(b) of each beat, computed once per distinct detail object (heartbeats that were
+    equal share one when read; `run` keeps them all alive, so their ids stay distinct)."""
+    memo: dict[int, T] = {}
     out = []
     for b in run:
-        value = memo.get(id(b.detail))
-        if value is None:
-            value = memo[id(b.detail)] = interval(b)
-        out.append(value)
+        key = id(b.detail)
+        if key not in memo:
+            memo[key] = fn(b)
+        out.append(memo[key])
     return out
+
+
+def _intervals(run: list[Event]) -> list[float]:
+    """interval(b) of each beat, computed once per distinct detail object."""
+    return _per_detail(run, interval)
 
 
 def _clamped(run: list[Event], claims: list[float] | None = None) -> list[Event]:
@@ -131,13 +138,7 @@ def _clamped(run: list[Event], claims: list[float] | None = None) -> list[Event]
 
 def _dropped(run: list[Event], earlier: list[Event]) -> int:
     """Growth of the guard's cumulative drop counter over the window, for one identity."""
-    memo: dict[int, int] = {}  # once per distinct detail object
-    totals = []
-    for b in run:
-        total = memo.get(id(b.detail))
-        if total is None:
-            total = memo[id(b.detail)] = _total(b)
-        totals.append(total)
+    totals = _per_detail(run, _total)
     base = _total(max(earlier, key=lambda b: b.ts)) if earlier else 0
     return max(0, max(totals) - base) if totals else 0
 
