@@ -182,3 +182,41 @@ def test_a_big_apply_is_staged_by_netlink_with_room_for_its_entries(topo):
     assert out["held"], out  # the read back is exactly the 5,000 entries
     assert "hashsize 2048" in out["header"] and "Number of entries: 5000" in out["header"], out
     assert not [n for n in out["names"] if n.endswith("-new")], out
+
+
+REFUSALS = """
+import json
+from sentinel.enforce import ipsetload, netfilter
+from sentinel.errors import SentinelError
+netfilter._run(["ipset", "restore"],
+               "create small hash:net,port family inet maxelem 2 counters\\n"
+               "create other hash:ip family inet\\n")
+out = {}
+with ipsetload.Session.open() as session:
+    for what, call in (
+        ("full", lambda: session.add("small", 4, ipsetload.encode("small", 4, [
+            "198.18.0.1,tcp:1", "198.18.0.2,tcp:1", "198.18.0.3,tcp:1"]))),
+        ("swap", lambda: session.swap("small", "other")),
+        ("swap-missing", lambda: session.swap("small", "no-such-set")),
+    ):
+        try:
+            call()
+            out[what] = "ok"
+        except SentinelError as exc:
+            out[what] = exc.message
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.netns
+def test_the_kernels_refusals_are_named_in_words(topo):
+    """The kernel's own ipset error numbers (ip_set.h, ip_set_hash.h), in words: a full set, a
+    swap of sets of different types, a swap with a set that does not exist."""
+    got = json.loads(topo.run("app", sys.executable, "-c", REFUSALS).stdout)
+    assert got["full"] == "ipset add to small refused by the kernel: set is full", got
+    assert got["swap"] == (
+        "ipset swap small other refused by the kernel: "
+        "the sets cannot be swapped: their types do not match"
+    ), got
+    assert got["swap-missing"].startswith("ipset swap small no-such-set refused by the kernel: ")
+    assert "Unknown error" not in got["swap-missing"], got

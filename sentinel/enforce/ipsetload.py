@@ -37,14 +37,26 @@ _HDR = struct.Struct("=IHHII")  # nlmsghdr
 _ATTR = struct.Struct("=HH")
 _PROTO = {"tcp": 6, "udp": 17}
 _AF = {4: (socket.AF_INET, 32), 6: (socket.AF_INET6, 128)}
-# the kernel's ipset error numbers (include/uapi/linux/netfilter/ipset/ip_set*.h) we name
+# the kernel's ipset error numbers (include/uapi/linux/netfilter/ipset/ip_set.h: the core enum
+# from IPSET_ERR_PRIVATE = 4096; ip_set_hash.h: from IPSET_ERR_TYPE_SPECIFIC = 4352), in words
 _REASONS = {
-    4097: "protocol error",
+    4097: "protocol error (kernel and sentinel speak different ipset protocols)",
+    4098: "the set type is not supported by this kernel",
+    4100: "the set is busy",
+    4101: "the second set does not exist",
+    4102: "the sets cannot be swapped: their types do not match",
     4103: "element already exists",
     4104: "invalid CIDR",
+    4105: "invalid netmask",
     4106: "invalid family",
-    4353: "set is full",
-    4355: "invalid protocol",
+    4108: "the set is referenced by a rule",
+    4109: "invalid IPv4 address",
+    4110: "invalid IPv6 address",
+    4111: "the set was created without counters",
+    4352: "set is full",
+    4353: "invalid (null-valued) element",
+    4354: "invalid protocol",
+    4355: "protocol missing",
 }
 
 
