@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -219,6 +220,43 @@ def test_lab_ctrl_c_tears_everything_down(tmp_path):
     output = "".join(lines) + rest
     assert proc.returncode == 130, output
     assert "interrupted" in output and "tearing down" in output
+    _assert_torn_down(_prefix(output))
+
+
+@pytest.mark.netns
+def test_a_double_ctrl_c_at_the_terminal_still_tears_everything_down(tmp_path):
+    """A terminal's Ctrl-C goes to the whole foreground process group (the lab and the daemon
+    it started); a second one 50 ms later lands while the lab tears down, which takes longer
+    (the daemon's orderly stop, six namespaces deleted). Teardown must finish anyway."""
+    _netns_ready()
+    proc = subprocess.Popen(
+        [EXE, "lab", "--out", str(tmp_path), "--app", "sleep 60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job has
+    )
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: the lab prints a handful of lines, then sleeps
+            lines.append(line)
+            if "running --app" in line or "starting sentinel capture" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    output = "".join(lines) + rest
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output, output
+    done = re.search(r"tearing down namespaces and processes \((\d+\.\d) s\)", output)
+    assert done, output  # the teardown step ran to its end
+    assert float(done.group(1)) >= 0.1, output  # so the second signal landed inside it
     _assert_torn_down(_prefix(output))
 
 
