@@ -318,3 +318,38 @@ print(json.dumps(out))
 def test_a_swap_or_destroy_of_a_set_being_read_is_retried(topo):
     got = json.loads(topo.run("app", sys.executable, "-c", BUSY, HOLD, timeout=120).stdout)
     assert got == {"swap": "ok", "destroy": "ok"}, got
+
+
+TEARDOWN_WHILE_READ = """
+import ipaddress, json, subprocess, sys
+from dataclasses import replace
+from sentinel.enforce import netfilter
+from sentinel.enforce.render import OUR_SETS, SET_NAME, IpSet, render_rules
+from sentinel.errors import SentinelError
+from sentinel.policy.load import load_policy
+policy = load_policy("policies/mem0.yaml")
+many = tuple(sorted(f"198.19.{i // 256}.{i % 256},tcp:443" for i in range(20000)))
+rs = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
+netfilter.apply(replace(rs, sets=tuple(IpSet(s.name, 4, many) if s.name == SET_NAME[4] else s
+                                        for s in rs.sets)))
+holder = subprocess.Popen([sys.executable, "-c", sys.argv[1], SET_NAME[4], "1.0"],
+                          stdout=subprocess.PIPE, text=True)
+try:
+    assert holder.stdout.readline().strip() == "holding"
+    try:
+        out = {"raised": None, "found": netfilter.teardown("nft")}
+    except SentinelError as exc:
+        out = {"raised": exc.message}
+finally:
+    holder.wait(timeout=30)
+names = set(subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split())
+out["left"] = sorted(n for _f, n in OUR_SETS if n in names)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.netns
+def test_a_teardown_waits_for_a_reader_of_the_sets(topo):
+    done = topo.run("app", sys.executable, "-c", TEARDOWN_WHILE_READ, HOLD, timeout=120)
+    out = json.loads(done.stdout)
+    assert out == {"raised": None, "found": True, "left": []}, out

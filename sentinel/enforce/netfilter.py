@@ -283,7 +283,7 @@ def teardown(backend: str | None = None, created_tables: list[str] | None = None
     names = set(_run(["ipset", "list", "-n"]).split())
     ours = [n for _f, s in OUR_SETS for n in (s, _staging(s)) if n in names]
     if ours:
-        _run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in ours))
+        _destroy(ours)  # a set a reader is dumping is waited for (ipsetload.BUSY_WAIT)
     netdev = read_netdev()[0]
     if netdev:
         _run(["nft", "delete", "table", "netdev", NETDEV_TABLE])
