@@ -220,3 +220,136 @@ def test_the_kernels_refusals_are_named_in_words(topo):
     ), got
     assert got["swap-missing"].startswith("ipset swap small no-such-set refused by the kernel: ")
     assert "Unknown error" not in got["swap-missing"], got
+
+
+# A reader of the sets (`sentinel status` every 5 s as compose's healthcheck, the monitor's
+# counter snapshot, `report`) holds each set for the time its dump spans several messages: the
+# kernel refuses to swap or destroy a set while a dump of it is open (EBUSY). The holder below
+# opens a dump of one big set, reads one message of it, waits, then reads the rest.
+HOLD = """
+import socket, struct, sys, time
+name = sys.argv[1].encode() + b"\\0"
+attr = lambda kind, value: struct.pack("=HH", 4 + len(value), kind) + value + bytes(-len(value) % 4)
+body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attr(1, bytes([6])) + attr(2, name)
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+s.bind((0, 0))
+s.send(struct.pack("=IHHII", 16 + len(body), (6 << 8) | 8, 0x301, 1, 0) + body)
+s.recv(1 << 16)
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+s.settimeout(5)
+for _ in range(10000):
+    if struct.unpack_from("=IH", s.recv(1 << 16))[1] == 3:  # NLMSG_DONE
+        break
+"""
+
+APPLY_WHILE_READ = """
+import ipaddress, json, subprocess, sys
+from dataclasses import replace
+from sentinel.enforce import netfilter
+from sentinel.enforce.render import SET_NAME, IpSet, render_rules
+from sentinel.errors import SentinelError
+from sentinel.policy.load import load_policy
+policy = load_policy("policies/mem0.yaml")
+many = tuple(sorted(f"198.19.{i // 256}.{i % 256},tcp:443" for i in range(20000)))
+
+def big(rs):
+    return replace(rs, sets=tuple(IpSet(s.name, 4, many) if s.name == SET_NAME[4] else s
+                                  for s in rs.sets))
+
+good = big(render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]}))
+netfilter.apply(good)
+moved = big(render_rules(replace(policy, nflog_group=7),  # other rules: the staged path
+                         {"postgres": [ipaddress.ip_address("198.18.0.7")]}))
+holder = subprocess.Popen([sys.executable, "-c", sys.argv[1], SET_NAME[4], "1.0"],
+                          stdout=subprocess.PIPE, text=True)
+try:
+    assert holder.stdout.readline().strip() == "holding"
+    try:
+        state = netfilter.apply(moved)
+        out = {"raised": None, "held": state.sha256() == moved.sha256()}
+    except SentinelError as exc:
+        out = {"raised": exc.message}
+finally:
+    holder.wait(timeout=30)
+after = netfilter.read_state()
+out["now"] = ("moved" if after.sha256() == moved.sha256() else
+              "good" if after.sha256() == good.sha256() else "neither")
+out["staging"] = sorted(n for n in after.set_names if n.endswith("-new"))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.netns
+def test_an_apply_waits_for_a_reader_of_the_sets(topo):
+    """A full apply while a reader holds the live set open: the swap waits (bounded) for the
+    reader, rather than failing the apply (or leaving the other family's set swapped)."""
+    done = topo.run("app", sys.executable, "-c", APPLY_WHILE_READ, HOLD, timeout=120)
+    out = json.loads(done.stdout)
+    assert out["raised"] is None, out
+    assert out["held"] and out["now"] == "moved" and not out["staging"], out
+
+
+BUSY = """
+import json, subprocess, sys
+from sentinel.enforce import ipsetload, netfilter
+from sentinel.errors import SentinelError
+doc = "create a hash:net,port family inet counters\\ncreate b hash:net,port family inet counters\\n"
+doc += "".join(f"add a 198.19.{i // 256}.{i % 256},tcp:443\\n" for i in range(20000))
+netfilter._run(["ipset", "restore"], doc)
+out = {}
+with ipsetload.Session.open() as session:
+    for what, call in (("swap", lambda: session.swap("a", "b")),
+                       ("destroy", lambda: session.destroy("a"))):  # a: 20,000 entries
+        holder = subprocess.Popen([sys.executable, "-c", sys.argv[1], "a", "0.5"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "holding"
+        try:
+            call()
+            out[what] = "ok"
+        except SentinelError as exc:
+            out[what] = exc.message
+        holder.wait(timeout=30)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.netns
+def test_a_swap_or_destroy_of_a_set_being_read_is_retried(topo):
+    got = json.loads(topo.run("app", sys.executable, "-c", BUSY, HOLD, timeout=120).stdout)
+    assert got == {"swap": "ok", "destroy": "ok"}, got
+
+
+TEARDOWN_WHILE_READ = """
+import ipaddress, json, subprocess, sys
+from dataclasses import replace
+from sentinel.enforce import netfilter
+from sentinel.enforce.render import OUR_SETS, SET_NAME, IpSet, render_rules
+from sentinel.errors import SentinelError
+from sentinel.policy.load import load_policy
+policy = load_policy("policies/mem0.yaml")
+many = tuple(sorted(f"198.19.{i // 256}.{i % 256},tcp:443" for i in range(20000)))
+rs = render_rules(policy, {"postgres": [ipaddress.ip_address("198.18.0.2")]})
+netfilter.apply(replace(rs, sets=tuple(IpSet(s.name, 4, many) if s.name == SET_NAME[4] else s
+                                        for s in rs.sets)))
+holder = subprocess.Popen([sys.executable, "-c", sys.argv[1], SET_NAME[4], "1.0"],
+                          stdout=subprocess.PIPE, text=True)
+try:
+    assert holder.stdout.readline().strip() == "holding"
+    try:
+        out = {"raised": None, "found": netfilter.teardown("nft")}
+    except SentinelError as exc:
+        out = {"raised": exc.message}
+finally:
+    holder.wait(timeout=30)
+names = set(subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split())
+out["left"] = sorted(n for _f, n in OUR_SETS if n in names)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.netns
+def test_a_teardown_waits_for_a_reader_of_the_sets(topo):
+    done = topo.run("app", sys.executable, "-c", TEARDOWN_WHILE_READ, HOLD, timeout=120)
+    out = json.loads(done.stdout)
+    assert out == {"raised": None, "found": True, "left": []}, out

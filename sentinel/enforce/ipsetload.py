@@ -11,14 +11,18 @@ Only filling, swapping and destroying the staging copies happens here; sets are 
 for an entry that is not in the form render.py writes ("NET[/CIDR],tcp|udp:PORT"), before
 anything is sent, and the caller uses `ipset restore` as it always did. Every request is
 acknowledged before the next; a refusal raises SentinelError naming the set and the cause.
+A swap or destroy of a set that a reader is dumping (`sentinel status`, the monitor's counter
+snapshot) is refused by the kernel while that dump is open: it is tried again until BUSY_WAIT.
 tests/test_ipsetload.py compares the result with `ipset restore`'s on a real kernel.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterable
 
 from sentinel.errors import SentinelError
@@ -32,6 +36,9 @@ ATTR_PROTOCOL, ATTR_SETNAME, ATTR_SETNAME2, ATTR_DATA, ATTR_ADT, ATTR_LINENO = 1
 ATTR_IP, ATTR_CIDR, ATTR_PORT, ATTR_PROTO = 1, 3, 4, 7
 IPADDR = {4: 1, 6: 2}  # IPSET_ATTR_IPADDR_IPV4 / _IPV6
 NESTED, NET_ORDER = 0x8000, 0x4000
+# the kernel's answers while a dump of the set is open (EBUSY: swap; IPSET_ERR_BUSY: destroy)
+BUSY = (errno.EBUSY, 4100)
+BUSY_WAIT = 5.0  # seconds: a dump of 20,000 entries takes milliseconds
 PER_MESSAGE = 1000  # entries: ATTR_ADT's length is 16 bits (1,000 IPv6 entries: 52,000 bytes)
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
 _ATTR = struct.Struct("=HH")
@@ -175,12 +182,28 @@ class Session:
 
     def swap(self, name: str, other: str) -> None:
         attrs = _top(name) + _attr(ATTR_SETNAME2, other.encode() + b"\0")
-        self._request(CMD_SWAP, 0, attrs, 0, f"swap {name} {other}")
+        self._patient(CMD_SWAP, attrs, f"swap {name} {other}")
 
     def destroy(self, name: str) -> None:
-        self._request(CMD_DESTROY, 0, _top(name), 0, f"destroy {name}")
+        self._patient(CMD_DESTROY, _top(name), f"destroy {name}")
+
+    def _patient(self, cmd: int, attrs: bytes, what: str) -> None:
+        """A request the kernel refuses while a reader's dump holds the set: tried again (1 ms,
+        doubling to 50 ms apart) until it is done or BUSY_WAIT has passed."""
+        deadline, pause = time.monotonic() + BUSY_WAIT, 0.001
+        while True:
+            error = self._send(cmd, 0, attrs, 0, what)
+            if -error not in BUSY or time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+        _check(error, what)
 
     def _request(self, cmd: int, family: int, attrs: bytes, flags: int, what: str) -> None:
+        _check(self._send(cmd, family, attrs, flags, what), what)
+
+    def _send(self, cmd: int, family: int, attrs: bytes, flags: int, what: str) -> int:
+        """The kernel's answer to one request: 0, or its (negative) error number."""
         self.seq += 1
         af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family, socket.AF_UNSPEC)
         body = struct.pack("=BBH", af, 0, 0) + attrs
@@ -205,6 +228,12 @@ class Session:
                 raise OSError("no acknowledgement")
         except OSError as exc:
             raise SentinelError(f"ipset {what}: netlink: {exc}") from None
-        if error:
-            reason = _REASONS.get(-error) or os.strerror(-error)
-            raise SentinelError(f"ipset {what} refused by the kernel: {reason}")
+        return error
+
+
+def _check(error: int, what: str) -> None:
+    if error:
+        reason = _REASONS.get(-error) or os.strerror(-error)
+        if -error in BUSY:
+            reason += f" (a reader of the sets held it for {BUSY_WAIT:g} s)"
+        raise SentinelError(f"ipset {what} refused by the kernel: {reason}")

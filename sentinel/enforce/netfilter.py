@@ -178,15 +178,29 @@ def _stage_sets(ruleset: Ruleset, existing: set[str]) -> list[str]:
                 session.swap(_staging(s.name), s.name)
                 swapped.append(s.name)
         except SentinelError as exc:
-            undo = [f"swap {_staging(n)} {n}" for n in swapped]  # the old contents back first
-            undo += [f"destroy {_staging(s.name)}" for s in ruleset.sets]
-            undo += [f"destroy {n}" for n in created]
-            try:
-                _run(["ipset", "restore"], "\n".join(undo) + "\n")
+            try:  # the old contents back first
+                _put_back(session, swapped, [s.name for s in ruleset.sets], created)
             except SentinelError as failed:
                 raise SentinelError(f"{exc.message}; undoing it failed: {failed.message}") from None
             raise
     return created
+
+
+def _put_back(
+    session: ipsetload.Session | None, swapped: list[str], staged: list[str], created: list[str]
+) -> None:
+    """Swap the old contents back into `swapped`, destroy the staging copies of `staged` and
+    the live sets in `created`: through netlink (a swap or destroy a reader's dump holds up is
+    tried again, ipsetload.BUSY_WAIT), else `ipset restore`."""
+    if session is None:
+        undo = [f"swap {_staging(n)} {n}" for n in swapped]
+        undo += [f"destroy {_staging(n)}" for n in staged] + [f"destroy {n}" for n in created]
+        _run(["ipset", "restore"], "\n".join(undo) + "\n")
+        return
+    for name in swapped:
+        session.swap(_staging(name), name)
+    for name in [*map(_staging, staged), *created]:
+        session.destroy(name)
 
 
 def _hashsize(entries: int) -> str:
@@ -225,8 +239,13 @@ def _rollback(
     for family in done:
         doc = restore_previous(before[family], _save(tools[family]))
         _run([f"{tools[family]}-restore", "--noflush", "--wait"], doc)
-    lines = [f"swap {_staging(s.name)} {s.name}\ndestroy {_staging(s.name)}" for s in ruleset.sets]
-    _run(["ipset", "restore"], "\n".join(lines + [f"destroy {n}" for n in created]) + "\n")
+    names = [s.name for s in ruleset.sets]
+    session = _netlink_session()
+    if session is None:
+        _put_back(None, names, names, created)
+        return
+    with session:
+        _put_back(session, names, names, created)
 
 
 def _save(tool: str, counters: bool = False) -> str:
@@ -264,7 +283,7 @@ def teardown(backend: str | None = None, created_tables: list[str] | None = None
     names = set(_run(["ipset", "list", "-n"]).split())
     ours = [n for _f, s in OUR_SETS for n in (s, _staging(s)) if n in names]
     if ours:
-        _run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in ours))
+        _destroy(ours)  # a set a reader is dumping is waited for (ipsetload.BUSY_WAIT)
     netdev = read_netdev()[0]
     if netdev:
         _run(["nft", "delete", "table", "netdev", NETDEV_TABLE])

@@ -66,19 +66,25 @@ def build_report(
     kernel = kernel_facts(applied) if kernel is None else kernel
     path = store or ev.db_path()
     alerts = _alert_summary(path.parent)  # first: a damaged outbox fails before any work
-    if path.exists():
-        conn = ev.connect(path, readonly=True)  # mode=ro: the evidence is never changed
-    else:  # no store is evidence of nothing watching, not an error; and nothing is created
-        conn = sqlite3.connect(":memory:", isolation_level=None)
-        ev.migrate(conn)
-    try:
+
+    def read(conn: sqlite3.Connection) -> dict[str, Any]:
         scope = Scope(conn, min(window.since, window.until - TEN_MINUTES), window.until)
         shed = ev.shed_counts(conn, window.since, window.until)
         check = completeness(conn, kernel, applied)
         created = ev.created_at(conn)
-        report = _assemble(scope, window, shed, check, kernel, applied, created)
-    finally:
-        conn.close()
+        return _assemble(scope, window, shed, check, kernel, applied, created)
+
+    if path.exists():  # mode=ro: the evidence is never changed; read again if a writer was
+        from sentinel.store.schema import read_stable
+
+        report = read_stable(path, read)
+    else:  # no store is evidence of nothing watching, not an error; and nothing is created
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            ev.migrate(conn)
+            report = read(conn)
+        finally:
+            conn.close()
     report["alerts"] = alerts
     from sentinel.evidence.caps import summary
 

@@ -8,12 +8,14 @@ checkpoint). Readers open the file `mode=ro` and never create, migrate or change
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 from sentinel.errors import EXIT_BAD_INPUT, EXIT_VIOLATION, SentinelError
@@ -100,20 +102,64 @@ def db_path(directory: Path | None = None) -> Path:
     return (directory or state_dir()) / DB_NAME
 
 
-def readonly_uri(path: Path) -> str:
+def readonly_uri(path: Path, wal: bool | None = None) -> str:
     """A `mode=ro` URI that never creates, migrates or changes anything. Without a -wal file
     (the writer closed cleanly) the file is also `immutable`, so SQLite does not leave -wal
-    and -shm files behind; with one (a writer is running, or was killed) they already exist."""
-    wal = path.with_name(path.name + "-wal")
-    return f"file:{quote(str(path))}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+    and -shm files behind; with one (a writer is running, or was killed) they already exist.
+    An immutable read takes no locks: `read_stable` reads again if a writer came meanwhile.
+    `wal`: whether the -wal file exists, when the caller has just looked."""
+    if wal is None:
+        wal = path.with_name(path.name + "-wal").exists()
+    return f"file:{quote(str(path))}?mode=ro" + ("" if wal else "&immutable=1")
 
 
-def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+T = TypeVar("T")
+READ_ATTEMPTS = 3
+
+
+def _file_state(path: Path) -> tuple:
+    """What a writer changes: the file (identity, size, time) and whether its -wal exists."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (None, path.with_name(path.name + "-wal").exists())
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (key, path.with_name(path.name + "-wal").exists())
+
+
+def read_stable(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
+    """`read(conn)` over a read-only connection to the store. One opened while no writer ran is
+    immutable (no locks); a daemon that starts meanwhile (its migration, its batches, a
+    checkpoint into the main file) may change pages under it: what it read then ("database
+    disk image is malformed", or counts from torn pages) is set aside and the store read
+    again, at most READ_ATTEMPTS times (a writer's -wal exists then: SQLite's locks hold)."""
+    for _ in range(READ_ATTEMPTS):
+        before = _file_state(path)
+        locked = before[1]  # a -wal file: mode=ro with SQLite's own locks, a consistent read
+        conn = connect(path, readonly=True, uri=readonly_uri(path, wal=locked))
+        try:
+            result = read(conn)
+        except Exception:
+            if locked or _file_state(path) == before:
+                raise
+            continue  # a writer changed the file under an unlocked read: read again
+        finally:
+            conn.close()
+        if locked or _file_state(path) == before:
+            return result
+    raise SentinelError(
+        f"event store {path} changed under {READ_ATTEMPTS} reads in a row (writers starting "
+        "and stopping): run the report again"
+    )
+
+
+def connect(path: Path, readonly: bool = False, uri: str | None = None) -> sqlite3.Connection:
     """A connection with the schema migrated (writers) or checked (readers). A reader never
-    creates a missing store; a damaged one is an error with exit code 2."""
+    creates a missing store; a damaged one is an error with exit code 2. `uri`: the reader's
+    (readonly_uri) when the caller chose it."""
     try:
         if readonly:
-            conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=10)
+            conn = sqlite3.connect(uri or readonly_uri(path), uri=True, timeout=10)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         else:
