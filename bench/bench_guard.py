@@ -12,7 +12,22 @@ and the median per-call difference. Goal for the loopback connect: <= 1.05x in b
 and CPU time: "met" when the interval lies at or below 1.05, "MISSED" when it lies above,
 "not shown" when it spans 1.05 (the machine's noise is larger than the question).
 
-    python bench/bench_guard.py [--calls 2000] [--rounds 21] [--instructions 1000]
+    python bench/bench_guard.py [--calls 2000] [--rounds 21] [--what connect] [--cpu N]
+                                [--instructions 1000]
+
+Every child is pinned to one CPU (`taskset -c N`, default the last one this process may use; the
+same CPU for every variant and round, `--cpu -1` for no pinning): the variants then share one
+core's caches and frequency and differ only by what they run. `--what connect` measures only the
+loopback connect (longer runs on the one goal: e.g. `--what connect --rounds 61`).
+
+--paired R adds a second estimate of the loopback connect, R rounds: each child times the cycle
+twice, first with nothing installed, then (after 200 warm-up cycles) with the guard booted in
+that same process (`sentinel_guard.boot()`: the same hook and socket.py wrappers as at
+start-up), with an empty audit hook, or with nothing (the control, which measures what a second
+block costs by itself: TIME_WAIT sockets piling up, a warmer cache). Per round the figure is
+(guard block 2 / block 1) / (control block 2 / block 1): the process, its memory layout and the
+CPU it ran on are the same for both blocks, so that noise cancels; what is left is the load
+between the two blocks. Same 95 % interval and verdict rule.
 
 --instructions N also counts the user-space instructions of one loopback connect cycle under
 callgrind (valgrind): the same every run, where time on a shared machine is not.
@@ -101,11 +116,78 @@ print(json.dumps([(time.perf_counter_ns() - w) / n / 1e9, (time.process_time_ns(
 """
 
 
-def per_call(python: str, what: str, env: dict, calls: int, netns: bool) -> tuple[float, float]:
+# A child that times the connect cycle twice: block 1 with nothing installed, then block 2 after
+# installing what argv[1] names in this same process (see --paired).
+PAIRED_CHILD = """
+import json, os, socket, sys, time
+mode, n = sys.argv[1], int(sys.argv[2])
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(512)
+addr = srv.getsockname()
+def once():
+    c = socket.socket(); c.connect(addr); srv.accept()[0].close(); c.close()
+def block():
+    for _ in range(200):
+        once()
+    w, t = time.perf_counter_ns(), time.process_time_ns()
+    for _ in range(n):
+        once()
+    return [(time.perf_counter_ns() - w) / n / 1e9, (time.process_time_ns() - t) / n / 1e9]
+first = block()
+if mode == "guard":
+    sys.path.insert(0, os.environ["BENCH_GUARD_PATH"])
+    import sentinel_guard
+    sentinel_guard.boot("bench")
+    assert sentinel_guard.status()["installed"] and not sentinel_guard.status()["fail_closed"]
+elif mode == "empty-hook":
+    sys.addaudithook(lambda event, args: None)
+print(json.dumps([first, block()]))
+"""
+
+
+def paired(python: str, env: dict, mode: str, calls: int, cpu: int) -> tuple[float, float]:
+    """(wall, CPU) of block 2 / block 1 in one child."""
+    cmd = [python, "-c", PAIRED_CHILD, mode, str(calls)]
+    if cpu >= 0:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    first, second = json.loads(run_timed(cmd, env)[2].strip().splitlines()[-1])
+    return second[0] / first[0], second[1] / first[1]
+
+
+def print_paired(python: str, guard_env: dict, base_env: dict, args) -> None:
+    env = {**guard_env, "BENCH_GUARD_PATH": str(guard_path())}
+    del env["PYTHONPATH"]  # booted by the child itself, after block 1
+    modes = {"control": base_env, "guard": env, "empty-hook": base_env}
+    samples = alternate_pairs(
+        modes, args.paired, lambda mode, e: paired(python, e, mode, args.calls, args.cpu)
+    )
+    control = samples["control"]
+    cells = []
+    for mode in ("guard", "empty-hook"):
+        runs = samples[mode]
+        rw = median_ci([r[0] / c[0] for r, c in zip(runs, control, strict=True)])
+        rc = median_ci([r[1] / c[1] for r, c in zip(runs, control, strict=True)])
+        cells.append(
+            f"{mode} wall x{rw[0]:.3f} [{rw[1]:.3f}-{rw[2]:.3f}] CPU x{rc[0]:.3f} "
+            f"[{rc[1]:.3f}-{rc[2]:.3f}]"
+        )
+        if mode == "guard":
+            verdicts = (judged(rw[1], rw[2]), judged(rc[1], rc[2]))
+    c_cpu = statistics.median(c[1] for c in control)
+    print(f"{'paired':12} {args.paired} rounds, block 2 / block 1 against the control's "
+          f"(control x{c_cpu:.3f} CPU by itself):\n             " + "\n             ".join(cells))  # fmt: skip
+    print(f"{'':12} guard loopback connect (paired), goal <= {GOAL}x: wall {verdicts[0]}, "
+          f"CPU {verdicts[1]}")  # fmt: skip
+
+
+def per_call(
+    python: str, what: str, env: dict, calls: int, netns: bool, cpu: int
+) -> tuple[float, float]:
     """(wall s, CPU s) per call, timed inside the child (start-up excluded)."""
     cmd = [python, "-c", CHILD, what, str(calls)]
     if netns:
         cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
+    if cpu >= 0:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
     wall, cpu = json.loads(run_timed(cmd, env)[2].strip().splitlines()[-1])
     return wall, cpu
 
@@ -148,7 +230,25 @@ def main() -> None:
         "--instructions", type=int, default=0, metavar="N",
         help="also count instructions per connect cycle under callgrind (N cycles)",
     )  # fmt: skip
+    parser.add_argument(
+        "--what", default="connect,getaddrinfo,gai_numeric,decision",
+        help="comma-separated: connect, getaddrinfo, gai_numeric, decision",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cpu", type=int, default=max(os.sched_getaffinity(0)),
+        help="pin every child to this CPU (taskset -c); -1: no pinning",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paired", type=int, default=0, metavar="R",
+        help="also the in-process paired estimate of the loopback connect, R rounds",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variants", default="",
+        help="comma-separated subset of none, guard, empty-hook, pytest-socket/monkeypatch",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.cpu >= 0 and shutil.which("taskset") is None:
+        raise SystemExit("taskset not found (util-linux); pass --cpu -1 to run unpinned")
     root = os.geteuid() == 0 and shutil.which("unshare") is not None
 
     with tempfile.TemporaryDirectory(prefix="bench-guard-") as tmpdir:
@@ -166,11 +266,15 @@ def main() -> None:
             "empty-hook": {**base_env, "BENCH_SETUP": EMPTY_HOOK},
             patch_name: {**base_env, "BENCH_SETUP": patch_setup},
         }
+        if args.variants:  # "none" always: every ratio is to it
+            keep = {"none", *args.variants.split(",")}
+            variants = {k: v for k, v in variants.items() if k in keep}
         python = sys.executable
-        print(f"python {sys.version.split()[0]}  calls/round {args.calls}  rounds {args.rounds}; "
-              "per variant: median per-call wall / CPU, then the median of per-round ratios to "
-              "none [95% CI]")  # fmt: skip
-        for what in ("connect", "getaddrinfo", "gai_numeric", "decision"):
+        pinned = f"pinned to CPU {args.cpu}" if args.cpu >= 0 else "not pinned"
+        print(f"python {sys.version.split()[0]}  calls/round {args.calls}  rounds {args.rounds}  "
+              f"{pinned}; per variant: median per-call wall / CPU, then the median of per-round "
+              "ratios to none [95% CI]")  # fmt: skip
+        for what in filter(None, args.what.split(",")):
             netns = what == "decision"
             if netns and not root:
                 print(f"{what:12} skipped (needs root for a private network namespace)")
@@ -182,7 +286,7 @@ def main() -> None:
                 todo,
                 args.rounds,
                 lambda _, env, what=what, netns=netns: per_call(
-                    python, what, env, args.calls, netns
+                    python, what, env, args.calls, netns, args.cpu
                 ),
             )
             none = samples["none"]
@@ -206,6 +310,8 @@ def main() -> None:
             if what == "connect":
                 print(f"{'':12} guard loopback connect, goal <= {GOAL}x: wall {verdicts[0]}, "
                       f"CPU {verdicts[1]}")  # fmt: skip
+        if args.paired:
+            print_paired(python, guard_env, base_env, args)
         if args.instructions:
             counts = {
                 k: instructions(python, env, args.instructions, Path(tmpdir))

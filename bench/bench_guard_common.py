@@ -123,7 +123,3 @@ def alternate_pairs(variants: dict[str, object], rounds: int, measure) -> dict[s
 
 def medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
-
-
-def verdict(ratio_or_added: float, goal: float) -> str:
-    return "met" if ratio_or_added <= goal else "MISSED"

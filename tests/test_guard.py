@@ -478,6 +478,37 @@ def test_pth_loader_in_a_fresh_venv(tmp_path, state_dir, armed):
     assert all("deny-all" in out[case] for case in ("liar", "sneaky", "twin")), out
 
 
+def test_pth_line_without_its_file_refuses_every_network_call(tmp_path):
+    """The .pth line reads its deny-all fallback from its own file (site.addpackage's `fullname`);
+    run where there is no such file, it still fails closed: every network call is refused,
+    loopback too (no root needed: nothing is sent, the hook refuses before C does)."""
+    line = next(x for x in PTH_FILE.read_text().splitlines() if x.startswith("import "))
+    code = f"""
+import sys
+sys.modules["sentinel_guard"] = None  # the guard cannot be imported
+exec({line!r})
+import socket
+out = []
+for call in (lambda: socket.getaddrinfo("localhost", 80),
+             lambda: socket.socket().connect(("127.0.0.1", 9)),
+             lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", 9))):
+    try:
+        call()
+        out.append("ok")
+    except PermissionError as exc:
+        out.append(str(exc))
+print("|".join(out))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENTINEL_", "PYTHON"))}
+    proc = subprocess.run(
+        [PYTHON, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    outcomes = proc.stdout.strip().split("|")
+    assert len(outcomes) == 3, proc.stdout
+    assert all(o.startswith("[Errno 13] sentinel guard (deny-all)") for o in outcomes), outcomes
+
+
 # --- reporting without blocking -------------------------------------------------------------
 def test_absent_receiver_never_blocks_and_drops_are_counted(tmp_path, state_dir):
     needs_root()

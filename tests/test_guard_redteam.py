@@ -153,9 +153,10 @@ def test_a_name_mapped_to_another_address_in_etc_hosts_is_refused(tmp_path, rece
 DENY_ALL_SETUP = {
     "deny_all": 'import sentinel_guard\nsentinel_guard.deny_all("test: could not start")\n',
     "sitecustomize_inline": "",  # PYTHONPATH is a copy with a broken sentinel_guard.py
-    "pth_inline": (
+    "pth_inline": (  # the .pth's import line, run as site.addpackage runs it (`fullname` set)
         'sys.modules["sentinel_guard"] = None  # import fails: the inline fallback\n'
-        f"exec(open({str(PTH_FILE)!r}).read().splitlines()[-1])\n"
+        f"fullname = {str(PTH_FILE)!r}\n"
+        "exec(next(line for line in open(fullname) if line.startswith('import ')))\n"
     ),
 }
 DENY_ALL_BODY = """
