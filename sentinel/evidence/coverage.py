@@ -9,7 +9,9 @@ Read-only: the store is opened with `mode=ro`, the kernel is only read.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
+from operator import attrgetter
 from typing import Any
 
 from sentinel.evidence.guardcov import MAX_INTERVAL
@@ -25,19 +27,27 @@ def heartbeat_gaps(beats: list[Event], window: Window, default_interval: float) 
     A heartbeat vouches for GAP_FACTOR intervals after it; a "stopped" heartbeat for none.
     Beats before the window count as the starting point.
     """
-    beats = sorted(beats, key=lambda b: b.ts)
-    before = [b for b in beats if b.ts < window.since]
+    beats = sorted(beats, key=_TS)
+    start = bisect.bisect_left(beats, window.since, key=_TS)  # beats before the window
     prev_ts, prev_interval, prev_stopped = window.since, default_interval, False
-    if before:
-        prev_ts, prev_interval = before[-1].ts, _interval(before[-1], default_interval)
-        prev_stopped = before[-1].detail.get("state") == "stopped"
+    if start:
+        last = beats[start - 1]
+        prev_ts, prev_interval = last.ts, _interval(last, default_interval)
+        prev_stopped = last.detail.get("state") == "stopped"
     gaps = []
-    for b in beats[len(before) :]:
-        interval = _interval(b, default_interval)
-        if prev_stopped or b.ts - prev_ts > GAP_FACTOR * max(interval, prev_interval):
+    claims: dict[int, tuple[float, bool]] = {}  # per detail object: beats share equal ones
+    for b in beats[start:]:
+        claim = claims.get(id(b.detail))
+        if claim is None:
+            claim = claims[id(b.detail)] = (
+                _interval(b, default_interval),
+                b.detail.get("state") == "stopped",
+            )
+        interval, stopped = claim
+        longer = prev_interval if prev_interval > interval else interval  # max(), inline
+        if prev_stopped or b.ts - prev_ts > GAP_FACTOR * longer:
             gaps.append(_gap(prev_ts, b.ts, window, "stopped" if prev_stopped else "no heartbeat"))
-        prev_ts, prev_interval = b.ts, interval
-        prev_stopped = b.detail.get("state") == "stopped"
+        prev_ts, prev_interval, prev_stopped = b.ts, interval, stopped
     if prev_stopped or not beats or window.until - prev_ts > GAP_FACTOR * prev_interval:
         reason = "stopped" if prev_stopped else "no heartbeat"
         gaps.append(_gap(prev_ts, window.until, window, reason))
@@ -60,20 +70,29 @@ def _gap(start: float, end: float, window: Window, reason: str) -> dict[str, Any
 
 def rulesets_in_force(beats: list[Event]) -> list[dict[str, Any]]:
     spans: list[dict[str, Any]] = []
-    for b in sorted(beats, key=lambda b: b.ts):
+    last = None  # the current span's last beat: its time is written once, when it ends
+    for b in sorted(beats, key=_TS):
         sha = b.detail.get("ruleset_sha256")
         if spans and spans[-1]["ruleset_sha256"] == sha:
-            spans[-1]["last_seen"] = iso(b.ts)
-        else:
-            spans.append(
-                {
-                    "ruleset_sha256": sha,
-                    "mode": b.detail.get("mode"),
-                    "first_seen": iso(b.ts),
-                    "last_seen": iso(b.ts),
-                }
-            )
+            last = b
+            continue
+        if spans:
+            spans[-1]["last_seen"] = iso(last.ts)
+        last = b
+        spans.append(
+            {
+                "ruleset_sha256": sha,
+                "mode": b.detail.get("mode"),
+                "first_seen": iso(b.ts),
+                "last_seen": None,
+            }
+        )
+    if spans:
+        spans[-1]["last_seen"] = iso(last.ts)
     return spans
+
+
+_TS = attrgetter("ts")
 
 
 def resolver_drops(events: list[Event]) -> dict[str, int]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from sentinel.store.events import Event
 
+_TS = attrgetter("ts")
 MAX_INTERVAL = 60.0  # the most a heartbeat may claim (the receiver clamps the same way)
 T = TypeVar("T")
 GUARD_INTERVAL = 5.0
@@ -57,7 +59,7 @@ def guard_status(
         return {"status": "absent", "heartbeats": 0, "gaps": [], "dropped": 0, "processes": []}
     groups: dict[str, list[Event]] = defaultdict(list)
     seen: dict[tuple, str] = {}  # identity per (detail, pid): beats share their detail objects
-    for b in sorted(beats, key=lambda b: b.ts):
+    for b in sorted(beats, key=_TS):
         at = (id(b.detail), b.pid)
         key = seen.get(at)
         if key is None:
@@ -130,9 +132,12 @@ def _clamped(run: list[Event], claims: list[float] | None = None) -> list[Event]
     from dataclasses import replace
 
     out = []
+    same: dict[int, bool] = {}  # per detail object: does it claim the clamped value already
     for b, value in zip(run, _intervals(run) if claims is None else claims, strict=True):
-        out.append(b if b.detail.get("interval") == value else replace(
-            b, detail={**b.detail, "interval": value}))  # fmt: skip
+        kept = same.get(id(b.detail))
+        if kept is None:
+            kept = same[id(b.detail)] = b.detail.get("interval") == value
+        out.append(b if kept else replace(b, detail={**b.detail, "interval": value}))
     return out
 
 
