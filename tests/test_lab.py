@@ -195,32 +195,47 @@ def test_lab_app_command(tmp_path):
     assert results["violations"] == []  # no scripted workload with --app
 
 
-@pytest.mark.netns
-def test_lab_ctrl_c_tears_everything_down(tmp_path):
-    _netns_ready()
+def _interrupted_lab(tmp_path: Path, ready: tuple[str, ...], interrupt) -> tuple[int, str]:
+    """Runs the lab with a sleeping app in a process group of its own (as a shell job), calls
+    `interrupt(proc)` once a line holding one of `ready` is printed; returns (exit, output)."""
     proc = subprocess.Popen(
         [EXE, "lab", "--out", str(tmp_path), "--app", "sleep 60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     lines = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # bounded: the lab prints a handful of lines, then sleeps
             lines.append(line)
-            if "starting sentinel" in line:
+            if any(word in line for word in ready):
                 break
-        proc.send_signal(signal.SIGINT)
+        interrupt(proc)
         rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    output = "".join(lines) + rest
-    assert proc.returncode == 130, output
+    return proc.returncode, "".join(lines) + rest
+
+
+@pytest.mark.netns
+def test_lab_ctrl_c_tears_everything_down(tmp_path):
+    _netns_ready()
+    code, output = _interrupted_lab(
+        tmp_path, ("starting sentinel",), lambda proc: proc.send_signal(signal.SIGINT)
+    )
+    assert code == 130, output
     assert "interrupted" in output and "tearing down" in output
     _assert_torn_down(_prefix(output))
+
+
+def _double_ctrl_c(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
 
 
 @pytest.mark.netns
@@ -229,30 +244,9 @@ def test_a_double_ctrl_c_at_the_terminal_still_tears_everything_down(tmp_path):
     it started); a second one 50 ms later lands while the lab tears down, which takes longer
     (the daemon's orderly stop, six namespaces deleted). Teardown must finish anyway."""
     _netns_ready()
-    proc = subprocess.Popen(
-        [EXE, "lab", "--out", str(tmp_path), "--app", "sleep 60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a shell job has
-    )
-    lines = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # bounded: the lab prints a handful of lines, then sleeps
-            lines.append(line)
-            if "running --app" in line or "starting sentinel capture" in line:
-                break
-        os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    output = "".join(lines) + rest
-    assert proc.returncode == 130, output
+    ready = ("running --app", "starting sentinel capture")
+    code, output = _interrupted_lab(tmp_path, ready, _double_ctrl_c)
+    assert code == 130, output
     assert "Traceback" not in output, output
     done = re.search(r"tearing down namespaces and processes \((\d+\.\d) s\)", output)
     assert done, output  # the teardown step ran to its end
