@@ -48,7 +48,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_guard_common import alternate_pairs, armed, clean_env, median_ci, run_timed
+from bench_guard_common import alternate_pairs, armed, clean_env, median_ci, run_timed, verdict
 
 from sentinel.guard import guard_path
 
@@ -215,11 +215,7 @@ def instructions(python: str, env: dict, calls: int, tmp: Path) -> float | None:
 
 
 def judged(low: float, high: float) -> str:
-    if high <= GOAL:
-        return "met"
-    if low > GOAL:
-        return "MISSED"
-    return "not shown"
+    return verdict(low, high, GOAL)
 
 
 def main() -> None:

@@ -123,3 +123,12 @@ def alternate_pairs(variants: dict[str, object], rounds: int, measure) -> dict[s
 
 def medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
+
+
+def verdict(low: float, high: float, goal: float) -> str:
+    """A 95 % interval against an upper goal: wholly below it, wholly above it, or across."""
+    if high <= goal:
+        return "met"
+    if low > goal:
+        return "MISSED"
+    return "not shown"

@@ -43,6 +43,7 @@ from bench_guard_common import (
     median_ci,
     medians,
     run_timed,
+    verdict,
 )
 
 from sentinel.guard import PTH_FILE, RUNTIME_FILE, guard_path
@@ -52,11 +53,7 @@ GOAL_MS = 3.0
 
 
 def judge(low_ms: float, high_ms: float) -> str:
-    if high_ms <= GOAL_MS:
-        return "met"
-    if low_ms > GOAL_MS:
-        return "MISSED"
-    return "not shown"
+    return verdict(low_ms, high_ms, GOAL_MS)
 
 
 def pip(*args: str) -> None:
