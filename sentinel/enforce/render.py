@@ -322,9 +322,10 @@ def _sets(policy: Policy, pins: Pins) -> tuple[IpSet, ...]:
     entries: dict[int, set[str]] = {4: set(), 6: set()}
     for allow in policy.allow:
         for net in _networks(allow, pins):
-            text, family = _net_text(net), entries[net.version]
-            for port in allow.ports:
-                family.add(f"{text},{allow.protocol}:{port}")
+            family = entries[net.version]
+            for text in _set_nets(net):
+                for port in allow.ports:
+                    family.add(f"{text},{allow.protocol}:{port}")
     return tuple(IpSet(SET_NAME[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
 
 
@@ -356,6 +357,16 @@ def _networks(allow: Allow, pins: Pins) -> list[ipaddress.IPv4Network | ipaddres
     literal = allow.literal
     addresses = [literal] if literal is not None else list(pins.get(allow.host or "", ()))
     return [ipaddress.ip_network(a) for a in addresses]
+
+
+def _set_nets(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[str, ...]:
+    """The set entries' networks for one network: itself, but `0.0.0.0/0` as 0.0.0.0/1 +
+    128.0.0.0/1 and `::/0` as ::/1 + 8000::/1, because the kernel's hash:net sets refuse a
+    /0 prefix (the policy allows /0 in audit mode only: sentinel/policy/safety.py). Everything
+    that reads the sets (apply's read-back, decide, explain, the report) sees the halves."""
+    if net.prefixlen:
+        return (_net_text(net),)
+    return tuple(_net_text(half) for half in net.subnets(prefixlen_diff=1))
 
 
 def _net_text(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
