@@ -120,6 +120,21 @@ def test_everything_in_audit_mode_renders_as_two_halves_the_kernel_takes():
     assert decide(ruleset, Packet(ip("198.18.5.5"), 80, "tcp")) == "audit"
 
 
+def test_ipv6_entries_are_written_as_the_kernel_prints_them():
+    """inet_ntop's form (the set dump, `ipset save`), not ipaddress's ::c612:2: apply's
+    read-back compares the two as text (tests/test_mapped_aaaa_netns.py on a real kernel)."""
+    policy = parse_policy(
+        "version: 1\nallow:\n  - {name: compat, host: '::198.18.0.2', ports: [5432]}\n"
+        "  - {name: net, cidr: '::c612:0/120', ports: [443]}\n"
+        "  - {name: nat64, cidr: '64:ff9b::/96', ports: [443]}\n"
+    )
+    assert render_rules(policy, {}).sets[1].entries == (
+        "64:ff9b::/96,tcp:443",
+        "::198.18.0.0/120,tcp:443",
+        "::198.18.0.2,tcp:5432",
+    )
+
+
 def test_audit_mode_logs_then_accepts():
     policy = load_policy("policies/mem0-audit.yaml")
     text = render_rules(policy, PINS).save_text(4)

@@ -370,8 +370,10 @@ def _set_nets(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[str, 
 
 
 def _net_text(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    # ipset prints host entries without the /32 or /128
-    if net.version == 6:  # (ipaddress words some IPv6 forms its own way, e.g. ::ffff:102:304)
-        return str(net.network_address) if net.prefixlen == 128 else str(net)
-    text = socket.inet_ntop(socket.AF_INET, net.network_address.packed)  # as str(), faster
-    return text if net.prefixlen == 32 else f"{text}/{net.prefixlen}"
+    """The network as the kernel's set dump and `ipset save` print it (inet_ntop; host entries
+    without /32 or /128): ipaddress words IPv6 with an IPv4 address inside its own way
+    (::ffff:c612:2, ::c612:2 where inet_ntop prints ::ffff:198.18.0.2, ::198.18.0.2), and
+    apply's read-back compares the two as text."""
+    family, full = (socket.AF_INET, 32) if net.version == 4 else (socket.AF_INET6, 128)
+    text = socket.inet_ntop(family, net.network_address.packed)
+    return text if net.prefixlen == full else f"{text}/{net.prefixlen}"
