@@ -162,6 +162,10 @@ def test_rebinding_rules():
     assert kept == [ip("10.0.0.5")] and dropped == [ip("127.0.0.1")]
     kept, dropped = rebinding_filter("x.example.com", [ip("fd00::1"), ip("fe80::1"), ip("::1")])
     assert kept == [] and len(dropped) == 3
+    # an IPv4 address inside IPv6 (mapped, compatible): never pinned; NAT64 (DNS64) is kept
+    embedded = [ip("::ffff:198.18.0.2"), ip("::198.18.0.2"), ip("64:ff9b::c612:2")]
+    kept, dropped = rebinding_filter("postgres", embedded)
+    assert kept == [ip("64:ff9b::c612:2")] and dropped == embedded[:2]
 
 
 def test_address_change_keeps_old_addresses_for_the_grace(world):

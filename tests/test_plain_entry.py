@@ -84,8 +84,13 @@ def test_quiet_network_is_cidr_problem_without_a_message():
         "0.0.0.0/0", "128.0.0.0/1", "10.0.0.0/7", "10.0.0.0/8", "169.0.0.0/8", "168.0.0.0/7",
         "169.254.0.0/16", "169.254.169.0/24", "169.254.169.254/32", "169.254.169.255/32",
         "169.254.169.252/30", "169.254.170.0/24", "::/0", "2000::/15", "2001::/16",
-        "2001:db8::/32", "::ffff:0:0/96", "fe80::/10",
+        "2001:db8::/32", "::ffff:0:0/96", "fe80::/10", "::ffff:198.18.0.0/120",
+        "::ffff:c612:2/128", "::fffe:0:0/96", "::fffe:ffff:0:0/96", "::/96", "::fffe:0:0/95",
     ]  # fmt: skip
+    for _ in range(300):  # inside ::ffff:0:0/96 (IPv4-mapped: refused), at every prefix
+        prefix = rng.randint(96, 128)
+        base = (0xFFFF << 32 | rng.getrandbits(32)) >> (128 - prefix) << (128 - prefix)
+        nets.append(str(ipaddress.IPv6Network((base, prefix))))
     for _ in range(3000):
         if rng.random() < 0.5:
             prefix = rng.randint(0, 32)

@@ -96,6 +96,45 @@ def test_cidr_and_literal_entries_need_no_pins():
     }
 
 
+def test_everything_in_audit_mode_renders_as_two_halves_the_kernel_takes():
+    """hash:net refuses a /0 prefix (tests/test_wide_cidr_netns.py applies this for real)."""
+    policy = parse_policy(
+        "version: 1\nmode: audit\nallow:\n  - {name: all4, cidr: 0.0.0.0/0, ports: [443]}\n"
+        "  - {name: all6, cidr: '::/0', ports: [443], protocol: udp}\n"
+    )
+    ruleset = render_rules(policy, {})
+    sets = {s.name: s.entries for s in ruleset.sets}
+    assert sets["sentinel-allow4"] == ("0.0.0.0/1,tcp:443", "128.0.0.0/1,tcp:443")
+    assert sets["sentinel-allow6"] == ("8000::/1,udp:443", "::/1,udp:443")
+    for dst, proto in (
+        ("0.0.0.1", "tcp"),
+        ("127.255.255.255", "tcp"),
+        ("128.0.0.0", "tcp"),
+        ("255.255.255.254", "tcp"),
+        ("::2", "udp"),
+        ("7fff::1", "udp"),
+        ("8000::", "udp"),
+        ("ffff::1", "udp"),
+    ):
+        assert decide(ruleset, Packet(ip(dst), 443, proto)) == "allow", dst
+    assert decide(ruleset, Packet(ip("198.18.5.5"), 80, "tcp")) == "audit"
+
+
+def test_ipv6_entries_are_written_as_the_kernel_prints_them():
+    """inet_ntop's form (the set dump, `ipset save`), not ipaddress's ::c612:2: apply's
+    read-back compares the two as text (tests/test_mapped_aaaa_netns.py on a real kernel)."""
+    policy = parse_policy(
+        "version: 1\nallow:\n  - {name: compat, host: '::198.18.0.2', ports: [5432]}\n"
+        "  - {name: net, cidr: '::c612:0/120', ports: [443]}\n"
+        "  - {name: nat64, cidr: '64:ff9b::/96', ports: [443]}\n"
+    )
+    assert render_rules(policy, {}).sets[1].entries == (
+        "64:ff9b::/96,tcp:443",
+        "::198.18.0.0/120,tcp:443",
+        "::198.18.0.2,tcp:5432",
+    )
+
+
 def test_audit_mode_logs_then_accepts():
     policy = load_policy("policies/mem0-audit.yaml")
     text = render_rules(policy, PINS).save_text(4)

@@ -322,9 +322,10 @@ def _sets(policy: Policy, pins: Pins) -> tuple[IpSet, ...]:
     entries: dict[int, set[str]] = {4: set(), 6: set()}
     for allow in policy.allow:
         for net in _networks(allow, pins):
-            text, family = _net_text(net), entries[net.version]
-            for port in allow.ports:
-                family.add(f"{text},{allow.protocol}:{port}")
+            family = entries[net.version]
+            for text in _set_nets(net):
+                for port in allow.ports:
+                    family.add(f"{text},{allow.protocol}:{port}")
     return tuple(IpSet(SET_NAME[f], f, tuple(sorted(entries[f]))) for f in (4, 6))
 
 
@@ -358,9 +359,21 @@ def _networks(allow: Allow, pins: Pins) -> list[ipaddress.IPv4Network | ipaddres
     return [ipaddress.ip_network(a) for a in addresses]
 
 
+def _set_nets(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[str, ...]:
+    """The set entries' networks for one network: itself, but `0.0.0.0/0` as 0.0.0.0/1 +
+    128.0.0.0/1 and `::/0` as ::/1 + 8000::/1, because the kernel's hash:net sets refuse a
+    /0 prefix (the policy allows /0 in audit mode only: sentinel/policy/safety.py). Everything
+    that reads the sets (apply's read-back, decide, explain, the report) sees the halves."""
+    if net.prefixlen:
+        return (_net_text(net),)
+    return tuple(_net_text(half) for half in net.subnets(prefixlen_diff=1))
+
+
 def _net_text(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    # ipset prints host entries without the /32 or /128
-    if net.version == 6:  # (ipaddress words some IPv6 forms its own way, e.g. ::ffff:102:304)
-        return str(net.network_address) if net.prefixlen == 128 else str(net)
-    text = socket.inet_ntop(socket.AF_INET, net.network_address.packed)  # as str(), faster
-    return text if net.prefixlen == 32 else f"{text}/{net.prefixlen}"
+    """The network as the kernel's set dump and `ipset save` print it (inet_ntop; host entries
+    without /32 or /128): ipaddress words IPv6 with an IPv4 address inside its own way
+    (::ffff:c612:2, ::c612:2 where inet_ntop prints ::ffff:198.18.0.2, ::198.18.0.2), and
+    apply's read-back compares the two as text."""
+    family, full = (socket.AF_INET, 32) if net.version == 4 else (socket.AF_INET6, 128)
+    text = socket.inet_ntop(family, net.network_address.packed)
+    return text if net.prefixlen == full else f"{text}/{net.prefixlen}"

@@ -4,6 +4,7 @@ Called from the loader's small hooks (`sentinel/policy/load.py`), so every refus
 file, line and field like any other policy error. Refused:
 
 * `cidr: 0.0.0.0/0` or `::/0` in enforce mode (it allows every destination: enforcing nothing);
+* a `cidr:` inside ::ffff:0:0/96 (IPv4-mapped: the kernel sends it as IPv4, as for hosts below);
 * hosts that are not what they look like: link-local addresses (`169.254.169.254`, the cloud
   metadata service; `fe80::1%eth0`, scoped: netfilter cannot match a zone), IPv4-mapped IPv6
   (`::ffff:198.18.0.2`: the kernel sends IPv4, an IPv6 rule never matches), the unspecified
@@ -26,12 +27,15 @@ from typing import Any
 MIN_INTERVAL = 1.0  # seconds
 FLOORED = ("dns.min_ttl", "dns.max_ttl", "monitor.tamper_interval", "canary.interval")
 _METADATA = ipaddress.ip_address("169.254.169.254")
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # IPv4-mapped IPv6: the kernel sends IPv4
 
 
 def cidr_problem(network: Any, mode: str) -> tuple[str | None, str | None]:
     """(error, warning) for an allowlisted network."""
     if network is None:
         return None, None
+    if network.version == 6 and network.subnet_of(_MAPPED):
+        return _mapped_network(network), None
     if network.prefixlen == 0:
         reason = f"{network} allows every destination"
         if mode == "enforce":
@@ -50,16 +54,24 @@ def cidr_problem(network: Any, mode: str) -> tuple[str | None, str | None]:
 
 
 _METADATA_INT = int(_METADATA)
+_MAPPED_INT = int(_MAPPED.network_address) >> 32
+
+
+def _mapped_network(network: Any) -> str:
+    v4 = ipaddress.ip_network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return f"an IPv4-mapped IPv6 network: write {v4} (the kernel sends it as IPv4)"
 
 
 def quiet_network(network: Any) -> bool:
     """Whether cidr_problem(network, mode) is (None, None) in every mode, without building a
-    message: at least /8 (IPv4) or /16 (IPv6) and, for IPv4, not containing the metadata
-    service. The check of 10,000 plain entries (plainentry.py); tests/test_plain_entry.py
-    compares it with cidr_problem."""
+    message: at least /8 (IPv4) or /16 (IPv6); for IPv4 not containing the metadata service,
+    for IPv6 not inside ::ffff:0:0/96. The check of 10,000 plain entries (plainentry.py);
+    tests/test_plain_entry.py compares it with cidr_problem."""
     prefix = network.prefixlen
     if network.version == 6:
-        return prefix >= 16
+        return prefix >= 16 and not (
+            prefix >= 96 and int(network.network_address) >> 32 == _MAPPED_INT
+        )
     shift = 32 - prefix
     return prefix >= 8 and (int(network.network_address) >> shift) != (_METADATA_INT >> shift)
 

@@ -20,6 +20,7 @@ from sentinel.resolver.upstreamconf import parse_upstream
 
 if TYPE_CHECKING:
     from sentinel.resolver.upstream import Upstream
+    from sentinel.store.events import Event
 
 
 @dataclass
@@ -45,7 +46,13 @@ def resolve_pins(policy: Policy, skip: set[str], applied: dict | None) -> OneSho
     from sentinel.resolver.pins import TYPES, PinManager
 
     upstream = upstream_for(policy)
-    manager = PinManager(policy.dns, upstream, names, lambda _e: None, lambda _p: None)
+    dropped: dict[str, list[str]] = {}  # answers the rebinding filter kept out, per name
+
+    def note(event: Event) -> None:
+        if event.kind == "dns_rebinding" and event.dst_name:
+            dropped.setdefault(event.dst_name, []).extend(event.detail.get("dropped", []))
+
+    manager = PinManager(policy.dns, upstream, names, note, lambda _p: None)
     manager.adopt(applied)
     manager.refresh_all(batch=True)
     manager.expire()
@@ -78,6 +85,12 @@ def resolve_pins(policy: Policy, skip: set[str], applied: dict | None) -> OneSho
                 )
         if not pin.addresses:
             out.missing.append(name)
+    for name, answers in dropped.items():
+        shown = ", ".join(dict.fromkeys(answers))
+        out.warnings.append(
+            f"{name!r}: {len(set(answers))} answer(s) not pinned ({shown}): kept out by the "
+            "DNS rebinding filter (docs/dns.md)"
+        )
     return out
 
 
