@@ -29,7 +29,8 @@ _PORTS = struct.Struct("!HH")
 _V4 = struct.Struct("!H2xHxB2x4s4s")  # from offset 2: total length, fragment, protocol, addresses
 _V6 = struct.Struct("!HB1x16s16s")  # from offset 4: payload length, next header, addresses
 _ntoa = socket.inet_ntoa
-_flow = tuple.__new__  # a Flow from its ten fields, without NamedTuple's Python-level __new__
+_flow = _packet = tuple.__new__  # a Flow (NflogPacket) from all its fields, without NamedTuple's
+# Python-level __new__
 
 
 class NflogPacket(NamedTuple):
@@ -96,7 +97,7 @@ def parse_nflog(body: bytes | memoryview) -> NflogPacket:
     text = prefix.split(b"\0", 1)[0].decode("ascii", "replace") if prefix else ""
     number = int.from_bytes(seq, "big") if seq is not None and len(seq) == 4 else None
     marked = int.from_bytes(mark, "big") if mark is not None and len(mark) == 4 else 0
-    return NflogPacket(family, group, text, payload, number, marked)
+    return _packet(NflogPacket, (family, group, text, payload, number, marked))
 
 
 def parse_ip(packet: bytes) -> Flow:
