@@ -45,10 +45,12 @@ WAIT_LAYERS = frozenset({"netfilter"})  # producers with the kernel's socket buf
 DEFAULT_RETENTION = 7 * 86400.0
 BATCH = 5000  # the most events in one transaction
 LINGER = 0.002  # s: after idling, let a burst gather before committing it
-# s: under load (events queued when a commit ends), at most one commit this often: a commit
-# costs ~1 ms whatever its size, so a flood's batches of ~100 spent half the writer's time
-# there (issue 17); a flood of 10,000/s now commits ~400 at a time
+# s: under load (PACE_FROM or more events queued when a commit ends), at most one commit this
+# often: a commit costs ~1 ms whatever its size, so a flood's batches of ~100 spent half the
+# writer's time there (issue 17); a flood of 10,000/s now commits ~400 at a time. A trickle
+# (a few events queued meanwhile) is committed at once, as before.
 COMMIT_EVERY = 0.04
+PACE_FROM = 64
 IDLE_WAKE = 0.5  # s: the writer's sign of life (watchdog) while nothing arrives
 PRUNE_EVERY = 60.0  # s between pruning rounds once the backlog is gone
 PRUNE_TARGET = 0.005  # s: the length of one prune transaction the chunk size aims for
@@ -224,7 +226,7 @@ class EventStore:
             pruned = self._prune_step()  # at most one chunk between two batches
             if not self._pending and not pruned:
                 self._sleep()
-            elif wrote and len(self._pending) < self.batch:
+            elif wrote and PACE_FROM <= len(self._pending) < self.batch:
                 self._pace(began)
 
     def _pace(self, began: float) -> None:
