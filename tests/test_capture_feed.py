@@ -102,6 +102,35 @@ def test_each_packet_carries_the_event_it_went_to_folded_ones_too(running):
     assert mon.counts["malformed"] == 1
 
 
+def test_a_read_batch_is_offered_as_its_messages_one_by_one(tmp_path):
+    """The monitor's batch path hands the feed a read's messages in one call (`offer_many`):
+    the records a reader gets are the ones `offer` per message gives (seq, event ids)."""
+    batches: list = []
+    policy = SimpleNamespace(nflog_group=1, monitor=MonitorSettings(fold_window=2.0))
+    mon = Monitor(policy, lambda e: pytest.fail("emitted alone"), info=dict)
+    mon.emit_many = batches.append
+    feed = CaptureFeed(mon, tmp_path).start()
+    try:
+        assert mon.tap_many == feed.offer_many
+        records = read_feed(tmp_path, history=False, follow=True, timeout=0.1)
+        next(records)  # admitted
+        bodies = [udp_body(443), udp_body(443), udp_body(444), b"\x02\x00"]
+        mon.handle_many(bodies, time.time())
+        got, deadline = [], time.monotonic() + 10
+        while len(got) < 4 and time.monotonic() < deadline:
+            record = next(records)
+            if record is not None and record.kind == feedmod.PACKET:
+                got.append(record)
+        records.close()
+        (events,) = batches
+        assert [r.event_id for r in got] == [events[0].id, events[0].id, events[1].id, None]
+        assert [r.body for r in got] == bodies and [r.seq for r in got] == [1, 2, 3, 4]
+        assert feed.counts["offered"] == 4 and len(feed.ring) == 4
+    finally:
+        feed.stop()
+    assert mon.tap is None and mon.tap_many is None
+
+
 def test_recent_packets_without_follow_then_end(running):
     mon, events, feed, state = running
     for port in range(1000, 1000 + feedmod.RING + 10):

@@ -117,6 +117,68 @@ def test_fuzzed_messages_never_crash(data):
     assert monitor.counts["messages"] == 2
 
 
+def _walked(body: bytes) -> tuple:
+    """What the message says, by the plain walk over its attributes (the reference)."""
+    from sentinel.detect.packets import NFULA_MARK, iter_tlvs
+
+    attrs = iter_tlvs(body, 4)  # raises Malformed as parse_nflog must
+    if NFULA_PAYLOAD not in attrs:
+        return ("malformed",)
+    family, _version, group = struct.unpack_from("!BBH", body)
+    prefix = attrs.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode("ascii", "replace")
+    seq, mark = attrs.get(NFULA_SEQ), attrs.get(NFULA_MARK)
+    seq = int.from_bytes(seq, "big") if seq is not None and len(seq) == 4 else None
+    mark = int.from_bytes(mark, "big") if mark is not None and len(mark) == 4 else 0
+    return (family, group, prefix, attrs[NFULA_PAYLOAD], seq, mark)
+
+
+def _parsed(body: bytes) -> tuple:
+    from sentinel.enforce.nflog_socket import Malformed
+
+    try:
+        return tuple(parse_nflog(body))
+    except Malformed:
+        return ("malformed",)
+
+
+attribute = st.tuples(
+    st.sampled_from([1, 2, 5, 9, 10, 12, 0x4009, 0x800A, 13]),  # some with the nested bits
+    st.binary(max_size=12),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(attribute, max_size=7), st.lists(attribute, max_size=7), st.binary(max_size=3))
+def test_a_learnt_layout_reads_a_message_as_the_walk_does(first, second, tail):
+    """parse_nflog reads a message whose attribute headers match a layout learnt at that
+    length from where that layout had its values: the result is the walk's, for messages of
+    the same layout (the second read of each), of another layout at the same length, and of
+    broken ones (a truncated tail, a bad length)."""
+    from sentinel.detect import packets
+
+    packets._LAYOUTS.clear()  # learnt afresh: the first message teaches its length's layout
+    head = struct.pack("!BBH", socket.AF_INET, 0, 7)
+    one = head + b"".join(_attr(k, v) for k, v in first) + tail
+    other = head + b"".join(_attr(k, v) for k, v in second)
+    other += b"\0" * max(0, len(one) - len(other))
+    broken = one[:-1] if one[4:] else one + b"\xff"
+    for body in (one, one, other, other[: len(one)], broken, one[:4] + b"\xff\xff" + one[6:]):
+        assert _parsed(body) == _walked(body) if _walks(body) else _parsed(body) == ("malformed",)
+    if _walks(one) and _walked(one) != ("malformed",):  # its second read took the layout
+        assert len(one) in packets._LAYOUTS
+
+
+def _walks(body: bytes) -> bool:
+    from sentinel.detect.packets import iter_tlvs
+    from sentinel.enforce.nflog_socket import Malformed
+
+    try:
+        iter_tlvs(body, 4)
+    except Malformed:
+        return False
+    return len(body) >= 4
+
+
 def test_foreign_prefix_and_sequence_gaps():
     monitor, got = _monitor()
     monitor.handle(nflog(ipv4(6, tcp()), prefix=b"someone-else\0", seq=0), 1.0)

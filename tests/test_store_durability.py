@@ -374,3 +374,36 @@ def test_put_many_waits_and_sheds_as_put_does_and_counts_where(tmp_path, monkeyp
     assert sorted(e.id for e in stored if e.layer == "netfilter") == sorted(e.id for e in sightings)
     assert len(stored) == len({e.id for e in stored}) == 200 + queued_dns
     assert ev.shed_counts(conn, 0, time.time() + 1) == {"dns": 60 - queued_dns}
+
+
+def test_under_load_commits_are_paced_and_a_trickle_is_committed_at_once(tmp_path):
+    """A flood (reads of 200 events every few ms) shares commits: at most one per
+    COMMIT_EVERY while 64 or more events are queued as one ends (an upper bound: a loaded
+    machine only merges more); a lone event is committed without that wait."""
+    from sentinel.store import writer
+
+    store = EventStore(tmp_path / "events.db").start()
+    try:
+        began = time.monotonic()
+        for burst in range(25):
+            store.put_many([_sighting(f"b{burst}-{i}") for i in range(200)])
+            time.sleep(0.005)
+        assert store.flush(60)
+        took = time.monotonic() - began
+        batches = store.stats()["batches"]
+        assert store.stats()["written"] == 5000
+        assert batches <= took / writer.COMMIT_EVERY + 3, (batches, took)
+        time.sleep(0.2)  # idle again
+        put = time.monotonic()
+        store.put(_sighting("alone"))
+        assert store.flush(10) and store.stats()["batches"] == batches + 1
+        assert time.monotonic() - put < 5  # committed, not held for a flood's pace
+    finally:
+        store.stop()
+    with sqlite3.connect(tmp_path / "events.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events WHERE id = 'alone'").fetchone() == (1,)
+
+
+def _sighting(event_id: str) -> Event:
+    return Event(layer="netfilter", kind="egress_attempt", protocol="udp", dst_ip="198.18.5.5",
+                 dst_port=9, family=4, id=event_id)  # fmt: skip

@@ -229,12 +229,10 @@ class AlertDispatcher:
             first = None
         if first is not None:
             now = self.clock()
-            alerts += self.router.route(first, now)
-            for _ in range(10_000 if not final else self._queue.qsize() + 1):
-                try:
-                    alerts += self.router.route(self._queue.get_nowait(), now)
-                except queue.Empty:
-                    break
+            route = self.router.route
+            alerts += route(first, now)
+            for event in self._take(10_000 if not final else self._queue.qsize() + 1):
+                alerts += route(event, now)
         now = self.clock()
         if final:
             still_open = dict(self.router.windows)  # incidents stay open across a restart
@@ -249,6 +247,18 @@ class AlertDispatcher:
             self._save_router(export_state(self.router, still_open))
         elif self._router_sig() != self._saved_sig and time.monotonic() - self._saved_at >= 1.0:
             self._save_router(export_state(self.router))
+
+    def _take(self, limit: int) -> list[Event]:
+        """Up to `limit` queued events, oldest first, under one lock of the queue: what
+        `get_nowait` does for each (~1 us an event in a flood, issue 17), once for all."""
+        q = self._queue
+        with q.mutex:
+            pending = q.queue
+            n = min(limit, len(pending))
+            taken = [pending.popleft() for _ in range(n)]
+            if n:
+                q.not_full.notify(n)
+        return taken
 
     # --- incidents and digests survive restarts (kept in the outbox database) --------------
     def _router_sig(self) -> tuple:

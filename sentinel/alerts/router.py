@@ -95,8 +95,9 @@ class Router:
         self._digest(severity, event, now)
         return []
 
-    def _key(self, event: Event) -> tuple[str, str, str, str]:
-        dest, proc = shapes.event_destination(event), process_of(event)
+    def _key(self, event: Event, dest: str | None = None) -> tuple[str, str, str, str]:
+        """`dest`: the event's destination text, when the caller made it already."""
+        dest, proc = dest or shapes.event_destination(event), process_of(event)
         if event.kind not in EGRESS_KINDS and event.detail.get("component"):
             dest = str(event.detail["component"])  # one incident per supervised part
         return (event.kind if event.kind not in EGRESS_KINDS else "egress", event.layer, proc, dest)
@@ -126,7 +127,8 @@ class Router:
         return [replace(alert, title=redact_text(f"{title}: {message}" if message else title))]
 
     def _immediate(self, event: Event, now: float) -> list[Alert]:
-        key = self._key(event)
+        destination = shapes.event_destination(event)  # made once: the key's and the sample's
+        key = self._key(event, destination)
         dest, proc = key[3], key[2]
         out: list[Alert] = []
         entry = self.windows.get(key)
@@ -143,7 +145,7 @@ class Router:
             entry.total += 1
             entry.last_seen = now
             entry.last_event_id = event.id
-            entry.destinations.add(shapes.event_destination(event))
+            entry.destinations.add(destination)
             self.stats.deduped += 1
             return out
         entry = entry or Window(
@@ -162,7 +164,7 @@ class Router:
             entry.total += 1
             entry.last_event_id = event.id
         entry.started, entry.last_seen, entry.correlation_id = now, now, event.id
-        entry.destinations.add(shapes.event_destination(event))
+        entry.destinations.add(destination)
         if key not in self.windows and key[3] != "*":
             self._per_process[key[:3]] += 1
         self.windows[key] = entry

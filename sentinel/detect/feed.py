@@ -176,6 +176,18 @@ class CaptureFeed:
             for reader in self.readers:
                 reader.offer(item)
 
+    def offer_many(self, items: list[tuple[bytes, float, str | None]]) -> None:
+        """`offer` for the messages of one read, (message, time, event id) each, in order,
+        under one lock (the monitor hands a read's batch, issue 17)."""
+        with self.lock:
+            self.counts["offered"] += len(items)
+            ring, readers = self.ring, self.readers
+            for body, ts, event_id in items:
+                item = (ts, event_id, body)
+                ring.append(item)
+                for reader in readers:
+                    reader.offer(item)
+
     def start(self) -> CaptureFeed:
         if self.monitor is None:
             return self
@@ -184,7 +196,7 @@ class CaptureFeed:
         except OSError as exc:  # a view must never stop enforcement: no feed, said loudly
             log.error("capture_feed_unavailable", socket=str(self.path), error=str(exc))
             return self
-        self.monitor.tap = self.offer
+        self.monitor.tap, self.monitor.tap_many = self.offer, self.offer_many
         self.thread = threading.Thread(target=self._accept_loop, name="capture-accept")
         self.thread.daemon = True
         self.thread.start()
@@ -247,7 +259,7 @@ class CaptureFeed:
     def stop(self) -> None:
         self.stopping.set()
         if self.monitor is not None and getattr(self.monitor, "tap", None) == self.offer:
-            self.monitor.tap = None
+            self.monitor.tap = self.monitor.tap_many = None
         if self.listener is not None:
             self.listener.close()
             self.path.unlink(missing_ok=True)

@@ -22,15 +22,46 @@ CANARY_PREFIX = "canary-"  # verdict prefix for the sentinel's own canary probes
 PREFIX_VERDICT = {"sentinel:deny": "blocked", "sentinel:audit": "audited"}
 
 
-def flow_event(flow: Flow, verdict: str, now: float) -> Event:
-    detail: dict[str, Any] = {}
-    if flow.icmp_type is not None:
-        detail["arp_op" if flow.link == "arp" else "icmp_type"] = flow.icmp_type
-    if flow.link:
-        detail["link_layer"] = flow.link  # logged by the netdev egress table
-    if flow.groups:
-        detail["records"], detail["groups"] = flow.groups[0], list(flow.groups[1])
+def flow_event(flow: Flow, verdict: str, now: float, event_id: str | None = None) -> Event:
+    """The event of a flow's first packet (seen at `now`), with a new id unless given."""
+    if flow.icmp_type is None and not flow.link and not flow.groups:
+        detail: dict[str, Any] = {}  # an address and ports only: the flood's case
+    else:
+        detail = {}
+        if flow.icmp_type is not None:
+            detail["arp_op" if flow.link == "arp" else "icmp_type"] = flow.icmp_type
+        if flow.link:
+            detail["link_layer"] = flow.link  # logged by the netdev egress table
+        if flow.groups:
+            detail["records"], detail["groups"] = flow.groups[0], list(flow.groups[1])
     canary = verdict.startswith(CANARY_PREFIX)  # our own probe: recorded, never an attempt
+    if _FIELDS_IN_ORDER:  # every field, in the dataclass' order: the state as __init__ sets it
+        event = _new(Event)
+        _setattr(
+            event,
+            "__dict__",
+            {
+                "layer": "canary" if canary else "netfilter",
+                "kind": "canary_probe" if canary else "egress_attempt",
+                "verdict": verdict[_CANARY_CUT:] if canary else verdict,
+                "protocol": flow.protocol,
+                "dst_ip": flow.dst_ip,
+                "dst_port": flow.dst_port,
+                "dst_name": None,
+                "packets": 1,
+                "pid": None,
+                "exe": None,
+                "stack": None,
+                "detail": detail,
+                "ts": now,
+                "id": event_id or new_id(),  # not uuid4: no system call per attempt
+                "family": flow.family,
+                "src_ip": flow.src_ip,
+                "src_port": flow.src_port,
+                "last_ts": None,
+            },
+        )
+        return event
     return sighting(
         {
             "layer": "canary" if canary else "netfilter",
@@ -44,7 +75,7 @@ def flow_event(flow: Flow, verdict: str, now: float) -> Event:
             "src_port": flow.src_port,
             "detail": detail,
             "ts": now,
-            "id": new_id(),  # not uuid4: no system call per attempt (sentinel.ids)
+            "id": event_id or new_id(),  # not uuid4: no system call per attempt (sentinel.ids)
         }
     )
 
@@ -71,6 +102,12 @@ def _defaults() -> dict[str, Any] | None:
 _DEFAULTS = _defaults()
 _new = object.__new__
 _setattr = object.__setattr__
+_CANARY_CUT = len(CANARY_PREFIX)
+# the fields `flow_event` writes out in full, in this order; any other Event takes `sighting`
+_FIELDS_IN_ORDER = _DEFAULTS is not None and tuple(_DEFAULTS) == (
+    "layer", "kind", "verdict", "protocol", "dst_ip", "dst_port", "dst_name", "packets", "pid",
+    "exe", "stack", "detail", "ts", "id", "family", "src_ip", "src_port", "last_ts",
+)  # fmt: skip
 
 
 def sighting(values: dict[str, Any]) -> Event:
@@ -90,15 +127,17 @@ def sighting(values: dict[str, Any]) -> Event:
 class Folder:
     """Folds packets of one flow seen within `window` seconds of each other into one event.
 
-    An open flow is kept as plain tuples (last packet time, packets, the event's field values
-    with its detail as items), not as objects: the garbage collector stops tracking such
-    tuples, and a flood keeps `window` x rate flows open (20,000 at 10,000 attempts/s), which
-    as objects it rescanned in every collection (~15% of the monitor's time, issue 17). Least
-    recently seen first, as `sentinel.folding.OpenItems` (the resolver's folding) keeps them."""
+    An open flow is kept as plain tuples (last packet time, packets, the event's id and time;
+    the rest of the event follows from the key, the flow and verdict), not as objects: the
+    garbage collector stops tracking such tuples, and a flood keeps `window` x rate flows open
+    (20,000 at 10,000 attempts/s), which as objects it rescanned in every collection (~15% of
+    the monitor's time, issue 17). Least recently seen first, as `sentinel.folding.OpenItems`
+    (the resolver's folding) keeps them."""
 
     def __init__(self, window: float, max_flows: int = 200_000) -> None:
         self.window, self.max_flows = window, max_flows
-        self._open: OrderedDict[tuple, tuple[float, int, tuple]] = OrderedDict()  # flow + verdict
+        # flow + verdict -> (last packet time, packets, event id, event time)
+        self._open: OrderedDict[tuple, tuple[float, int, str, float]] = OrderedDict()
 
     def feed(self, flow: Flow, verdict: str, now: float) -> tuple[Event | None, list[Event]]:
         """(new event or None when folded, updates for flows pushed out by the size cap)."""
@@ -106,14 +145,16 @@ class Folder:
         items = self._open
         current = items.get(key)
         if current is not None and now - current[0] <= self.window:
-            items[key] = (now, current[1] + 1, current[2])
+            items[key] = (now, current[1] + 1, current[2], current[3])
             items.move_to_end(key)
             return None, []
         event = flow_event(flow, verdict, now)
-        closed = [items.pop(key)] if current is not None else []
-        items[key] = (now, 1, _values(event))
+        closed = [(key, items.pop(key))] if current is not None else []
+        items[key] = (now, 1, event.id, now)
         while len(items) > self.max_flows:
-            closed.append(items.popitem(last=False)[1])
+            closed.append(items.popitem(last=False))
+        if not closed:
+            return event, closed
         return event, [u for u in map(_update, closed) if u is not None]
 
     def expire(self, now: float, everything: bool = False) -> list[Event]:
@@ -125,7 +166,7 @@ class Folder:
             if not everything and now - current[0] <= self.window:
                 break
             del items[key]
-            closed.append(current)
+            closed.append((key, current))
         return [u for u in map(_update, closed) if u is not None]
 
     def __len__(self) -> int:
@@ -134,24 +175,19 @@ class Folder:
     def event_id(self, flow: Flow, verdict: str) -> str | None:
         """The id of the open event a packet of this flow was folded into."""
         current = self._open.get(flow + (verdict,))
-        return current[2][_ID] if current is not None else None
+        return current[2] if current is not None else None
 
 
-_NAMES = tuple(f.name for f in fields(Event))  # the order of an event's `vars`
-_ID, _DETAIL = _NAMES.index("id"), _NAMES.index("detail")
+_flow = tuple.__new__
 
 
-def _values(event: Event) -> tuple:
-    values = list(vars(event).values())
-    values[_DETAIL] = tuple(values[_DETAIL].items())
-    return tuple(values)
-
-
-def _update(current: tuple[float, int, tuple]) -> Event | None:
-    """The event of a flow that closed with more than one packet: its count and last time."""
-    last, packets, values = current
+def _update(item: tuple[tuple, tuple[float, int, str, float]]) -> Event | None:
+    """The event of a flow that closed with more than one packet: the event its first packet
+    made (the same id and time), with the count and the last packet's time."""
+    key, (last, packets, event_id, ts) = item
     if packets == 1:
         return None
-    state = dict(zip(_NAMES, values, strict=True))
-    state.update(detail=dict(state["detail"]), packets=packets, last_ts=last)
+    event = flow_event(_flow(Flow, key[:-1]), key[-1], ts, event_id)
+    state = dict(vars(event))
+    state.update(packets=packets, last_ts=last)
     return sighting(state)

@@ -90,6 +90,8 @@ class Monitor:
         self.started_at = 0.0
         # the capture feed (detect/feed.py): (message, time, event id or None), never blocks
         self.tap: Callable[[bytes, float, str | None], None] | None = None
+        # its batch form, set and cleared with it: a read's (message, time, event id) triples
+        self.tap_many: Callable[[list[tuple[bytes, float, str | None]]], None] | None = None
 
     def start(self) -> Monitor:
         """Binds the group (raises OSError if that fails) and starts the reader thread."""
@@ -180,10 +182,15 @@ class Monitor:
                 self.handle(body, now)
             return
         out: list[Event] = []
-        for body in bodies:
-            event_id = self._handle(body, now, out)
-            if self.tap is not None:
-                self.tap(body, now, event_id)
+        tap, tap_many = self.tap, self.tap_many
+        if tap is None:
+            for body in bodies:
+                self._handle(body, now, out)
+        elif tap_many is None:
+            for body in bodies:
+                tap(body, now, self._handle(body, now, out))
+        else:
+            tap_many([(body, now, self._handle(body, now, out)) for body in bodies])
         if out:
             self.emit_many(out)
 

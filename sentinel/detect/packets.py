@@ -29,7 +29,8 @@ _PORTS = struct.Struct("!HH")
 _V4 = struct.Struct("!H2xHxB2x4s4s")  # from offset 2: total length, fragment, protocol, addresses
 _V6 = struct.Struct("!HB1x16s16s")  # from offset 4: payload length, next header, addresses
 _ntoa = socket.inet_ntoa
-_flow = tuple.__new__  # a Flow from its ten fields, without NamedTuple's Python-level __new__
+_flow = _packet = tuple.__new__  # a Flow (NflogPacket) from all its fields, without NamedTuple's
+# Python-level __new__
 
 
 class NflogPacket(NamedTuple):
@@ -70,33 +71,85 @@ def iter_tlvs(data: bytes | memoryview, offset: int = 0) -> dict[int, bytes]:
 def parse_nflog(body: bytes | memoryview) -> NflogPacket:
     """An nfgenmsg header (family, version, big-endian group) followed by TLVs; every
     attribute's length is checked, only payload, prefix, sequence number and mark are kept
-    (the last of each, as `iter_tlvs` would)."""
+    (the last of each, as `iter_tlvs` would).
+
+    The kernel writes one group's messages with the same attributes in the same order, so a
+    message of a length seen before usually has the same layout: all its attribute headers are
+    then read by one precompiled struct and compared with that layout's (`_Layout`); only when
+    they are the same are its values taken from where that layout had them, which is what the
+    walk over the attributes would give for such a message. Anything else is walked."""
     end = len(body)
     if end < 4:
         raise Malformed("short nfgenmsg")
+    layout = _LAYOUTS.get(end)
+    if layout is not None and layout.heads.unpack_from(body, 0) == layout.expected:
+        family, _version, group = _GENMSG.unpack_from(body, 0)
+        payload = bytes(body[layout.payload[0] : layout.payload[1]])
+        prefix = layout.prefix and body[layout.prefix[0] : layout.prefix[1]]
+        seq = layout.seq and body[layout.seq[0] : layout.seq[1]]
+        mark = layout.mark and body[layout.mark[0] : layout.mark[1]]
+    else:
+        family, group, payload, prefix, seq, mark = _walk(body, end)
+    text = _prefix_text(prefix) if prefix else ""
+    number = int.from_bytes(seq, "big") if seq is not None and len(seq) == 4 else None
+    marked = int.from_bytes(mark, "big") if mark is not None and len(mark) == 4 else 0
+    return _packet(NflogPacket, (family, group, text, payload, number, marked))
+
+
+class _Layout(NamedTuple):
+    heads: struct.Struct  # every attribute header (length, type) of the message, in one read
+    expected: tuple[int, ...]  # what they were in the message this layout was learnt from
+    payload: tuple[int, int]  # (start, end) of the last payload attribute's value
+    prefix: tuple[int, int] | None
+    seq: tuple[int, int] | None
+    mark: tuple[int, int] | None
+
+
+_LAYOUTS: dict[int, _Layout] = {}  # message length -> the layout last learnt at that length
+_MAX_LAYOUTS = 64
+_PREFIXES: dict[bytes, str] = {}  # a prefix attribute's bytes -> its text
+_KEPT = {NFULA_PAYLOAD: 0, NFULA_PREFIX: 1, NFULA_SEQ: 2, NFULA_MARK: 3}
+
+
+def _walk(body: bytes | memoryview, end: int) -> tuple:
+    """The walk over every attribute; learns the message's layout for `parse_nflog`."""
     family, _version, group = _GENMSG.unpack_from(body, 0)
-    payload = prefix = seq = mark = None
+    spans: list[tuple[int, int] | None] = [None, None, None, None]
+    heads: list[tuple[int, int, int]] = []  # (offset, length, raw type)
     offset = 4
     while offset + 4 <= end:
         length, kind = _TLV.unpack_from(body, offset)
         if length < 4 or offset + length > end:
             raise Malformed(f"attribute length {length} at offset {offset}")
-        kind &= 0x3FFF
-        if kind == NFULA_PAYLOAD:
-            payload = bytes(body[offset + 4 : offset + length])
-        elif kind == NFULA_PREFIX:
-            prefix = bytes(body[offset + 4 : offset + length])
-        elif kind == NFULA_SEQ:
-            seq = body[offset + 4 : offset + length]
-        elif kind == NFULA_MARK:
-            mark = body[offset + 4 : offset + length]
+        heads.append((offset, length, kind))
+        at = _KEPT.get(kind & 0x3FFF)
+        if at is not None:
+            spans[at] = (offset + 4, offset + length)
         offset += (length + 3) & ~3
+    payload, prefix, seq, mark = (
+        None if span is None else body[span[0] : span[1]] for span in spans
+    )
     if payload is None:
         raise Malformed("no payload attribute")
-    text = prefix.split(b"\0", 1)[0].decode("ascii", "replace") if prefix else ""
-    number = int.from_bytes(seq, "big") if seq is not None and len(seq) == 4 else None
-    marked = int.from_bytes(mark, "big") if mark is not None and len(mark) == 4 else 0
-    return NflogPacket(family, group, text, payload, number, marked)
+    if end not in _LAYOUTS and len(_LAYOUTS) < _MAX_LAYOUTS:
+        fmt, at = "=", 0
+        for head_at, _length, _kind in heads:
+            fmt += f"{head_at - at}xHH"
+            at = head_at + 4
+        expected = tuple(v for _at, length, kind in heads for v in (length, kind))
+        _LAYOUTS[end] = _Layout(struct.Struct(fmt), expected, spans[0], *spans[1:])  # type: ignore[arg-type]
+    return family, group, bytes(payload), prefix, seq, mark
+
+
+def _prefix_text(raw: bytes | memoryview) -> str:
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    text = _PREFIXES.get(raw)
+    if text is None:
+        text = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+        if len(_PREFIXES) < _MAX_LAYOUTS:
+            _PREFIXES[raw] = text
+    return text
 
 
 def parse_ip(packet: bytes) -> Flow:

@@ -9,7 +9,8 @@ most `PRUNE_RATE` rows/s, so the WAL checkpoints keep up):
 pruning a large backlog never holds new events up for much longer than one chunk.
 
 Durability bound: an event is committed (in the WAL, surviving the process being killed)
-within `linger` + one batch commit of `put()` returning True, while the writer keeps up.
+within `linger` (idle) or `COMMIT_EVERY` (under load) + one batch commit of `put()` returning
+True, while the writer keeps up.
 `flush()` waits for everything put so far; `stop()` (the daemon's shutdown, SIGTERM) flushes
 and then writes whatever else was queued. Kernel sightings (layer `netfilter`) meeting a full
 queue wait up to `PUT_WAIT` for room: the monitor then reads the NFLOG socket later, and the
@@ -44,6 +45,12 @@ WAIT_LAYERS = frozenset({"netfilter"})  # producers with the kernel's socket buf
 DEFAULT_RETENTION = 7 * 86400.0
 BATCH = 5000  # the most events in one transaction
 LINGER = 0.002  # s: after idling, let a burst gather before committing it
+# s: under load (PACE_FROM or more events queued when a commit ends), at most one commit this
+# often: a commit costs ~1 ms whatever its size, so a flood's batches of ~100 spent half the
+# writer's time there (issue 17); a flood of 10,000/s now commits ~400 at a time. A trickle
+# (a few events queued meanwhile) is committed at once, as before.
+COMMIT_EVERY = 0.04
+PACE_FROM = 64
 IDLE_WAKE = 0.5  # s: the writer's sign of life (watchdog) while nothing arrives
 PRUNE_EVERY = 60.0  # s between pruning rounds once the backlog is gone
 PRUNE_TARGET = 0.005  # s: the length of one prune transaction the chunk size aims for
@@ -210,8 +217,8 @@ class EventStore:
     # --- the writer thread ------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            self.last_loop = time.monotonic()  # the watchdog's sign of life
-            self._write_batch()
+            self.last_loop = began = time.monotonic()  # the watchdog's sign of life
+            wrote = self._write_batch()
             if self._stopping and not self._pending:
                 return
             if self._checkpointer.top_up:
@@ -219,6 +226,16 @@ class EventStore:
             pruned = self._prune_step()  # at most one chunk between two batches
             if not self._pending and not pruned:
                 self._sleep()
+            elif wrote and PACE_FROM <= len(self._pending) < self.batch:
+                self._pace(began)
+
+    def _pace(self, began: float) -> None:
+        """Under load: the next commit no sooner than COMMIT_EVERY after the last one began,
+        so the events arriving meanwhile share it; `flush()` and `stop()` end the wait."""
+        left = began + COMMIT_EVERY - time.monotonic()
+        if left > 0 and not self._stopping:
+            self._wake.wait(left)
+            self._wake.clear()
 
     def _sleep(self) -> None:
         self._idle = True
@@ -233,7 +250,8 @@ class EventStore:
         for _ in range(len(self._pending) // max(self.batch, 1) + 2):  # bounded
             self._write_batch()
 
-    def _write_batch(self) -> None:
+    def _write_batch(self) -> int:
+        """One transaction of what is queued (up to `batch`); how many events it took."""
         with self._write_lock:
             with self._lock:
                 pending = self._pending
@@ -247,7 +265,7 @@ class EventStore:
                 lost, self._lost = self._lost, 0
                 accepted = self._counts["put"]
             if not events and not shed:
-                return
+                return 0
             settled = self._settled + n + lost  # if this transaction commits
 
             def counts(conn: sqlite3.Connection) -> None:
@@ -268,6 +286,7 @@ class EventStore:
                 with self._done_changed:
                     self._done += n
                     self._done_changed.notify_all()
+            return n
 
     def _lost_batch(
         self, events: list[Event], shed: dict[str, int], lost: int, exc: Exception
