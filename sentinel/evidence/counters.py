@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import compress
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.errors import SentinelError
 from sentinel.evidence.window import Window, iso
-from sentinel.store.events import Event
+
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 MAX_NETFLOW = 100  # set entries listed in the netflow; the summary counts every entry
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sentinel.store.events import Event
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 MAX_INTERVAL = 60.0  # the most a heartbeat may claim (the receiver clamps the same way)
 T = TypeVar("T")
@@ -127,13 +128,21 @@ def _intervals(run: list[Event]) -> list[float]:
 
 def _clamped(run: list[Event], claims: list[float] | None = None) -> list[Event]:
     """The beats with their claimed intervals clamped (a copy; the stored events stay)."""
-    from dataclasses import replace
-
     out = []
     for b, value in zip(run, _intervals(run) if claims is None else claims, strict=True):
-        out.append(b if b.detail.get("interval") == value else replace(
-            b, detail={**b.detail, "interval": value}))  # fmt: skip
+        out.append(b if b.detail.get("interval") == value else _with_detail(
+            b, {**b.detail, "interval": value}))  # fmt: skip
     return out
+
+
+def _with_detail(beat: Event, detail: dict) -> Event:
+    """A copy with another detail: of a storeview.Beat (a NamedTuple, what the report reads)
+    or of an Event (tests, tools)."""
+    if hasattr(beat, "_replace"):
+        return beat._replace(detail=detail)
+    from dataclasses import replace
+
+    return replace(beat, detail=detail)
 
 
 def _dropped(run: list[Event], earlier: list[Event]) -> int:

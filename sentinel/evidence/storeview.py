@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from sentinel.store import events as ev
-from sentinel.store.events import Event
 from sentinel.store.kinds import ATTEMPT_KINDS, ATTEMPT_LAYERS
+from sentinel.store.schema import shed_counts
 
 ALL_TIME = (float("-inf"), float("inf"))
 
@@ -45,11 +44,9 @@ BOOKKEEPING = (
     "canary_escaped",
 )
 
-COLUMNS = ", ".join(ev.COLUMNS)
 
-
-@dataclass(frozen=True)
-class Scope:
+# NamedTuples, not dataclasses: the report's imports hold no dataclasses (nor the Event model)
+class Scope(NamedTuple):
     conn: sqlite3.Connection
     lo: float
     hi: float
@@ -58,8 +55,7 @@ class Scope:
         return (self.lo, self.hi)
 
 
-@dataclass(frozen=True, slots=True)
-class Beat:
+class Beat(NamedTuple):
     """A bookkeeping event as the report reads it: the fields it uses, the detail keys it
     uses (a day of heartbeats is tens of thousands of rows)."""
 
@@ -149,17 +145,28 @@ def bookkeeping(scope: Scope) -> list[Beat]:
     return out
 
 
-def readings(scope: Scope, since: float, until: float) -> Iterator[Event]:
+class Reading(NamedTuple):
+    """A kernel counter reading as the report reads it: its time and its detail."""
+
+    ts: float
+    detail: dict
+
+
+def readings(scope: Scope, since: float, until: float) -> Iterator[Reading]:
     """Kernel counter readings: the last one before `since` (the baseline), then those in
     [since, until] inside the scope, one at a time (each may hold one entry per set member)."""
     conn = scope.conn
-    sql = f"SELECT {COLUMNS} FROM events WHERE kind = 'kernel_counters'"
+    sql = "SELECT ts, detail FROM events WHERE kind = 'kernel_counters'"
     row = conn.execute(sql + " AND ts < ? ORDER BY ts DESC, rowid DESC LIMIT 1", (since,))
-    yield from (ev._event(r) for r in row.fetchall())
+    yield from (_reading(*r) for r in row.fetchall())
     inside = " AND ts >= ? AND ts <= ? AND ts >= ? AND ts < ? ORDER BY ts, rowid"
     for r in conn.execute(sql + inside, (since, until, *scope.args())):
-        yield ev._event(r)
+        yield _reading(*r)
+
+
+def _reading(ts: float, detail: str | None) -> Reading:
+    return Reading(ts, json.loads(detail) if detail and detail != "{}" else {})
 
 
 def shed(scope: Scope, since: float, until: float) -> dict[str, int]:
-    return ev.shed_counts(scope.conn, since, until)
+    return shed_counts(scope.conn, since, until)

@@ -11,13 +11,12 @@ event is not an attempt of its own.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.evidence.attempts import Joins
 from sentinel.evidence.storeview import ATTEMPT_SQL, Scope
 from sentinel.evidence.window import iso
-from sentinel.store.events import destination_text
+from sentinel.store.destination import destination_text
 from sentinel.store.kinds import is_attempt
 
 MAX_DESTINATIONS = 1000  # destinations listed; attempts_total and the other counts stay whole
@@ -98,17 +97,19 @@ class Destination:
         }
 
 
-@dataclass
 class Tally:
-    total: int = 0
-    layers: Counter = field(default_factory=Counter)
-    protocols: Counter = field(default_factory=Counter)
-    external: int = 0
-    blocked: int = 0
-    external_10m: int = 0
-    blocked_10m: int = 0
-    stored: Counter = field(default_factory=Counter)  # NFLOG packets stored, ipv4/ipv6
-    dests: dict[str, Destination] = field(default_factory=dict)
+    """The window's counts (a plain class: the report imports no dataclasses)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.layers: Counter = Counter()
+        self.protocols: Counter = Counter()
+        self.external = 0
+        self.blocked = 0
+        self.external_10m = 0
+        self.blocked_10m = 0
+        self.stored: Counter = Counter()  # NFLOG packets stored, ipv4/ipv6
+        self.dests: dict[str, Destination] = {}
 
     def add(self, layer, verdict, protocol, name, ip, port, n, packets, first, last, n10,
             joined: bool = False) -> None:  # fmt: skip

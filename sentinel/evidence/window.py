@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sentinel.durations import parse_duration
 from sentinel.errors import BadInput
@@ -13,8 +12,7 @@ from sentinel.errors import BadInput
 TEN_MINUTES = 600.0
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):  # a NamedTuple, not a dataclass: the report imports no dataclasses
     since: float
     until: float
 

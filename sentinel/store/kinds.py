@@ -9,13 +9,12 @@ fails when the two differ). A producer that emits a kind missing here fails its 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 P1, P2, P3 = "P1", "P2", "P3"
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):  # not a dataclass: the report imports this, and no dataclasses
     name: str
     layers: tuple[str, ...]
     severity: str | None  # None: never alerts (recorded only)
