@@ -11,9 +11,8 @@ connection: the report never changes the store.
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections import namedtuple
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from sentinel.store.kinds import ATTEMPT_KINDS, ATTEMPT_LAYERS
 from sentinel.store.schema import shed_counts
@@ -45,30 +44,21 @@ BOOKKEEPING = (
 )
 
 
-# NamedTuples, not dataclasses: the report's imports hold no dataclasses (nor the Event model)
-class Scope(NamedTuple):
-    conn: sqlite3.Connection
-    lo: float
-    hi: float
+# named tuples, not dataclasses: the report's imports hold no dataclasses (nor the Event
+# model, nor typing.NamedTuple's forward refs)
+class Scope(namedtuple("Scope", "conn lo hi")):
+    """conn: sqlite3.Connection; lo <= ts < hi."""
+
+    __slots__ = ()
 
     def args(self) -> tuple[float, float]:
         return (self.lo, self.hi)
 
 
-class Beat(NamedTuple):
-    """A bookkeeping event as the report reads it: the fields it uses, the detail keys it
-    uses (a day of heartbeats is tens of thousands of rows)."""
-
-    layer: str
-    kind: str
-    verdict: str
-    protocol: str | None
-    dst_ip: str | None
-    dst_port: int | None
-    pid: int | None
-    exe: str | None
-    detail: dict
-    ts: float
+# A bookkeeping event as the report reads it: the fields it uses, the detail keys it uses
+# (a day of heartbeats is tens of thousands of rows). Event's types: text or None, ints or
+# None, detail a dict, ts a float.
+Beat = namedtuple("Beat", "layer kind verdict protocol dst_ip dst_port pid exe detail ts")
 
 
 # detail keys the report reads, per kind (other kinds keep their whole detail: they are rare)
@@ -145,11 +135,7 @@ def bookkeeping(scope: Scope) -> list[Beat]:
     return out
 
 
-class Reading(NamedTuple):
-    """A kernel counter reading as the report reads it: its time and its detail."""
-
-    ts: float
-    detail: dict
+Reading = namedtuple("Reading", "ts detail")  # a kernel counter reading: its time, its detail
 
 
 def readings(scope: Scope, since: float, until: float) -> Iterator[Reading]:
