@@ -157,8 +157,9 @@ STORE_SIDE = (
     "secrets",
     "hmac",
 )
-# the kernel reads run their tools without the subprocess module (enforce/toolrun.py)
-TOOLS_SIDE = ("subprocess", "signal", "locale")
+# the kernel reads run their tools without the subprocess module (enforce/toolrun.py) and hash
+# with CPython's own SHA-256, without loading OpenSSL through hashlib (kernelstate._sha256)
+TOOLS_SIDE = ("subprocess", "signal", "locale", "hashlib", "_hashlib")
 LOADED = (  # argv[1]: the modules to look for when the command exits
     "import atexit, sys; absent = sys.argv.pop(1).split(','); atexit.register(lambda: "
     "sys.stderr.write('LOADED %r\\n' % sorted(m for m in absent if m in sys.modules))); "
