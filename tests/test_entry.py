@@ -139,6 +139,27 @@ APPLY_SIDE = (
     "sentinel.enforce.ipsetload",
 )
 ALERTS_SIDE = ("sentinel.alerts.outbox", "sentinel.alerts.model", "sentinel.lazylog")
+# what the report reads without: the Event model and the store's writer side (store/events.py
+# re-exports them), dataclasses and what they pull in, uuid (platform), secrets (hmac)
+STORE_SIDE = (
+    "sentinel.store.events",
+    "sentinel.store.model",
+    "sentinel.store.writer",
+    "sentinel.store.sessions",
+    "sentinel.store.checkpoint",
+    "sentinel.store.rows",
+    "sentinel.store.reads",
+    "dataclasses",
+    "inspect",
+    "ast",
+    "uuid",
+    "platform",
+    "secrets",
+    "hmac",
+)
+# the kernel reads run their tools without the subprocess module (enforce/toolrun.py) and hash
+# with CPython's own SHA-256, without loading OpenSSL through hashlib (kernelstate._sha256)
+TOOLS_SIDE = ("subprocess", "signal", "locale", "hashlib", "_hashlib")
 LOADED = (  # argv[1]: the modules to look for when the command exits
     "import atexit, sys; absent = sys.argv.pop(1).split(','); atexit.register(lambda: "
     "sys.stderr.write('LOADED %r\\n' % sorted(m for m in absent if m in sys.modules))); "
@@ -151,9 +172,12 @@ LOADED = (  # argv[1]: the modules to look for when the command exits
     [
         (
             ("status",),
-            (*HEAVY, *APPLY_SIDE, "sqlite3", "sentinel.store.events", "dataclasses", "inspect"),
+            (*HEAVY, *APPLY_SIDE, *STORE_SIDE, *TOOLS_SIDE, "sqlite3"),
         ),
-        (("report", "--last", "10m"), (*HEAVY, *APPLY_SIDE, *ALERTS_SIDE)),
+        (
+            ("report", "--last", "10m"),
+            (*HEAVY, *APPLY_SIDE, *ALERTS_SIDE, *STORE_SIDE, *TOOLS_SIDE),
+        ),
     ],
 )
 def test_status_and_report_run_without_the_daemons_imports(topo, tmp_path, args, absent):

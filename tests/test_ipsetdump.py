@@ -164,3 +164,28 @@ def test_read_keeps_ours_and_declines_what_it_cannot_read_exactly(monkeypatch):
 
     monkeypatch.setattr(ipsetdump, "_dump", refused)
     assert ipsetdump.read() is None
+
+
+def test_idle_chunks_read_zero_and_any_counter_word_makes_a_chunk_decoded():
+    """A chunk whose entries all read 0 is not decoded (`_idle`); a single non-zero byte in
+    any word of any entry's BYTES or PACKETS is read exactly, in either family."""
+    for family, base, full in ((4, "198.18.0.", 32), (6, "2001:db8::", 128)):
+        addrs = [f"{base}{i}" for i in range(1, 6)]
+        idle = b"".join(entry(a, full, 443, 6, 0, 0) for a in addrs)
+        names = [f"{a},tcp:443" for a in addrs]
+        assert ipsetdump._idle(idle, family)
+        out, counters = [], ipsetdump.Counters()
+        assert ipsetdump._entries(idle, family, "s", out, counters) and out == names
+        assert dict(counters) == {("s", e): (0, 0) for e in names}
+        assert counters.by_entry() == dict.fromkeys(names, (0, 0))
+        for at in (0, 2, 4):
+            for packets, nbytes in ((1, 0), (0, 1), (2**32, 0), (0, 2**40), (2**63, 2**64 - 1)):
+                pbs = [(packets, nbytes) if i == at else (0, 0) for i in range(5)]
+                adt = b"".join(
+                    entry(a, full, 443, 6, *pb) for a, pb in zip(addrs, pbs, strict=True)
+                )
+                assert not ipsetdump._idle(adt, family)
+                counters = ipsetdump.Counters()
+                assert ipsetdump._entries(adt, family, "s", [], counters)
+                assert counters.by_entry() == dict(zip(names, pbs, strict=True))
+                assert dict(counters) == {("s", e): pb for e, pb in zip(names, pbs, strict=True)}

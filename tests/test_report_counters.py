@@ -63,9 +63,15 @@ def dumped(sets: dict[str, list[int]]) -> ipsetdump.Counters:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(reading, min_size=1, max_size=5), st.booleans(), st.booleans(), st.booleans())
+@given(
+    st.lists(reading, min_size=1, max_size=5),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, 1, 2]),
+)
 def test_growth_and_netflow_are_the_plain_definitions(
-    readings, in_window_baseline, with_kernel, from_dump
+    readings, in_window_baseline, with_kernel, from_dump, sorted_sets
 ):
     start = 1000.0
     snaps = [
@@ -89,6 +95,10 @@ def test_growth_and_netflow_are_the_plain_definitions(
         assert dict(kernel["set_counters"]) == {
             ("sentinel-allow4", e): tuple(pb) for e, pb in kernel_sets.items()
         }
+    if sorted_sets:  # the kernel's sets, sorted (kernel_facts), split in one or two sets
+        ordered = sorted(kernel_sets)
+        cut = len(ordered) // 2 if sorted_sets == 2 else len(ordered)
+        kernel["set_entries"] = [tuple(ordered[: cut + 1]), tuple(ordered[cut:])]  # one in both
     applied = {"applied_at": 0.5}
     series = [r for r, s in zip(readings, snaps, strict=True) if s.ts >= window.since]
     before = [r for r, s in zip(readings, snaps, strict=True) if s.ts < window.since][-1:]

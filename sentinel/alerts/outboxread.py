@@ -44,7 +44,7 @@ def read_summary(state_dir: str | Path) -> dict[str, dict[str, int]]:
     Read-only (`mode=ro`): nothing is created, migrated or set aside. A damaged outbox raises
     a SentinelError with exit code 2 naming the file; the file stays as it is."""
     from sentinel.errors import EXIT_BAD_INPUT
-    from sentinel.store.events import readonly_uri
+    from sentinel.store.schema import readonly_uri
 
     path = Path(state_dir) / FILENAME
     if not path.exists():

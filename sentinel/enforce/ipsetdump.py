@@ -67,9 +67,16 @@ def _layout(family: int) -> tuple[struct.Struct, re.Pattern[bytes]]:
 
 
 _LAYOUT = {4: _layout(4), 6: _layout(6)}
+# the same entries' address, and the 17 bytes from PORT to PROTO (their headers and padding
+# fixed by the layout's pattern, so equal bytes are an equal "/CIDR,PROTO:PORT")
+_FIELDS = {family: struct.Struct(f">12x{width}s4x17s27x") for family, width in ((4, 4), (6, 16))}
 # the same entries' BYTES and PACKETS alone (the 40 + address bytes before them skipped)
 _COUNTS = {family: struct.Struct(f">{40 + width}xQ4xQ") for family, width in ((4, 4), (6, 16))}
-assert all(_COUNTS[f].size == _LAYOUT[f][0].size for f in (4, 6))
+# ... and as 32-bit words: an entry's index in words, and where its BYTES and PACKETS are
+_WORDS = {4: (16, (11, 12, 14, 15)), 6: (19, (14, 15, 17, 18))}
+assert all(f.size == _COUNTS[f_].size == _LAYOUT[f_][0].size for f_, f in _FIELDS.items())
+assert all(_WORDS[f][0] * 4 == _COUNTS[f].size for f in (4, 6))
+_IDLE = (0, 0)  # (packets, bytes) of every entry without traffic: one tuple shared
 
 
 class Counters(Mapping):
@@ -87,17 +94,26 @@ class Counters(Mapping):
     def add(self, name: str, family: int, adt: bytes, entries: list[str]) -> None:
         self._chunks.append((name, family, adt, entries))
 
-    def _columns(self) -> Iterator[tuple[str, list[str], Iterable[tuple[int, int]]]]:
+    def _columns(self) -> Iterator[tuple[str, list[str], Iterable[tuple[int, int]] | None]]:
+        """(set, entries, their (packets, bytes)), None for a chunk whose entries all read 0
+        (an idle allowlist: no pair is decoded or made for it)."""
         for name, family, adt, entries in self._chunks:
-            if entries:
-                nbytes, packets = zip(*_COUNTS[family].iter_unpack(adt), strict=True)
-                yield name, entries, zip(packets, nbytes, strict=True)
+            if not entries:
+                continue
+            if _idle(adt, family):
+                yield name, entries, None
+                continue
+            nbytes, packets = zip(*_COUNTS[family].iter_unpack(adt), strict=True)
+            yield name, entries, zip(packets, nbytes, strict=True)
 
     def _dict(self) -> dict[tuple[str, str], tuple[int, int]]:
         if self._built is None:
             built: dict[tuple[str, str], tuple[int, int]] = {}
             for name, entries, counts in self._columns():
-                built.update(zip(zip(repeat(name), entries, strict=False), counts, strict=True))
+                keys = zip(repeat(name), entries, strict=False)
+                built.update(
+                    dict.fromkeys(keys, _IDLE) if counts is None else zip(keys, counts, strict=True)
+                )
             self._built = built
         return self._built
 
@@ -107,7 +123,11 @@ class Counters(Mapping):
         if self._by_entry is None:
             out: dict[str, tuple[int, int]] = {}
             for _name, entries, counts in self._columns():
-                out.update(zip(entries, counts, strict=True))
+                out.update(
+                    dict.fromkeys(entries, _IDLE)
+                    if counts is None
+                    else zip(entries, counts, strict=True)
+                )
             self._by_entry = out
         return self._by_entry
 
@@ -160,22 +180,40 @@ def _entries(
 ) -> bool:
     """Append one chunk's entries to `out` (its counters to `counters`, decoded when used).
     Column-wise: the text after the address ("/CIDR,PROTO:PORT") is made once per distinct
-    (cidr, proto, port); the addresses and the joining are C-level maps."""
+    (cidr, proto, port) bytes; the addresses and the joining are C-level maps."""
     values, layout = _LAYOUT[family]
     if len(adt) % values.size or layout.fullmatch(adt) is None:
         return False
     if not adt:
         return True
-    addrs, ports, cidrs, protos, _nbytes, _packets = zip(*values.iter_unpack(adt), strict=True)
-    af, full = (socket.AF_INET, 32) if family == 4 else (socket.AF_INET6, 128)
-    keys = list(zip(cidrs, protos, ports, strict=True))
-    suffix = {k: f"{'' if k[0] == full else f'/{k[0]}'},{_PROTO[k[1]]}:{k[2]}" for k in set(keys)}
-    nets = map(socket.inet_ntop, repeat(af), addrs)
+    addrs, keys = zip(*_FIELDS[family].iter_unpack(adt), strict=True)
+    full = 32 if family == 4 else 128
+    suffix = {k: _suffix(k, full) for k in set(keys)}
+    if family == 4:
+        nets = map(socket.inet_ntoa, addrs)
+    else:
+        nets = map(socket.inet_ntop, repeat(socket.AF_INET6), addrs)
     chunk = list(map(str.__add__, nets, map(suffix.__getitem__, keys)))
     out += chunk
     if keep:
         counters.add(name, family, adt, chunk)
     return True
+
+
+def _suffix(key: bytes, full: int) -> str:
+    """ "/CIDR,PROTO:PORT" ("/CIDR" left out for a single address) of an entry's 17 bytes from
+    PORT to PROTO: the port at 0 (network order), the cidr at 8, the protocol at 16."""
+    cidr = key[8]
+    return f"{'' if cidr == full else f'/{cidr}'},{_PROTO[key[16]]}:{key[0] << 8 | key[1]}"
+
+
+def _idle(adt: bytes, family: int) -> bool:
+    """Every entry of the chunk reads 0 packets and 0 bytes: its BYTES and PACKETS words
+    compared with zeros a column at a time (strided views, no entry decoded)."""
+    step, at = _WORDS[family]
+    words = memoryview(adt).cast("I")
+    zeros = bytes(4 * (len(words) // step))
+    return all(words[i::step].tobytes() == zeros for i in at)
 
 
 def _dump() -> Iterable[dict[int, bytes]]:

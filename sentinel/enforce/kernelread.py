@@ -7,10 +7,9 @@ netfilter's own tool runner and set reader (what its tests replace), and re-expo
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 
-from sentinel.enforce import ipsetdump, netdev
+from sentinel.enforce import ipsetdump, netdev, toolrun
 from sentinel.enforce.kernelstate import BACKENDS, DEFAULT_BACKEND, IpSet, KernelState
 from sentinel.enforce.savetext import family_text, parse_sets, rule_counters, set_names
 from sentinel.errors import SentinelError
@@ -19,16 +18,30 @@ SetCounters = dict[tuple[str, str], tuple[int, int]]
 
 
 def run(cmd: list[str], stdin: str | None = None) -> str:
-    """One tool run: its stdout, or SentinelError naming the tool and its complaint."""
+    """One tool run: its stdout, or SentinelError naming the tool and its complaint. A run
+    without input (the reads) goes through toolrun, not subprocess (start-up time)."""
     try:
-        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+        if stdin is None:
+            code, out, err = toolrun.capture(cmd, timeout=60)
+        else:
+            code, out, err = _with_input(cmd, stdin)
     except FileNotFoundError:
         raise SentinelError(f"{cmd[0]} not found: install iptables and ipset") from None
-    except subprocess.TimeoutExpired:
+    except TimeoutError:
         raise SentinelError(f"{cmd[0]} did not finish in 60 s") from None
-    if done.returncode != 0:
-        raise SentinelError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
-    return done.stdout
+    if code != 0:
+        raise SentinelError(f"{' '.join(cmd)} failed: {err.strip() or code}")
+    return out
+
+
+def _with_input(cmd: list[str], stdin: str) -> tuple[int, str, str]:
+    import subprocess  # the apply's restores: a document on stdin
+
+    try:
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError from None
+    return done.returncode, done.stdout, done.stderr
 
 
 def read_state(

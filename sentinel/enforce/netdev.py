@@ -8,10 +8,10 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 from typing import TYPE_CHECKING
 
 from sentinel.enforce.kernelstate import NETDEV_TABLE
+from sentinel.enforce.toolrun import capture  # reads: no subprocess module (start-up)
 from sentinel.errors import SentinelError
 
 if TYPE_CHECKING:
@@ -22,6 +22,8 @@ _NFT_COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
 
 
 def run(cmd: list[str], stdin: str) -> None:
+    import subprocess  # the apply's load of the table (a read needs none: toolrun)
+
     try:
         done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
@@ -58,6 +60,8 @@ def read_link() -> Link:
 def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """The networks of this namespace's interfaces, lo included (`ip -j addr`: IPv4 has no
     /proc file of its own); [] when unknown. For policy.safety's DNS upstream check."""
+    import subprocess
+
     try:
         out = subprocess.run(
             ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
@@ -89,20 +93,15 @@ def read_netdev() -> tuple[str, dict[int, int]]:
     """Our netdev table in Ruleset.netdev's form (unindented, counters blanked), and the
     packets its log rules counted per family."""
     try:
-        done = subprocess.run(
-            ["nft", "list", "table", "netdev", NETDEV_TABLE],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        code, out, _err = capture(["nft", "list", "table", "netdev", NETDEV_TABLE], timeout=60)
     except FileNotFoundError:  # no nft: no table of ours can be there (apply would have failed)
         return "", {}
-    except subprocess.TimeoutExpired:
+    except TimeoutError:
         raise SentinelError("nft did not finish in 60 s") from None
-    if done.returncode != 0:
+    if code != 0:
         return "", {}  # no such table
     lines, counted = [], {4: 0, 6: 0}
-    for raw in done.stdout.splitlines():
+    for raw in out.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -17,11 +17,13 @@ import bisect
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.evidence.storeview import ATTEMPT_SQL, Scope, attempt_sql
-from sentinel.store.events import Event
 from sentinel.store.kinds import is_attempt
+
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 JOIN_WINDOW = 2.0  # guard + network sightings of one attempt are at most this far apart
 MAX_LISTED = 1000  # attempts listed one by one; the counts are always complete

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.errors import SentinelError
 from sentinel.evidence.attempts import MAX_LISTED
 from sentinel.evidence.window import iso as _iso
-from sentinel.store.events import Event
+
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 
 def canary(inside: list[Event] | None = None) -> dict[str, Any] | None:

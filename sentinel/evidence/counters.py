@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import compress
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.errors import SentinelError
 from sentinel.evidence.window import Window, iso
-from sentinel.store.events import Event
+
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 MAX_NETFLOW = 100  # set entries listed in the netflow; the summary counts every entry
 
@@ -43,6 +45,7 @@ def kernel_facts(applied: dict[str, Any] | None) -> dict[str, Any]:
         "sha256": state.sha256() if state.present else None,
         "nflog_packets": nflog,
         "set_counters": state.set_counters,
+        "set_entries": [s.entries for s in state.sets],  # each set's entries, sorted
         "text": state.text,
     }
 
@@ -213,7 +216,7 @@ def netflow(
         "bytes_since_apply": sum(map(itemgetter(1), now.values())),
     }
     if len(entries) > MAX_NETFLOW:
-        entries = _busiest(entries, grown, now)
+        entries = _busiest(entries, grown, now, kernel.get("set_entries"))
     rows = []
     for entry in sorted(entries):
         net, _, proto_port = entry.partition(",")
@@ -233,10 +236,16 @@ def netflow(
     return rows, summary
 
 
-def _busiest(entries: set[str], window: Mapping[str, Any], now: dict[str, Any]) -> set[str]:
+def _busiest(
+    entries: set[str],
+    window: Mapping[str, Any],
+    now: dict[str, Any],
+    sorted_sets: list[tuple[str, ...]] | None = None,
+) -> set[str]:
     """The MAX_NETFLOW first entries by (window packets, window bytes, packets since the
     apply) descending, then entry. Entries with none of these (most of a big allowlist) all
-    tie at zero and come in entry order: only the active ones are sorted by their counts."""
+    tie at zero and come in entry order: only the active ones are sorted by their counts, and
+    the first idle ones are taken from the kernel's sets, already sorted (`sorted_sets`)."""
 
     def busy(entry: str) -> tuple:
         pb, kb = window.get(entry, [0, 0]), now.get(entry, (0, 0))
@@ -245,8 +254,26 @@ def _busiest(entries: set[str], window: Mapping[str, Any], now: dict[str, Any]) 
     active = set(compress(window, map(any, window.values())))
     active.update(compress(now, map(itemgetter(0), now.values())))
     first = sorted(active, key=busy)[:MAX_NETFLOW]
-    first += heapq.nsmallest(MAX_NETFLOW, entries - active)  # their keys: (0, 0, 0, entry)
+    first += _first_idle(entries, active, sorted_sets)  # their keys: (0, 0, 0, entry)
     return set(sorted(first, key=busy)[:MAX_NETFLOW])
+
+
+def _first_idle(entries: set[str], active: set[str], sorted_sets: list | None) -> list[str]:
+    """The MAX_NETFLOW smallest of `entries - active` (what heapq.nsmallest gives): the
+    kernel's sorted sets merged with the entries they do not hold (older readings' entries),
+    sorted, walked until enough are found, instead of a pass over every entry."""
+    if not sorted_sets:
+        return heapq.nsmallest(MAX_NETFLOW, entries - active)
+    rest = entries.difference(*sorted_sets)
+    out: list[str] = []
+    last = None
+    for entry in heapq.merge(*sorted_sets, sorted(rest)):
+        if entry != last and entry not in active and entry in entries:
+            out.append(entry)
+            if len(out) == MAX_NETFLOW:
+                break
+        last = entry
+    return out
 
 
 def completeness(

@@ -12,11 +12,13 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.evidence.guardcov import MAX_INTERVAL
 from sentinel.evidence.window import Window, iso
-from sentinel.store.events import Event
+
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 GAP_FACTOR = 2.5  # a heartbeat later than this many intervals means the sensor was not watching
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sentinel.store.events import Event
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 _TS = attrgetter("ts")
 MAX_INTERVAL = 60.0  # the most a heartbeat may claim (the receiver clamps the same way)
@@ -129,16 +130,24 @@ def _intervals(run: list[Event]) -> list[float]:
 
 def _clamped(run: list[Event], claims: list[float] | None = None) -> list[Event]:
     """The beats with their claimed intervals clamped (a copy; the stored events stay)."""
-    from dataclasses import replace
-
     out = []
     same: dict[int, bool] = {}  # per detail object: does it claim the clamped value already
     for b, value in zip(run, _intervals(run) if claims is None else claims, strict=True):
         kept = same.get(id(b.detail))
         if kept is None:
             kept = same[id(b.detail)] = b.detail.get("interval") == value
-        out.append(b if kept else replace(b, detail={**b.detail, "interval": value}))
+        out.append(b if kept else _with_detail(b, {**b.detail, "interval": value}))
     return out
+
+
+def _with_detail(beat: Event, detail: dict) -> Event:
+    """A copy with another detail: of a storeview.Beat (a NamedTuple, what the report reads)
+    or of an Event (tests, tools)."""
+    if hasattr(beat, "_replace"):
+        return beat._replace(detail=detail)
+    from dataclasses import replace
+
+    return replace(beat, detail=detail)
 
 
 def _dropped(run: list[Event], earlier: list[Event]) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.evidence import coverage as cov
 from sentinel.evidence import guardcov
@@ -37,9 +37,11 @@ from sentinel.evidence.tally import MAX_DESTINATIONS, tally
 from sentinel.evidence.verdict import merge_results, results_section, violation
 from sentinel.evidence.window import TEN_MINUTES, Window, parse_last, parse_time, parse_window
 from sentinel.evidence.window import iso as _iso
-from sentinel.store import events as ev
-from sentinel.store.events import Event
+from sentinel.store import schema as ev  # not store.events: the report needs no Event model
 from sentinel.store.kinds import is_attempt
+
+if TYPE_CHECKING:
+    from sentinel.store.model import Event
 
 __all__ = [
     "GAP_FACTOR", "MAX_LISTED", "TEN_MINUTES", "Window", "assemble", "build_report",
@@ -111,11 +113,13 @@ def assemble(
 ) -> dict[str, Any]:
     """The report over events in memory (tests, tools): they go into an in-memory store and
     the report reads it exactly as it reads the real one."""
+    from sentinel.store.rows import write_events
+
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         ev.migrate(conn)
         conn.execute("DELETE FROM events WHERE kind = ?", (ev.STORE_CREATED,))
-        ev.write_events(conn, events, {})
+        write_events(conn, events, {})
         return _assemble(Scope(conn, *ALL_TIME), window, shed, check, kernel, applied,
                          store_created)  # fmt: skip
     finally:

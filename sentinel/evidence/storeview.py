@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import heapq
 import json
-import sqlite3
+from collections import namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass
 from operator import itemgetter
 
-from sentinel.store import events as ev
-from sentinel.store.events import Event
 from sentinel.store.kinds import ATTEMPT_KINDS, ATTEMPT_LAYERS
+from sentinel.store.schema import shed_counts
 
 ALL_TIME = (float("-inf"), float("inf"))
 
@@ -47,36 +45,22 @@ BOOKKEEPING = (
     "canary_escaped",
 )
 
-COLUMNS = ", ".join(ev.COLUMNS)
 
+# named tuples, not dataclasses: the report's imports hold no dataclasses (nor the Event
+# model, nor typing.NamedTuple's forward refs)
+class Scope(namedtuple("Scope", "conn lo hi")):
+    """conn: sqlite3.Connection; lo <= ts < hi."""
 
-@dataclass(frozen=True)
-class Scope:
-    conn: sqlite3.Connection
-    lo: float
-    hi: float
+    __slots__ = ()
 
     def args(self) -> tuple[float, float]:
         return (self.lo, self.hi)
 
 
-@dataclass(slots=True)
-class Beat:
-    """A bookkeeping event as the report reads it: the fields it uses, the detail keys it
-    uses (a day of heartbeats is tens of thousands of rows). Not frozen: a frozen slots
-    class sets each field through object.__setattr__, ~3.5x the cost of making one (0.3 s
-    of a day's 69,000 heartbeats); nobody changes them (guardcov copies with `replace`)."""
-
-    layer: str
-    kind: str
-    verdict: str
-    protocol: str | None
-    dst_ip: str | None
-    dst_port: int | None
-    pid: int | None
-    exe: str | None
-    detail: dict
-    ts: float
+# A bookkeeping event as the report reads it: the fields it uses, the detail keys it uses
+# (a day of heartbeats is tens of thousands of rows). Event's types: text or None, ints or
+# None, detail a dict, ts a float.
+Beat = namedtuple("Beat", "layer kind verdict protocol dst_ip dst_port pid exe detail ts")
 
 
 # detail keys the report reads, per kind (other kinds keep their whole detail: they are rare)
@@ -161,19 +145,24 @@ def bookkeeping(scope: Scope) -> list[Beat]:
 
 _TS_ROWID = itemgetter(9, 10)
 _KIND_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_kind_ts'"
+Reading = namedtuple("Reading", "ts detail")  # a kernel counter reading: its time, its detail
 
 
-def readings(scope: Scope, since: float, until: float) -> Iterator[Event]:
+def readings(scope: Scope, since: float, until: float) -> Iterator[Reading]:
     """Kernel counter readings: the last one before `since` (the baseline), then those in
     [since, until] inside the scope, one at a time (each may hold one entry per set member)."""
     conn = scope.conn
-    sql = f"SELECT {COLUMNS} FROM events WHERE kind = 'kernel_counters'"
+    sql = "SELECT ts, detail FROM events WHERE kind = 'kernel_counters'"
     row = conn.execute(sql + " AND ts < ? ORDER BY ts DESC, rowid DESC LIMIT 1", (since,))
-    yield from (ev._event(r) for r in row.fetchall())
+    yield from (_reading(*r) for r in row.fetchall())
     inside = " AND ts >= ? AND ts <= ? AND ts >= ? AND ts < ? ORDER BY ts, rowid"
     for r in conn.execute(sql + inside, (since, until, *scope.args())):
-        yield ev._event(r)
+        yield _reading(*r)
+
+
+def _reading(ts: float, detail: str | None) -> Reading:
+    return Reading(ts, json.loads(detail) if detail and detail != "{}" else {})
 
 
 def shed(scope: Scope, since: float, until: float) -> dict[str, int]:
-    return ev.shed_counts(scope.conn, since, until)
+    return shed_counts(scope.conn, since, until)

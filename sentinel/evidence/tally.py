@@ -16,7 +16,7 @@ from typing import Any
 from sentinel.evidence.attempts import Joins
 from sentinel.evidence.storeview import ATTEMPT_SQL, Scope
 from sentinel.evidence.window import iso
-from sentinel.store.events import destination_text
+from sentinel.store.destination import destination_text
 from sentinel.store.kinds import is_attempt
 
 MAX_DESTINATIONS = 1000  # destinations listed; attempts_total and the other counts stay whole

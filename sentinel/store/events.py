@@ -17,7 +17,7 @@ from sentinel.store.model import (
     redact_event,
     redact_once,
 )
-from sentinel.store.reads import _event, last_before, query, shed_counts
+from sentinel.store.reads import _event, last_before, query
 from sentinel.store.rows import PRUNE_CHUNK, UPSERT, prune, write_events
 from sentinel.store.schema import (
     DB_NAME,
@@ -29,6 +29,7 @@ from sentinel.store.schema import (
     db_path,
     migrate,
     readonly_uri,
+    shed_counts,
     transaction,
 )
 from sentinel.store.writer import DEFAULT_QUEUE, DEFAULT_RETENTION, EventStore, store_service

@@ -9,19 +9,16 @@ fails when the two differ). A producer that emits a kind missing here fails its 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections import namedtuple
 
 P1, P2, P3 = "P1", "P2", "P3"
 
 
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    layers: tuple[str, ...]
-    severity: str | None  # None: never alerts (recorded only)
-    meaning: str
-    attempt: bool = False  # an egress attempt: counted by the report and the metrics
-    quiet: bool = False  # periodic bookkeeping: stored, not logged line by line
+# name: str; layers: tuple[str, ...]; severity: str | None (None: never alerts, recorded
+# only); meaning: str; attempt: an egress attempt, counted by the report and the metrics;
+# quiet: periodic bookkeeping, stored, not logged line by line. A named tuple, not a
+# dataclass: the report imports this, and no dataclasses.
+Kind = namedtuple("Kind", "name layers severity meaning attempt quiet", defaults=(False, False))
 
 
 KINDS: tuple[Kind, ...] = (

@@ -12,21 +12,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sentinel.ids import new_id
+from sentinel.store.destination import destination_text as destination_text  # re-exported
 
 LAYERS = ("netfilter", "dns", "guard", "tamper", "sentinel", "canary")
 VERDICTS = ("blocked", "audited", "info")
-
-
-def destination_text(
-    name: str | None, ip: str | None, port: int | None, protocol: str | None
-) -> str:
-    """The one way a destination is written (reports, alerts, explain): host:port/protocol,
-    an IPv6 literal in brackets, '?' for what is unknown."""
-    host = name or ip or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    port_text = f":{port}" if port is not None else ""
-    return f"{host}{port_text}/{protocol or '?'}"
 
 
 @dataclass(frozen=True)

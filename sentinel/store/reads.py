@@ -1,5 +1,5 @@
-"""Reading events back: a time window (optionally one layer), the latest of a kind before a
-moment, and the shed counts. Rows come back as `Event`s with their detail decoded."""
+"""Reading events back: a time window (optionally one layer) and the latest of a kind before a
+moment (the shed counts: schema.py). Rows come back as `Event`s with their detail decoded."""
 
 from __future__ import annotations
 
@@ -38,10 +38,3 @@ def last_before(conn: sqlite3.Connection, kind: str, ts: float) -> list[Event]:
     sql = f"{_SELECT} WHERE kind = ? AND ts < ? ORDER BY ts DESC"
     row = conn.execute(sql + " LIMIT 1", (kind, ts)).fetchone()
     return [] if row is None else [_event(row)]
-
-
-def shed_counts(conn: sqlite3.Connection, since: float, until: float) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT layer, SUM(count) FROM shed WHERE ts >= ? AND ts < ? GROUP BY layer", (since, until)
-    )
-    return {layer: int(n) for layer, n in rows}

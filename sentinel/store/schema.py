@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,6 +209,8 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _steps(conn: sqlite3.Connection, version: int) -> None:
+    from sentinel.ids import new_id  # a new store's marker (uuid would import platform)
+
     for target in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(conn):
             for statement in MIGRATIONS[target - 1].split(";"):
@@ -218,7 +219,7 @@ def _steps(conn: sqlite3.Connection, version: int) -> None:
             if version == 0 and target == 1:
                 conn.execute(
                     "INSERT INTO events (id, ts, layer, kind, verdict) VALUES (?, ?, ?, ?, ?)",
-                    (str(uuid.uuid4()), time.time(), "store", STORE_CREATED, "info"),
+                    (new_id(), time.time(), "store", STORE_CREATED, "info"),
                 )
             conn.execute(f"PRAGMA user_version = {target}")
 
@@ -227,3 +228,12 @@ def created_at(conn: sqlite3.Connection) -> float | None:
     """When this store was created (None for stores made before the marker existed)."""
     row = conn.execute("SELECT MIN(ts) FROM events WHERE kind = ?", (STORE_CREATED,)).fetchone()
     return row[0] if row else None
+
+
+def shed_counts(conn: sqlite3.Connection, since: float, until: float) -> dict[str, int]:
+    """Events shed per layer in [since, until) (the `shed` table); a read like created_at,
+    here so the report reads both without the Event model."""
+    rows = conn.execute(
+        "SELECT layer, SUM(count) FROM shed WHERE ts >= ? AND ts < ? GROUP BY layer", (since, until)
+    )
+    return {layer: int(n) for layer, n in rows}
