@@ -13,13 +13,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import marshal
+import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_guard import PINS, POLICY, write_policy
+from test_guard import PINS, POLICY, guard_env, needs_root, spawn_child, write_policy
 
 from sentinel.guard import GUARD_CHECK_MOD, GUARD_FORMAT, GUARD_MAGIC, PYTHONPATH_DIR
 from sentinel.guard.compile import frame_guard_payload, guard_allowlist_path, write_allowlist
@@ -199,3 +200,44 @@ def test_each_cause_is_named(tmp_path, allowlists, data, cause):
     _, [verdict] = load_all(allowlists["small"][0], [path])
     assert not verdict["loaded"] and verdict["unmarshalled"] == 0, verdict
     assert verdict["message"].startswith(f"allowlist {path} {cause}"), verdict
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_running_guard_keeps_its_rules_when_a_damaged_file_replaces_them(
+    tmp_path, state_dir, damage
+):
+    needs_root()
+    policy = write_policy(tmp_path)
+    write_allowlist(load_policy(policy), PINS, state_dir)
+    fast = guard_allowlist_path(state_dir)
+    flag = tmp_path / "damaged"
+    body = f"""
+    import os
+    RESULTS["before"] = outcome(lambda: connect("198.18.0.2", 8080))
+    print("ready", flush=True)
+    deadline = time.monotonic() + 10
+    while not os.path.exists({str(flag)!r}) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    while status()["counters"]["reload_rejected"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    RESULTS["status"] = status()
+    RESULTS["allowed"] = outcome(lambda: connect("198.18.0.2", 8080))
+    RESULTS["refused"] = outcome(lambda: connect("198.18.5.5", 8080))
+    """
+    proc = spawn_child(tmp_path, body, guard_env(state_dir, policy))
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        raw = fast.read_bytes()
+        bad = raw[:-9] if damage == "truncated" else raw[:-9] + bytes([raw[-9] ^ 4]) + raw[-8:]
+        tmp = fast.with_name(".damaged.tmp")
+        tmp.write_bytes(bad)
+        os.replace(tmp, fast)  # a new inode: the guard's next poll reads it
+        flag.touch()
+        out = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill() if proc.poll() is None else None
+        proc.communicate(timeout=10)
+    assert out["status"]["counters"]["reload_rejected"] >= 1, out
+    assert out["status"]["generation"] == 1 and not out["status"]["fail_closed"], out
+    assert "unreachable" in out["before"].lower() and "unreachable" in out["allowed"].lower(), out
+    assert out["refused"].startswith("security:"), out
