@@ -99,10 +99,10 @@ _BUILTINS = (
     "AttributeError", "BaseException", "BlockingIOError", "EOFError", "Exception", "ImportError",
     "IndexError", "KeyError", "MemoryError", "OSError", "PermissionError", "TypeError",
     "UnicodeDecodeError", "ValueError", "__build_class__", "__import__", "bool", "bytearray",
-    "bytes", "callable",
-    "dict", "enumerate", "exec", "filter", "float", "format", "frozenset", "getattr", "globals",
-    "hasattr", "hex", "id", "int", "isinstance", "issubclass", "len", "list", "map", "max",
-    "object", "open", "range", "reversed", "set", "setattr", "slice", "str", "tuple", "type", "zip",
+    "bytes", "callable", "dict", "enumerate", "exec", "filter", "float", "format", "frozenset",
+    "getattr", "globals", "hasattr", "hex", "id", "int", "isinstance", "issubclass", "len", "list",
+    "map", "max", "object", "open", "range", "reversed", "set", "setattr", "slice", "str", "tuple",
+    "type", "zip",
 )  # fmt: skip
 
 _tuple_slice = tuple.__getitem__
