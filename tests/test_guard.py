@@ -220,9 +220,14 @@ def test_write_allowlist_is_atomic_and_world_readable(tmp_path):
     # no temp files left
     assert sorted(p.name for p in path.parent.iterdir()) == ["allowlist.json", "allowlist.marshal"]
     raw = fast.read_bytes()
-    assert raw.startswith(b"sentinel-guard-allowlist/3\n")
-    doc = marshal.loads(raw[len(b"sentinel-guard-allowlist/3\n") :])
-    assert doc["format"] == "sentinel-guard-allowlist/3" and doc["policy_sha256"] == policy.sha256
+    magic, header, payload = raw.split(b"\n", 2)
+    assert magic == b"sentinel-guard-allowlist/4"
+    size, check = header.split(b" ")  # the payload's length and check, 8 hex digits each
+    assert (len(size), len(check)) == (8, 8)
+    assert int(size, 16) == len(payload)
+    assert int(check, 16) == int.from_bytes(payload, "little") % (2**30 - 35)
+    doc = marshal.loads(payload)
+    assert doc["format"] == "sentinel-guard-allowlist/4" and doc["policy_sha256"] == policy.sha256
     tcp = ("tcp", frozenset({8080}))
     assert doc["names"] == {"api.test": (tcp,)}  # the literal host 198.18.9.9 is no name
     assert doc["addrs"] == {
@@ -395,19 +400,31 @@ RESULTS["status"] = status()
 )
 
 
-@pytest.mark.parametrize("problem", ["unreadable", "unset", "mismatch", "no_allowlist"])
+@pytest.mark.parametrize(
+    "problem",
+    ["unreadable", "unset", "mismatch", "no_allowlist", "truncated", "damaged", "old_format"],
+)
 def test_enforce_fails_closed_when_the_policy_cannot_be_verified(
     tmp_path, state_dir, armed, problem
 ):
     needs_root()
     policy_path, collector, _ = armed
+    fast = guard_allowlist_path(state_dir)
+    raw = fast.read_bytes()
     if problem == "unreadable":
         policy_path = tmp_path  # a directory: open() fails even for root
     elif problem == "mismatch":
         policy_path.write_text(POLICY + "# edited after compiling\n")
     elif problem == "no_allowlist":
         allowlist_path(state_dir).unlink()
-        guard_allowlist_path(state_dir).unlink()
+        fast.unlink()
+    elif problem == "truncated":
+        fast.write_bytes(raw[:-7])
+    elif problem == "damaged":  # one flipped bit in the rules
+        fast.write_bytes(raw[:-20] + bytes([raw[-20] ^ 0x10]) + raw[-19:])
+    elif problem == "old_format":  # a /3 file, as an older sentinel wrote it
+        payload = raw.split(b"\n", 2)[2]
+        fast.write_bytes(b"sentinel-guard-allowlist/3\n" + payload)
     env = guard_env(state_dir, None if problem == "unset" else policy_path)
     proc = run_child(tmp_path, FAIL_BODY, env)
     out = results(proc)
@@ -424,6 +441,10 @@ def test_enforce_fails_closed_when_the_policy_cannot_be_verified(
         "unset": "SENTINEL_POLICY is not set",
         "mismatch": "compiled from policy sha256",
         "no_allowlist": "cannot read allowlist",
+        "truncated": f"allowlist {fast} is truncated: its header says",
+        "damaged": f"allowlist {fast} is damaged: its rules do not match the check",
+        "old_format": f"allowlist {fast} is format 'sentinel-guard-allowlist/3'; this guard "
+        "reads sentinel-guard-allowlist/4",
     }[problem]
     assert reason in lines[0]
     assert reason in collector.wait("guard_fail_closed", 1)[0].detail["reason"]

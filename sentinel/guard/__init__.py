@@ -13,8 +13,9 @@ PYTHONPATH_DIR = HERE / "pythonpath"
 PTH_FILE = HERE / "sentinel_guard.pth"
 RUNTIME_FILE = PYTHONPATH_DIR / "sentinel_guard.py"
 ALLOWLIST_FORMAT = "sentinel-guard-allowlist/2"  # allowlist.json
-GUARD_FORMAT = "sentinel-guard-allowlist/3"  # allowlist.marshal, what the guard reads
-GUARD_MAGIC = GUARD_FORMAT.encode() + b"\n"  # the file's first line, then marshal data
+GUARD_FORMAT = "sentinel-guard-allowlist/4"  # allowlist.marshal, what the guard reads
+GUARD_MAGIC = GUARD_FORMAT.encode() + b"\n"  # the file's first line, then the header line
+GUARD_CHECK_MOD = 1073741789  # 2**30 - 35, prime: check = int.from_bytes(payload, "little") % it
 
 
 def guard_path() -> Path:

@@ -2,10 +2,11 @@
 
 Two files, written atomically on `apply` and whenever pins change: `guard/allowlist.json`
 (format sentinel-guard-allowlist/2, for people and tools; docs/guard.md) and
-`guard/allowlist.marshal` (format /3: the same rules as the guard holds them, in `marshal`,
-which every Python has loaded before its first line: no `json` at the app's start-up). Guards
-read the second, and still read /2 and /1 JSON from a file named by SENTINEL_GUARD_ALLOWLIST;
-guards in running apps re-read it within about half a second.
+`guard/allowlist.marshal` (format /4: the same rules as the guard holds them, in `marshal`,
+which every Python has loaded before its first line: no `json` at the app's start-up, behind a
+header with the payload's length and check, so that a guard refuses a truncated or damaged file
+before unmarshalling it). Guards read only the second; guards in running apps re-read it within
+about half a second.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from sentinel.atomic import write_atomic
 from sentinel.errors import SentinelError
-from sentinel.guard import ALLOWLIST_FORMAT, GUARD_FORMAT, GUARD_MAGIC
+from sentinel.guard import ALLOWLIST_FORMAT, GUARD_CHECK_MOD, GUARD_FORMAT, GUARD_MAGIC
 from sentinel.policy.load import Policy
 
 ALLOWLIST_DIR = "guard"
@@ -36,7 +37,7 @@ def allowlist_path(state_dir: str | Path) -> Path:
 
 
 def guard_allowlist_path(state_dir: str | Path) -> Path:
-    """What the guard reads by default (format /3)."""
+    """What the guard reads by default (format /4)."""
     return Path(state_dir) / ALLOWLIST_DIR / GUARD_NAME
 
 
@@ -51,7 +52,7 @@ def _packed(text: str) -> bytes | None:
 
 
 def guard_document(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A /2 document as the guard holds its rules (format /3): names normalized (lower case, no
+    """A /2 document as the guard holds its rules (format /4): names normalized (lower case, no
     trailing dot) with their (protocol, ports) specs, pinned and literal addresses packed, CIDR
     groups as (width, prefix, sorted packed networks, protocol, ports); ports as frozensets."""
     names: dict[str, list] = {}
@@ -84,7 +85,16 @@ def guard_document(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def encode_guard_allowlist(doc: Mapping[str, Any]) -> bytes:
     """The bytes of allowlist.marshal for a /2 document."""
-    return GUARD_MAGIC + marshal.dumps(guard_document(doc), MARSHAL_VERSION)
+    return frame_guard_payload(marshal.dumps(guard_document(doc), MARSHAL_VERSION))
+
+
+def frame_guard_payload(payload: bytes) -> bytes:
+    """The format line, the header (payload length and check, 8 hex digits each) and the
+    payload: what lets a guard refuse any truncation or damage before it unmarshals a byte."""
+    if len(payload) >= 1 << 32:
+        raise SentinelError(f"guard allowlist: {len(payload)} bytes is too large (4 GiB max)")
+    check = int.from_bytes(payload, "little") % GUARD_CHECK_MOD
+    return GUARD_MAGIC + b"%08x %08x\n" % (len(payload), check) + payload
 
 
 def _addresses(values: Iterable[Any]) -> list[str]:

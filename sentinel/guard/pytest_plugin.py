@@ -137,7 +137,7 @@ class GuardPlugin:
         from sentinel.guard.compile import encode_guard_allowlist
 
         tmp = self.allowlist.with_name(".allowlist.marshal.tmp")
-        tmp.write_bytes(encode_guard_allowlist(doc))  # what the guard reads (format /3)
+        tmp.write_bytes(encode_guard_allowlist(doc))  # what the guard reads (format /4)
         os.replace(tmp, self.allowlist)  # a new inode: the guard sees the change at once
 
     def _boot(self) -> Any:
