@@ -203,6 +203,17 @@ def _restart(obj: Any, attr: str, target: Callable[[], None], name: str) -> Call
     return restart
 
 
+def _loop_part(name: str, obj: Any, limit: float, what: str, errors: Counter) -> Part:
+    """A service whose one thread (`obj._thread`, running `obj._run`) stamps `last_loop`: lost
+    when the thread died, its loop has not turned for `limit` seconds, or `errors` grew."""
+    return Part(
+        name,
+        lambda: obj._thread,
+        _restart(obj, "_thread", obj._run, name),
+        lambda: _loop_age(obj, limit, what) or errors.grew(),
+    )
+
+
 def build_parts(dog: Watchdog) -> list[Part]:
     """Every part `sentinel run` started, as far as it is running in this daemon."""
     daemon, services = dog.daemon, dog.daemon.ctx.services
@@ -233,26 +244,12 @@ def build_parts(dog: Watchdog) -> list[Part]:
     store = services.get("store")
     if store is not None:
         write_errors = Counter(lambda: store.stats()["errors"], "event store write error(s)")
-        parts.append(
-            Part(
-                "event-store",
-                lambda: store._thread,
-                _restart(store, "_thread", store._run, "event-store"),
-                lambda: _loop_age(store, 30.0, "writer") or write_errors.grew(),
-            )
-        )
+        parts.append(_loop_part("event-store", store, 30.0, "writer", write_errors))
     guard = services.get("guard")
     receiver = getattr(guard, "receiver", None)
     if receiver is not None:
         receive_errors = Counter(lambda: receiver.receive_errors, "guard socket error(s)")
-        parts.append(
-            Part(
-                "guard-receiver",
-                lambda: receiver._thread,
-                _restart(receiver, "_thread", receiver._run, "guard-receiver"),
-                lambda: _loop_age(receiver, 5.0, "receiver") or receive_errors.grew(),
-            )
-        )
+        parts.append(_loop_part("guard-receiver", receiver, 5.0, "receiver", receive_errors))
     parts += _resolver_parts(daemon)
     parts += _alert_parts(services.get("alerts"))
     for thread in list(daemon.threads):
