@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
 
-from sentinel.enforce.kernelstate import OUR_SETS, IpSet
+from sentinel.enforce.kernelstate import OUR_SET_FAMILY, IpSet, our_sets
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_IPSET, IPSET_CMD_SAVE, IPSET_PROTOCOL = 6, 8, 6
@@ -151,7 +151,7 @@ def read(counters: bool = True) -> tuple[list[IpSet], Counters, set[str]] | None
         messages = _dump()
     except OSError:
         return None
-    families = {name: family for family, name in OUR_SETS}
+    families = OUR_SET_FAMILY
     names: set[str] = set()
     entries: dict[str, list[str]] = {}
     counted = Counters()
@@ -167,12 +167,7 @@ def read(counters: bool = True) -> tuple[list[IpSet], Counters, set[str]] | None
         adt = attrs.get(ATTR_ADT)
         if adt is not None and not _entries(adt, families[name], name, found, counted, counters):
             return None
-    sets = [
-        IpSet(name, family, tuple(sorted(entries[name])))
-        for family, name in OUR_SETS
-        if name in entries
-    ]
-    return sets, counted, names
+    return our_sets(entries), counted, names
 
 
 def _entries(

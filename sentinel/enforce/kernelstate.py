@@ -20,6 +20,7 @@ SET_NAME = {4: "sentinel-allow4", 6: "sentinel-allow6"}
 # (established only), new ones do not. Emptied by every full apply (start, reload, mode).
 HELD_SET = {4: "sentinel-held4", 6: "sentinel-held6"}
 OUR_SETS = ((4, SET_NAME[4]), (6, SET_NAME[6]), (4, HELD_SET[4]), (6, HELD_SET[6]))
+OUR_SET_FAMILY = {name: family for family, name in OUR_SETS}
 OUR_CHAINS = (CHAIN_OUT, CHAIN_DENY, CHAIN_DNS)
 TABLES = ("filter", "nat")
 NETDEV_TABLE = "sentinel"  # `table netdev sentinel`: the layer AF_PACKET frames also pass
@@ -80,6 +81,15 @@ class IpSet:
         inet = "inet" if self.family == 4 else "inet6"
         maxelem = max(65536, 2 * len(self.entries))
         return f"create {name or self.name} hash:net,port family {inet} maxelem {maxelem} counters"
+
+
+def our_sets(entries: dict[str, list[str]]) -> list[IpSet]:
+    """Our sets a kernel read found (`entries` by set name), in OUR_SETS order, entries sorted."""
+    return [
+        IpSet(name, family, tuple(sorted(entries[name])))
+        for family, name in OUR_SETS
+        if name in entries
+    ]
 
 
 class KernelState:

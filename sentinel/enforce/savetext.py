@@ -12,18 +12,19 @@ from typing import TYPE_CHECKING
 
 from sentinel.enforce.kernelstate import (  # noqa: F401 - KernelState: re-exported
     OUR_CHAINS,
+    OUR_SET_FAMILY,
     OUR_SETS,
     TABLES,
     IpSet,
     KernelState,
     canonical_lines,
+    our_sets,
 )
 
 if TYPE_CHECKING:
     from sentinel.enforce.render import Ruleset
 
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\] (.*)$")
-_OUR_SET_NAMES = {name: family for family, name in OUR_SETS}
 # `add NAME ENTRY [packets P bytes B]` as `ipset save` prints one entry of our sets
 _SET_ENTRY = re.compile(r"^add (\S+) (\S+)(?:.*? packets (\d+) bytes (\d+))?", re.M)
 
@@ -190,7 +191,7 @@ def parse_sets(saved: str) -> tuple[list[IpSet], dict[tuple[str, str], tuple[int
     for line in saved.splitlines():
         if line.startswith("create "):
             name = line.split(" ", 2)[1]
-            if name in _OUR_SET_NAMES:
+            if name in OUR_SET_FAMILY:
                 entries[name] = []
     counters = {}
     for name, entry, packets, nbytes in _SET_ENTRY.findall(saved):
@@ -198,9 +199,4 @@ def parse_sets(saved: str) -> tuple[list[IpSet], dict[tuple[str, str], tuple[int
             entries[name].append(entry)
             if packets:
                 counters[(name, entry)] = (int(packets), int(nbytes))
-    sets = [
-        IpSet(name, family, tuple(sorted(entries[name])))
-        for family, name in OUR_SETS
-        if name in entries
-    ]
-    return sets, counters
+    return our_sets(entries), counters
