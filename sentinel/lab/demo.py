@@ -69,13 +69,8 @@ def interruptible() -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         raise LabInterrupted(signal.Signals(signum).name)
 
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, handler) for s in sigs}
-    try:
+    with _signals(handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def run_lab(
@@ -114,8 +109,15 @@ def run_lab(
 @contextmanager
 def _signals_ignored() -> Iterator[None]:
     """A second Ctrl-C must not abort the teardown half-way."""
+    with _signals(signal.SIG_IGN):
+        yield
+
+
+@contextmanager
+def _signals(handler: Any) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP go to `handler` inside the block; the old handlers after."""
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
+    old = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield
     finally:
