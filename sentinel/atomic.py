@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: str | Path, data: str | bytes, mode: int | None = None) -> Path:
+def write_atomic(
+    path: str | Path, data: str | bytes, mode: int | None = None, tmp_dir: Path | None = None
+) -> Path:
     """Write `data` to `path` atomically; `mode` (e.g. 0o644) where others must read it
-    (mkstemp's 0o600 otherwise). Parents are created; the temp file never outlives a failure."""
+    (mkstemp's 0o600 otherwise). Parents are created; the temp file never outlives a failure.
+    `tmp_dir` (same filesystem): where the temp file is made when a watcher of `path`'s
+    directory must not see it (dnsmasq reads every file that appears in a --hostsdir)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp(path.parent, f".{path.name}.")
+    fd, tmp = _mkstemp(tmp_dir or path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)

@@ -44,3 +44,19 @@ def test_the_temp_file_never_follows_a_planted_symlink(tmp_path, monkeypatch):
     (tmp_path / f".d.json.{'00' * 8}").symlink_to(victim)
     write_atomic(tmp_path / "d.json", "new")
     assert victim.read_text() == "keep" and (tmp_path / "d.json").read_text() == "new"
+
+
+def test_the_temp_file_is_made_in_tmp_dir_when_one_is_given(tmp_path, monkeypatch):
+    """A watched directory (dnsmasq's --hostsdir reads every file that appears in it) sees
+    only the finished file: the temp file is made in `tmp_dir` and renamed from there."""
+    watched, aside = tmp_path / "hosts.d", tmp_path / "aside"
+    watched.mkdir()
+    aside.mkdir()
+    renamed = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(src), real(src, dst)))
+    write_atomic(watched / "records", "198.18.0.2 postgres\n", 0o644, tmp_dir=aside)
+    assert [os.path.dirname(src) for src in renamed] == [str(aside)]
+    assert os.listdir(watched) == ["records"] and os.listdir(aside) == []
+    assert (watched / "records").read_text() == "198.18.0.2 postgres\n"
+    assert stat.S_IMODE((watched / "records").stat().st_mode) == 0o644

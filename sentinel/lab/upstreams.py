@@ -22,13 +22,14 @@ by its pid. Nothing listens outside the `dns` namespace.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sentinel.atomic import write_atomic
 
 if TYPE_CHECKING:
     from sentinel.lab.netns import Topology
@@ -107,7 +108,7 @@ class DnsUpstream:
         return []
 
     def _write(self, records: dict, ttl: int) -> None:
-        _atomic(self.dir / "records.json", json.dumps({"ttl": ttl, "records": records}))
+        write_atomic(self.dir / "records.json", json.dumps({"ttl": ttl, "records": records}), 0o644)
 
 
 class TestServer(DnsUpstream):
@@ -159,7 +160,7 @@ class Dnsmasq(DnsUpstream):
             for kind in ("A", "AAAA")
             for address in entry.get(kind, [])
         ]
-        _atomic(hosts / "records", "\n".join(lines) + "\n", into=self.dir)
+        write_atomic(hosts / "records", "\n".join(lines) + "\n", 0o644, tmp_dir=self.dir)
 
     def set_records(self, records: dict, ttl: int) -> None:
         restart = ttl != self.ttl or _cnames(records) != getattr(self, "cnames", set())
@@ -211,7 +212,7 @@ class Unbound(DnsUpstream):
             for kind in ("A", "AAAA"):
                 for address in entry.get(kind, []):
                     lines.append(f'  local-data: "{owner} {ttl} IN {kind} {address}"')
-        _atomic(self.dir / "records.conf", "\n".join(lines) + "\n")
+        write_atomic(self.dir / "records.conf", "\n".join(lines) + "\n", 0o644)
 
 
 def start_upstream(
@@ -236,15 +237,6 @@ def start_upstream(
 
 def _cnames(records: dict) -> set[tuple[str, str]]:
     return {(n, e["CNAME"].rstrip(".")) for n, e in records.items() if "CNAME" in e}
-
-
-def _atomic(path: Path, text: str, into: Path | None = None) -> None:
-    """Write next to the file (or in `into`, outside a watched directory) and rename."""
-    fd, tmp = tempfile.mkstemp(dir=into or path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _user_exists(name: str) -> bool:
