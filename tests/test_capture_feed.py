@@ -55,6 +55,18 @@ def running(tmp_path):
 wait_for = partial(_wait_for, interval=0.02)
 
 
+def packets(records, count: int) -> list:
+    """The first `count` packet records a following reader gets (10 s at most), then it is
+    closed."""
+    got, deadline = [], time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        record = next(records)
+        if record is not None and record.kind == feedmod.PACKET:
+            got.append(record)
+    records.close()
+    return got
+
+
 def test_socket_is_root_only_and_removed_on_stop(tmp_path):
     mon, _ = monitor()
     feed = CaptureFeed(mon, tmp_path).start()
@@ -90,12 +102,7 @@ def test_each_packet_carries_the_event_it_went_to_folded_ones_too(running):
     mon.handle(udp_body(443), now + 0.1)  # the same flow: folded into the first event
     mon.handle(udp_body(444), now + 0.2)
     mon.handle(b"\x02\x00", now + 0.3)  # malformed: shown, no event
-    got, deadline = [], time.monotonic() + 10
-    while len(got) < 4 and time.monotonic() < deadline:
-        record = next(records)
-        if record is not None and record.kind == feedmod.PACKET:
-            got.append(record)
-    records.close()
+    got = packets(records, 4)
     assert [e.dst_port for e in events] == [443, 444]
     assert [r.event_id for r in got] == [events[0].id, events[0].id, events[1].id, None]
     assert [r.seq for r in got] == [1, 2, 3, 4] and {r.dropped for r in got} == {0}
@@ -116,12 +123,7 @@ def test_a_read_batch_is_offered_as_its_messages_one_by_one(tmp_path):
         next(records)  # admitted
         bodies = [udp_body(443), udp_body(443), udp_body(444), b"\x02\x00"]
         mon.handle_many(bodies, time.time())
-        got, deadline = [], time.monotonic() + 10
-        while len(got) < 4 and time.monotonic() < deadline:
-            record = next(records)
-            if record is not None and record.kind == feedmod.PACKET:
-                got.append(record)
-        records.close()
+        got = packets(records, 4)
         (events,) = batches
         assert [r.event_id for r in got] == [events[0].id, events[0].id, events[1].id, None]
         assert [r.body for r in got] == bodies and [r.seq for r in got] == [1, 2, 3, 4]
