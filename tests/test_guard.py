@@ -143,6 +143,17 @@ def spawn_child(tmp_path: Path, body: str, env: dict[str, str]) -> subprocess.Po
     )
 
 
+def pth_venv(venv: Path) -> Path:
+    """A fresh venv (no pip) whose site-packages holds the guard's .pth loader and its runtime,
+    as docs/guard.md installs the .pth form; returns that site-packages."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    shutil.copy(PTH_FILE, site)
+    shutil.copy(RUNTIME_FILE, site)
+    return site
+
+
 def results(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -471,11 +482,7 @@ def test_pth_loader_in_a_fresh_venv(tmp_path, state_dir, armed):
     needs_root()
     policy_path, collector, _ = armed
     venv = tmp_path / "venv"
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    site = next(venv.glob("lib/python3*/site-packages"))
-    shutil.copy(PTH_FILE, site)
-    shutil.copy(RUNTIME_FILE, site)
+    site = pth_venv(venv)
     env = guard_env(state_dir, policy_path)
     del env["PYTHONPATH"]
     body = """

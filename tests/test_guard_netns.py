@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_guard import CHILD_PRELUDE, Collector
+from test_guard import CHILD_PRELUDE, Collector, pth_venv
 
-from sentinel.guard import PTH_FILE, RUNTIME_FILE, guard_path
+from sentinel.guard import guard_path
 from sentinel.guard.compile import allowlist_path
 from sentinel.guard.receiver import GuardReceiver
 
@@ -245,11 +244,7 @@ def test_pth_loader_guards_a_venv_in_the_app_namespace(topo, state_dir, tmp_path
     applied = topo.sentinel("apply", "--policy", str(POLICY))
     assert applied.returncode == 0, applied.stderr
     venv = tmp_path / "appvenv"
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    site = next(venv.glob("lib/python3*/site-packages"))
-    shutil.copy(PTH_FILE, site)
-    shutil.copy(RUNTIME_FILE, site)
+    pth_venv(venv)
     body = r"""
     import urllib.request
     CASES = json.loads(sys.argv[1])
