@@ -226,6 +226,24 @@ def editor_save(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def configmap_mount(mount: Path, text: str) -> Path:
+    """A ConfigMap volume as the kubelet lays it out (..v1, the ..data link, policy.yaml linked
+    through it); returns the policy path the daemon is given."""
+    (mount / "..v1").mkdir(parents=True)
+    (mount / "..v1" / "policy.yaml").write_text(text)
+    (mount / "..data").symlink_to("..v1")
+    (mount / "policy.yaml").symlink_to("..data/policy.yaml")
+    return mount / "policy.yaml"
+
+
+def configmap_update(mount: Path, version: str, text: str) -> None:
+    """What the kubelet does: new timestamped dir, then an atomic rename of the ..data link."""
+    (mount / version).mkdir()
+    (mount / version / "policy.yaml").write_text(text)
+    (mount / "..data_tmp").symlink_to(version)
+    os.replace(mount / "..data_tmp", mount / "..data")
+
+
 def report(topo: Topology, since: float, fmt: str = "json") -> dict | str:
     """`sentinel report --since SINCE` in the app namespace: the document, or the table text."""
     out = topo.sentinel(

@@ -16,6 +16,8 @@ from tests.conftest import (
     ONLY_OLLAMA,
     RECORDS,
     RunningSentinel,
+    configmap_mount,
+    configmap_update,
     editor_save,
     policy_text,
     query,
@@ -171,11 +173,7 @@ def test_reload_after_write_and_rename_keeps_old_rules_on_invalid_policy(upstrea
 def test_reload_through_a_kubernetes_configmap_symlink_swap(upstream, tmp_path):
     topo = upstream
     mount = tmp_path / "config"
-    (mount / "..v1").mkdir(parents=True)
-    (mount / "..v1" / "policy.yaml").write_text(policy_text())
-    (mount / "..data").symlink_to("..v1")
-    (mount / "policy.yaml").symlink_to("..data/policy.yaml")
-    s = RunningSentinel(topo, mount / "policy.yaml")
+    s = RunningSentinel(topo, configmap_mount(mount, policy_text()))
     assert topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     configmap_update(mount, "..v2", "version: 1\nmode: sideways\n")
     assert "mode: 'sideways' is not one of" in s.wait_event("reload_rejected")["detail"]["error"]
@@ -184,14 +182,6 @@ def test_reload_through_a_kubernetes_configmap_symlink_swap(upstream, tmp_path):
     s.wait_event("policy_reloaded")
     assert not topo.probe("tcp", "198.18.0.2", 5432)["ok"]
     assert topo.probe("tcp", "198.18.0.4", 11434)["ok"]
-
-
-def configmap_update(mount: Path, version: str, text: str) -> None:
-    """What the kubelet does: new timestamped dir, then an atomic rename of the ..data link."""
-    (mount / version).mkdir()
-    (mount / version / "policy.yaml").write_text(text)
-    (mount / "..data_tmp").symlink_to(version)
-    os.replace(mount / "..data_tmp", mount / "..data")
 
 
 @pytest.mark.parametrize(

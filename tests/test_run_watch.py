@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.policy.watch import PolicyWatcher
+from tests.conftest import configmap_mount, configmap_update, editor_save
 
 
 class Calls:
@@ -48,9 +49,7 @@ def test_in_place_write_and_editor_rename(tmp_path, watched):
     _, calls = watched(policy)
     policy.write_text("b")
     assert calls.wait()
-    tmp = tmp_path / ".policy.yaml.swp"
-    tmp.write_text("c")
-    os.replace(tmp, policy)
+    editor_save(policy, "c")
     assert calls.wait()
     assert calls.count == 2
 
@@ -68,16 +67,9 @@ def test_same_content_and_vanished_file_are_not_changes(tmp_path, watched):
 
 
 def test_kubernetes_configmap_symlink_swap(tmp_path, watched):
-    (tmp_path / "..v1").mkdir()
-    (tmp_path / "..v1" / "policy.yaml").write_text("v1")
-    (tmp_path / "..data").symlink_to("..v1")
-    (tmp_path / "policy.yaml").symlink_to("..data/policy.yaml")
-    _, calls = watched(tmp_path / "policy.yaml")
+    _, calls = watched(configmap_mount(tmp_path, "v1"))
     for version in ("..v2", "..v3"):
-        (tmp_path / version).mkdir()
-        (tmp_path / version / "policy.yaml").write_text(version)
-        (tmp_path / "..data_tmp").symlink_to(version)
-        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+        configmap_update(tmp_path, version, version)
         assert calls.wait(), version
     time.sleep(0.3)
     assert calls.count == 2  # one reload per swap, however many events it caused
