@@ -75,3 +75,17 @@ def test_no_pipe_end_leaks_into_the_tool():
     before = set(os.listdir("/proc/self/fd"))
     toolrun.capture(["true"], timeout=10)
     assert set(os.listdir("/proc/self/fd")) == before  # every pipe end closed here too
+
+
+def test_a_tool_that_closes_its_output_and_hangs_times_out_too():
+    # subprocess.run's timeout covers the wait for the exit, not only the reads: a tool that
+    # closed both pipes (or handed them on) and then hangs must not hang the read with it
+    cmd = ["sh", "-c", "exec >&- 2>&-; exec sleep 30"]
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(cmd, capture_output=True, text=True, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        toolrun.capture(cmd, timeout=1)
+    assert time.monotonic() - started < 15
+    with pytest.raises(ChildProcessError):  # killed and reaped: no zombie, no sleeper left
+        os.waitpid(-1, os.WNOHANG)

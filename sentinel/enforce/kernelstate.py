@@ -121,6 +121,9 @@ class KernelState:
         self.netdev_counters = {} if netdev_counters is None else netdev_counters
         self.dumps = {} if dumps is None else dumps
         self.set_names = set() if set_names is None else set_names
+        # when rules_replaced: the time just before the rules (and their counters) were
+        # replaced, set by the apply (not compared, not shown: not kernel state)
+        self.rules_reset_at: float | None = None
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:

@@ -11,6 +11,7 @@ from the kernel's own netlink dump (ipsetdump.py), or by `ipset save` when it de
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from sentinel.enforce import ipsetdump, ipsetload, kernelread
@@ -103,6 +104,9 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
         apply_netdev(netdev_before, ruleset.netdev)
         raise
     done: list[int] = []
+    # the new rules' NFLOG counters start at 0 from here on: what they count, the monitor
+    # reads (and stamps) later than this (applied_at, the report's `unaccounted_packets`)
+    reset_at = time.time()
     try:
         for family in (4, 6):
             _run(
@@ -117,6 +121,7 @@ def _apply_all(ruleset: Ruleset, backend: str, current: KernelState) -> KernelSt
         _rollback(ruleset, tools, before, done, created)
         apply_netdev(netdev_before, ruleset.netdev)
         raise
+    state.rules_reset_at = reset_at
     staging = [_staging(s.name) for s in ruleset.sets]
     _destroy(staging)
     state.set_names.difference_update(staging)

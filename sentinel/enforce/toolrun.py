@@ -41,16 +41,20 @@ def capture(cmd: list[str], timeout: float) -> tuple[int, str, str]:
     finally:
         os.close(out_w)
         os.close(err_w)
+    deadline = time.monotonic() + timeout
     try:
-        chunks = _read_all(out_r, err_r, time.monotonic() + timeout)
+        chunks = _read_all(out_r, err_r, deadline)
+        status = _wait(pid, deadline)  # the timeout covers the exit too, as subprocess.run's
     except BaseException:
-        os.kill(pid, _SIGKILL)
-        os.waitpid(pid, 0)
+        try:
+            os.kill(pid, _SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # reaped already (an interrupt right after the wait)
         raise
     finally:
         os.close(out_r)
         os.close(err_r)
-    _, status = os.waitpid(pid, 0)
     out, err = (_text(b"".join(chunks[fd])) for fd in (out_r, err_r))
     return os.waitstatus_to_exitcode(status), out, err
 
@@ -71,6 +75,21 @@ def _read_all(out_r: int, err_r: int, deadline: float) -> dict[int, list[bytes]]
             else:
                 pending.remove(fd)
     raise TimeoutError("output did not end")
+
+
+def _wait(pid: int, deadline: float) -> int:
+    """The tool's wait status once it exits; TimeoutError at the deadline (a tool that closed
+    its pipes, or handed them on, and hangs). Polled as subprocess' wait(timeout) polls."""
+    delay = 0.0005
+    while True:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return status
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the tool did not exit in time")
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 0.05)
 
 
 def _text(data: bytes) -> str:

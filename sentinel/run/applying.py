@@ -91,16 +91,16 @@ def apply_policy(
     state so a later apply can keep a pin whose lookup fails."""
     if ruleset is None:
         ruleset = prepare_ruleset(policy, pins, pending_ok=pending_ok, link=link)
-    seconds, created, replaced = 0.0, (), False
+    seconds, created, replaced, reset_at = 0.0, (), False, None
     if previous is None:
-        seconds, created, replaced = _apply_whole(ruleset, backend, around)
+        seconds, created, replaced, reset_at = _apply_whole(ruleset, backend, around)
     else:
         netfilter.update_sets(previous, ruleset)
-    record(policy, ruleset, backend, pins, list(created), replaced, valid_until, around)
+    record(policy, ruleset, backend, pins, list(created), replaced, valid_until, around, reset_at)
     return Applied(policy, ruleset, pins, tuple(created), replaced, seconds)
 
 
-def _apply_whole(ruleset: Ruleset, backend: str, around: Around) -> tuple[float, list, bool]:
+def _apply_whole(ruleset: Ruleset, backend: str, around: Around) -> tuple:
     around.snapshot()
     started = time.perf_counter()
     try:
@@ -112,7 +112,7 @@ def _apply_whole(ruleset: Ruleset, backend: str, around: Around) -> tuple[float,
         raise
     seconds = time.perf_counter() - started
     around.timed(seconds, True)
-    return seconds, state.created_tables, state.rules_replaced
+    return seconds, state.created_tables, state.rules_replaced, state.rules_reset_at
 
 
 def record(
@@ -124,11 +124,20 @@ def record(
     full: bool,
     valid_until: dict | None,
     around: Around,
+    reset_at: float | None = None,
 ) -> None:
-    """The state for `status`, the report and teardown, then the caller's `applied` step."""
+    """The state for `status`, the report and teardown, then the caller's `applied` step.
+    `reset_at`: when the rules (and their counters) were replaced (KernelState.rules_reset_at)."""
     try:
         record_applied(
-            policy, ruleset, backend, pins, created, full=full, pins_valid_until=valid_until
+            policy,
+            ruleset,
+            backend,
+            pins,
+            created,
+            full=full,
+            pins_valid_until=valid_until,
+            reset_at=reset_at,
         )
     except SentinelError as exc:
         if around.state_failed is None:

@@ -319,12 +319,22 @@ class Daemon:
             if self.resolver:
                 self.resolver.invalidate()
 
-    def record(self, ruleset: Ruleset, created: list[str], full: bool) -> None:
+    def record(
+        self, ruleset: Ruleset, created: list[str], full: bool, reset_at: float | None = None
+    ) -> None:
         """State after a tamper repair re-applied `ruleset` (run.tamper)."""
         pins = self.ctx.pins.pins() if self.ctx.pins else {}
         valid = self.ctx.pins.valid_until() if self.ctx.pins else None
         applying.record(
-            self.ctx.policy, ruleset, self.backend, pins, created, full, valid, self._around()
+            self.ctx.policy,
+            ruleset,
+            self.backend,
+            pins,
+            created,
+            full,
+            valid,
+            self._around(),
+            reset_at,
         )
 
     def snapshot_counters(self) -> None:

@@ -84,7 +84,8 @@ class TamperCheck:
             return error or "the kernel still differs after re-applying"
         metrics.set_rules_in_sync(True)
         if applied is not None:
-            daemon.record(daemon.expected, applied.created_tables, full=applied.rules_replaced)
+            full, reset_at = applied.rules_replaced, applied.rules_reset_at
+            daemon.record(daemon.expected, applied.created_tables, full, reset_at)
         return None
 
     def _repaired(self, want: str, found: str, detail: dict[str, Any]) -> None:

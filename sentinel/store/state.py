@@ -51,11 +51,15 @@ def record_applied(
     created_tables: list[str],
     full: bool = True,
     pins_valid_until: dict | None = None,
+    reset_at: float | None = None,
 ) -> None:
     """State for `status`, the report and teardown. `full=False` (a pin change: sets only)
     keeps `applied_at`, the moment the kernel's rule counters were last reset.
     `pins_valid_until` (name -> type -> epoch, the end of each pin's last good answer) lets a
-    later apply keep a pin whose lookup fails, until `stale_grace` past it."""
+    later apply keep a pin whose lookup fails, until `stale_grace` past it. `reset_at`: when the
+    apply replaced the rules (their NFLOG counters start there), else now: `applied_at` must not
+    be later than what the new counters count, or the report calls the attempts the monitor
+    stamped meanwhile unaccounted (a flow's whole folded count with its first packet)."""
     previous = read_json(APPLIED) or {}
     if pins_valid_until is None:
         pins_valid_until = previous.get("pins_valid_until", {})
@@ -65,7 +69,9 @@ def record_applied(
         {
             # tables our first apply created stay "ours" across re-applies, for teardown
             "created_tables": sorted(set(previous.get("created_tables", [])) | set(created_tables)),
-            "applied_at": time.time() if full else previous.get("applied_at", time.time()),
+            "applied_at": (reset_at or time.time())
+            if full
+            else previous.get("applied_at", time.time()),
             "backend": backend,
             "mode": policy.mode,
             "policy": policy.source,
