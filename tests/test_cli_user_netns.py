@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import start
+
 pytestmark = pytest.mark.netns
 
 
@@ -47,3 +49,17 @@ def test_report_and_suggest_refuse_times_out_of_range_naming_the_option(topo):
             assert out.returncode == 2, where
             assert "Traceback" not in out.stderr and "Error:" not in out.stderr, where
             assert f"{option}: {value!r}" in out.stderr, where
+
+
+def test_explain_leaves_the_state_directory_byte_identical(topo, tmp_path):
+    state = Path(os.environ["SENTINEL_STATE_DIR"])
+    s = start(topo, tmp_path)
+    s.wait_event("pin_changed", dst_name="postgres")
+    assert s.stop() == 0
+    assert not (state / "events.db-wal").exists()  # the writer closed cleanly
+    before = tree_hash(state)
+    for dest in ("postgres:5432", "api.openai.com:443", "198.18.5.5:443/udp"):
+        out = sentinel(topo, "explain", dest)
+        assert out.returncode in (0, 1), out.stderr
+    assert "TTL" in sentinel(topo, "explain", "postgres:5432").stdout  # it read the store
+    assert tree_hash(state) == before  # no -wal/-shm left behind

@@ -237,7 +237,9 @@ def _events(store: Path | None, kind: str, name: str, limit: int = 1) -> list[tu
     if store is None or not store.exists():
         return []
     try:
-        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+        from sentinel.store.schema import readonly_uri  # immutable: no -wal/-shm left behind
+
+        conn = sqlite3.connect(readonly_uri(store), uri=True, timeout=5)
         try:
             rows = conn.execute(
                 "SELECT ts, detail FROM events WHERE kind = ? AND dst_name = ? "
