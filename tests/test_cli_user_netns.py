@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sentinel.lab.netns import PYTHON
 from tests.conftest import start
 
 pytestmark = pytest.mark.netns
@@ -63,3 +64,39 @@ def test_explain_leaves_the_state_directory_byte_identical(topo, tmp_path):
         assert out.returncode in (0, 1), out.stderr
     assert "TTL" in sentinel(topo, "explain", "postgres:5432").stdout  # it read the store
     assert tree_hash(state) == before  # no -wal/-shm left behind
+
+
+HUGE = "99999999999999999999d"
+DURATIONS = {
+    "monitor.tamper_interval": "monitor: {tamper_interval: %s}",
+    "monitor.retention": "monitor: {retention: %s}",
+    "dns.stale_grace": "dns: {stale_grace: %s}",
+    "dns.max_ttl": "dns: {max_ttl: %s}",
+    "alerts.dedup_window": "alerts: {dedup_window: %s}",
+}
+
+
+def test_a_huge_duration_is_refused_naming_the_field_and_nothing_is_applied(topo, tmp_path):
+    base = "version: 1\nallow:\n  - {name: pg, host: 198.18.0.2, ports: [5432]}\n"
+    for field, line in DURATIONS.items():
+        path = tmp_path / f"{field}.yaml"
+        path.write_text(base + line % HUGE + "\n")
+        for args in (["check", str(path)], ["apply", "--policy", str(path)]):
+            out = sentinel(topo, *args)
+            assert out.returncode == 2, (args, out.stdout, out.stderr)
+            assert f"{path}:4: {field}: " in out.stderr, (args, out.stderr)
+            assert "Traceback" not in out.stderr
+    # `run` used to apply, then die in its loop with an OverflowError (the deny half-started)
+    out = topo.run(
+        "app",
+        str(Path(PYTHON).with_name("sentinel")),
+        "run",
+        "--policy",
+        str(tmp_path / "monitor.tamper_interval.yaml"),
+        env={"SENTINEL_STATE_DIR": os.environ["SENTINEL_STATE_DIR"]},
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "monitor.tamper_interval" in out.stderr, out.stderr[-2000:]
+    assert "sentinel" not in topo.run("app", "iptables-save").stdout.lower()
+    assert "sentinel" not in topo.run("app", "ipset", "list", "-n").stdout.lower()
