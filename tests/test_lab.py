@@ -125,6 +125,8 @@ def test_lab_end_to_end(tmp_path):
     s = results["sentinel"]
     assert s["external_calls_last_10m"] == 0
     assert s["ground_truth"]["outside_host_packets"] == 0
+    # README: the lab's report covers the time sentinel watched, coverage complete
+    assert s["coverage"] == "complete", s.get("coverage_detail")
     assert results["lab"]["control_reached_outside_before_sentinel"] is True
     assert results["containers"]["healthy"] is True
     w = results["writes"]
