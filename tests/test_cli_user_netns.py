@@ -100,3 +100,16 @@ def test_a_huge_duration_is_refused_naming_the_field_and_nothing_is_applied(topo
     assert out.returncode == 2 and "monitor.tamper_interval" in out.stderr, out.stderr[-2000:]
     assert "sentinel" not in topo.run("app", "iptables-save").stdout.lower()
     assert "sentinel" not in topo.run("app", "ipset", "list", "-n").stdout.lower()
+
+
+def test_capture_pcap_that_cannot_be_written_is_bad_input_without_a_traceback(topo, tmp_path):
+    s = start(topo, tmp_path)
+    try:
+        s.wait_event("pin_changed", dst_name="postgres")
+        for pcap, why in ((tmp_path, "is a directory"), (Path("/proc/nu.pcap"), "cannot write")):
+            out = sentinel(topo, "capture", "--count", "1", "--pcap", str(pcap))
+            assert out.returncode == 2, (pcap, out.stderr[-1500:])
+            assert f"--pcap: {pcap}" in out.stderr and why in out.stderr, out.stderr[-1500:]
+            assert "Traceback" not in out.stderr
+    finally:
+        assert s.stop() == 0
