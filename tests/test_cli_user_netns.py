@@ -113,3 +113,14 @@ def test_capture_pcap_that_cannot_be_written_is_bad_input_without_a_traceback(to
             assert "Traceback" not in out.stderr
     finally:
         assert s.stop() == 0
+
+
+def test_a_bundle_directory_that_cannot_be_created_is_bad_input_like_results(topo, tmp_path):
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("not a directory\n")
+    for bundle in (a_file, Path("/proc/nu-bundle")):
+        out = sentinel(topo, "report", "--last", "10m", "--bundle", str(bundle))
+        # exit 1 means "violation found" to a CI gate; an unusable path is bad input (2)
+        assert out.returncode == 2, (bundle, out.stderr)
+        assert f"--bundle {bundle}" in out.stderr and "Traceback" not in out.stderr
+    assert a_file.read_text() == "not a directory\n"
