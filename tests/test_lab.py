@@ -267,6 +267,18 @@ def test_lab_refuses_a_foreign_output_directory(tmp_path):
 
 
 @pytest.mark.netns
+def test_lab_refuses_an_output_path_that_is_a_file(tmp_path):
+    _netns_ready()
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("keep me")
+    done, _ = _run_lab(a_file)
+    said = " ".join(done.stdout.split())  # rich wraps the message at the terminal's width
+    assert done.returncode == 1 and "is not a directory: pick --out" in said, said + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert a_file.read_text() == "keep me"
+
+
+@pytest.mark.netns
 def test_lab_failure_still_tears_down(tmp_path):
     """sentinel refuses a policy whose own tests fail: the lab fails, and cleans up."""
     _netns_ready()

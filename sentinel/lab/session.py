@@ -87,6 +87,8 @@ class Lab:
     def prepare_dirs(self) -> None:
         """Fresh evidence/ and state/ under --out; a directory that holds anything else is
         refused rather than emptied (the marker says a lab made it)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise LabFailed(f"{self.out} is not a directory: pick --out")
         self.out.mkdir(parents=True, exist_ok=True)
         marker = self.out / MARKER
         if not marker.exists() and any(self.out.iterdir()):
