@@ -124,3 +124,17 @@ def test_a_bundle_directory_that_cannot_be_created_is_bad_input_like_results(top
         assert out.returncode == 2, (bundle, out.stderr)
         assert f"--bundle {bundle}" in out.stderr and "Traceback" not in out.stderr
     assert a_file.read_text() == "not a directory\n"
+
+
+def test_explain_answers_for_what_libc_connects_to_not_a_dns_query(topo, tmp_path):
+    """`0x7f000001`, `2130706433`, `127.1` are numbers to getaddrinfo (inet_aton), never a DNS
+    query, and `localhost` comes from /etc/hosts: explain must not say "DNS refuses them"."""
+    policy = Path(__file__).parents[1] / "policies" / "mem0.yaml"
+    assert sentinel(topo, "apply", "--policy", str(policy)).returncode == 0
+    for dest in ("0x7f000001:80", "2130706433:80", "127.1:80", "localhost:80"):
+        out = sentinel(topo, "explain", dest)
+        assert out.returncode == 0 and "ALLOW" in out.stdout, (dest, out.stdout, out.stderr)
+        assert "REFUSED" not in out.stdout, (dest, out.stdout)
+    out = sentinel(topo, "explain", "1.2.3:443")
+    assert out.returncode == 1 and "decided by netfilter" in out.stdout, out.stdout
+    assert "1.2.0.3" in out.stdout, out.stdout
