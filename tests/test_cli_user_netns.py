@@ -138,3 +138,29 @@ def test_explain_answers_for_what_libc_connects_to_not_a_dns_query(topo, tmp_pat
     out = sentinel(topo, "explain", "1.2.3:443")
     assert out.returncode == 1 and "decided by netfilter" in out.stdout, out.stdout
     assert "1.2.0.3" in out.stdout, out.stdout
+
+
+UNSAFE_PINS = {  # the addresses a policy host may not be (safety.host_problem), as --pin values
+    "169.254.169.254": "the cloud metadata service",
+    "fe80::1": "link-local",
+    "0.0.0.0": "the unspecified address",
+    "::": "the unspecified address",
+    "::ffff:198.18.0.2": "IPv4-mapped",
+}
+
+
+def test_a_pin_to_an_address_no_policy_host_may_be_is_refused_and_nothing_changes(topo):
+    policy = str(Path(__file__).parents[1] / "policies" / "mem0.yaml")
+    assert sentinel(topo, "apply", "--policy", policy).returncode == 0
+    before = (topo.run("app", "iptables-save").stdout, topo.run("app", "ipset", "save").stdout)
+    state = Path(os.environ["SENTINEL_STATE_DIR"])
+    applied = (state / "applied.json").read_bytes()
+    for ip, why in UNSAFE_PINS.items():
+        for args in (["apply", "--policy", policy], ["explain", "postgres:5432"]):
+            out = sentinel(topo, *args, "--pin", f"postgres={ip}")
+            assert out.returncode == 2, (args, ip, out.stdout[-500:], out.stderr)
+            assert f"--pin postgres={ip}: " in out.stderr and why in out.stderr, out.stderr
+    after = (topo.run("app", "iptables-save").stdout, topo.run("app", "ipset", "save").stdout)
+    strip = lambda text: [x for x in text.splitlines() if not x.startswith("#")]  # noqa: E731
+    assert [strip(t) for t in after] == [strip(t) for t in before]
+    assert (state / "applied.json").read_bytes() == applied
