@@ -164,3 +164,29 @@ def test_a_pin_to_an_address_no_policy_host_may_be_is_refused_and_nothing_change
     strip = lambda text: [x for x in text.splitlines() if not x.startswith("#")]  # noqa: E731
     assert [strip(t) for t in after] == [strip(t) for t in before]
     assert (state / "applied.json").read_bytes() == applied
+
+
+def test_a_canary_the_policy_lets_out_is_refused_naming_the_field(topo, tmp_path):
+    """A canary probe to an allowlisted address and port always 'escapes': a P1 page every
+    round and a failing report, for a correct deny."""
+    base = (
+        "version: 1\nallow:\n  - {name: pg, host: 198.18.0.2, ports: [5432]}\n"
+        "  - {name: pg6, host: '2001:db8::2', ports: [5432]}\n"
+        "  - {name: lan, cidr: 198.18.4.0/24, ports: [443], protocol: udp}\n"
+    )
+    refused = {
+        "{target: 198.18.0.2, port: 5432}": "canary.target",
+        "{target: 198.18.4.7, port: 443}": "canary.target",  # udp probe inside the cidr
+        "{target: 198.18.5.5, target6: '2001:db8::2', port: 5432}": "canary.target6",
+    }
+    for canary, field in refused.items():
+        path = tmp_path / "canary.yaml"
+        path.write_text(base + f"canary: {canary}\n")
+        for args in (["check", str(path)], ["apply", "--policy", str(path)]):
+            out = sentinel(topo, *args)
+            assert out.returncode == 2, (canary, args, out.stdout, out.stderr)
+            assert f"{path}:6: {field}: " in out.stderr, (canary, out.stderr)
+        assert "sentinel" not in topo.run("app", "iptables-save").stdout.lower()
+    # a target the allowlist covers only on other ports is a fine canary
+    path.write_text(base + "canary: {target: 198.18.0.2, port: 443}\n")
+    assert sentinel(topo, "check", str(path)).returncode == 0
