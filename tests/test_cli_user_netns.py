@@ -190,3 +190,18 @@ def test_a_canary_the_policy_lets_out_is_refused_naming_the_field(topo, tmp_path
     # a target the allowlist covers only on other ports is a fine canary
     path.write_text(base + "canary: {target: 198.18.0.2, port: 443}\n")
     assert sentinel(topo, "check", str(path)).returncode == 0
+
+
+def test_export_refuses_names_kubernetes_would_reject(topo):
+    policy = str(Path(__file__).parents[1] / "policies" / "mem0.yaml")
+    for option, value in (
+        ("--namespace", "Bad_NS!"),
+        ("--namespace", "a" * 64),
+        ("--name", "Sentinel Egress"),
+    ):
+        for target in ("k8s", "cilium"):
+            out = sentinel(topo, "export", target, "--policy", policy, option, value)
+            assert out.returncode == 2, (option, value, out.stdout[-300:])
+            assert f"{option}: {value!r}" in out.stderr and "RFC 1123" in out.stderr, out.stderr
+    out = sentinel(topo, "export", "k8s", "--policy", policy, "--namespace", "prod-1")
+    assert out.returncode == 0 and "namespace: prod-1" in out.stdout, out.stderr
