@@ -104,6 +104,19 @@ def export_cmd(
         raise BadInput(f"export: {target!r} is not one of: {', '.join(RENDERERS)}")
     if fmt not in ("yaml", "json"):
         raise BadInput(f"--format: {fmt!r} is not one of: yaml, json")
+    import re  # local, like yaml
+
+    for option, value, dots, limit in (
+        ("--name", name, ".", 253),
+        ("--namespace", namespace, "", 63),
+    ):
+        if value is not None and (
+            len(value) > limit or not re.fullmatch(f"[a-z0-9]([-a-z0-9{dots}]*[a-z0-9])?", value)
+        ):
+            raise BadInput(
+                f"{option}: {value!r} is not an RFC 1123 name (lowercase letters, digits, "
+                f"'-'{' and .' if dots else ''}, at most {limit}): Kubernetes would reject it"
+            )
     labels = {}
     for spec in app_label or ["app=mem0"]:
         key, sep, value = spec.partition("=")

@@ -125,6 +125,8 @@ def test_lab_end_to_end(tmp_path):
     s = results["sentinel"]
     assert s["external_calls_last_10m"] == 0
     assert s["ground_truth"]["outside_host_packets"] == 0
+    # README: the lab's report covers the time sentinel watched, coverage complete
+    assert s["coverage"] == "complete", s.get("coverage_detail")
     assert results["lab"]["control_reached_outside_before_sentinel"] is True
     assert results["containers"]["healthy"] is True
     w = results["writes"]
@@ -262,6 +264,18 @@ def test_lab_refuses_a_foreign_output_directory(tmp_path):
     assert done.returncode == 1 and "not a lab output directory" in done.stdout
     assert (tmp_path / "precious.txt").read_text() == "keep me"
     assert not (tmp_path / "evidence").exists()
+
+
+@pytest.mark.netns
+def test_lab_refuses_an_output_path_that_is_a_file(tmp_path):
+    _netns_ready()
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("keep me")
+    done, _ = _run_lab(a_file)
+    said = " ".join(done.stdout.split())  # rich wraps the message at the terminal's width
+    assert done.returncode == 1 and "is not a directory: pick --out" in said, said + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert a_file.read_text() == "keep me"
 
 
 @pytest.mark.netns

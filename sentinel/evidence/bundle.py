@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sentinel.errors import SentinelError
+from sentinel.errors import BadInput
 from sentinel.redact import redact_obj, redact_text
 from sentinel.store import events as ev
 
@@ -37,7 +37,7 @@ def write_bundle(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SentinelError(f"--bundle {directory}: {exc.strerror or exc}") from None
+        raise BadInput(f"--bundle {directory}: {exc.strerror or exc}") from None
     files: dict[str, str] = {"report.json": json.dumps(report, indent=2, default=str) + "\n"}
     files.update(evidence_text(report.get("backend") or DEFAULT_BACKEND))
     files["netflow.json"] = json.dumps(report.get("netflow", []), indent=2) + "\n"

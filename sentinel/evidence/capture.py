@@ -234,6 +234,8 @@ def check_args(count: int | None, fmt: str, pcap: Path | None) -> None:
         raise BadInput(f"--count: {count} is not a positive number of packets")
     if pcap is not None and not pcap.parent.is_dir():
         raise BadInput(f"--pcap: directory {pcap.parent} does not exist")
+    if pcap is not None and pcap.is_dir():
+        raise BadInput(f"--pcap: {pcap} is a directory (name a file)")
 
 
 def run_capture(
@@ -254,7 +256,11 @@ def run_capture(
     first = next(records)  # connects and is admitted (or raises) before any file is created
     pcap = None
     if pcap_path is not None:
-        pcap = PcapWriter(str(pcap_path), linktype=LINKTYPE_NFLOG, sync=True)
+        try:
+            pcap = PcapWriter(str(pcap_path), linktype=LINKTYPE_NFLOG, sync=True)
+        except OSError as exc:
+            records.close()
+            raise BadInput(f"--pcap: {pcap_path}: cannot write ({exc.strerror})") from None
         pcap.write_header(None)  # a valid (empty) pcap even if no packet comes
     capture = Capture(fmt, out, count, pcap)
     stop = _stop_on_signals()

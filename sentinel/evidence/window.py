@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections import namedtuple
 from typing import Any
@@ -65,14 +66,28 @@ def parse_time(option: str, value: str, now: float) -> float:
     return parsed.timestamp()
 
 
+def _in_range(option: str, value: str | None, ts: float) -> float:
+    """`ts` when a clock can show it (finite, years 1-9999); else bad input naming `option`."""
+    try:
+        if math.isfinite(ts):
+            iso(ts)
+            return ts
+    except (OverflowError, ValueError, OSError):
+        pass
+    raise BadInput(f"{option}: {value!r} is out of range (a time between the years 1 and 9999)")
+
+
 def parse_window(
     last: str | None, since: str | None, until: str | None, now: float | None = None
 ) -> Window:
     now = time.time() if now is None else now
     if last is not None and since is not None:
         raise BadInput("use either --last or --since, not both")
-    end = parse_time("--until", until, now) if until else now
-    start = parse_time("--since", since, now) if since else end - parse_last(last or "10m")
+    end = _in_range("--until", until, parse_time("--until", until, now)) if until else now
+    if since:
+        start = _in_range("--since", since, parse_time("--since", since, now))
+    else:
+        start = _in_range("--last", last, end - parse_last(last or "10m"))
     if start >= end:
         raise BadInput(f"the window is empty: since {iso(start)} is not before {iso(end)}")
     return Window(start, end)

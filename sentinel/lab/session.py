@@ -87,6 +87,8 @@ class Lab:
     def prepare_dirs(self) -> None:
         """Fresh evidence/ and state/ under --out; a directory that holds anything else is
         refused rather than emptied (the marker says a lab made it)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise LabFailed(f"{self.out} is not a directory: pick --out")
         self.out.mkdir(parents=True, exist_ok=True)
         marker = self.out / MARKER
         if not marker.exists() and any(self.out.iterdir()):
@@ -251,11 +253,14 @@ class Lab:
 
     def settle(self, guard_on: bool) -> dict[str, Any] | None:
         """Wait (bounded) until every violation shows up at its expected layer in the report,
-        when that layer is reporting at all, and until alerts arrived when any were sent."""
+        when that layer is reporting at all, until alerts arrived when any were sent, and
+        until a monitor heartbeat fell inside the window (every 5 s: a window shorter than
+        that, without one, is coverage `partial`, "no monitor heartbeat in the window")."""
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
             rep = self.report()
-            done = rep is not None and all(
+            beats = ((rep or {}).get("coverage_detail") or {}).get("monitor_heartbeats")
+            done = bool(beats) and all(
                 v.expected_layer(guard_on) not in active_layers(rep)
                 or any(v.matches(a) for a in rep.get("attempts", []))
                 for v in VIOLATIONS

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sentinel.enforce import netfilter
 from sentinel.errors import EXIT_VIOLATION, BadInput, SentinelError
+from sentinel.policy import safety
 from sentinel.policy.decide import placeholder_pins, prepare_ruleset, run_policy_tests
 from sentinel.policy.load import Policy, load_policy
 
@@ -41,9 +42,12 @@ def static_pins(policy: Policy, specs: list[str]) -> dict[str, list]:
         if name not in policy.hostnames:
             raise BadInput(f"--pin {spec}: {name!r} is not an allowlisted host name")
         try:
-            pins.setdefault(name, []).append(ipaddress.ip_address(ip))
+            address = ipaddress.ip_address(ip)
         except ValueError:
             raise BadInput(f"--pin {spec}: {ip!r} is not an IP address") from None
+        if why := safety.host_problem(str(address)):  # what no policy host may be either
+            raise BadInput(f"--pin {spec}: {why}")
+        pins.setdefault(name, []).append(address)
     return pins
 
 

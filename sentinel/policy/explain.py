@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ _DEST = re.compile(
     r"(?:/(?P<proto>[a-z]+))?$"
 )
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Dest:
     port: int
     protocol: str
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    given: str | None = None  # the host as written, when libc reads it as `ip` (inet_aton)
 
     @property
     def text(self) -> str:
@@ -56,7 +59,12 @@ def parse_dest(text: str) -> Dest:
     except ValueError:
         if match.group("v6"):
             raise BadInput(f"explain: {host!r} is not an IPv6 address") from None
-        ip, host = None, host.rstrip(".").lower()
+        try:  # `0x7f000001`, `2130706433`, `1.2.3`: getaddrinfo reads them as numbers, no DNS
+            ip = ipaddress.ip_address(socket.inet_ntoa(socket.inet_aton(host)))
+        except OSError:
+            ip, host = None, host.rstrip(".").lower()
+        else:
+            return Dest(str(ip), int(match.group("port")), proto, ip, given=host)
     return Dest(str(ip) if ip else host, int(match.group("port")), proto, ip)
 
 
@@ -93,6 +101,7 @@ def explain(
     deciding = next((x for x in active if x["verdict"] != "allow"), active[-1])
     return {
         "destination": dest.text,
+        **({"read_as": f"inet_aton reads {dest.given!r} as {dest.ip}"} if dest.given else {}),
         "host": dest.host,
         "port": dest.port,
         "protocol": dest.protocol,
@@ -174,6 +183,10 @@ def _dns(policy, dest, pins, name_entries, pin, store) -> tuple[dict | None, lis
     if dest.ip is not None:
         return None, [dest.ip]
     layer: dict[str, Any] = {"layer": "dns", "name": dest.host}
+    if dest.host in LOCAL_NAMES or dest.host.endswith(".localhost"):
+        why = "a local name: resolved from /etc/hosts, never sent to the resolver"
+        layer.update(verdict="allow", why=why)
+        return layer, list(LOOPBACK)
     if not name_entries:
         rcode = policy.dns.refuse_with.upper()
         if policy.mode == "audit":
@@ -237,7 +250,9 @@ def _events(store: Path | None, kind: str, name: str, limit: int = 1) -> list[tu
     if store is None or not store.exists():
         return []
     try:
-        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+        from sentinel.store.schema import readonly_uri  # immutable: no -wal/-shm left behind
+
+        conn = sqlite3.connect(readonly_uri(store), uri=True, timeout=5)
         try:
             rows = conn.execute(
                 "SELECT ts, detail FROM events WHERE kind = ? AND dst_name = ? "
@@ -278,6 +293,7 @@ def render_text(result: dict[str, Any]) -> str:
         f"{result['destination']}: {result['verdict'].upper()} "
         f"(decided by {result['decided_by']}; mode {result['mode']})",
         f"  why: {result['why']}",
+        *([f"  note: {result['read_as']}"] if result.get("read_as") else []),
         f"  policy: {result['policy']} (sha256 {result['policy_sha256'][:12]})",
     ]
     if not result["state_matches_policy"]:

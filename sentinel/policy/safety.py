@@ -12,7 +12,9 @@ file, line and field like any other policy error. Refused:
   127.0.0.1): the guard, the resolver and libc would disagree about what they mean;
 * intervals of 0 (`dns.min_ttl`, `dns.max_ttl`, `monitor.tamper_interval`, `canary.interval`):
   floors of `MIN_INTERVAL` (a 0 s tamper interval spun a core and a 0 s TTL re-queried the
-  upstream hundreds of times a second).
+  upstream hundreds of times a second), and a ceiling of `MAX_DURATION` (3650d) for every
+  duration (`tamper_interval: 99999999999999999999d` passed check, then `sentinel run` applied
+  and died in its loop with an OverflowError).
 
 Warned (printed by `sentinel check`, logged by `sentinel run`): `0.0.0.0/0` in audit mode, very
 wide networks, and a DNS upstream that is on none of this network namespace's networks.
@@ -25,6 +27,7 @@ import socket
 from typing import Any
 
 MIN_INTERVAL = 1.0  # seconds
+MAX_DURATION = 3650 * 86400.0  # ten years: waits, expiries and timestamps all stay representable
 FLOORED = ("dns.min_ttl", "dns.max_ttl", "monitor.tamper_interval", "canary.interval")
 _METADATA = ipaddress.ip_address("169.254.169.254")
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # IPv4-mapped IPv6: the kernel sends IPv4
@@ -118,6 +121,8 @@ def _numeric_name(name: str) -> str | None:
 def interval_problem(path: str, seconds: float) -> str | None:
     if path in FLOORED and seconds < MIN_INTERVAL:
         return f"{seconds:g}s is below the floor of {MIN_INTERVAL:g}s"
+    if seconds > MAX_DURATION:
+        return f"{seconds:g}s is above the ceiling of {MAX_DURATION / 86400:g}d"
     return None
 
 

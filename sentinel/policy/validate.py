@@ -313,12 +313,37 @@ class _Checker:
         return PolicyTest(str(to), host, port, protocol, expect, self.doc.line(path))
 
     def cross_check(self, policy: Policy) -> None:
+        self.canary_check(policy)
         names = {a.name for a in policy.allow} | {a.host for a in policy.allow if a.host}
         for i, t in enumerate(policy.tests):
             if not _is_ip(t.host) and t.host not in names:
                 self.bad(
                     f"tests[{i}].to", f"{t.host!r} is neither an IP nor an allowlisted host or name"
                 )
+
+    def canary_check(self, policy: Policy) -> None:
+        """A canary an IP/cidr entry lets out on one of its probes (tcp and udp to its port,
+        tcp/853 for IPv4) always 'escapes': a P1 every round, a failing report."""
+        c = policy.canary
+        for key, addr in (("canary.target", c.target), ("canary.target6", c.target6)):
+            if addr is None or not _is_ip(addr):
+                continue
+            ip = ipaddress.ip_address(addr)
+            probes = {("tcp", c.port), ("udp", c.port)} | (
+                {("tcp", 853)} if ip.version == 4 else set()
+            )
+            for i, a in enumerate(policy.allow):
+                covers = a.literal == ip or (
+                    a.cidr is not None and a.cidr.version == ip.version and ip in a.cidr
+                )
+                hit = sorted(p for p in probes if covers and p[0] == a.protocol and p[1] in a.ports)
+                if hit:
+                    what = ", ".join(f"{proto}/{port}" for proto, port in hit)
+                    self.bad(
+                        key,
+                        f"{addr} {what} is allowed by allow[{i}] ({a.name}): probes always escape",
+                    )
+                    break
 
     def duration(self, path: str, value: Any, default: float) -> float:
         if value is None:
