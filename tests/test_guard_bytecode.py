@@ -80,7 +80,7 @@ def test_cli_compile_prints_the_path_and_reports_the_bytecode():
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 1 and "cannot run /nonexistent/python" in bad.stderr
+    assert bad.returncode == 2 and "cannot run /nonexistent/python" in bad.stderr  # bad input
 
 
 def test_compile_replaces_older_bytecode_with_one_without_column_tables(tmp_path):

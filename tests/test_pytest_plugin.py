@@ -204,6 +204,9 @@ def test_ini_setting_activates_it_and_bad_input_is_a_usage_error(netns, project)
     bad = run_in(netns, project, "--sentinel-pin", "api.internal=not-an-ip")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "--sentinel-pin 'api.internal=not-an-ip': expected NAME=IP" in bad.stderr.str()
+    metadata = run_in(netns, project, "--sentinel-pin", "api.internal=169.254.169.254")
+    assert metadata.ret == pytest.ExitCode.USAGE_ERROR
+    assert "api.internal=169.254.169.254': the cloud metadata service" in metadata.stderr.str()
     (project.path / "broken.yaml").write_text("version: 1\nallow:\n  - {name: x, ports: [1]}\n")
     broken = run_in(netns, project, "--sentinel-policy", "broken.yaml")
     assert broken.ret == pytest.ExitCode.USAGE_ERROR

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sentinel.errors import SentinelError
+from sentinel.errors import BadInput, SentinelError
 from sentinel.guard import PYTHONPATH_DIR
 
 
@@ -29,7 +29,9 @@ def compile_guard(folder: Path = PYTHONPATH_DIR, python: str | None = None) -> l
             timeout=120,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:  # no such interpreter, not executable: the --python given is bad input
+        raise BadInput(f"guard path --compile: cannot run {exe}: {exc}") from None
+    except subprocess.TimeoutExpired as exc:
         raise SentinelError(f"guard path --compile: cannot run {exe}: {exc}") from None
     if done.returncode != 0:
         detail = " ".join((done.stderr or done.stdout).split())[-300:]

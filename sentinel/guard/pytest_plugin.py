@@ -71,6 +71,10 @@ def parse_pins(specs: list[str]) -> dict[str, list[str]]:
             raise pytest.UsageError(f"--sentinel-pin {spec!r}: expected NAME=IP") from None
         if not sep or not name.strip():
             raise pytest.UsageError(f"--sentinel-pin {spec!r}: expected NAME=IP")
+        from sentinel.policy.safety import host_problem
+
+        if why := host_problem(address):  # what no policy host, nor `apply --pin`, may be
+            raise pytest.UsageError(f"--sentinel-pin {spec!r}: {why}")
         pins.setdefault(name.strip().rstrip(".").lower(), []).append(address)
     return pins
 
