@@ -394,6 +394,29 @@ def test_restart_with_a_full_outbox_delivers_it_and_reports_drops(rx, make, tmp_
     assert hook["dropped"] == 5 and hook["dropped_unreported"] == 0 and hook["sent"] == 20
 
 
+def test_an_event_the_router_raises_on_costs_no_other_event_its_alert(rx, make):
+    d = make(start=False)
+    real = d.router.route
+
+    def route(event, now):  # a router bug hit by one event of a batch
+        if event.dst_ip == "198.18.9.9":
+            raise ValueError("router bug")
+        return real(event, now)
+
+    d.router.route = route
+    for dst in ("198.18.5.5", "198.18.9.9", "198.18.6.6"):  # one batch: the bad one between
+        d.submit(attempt(dst=dst))
+    d.start()
+    assert rx.wait_for(lambda: len(rx.accepted("/pagerduty")) == 2, timeout=5)
+    settle()
+    pages = p1_bodies(rx, "/pagerduty")
+    assert sorted(p["payload"]["custom_details"]["destination"] for p in pages) == [
+        "198.18.5.5:443/tcp",
+        "198.18.6.6:443/tcp",
+    ]
+    assert d.stats()["route_errors"] == 1
+
+
 def test_submit_never_blocks_and_overflow_is_reported(rx, make):
     d = make(start=False, queue_size=5)
     t0 = time.monotonic()

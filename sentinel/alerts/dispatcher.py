@@ -96,6 +96,7 @@ class AlertDispatcher:
         self._submitted = 0
         self._overflow = 0  # events dropped at submit(), not yet moved to the outbox counters
         self._overflow_total = 0
+        self._route_errors = 0  # events the router raised on: logged, counted, no alert
         self._last_saturation = float("-inf")
         self._latencies: list[float] = []
         rates = rates or {}
@@ -186,6 +187,7 @@ class AlertDispatcher:
             "submitted": submitted,
             "queue_depth": self._queue.qsize(),
             "events_dropped": overflow,
+            "route_errors": self._route_errors,
             "events": r.events,
             "alerts": r.alerts,
             "deduped": r.deduped,
@@ -229,10 +231,8 @@ class AlertDispatcher:
             first = None
         if first is not None:
             now = self.clock()
-            route = self.router.route
-            alerts += route(first, now)
-            for event in self._take(10_000 if not final else self._queue.qsize() + 1):
-                alerts += route(event, now)
+            alerts += self._route([first], now)
+            alerts += self._route(self._take(10_000 if not final else self._queue.qsize() + 1), now)
         now = self.clock()
         if final:
             still_open = dict(self.router.windows)  # incidents stay open across a restart
@@ -247,6 +247,21 @@ class AlertDispatcher:
             self._save_router(export_state(self.router, still_open))
         elif self._router_sig() != self._saved_sig and time.monotonic() - self._saved_at >= 1.0:
             self._save_router(export_state(self.router))
+
+    def _route(self, events: list[Event], now: float) -> list[Alert]:
+        """The alerts of `events`. An event the router raises on is logged and counted
+        (`route_errors`), and the batch goes on: one bad event never costs the others their
+        alerts, nor the alerts already made from it."""
+        out: list[Alert] = []
+        route = self.router.route
+        for event in events:
+            try:
+                out += route(event, now)
+            except Exception as exc:  # noqa: BLE001 - counted and logged, the rest still routed
+                self._route_errors += 1
+                metrics.observe_error("alerts")
+                log.error("alert_route_failed", event_id=event.id, error=redact_text(repr(exc)))
+        return out
 
     def _take(self, limit: int) -> list[Event]:
         """Up to `limit` queued events, oldest first, under one lock of the queue: what
