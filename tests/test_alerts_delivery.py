@@ -404,6 +404,7 @@ def test_an_event_the_router_raises_on_costs_no_other_event_its_alert(rx, make):
         return real(event, now)
 
     d.router.route = route
+    errors = _alert_errors()
     for dst in ("198.18.5.5", "198.18.9.9", "198.18.6.6"):  # one batch: the bad one between
         d.submit(attempt(dst=dst))
     d.start()
@@ -415,6 +416,14 @@ def test_an_event_the_router_raises_on_costs_no_other_event_its_alert(rx, make):
         "198.18.6.6:443/tcp",
     ]
     assert d.stats()["route_errors"] == 1
+    assert _alert_errors() == errors + 1  # and in /metrics' error count
+
+
+def _alert_errors() -> float:
+    from sentinel.evidence import metrics
+
+    value = metrics.REGISTRY.get_sample_value("sentinel_error_count_total", {"component": "alerts"})
+    return value or 0.0
 
 
 def test_submit_never_blocks_and_overflow_is_reported(rx, make):
