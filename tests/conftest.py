@@ -3,6 +3,7 @@ missing capability fails the run instead of skipping it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -324,3 +325,12 @@ def by_layer(values: dict[str, float]) -> dict[str, int]:
             layer = name.split('layer="', 1)[1].split('"', 1)[0]
             out[layer] = out.get(layer, 0) + int(value)
     return out
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Every file below `root` and its SHA-256: what "byte-identical" compares."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

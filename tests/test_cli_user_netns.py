@@ -4,24 +4,15 @@ evidence commands leave the state directory byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
 from sentinel.lab.netns import PYTHON
-from tests.conftest import start
+from tests.conftest import start, tree_hash
 
 pytestmark = pytest.mark.netns
-
-
-def tree_hash(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def sentinel(topo, *args: str):

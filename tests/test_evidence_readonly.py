@@ -4,24 +4,15 @@ exit code 2 and stays byte-identical. The state comes from a real `sentinel run`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RECORDS, query, start
+from tests.conftest import RECORDS, query, start, tree_hash
 
 pytestmark = pytest.mark.netns
-
-
-def tree_hash(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def report(topo, *args: str):

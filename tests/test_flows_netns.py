@@ -202,6 +202,18 @@ for _ in range(100_000):  # bounded in count and time
 """
 
 
+def assert_accounted_whole(topo, since: float) -> None:
+    """Once the flow is quiet, every NFLOG packet the kernel counted is stored: exactly, more
+    than 100 of them, coverage complete."""
+    r = wait_for(lambda: (x := report(topo, since))["unaccounted_packets"] == 0 and x, 15)
+    assert r, {
+        k: v for k, v in report(topo, since).items() if k in ("unaccounted_packets", "problems")
+    }
+    families = r["completeness"]["families"]
+    assert families["ipv4"]["kernel"] == families["ipv4"]["stored"] > 100, families  # exact
+    assert r["coverage"] == "complete", r
+
+
 def test_a_flow_sending_through_the_switch_to_enforce_is_accounted_for_whole(upstream, tmp_path):
     # A datagram every 3 ms while the reload applies: the new rules (their NFLOG counter starts
     # at 0) log some before the apply has finished and recorded its time. Their attempt (its
@@ -218,13 +230,7 @@ def test_a_flow_sending_through_the_switch_to_enforce_is_accounted_for_whole(ups
     s.wait_event("policy_reloaded")
     assert sender.wait(timeout=30) == 0
     assert wait_for(lambda: blocked_flows(s, OUTSIDE, PORT + 1, switched) == {"udp"}, 10)
-    r = wait_for(lambda: (x := report(topo, since))["unaccounted_packets"] == 0 and x, 15)
-    assert r, {
-        k: v for k, v in report(topo, since).items() if k in ("unaccounted_packets", "problems")
-    }
-    families = r["completeness"]["families"]
-    assert families["ipv4"]["kernel"] == families["ipv4"]["stored"] > 100, families  # exact
-    assert r["coverage"] == "complete", r
+    assert_accounted_whole(topo, since)
 
 
 @pytest.mark.xfail(
@@ -248,10 +254,4 @@ def test_a_blocked_flow_through_a_reload_that_replaces_the_rules_is_accounted_fo
     editor_save(tmp_path / "policy.yaml", policy_text().replace("5300", "5301"))
     s.wait_event("policy_reloaded")
     assert sender.wait(timeout=30) == 0
-    r = wait_for(lambda: (x := report(topo, since))["unaccounted_packets"] == 0 and x, 15)
-    assert r, {
-        k: v for k, v in report(topo, since).items() if k in ("unaccounted_packets", "problems")
-    }
-    families = r["completeness"]["families"]
-    assert families["ipv4"]["kernel"] == families["ipv4"]["stored"] > 100, families  # exact
-    assert r["coverage"] == "complete", r
+    assert_accounted_whole(topo, since)
